@@ -1,0 +1,141 @@
+// Creating, attaching to and opening the shared segment, with every check a
+// process must make before trusting it.
+#pragma once
+
+#include <tokenshm/expected.hpp>
+#include <tokenshm/shm/layout.hpp>
+#include <tokenshm/shm/posix.hpp>
+#include <tokenshm/shm/record.hpp>
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tokenshm::shm {
+
+enum class SegmentErrc {
+    no_segment,    // absent, or not initialised yet
+    incompatible,  // wrong magic, unknown major, sizes that do not add up, corrupt
+    untrusted,     // wrong owner or mode
+    locked,        // another writer holds the segment
+    no_space,      // /dev/shm cannot hold it
+    invalid,       // bad name or configuration
+    system,        // any other syscall failure
+};
+
+struct SegmentError {
+    SegmentErrc code;
+    std::string message;  // one line, names the segment and what is wrong
+};
+
+template <class T>
+using SegResult = Expected<T, SegmentError>;
+
+// `[A-Za-z0-9._-]{1,200}`, and not "." or "..".
+bool valid_segment_name(std::string_view name) noexcept;
+// The name to use: `explicit_name` if given, else $TOKENSHM_SEGMENT, else "tokenshm".
+std::string resolve_segment_name(std::string_view explicit_name);
+// Credential (slot) names: `[A-Za-z0-9._-]{1,63}`.
+bool valid_slot_name(std::string_view name) noexcept;
+
+// Checks a mapped header: magic, major, sizes against each other and against
+// the mapped length. Reads geometry only; never trusts a field before checking it.
+std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_len,
+                                            const std::string& name);
+
+struct WriterInfo {
+    std::int64_t pid = 0;
+    std::int64_t start_ms = 0;
+    std::uint64_t generation = 0;
+    std::int64_t heartbeat_ms = 0;
+};
+
+// A read-only mapping of a validated segment. There is no way to write
+// through it: the pages are PROT_READ and the type hands out const pointers.
+class ReadOnlySegment {
+public:
+    struct Options {
+        std::optional<uid_t> trusted_uid;  // in addition to self, root, user "tokenshm"
+    };
+    static SegResult<ReadOnlySegment> open(std::string_view name, const Options& opts);
+
+    const std::string& name() const noexcept { return name_; }
+    const Header& header() const noexcept { return *static_cast<const Header*>(map_.addr()); }
+    Geometry geometry() const noexcept { return geo_; }
+    const SlotControl* slot(std::uint32_t i) const noexcept {
+        return slot_at(map_.addr(), geo_.slot_size(), i);
+    }
+    // Index of the active slot called `name`.
+    std::optional<std::uint32_t> find(std::string_view name) const noexcept;
+    WriterInfo writer() const noexcept;
+    // Whether a refresher holds the segment's lock now (a syscall: slow path only).
+    SysResult<bool> writer_holds_lock() const;
+
+private:
+    std::string name_;
+    Fd fd_;
+    Mapping map_;
+    Geometry geo_{};
+};
+
+struct SegmentSpec {
+    std::string name = "tokenshm";
+    mode_t mode = 0600;
+    std::optional<gid_t> group;
+    std::uint32_t max_token_bytes = 8192;
+    std::uint32_t slot_count = 16;  // capacity, fixed at creation
+};
+
+// The refresher's read-write handle. Holds the segment's exclusive lock for
+// its whole life.
+class WriterSegment {
+public:
+    // Attaches to the segment a previous writer left (validating owner, mode,
+    // header and every active slot) or creates it exclusively. `repaired`
+    // receives one line per slot that had to be reset.
+    static SegResult<WriterSegment> create_or_attach(const SegmentSpec& spec,
+                                                     std::vector<std::string>* repaired = nullptr);
+
+    const std::string& name() const noexcept { return name_; }
+    Geometry geometry() const noexcept { return geo_; }
+    bool created() const noexcept { return created_; }
+
+    // The slot for `name`: its existing slot (active or removed, reactivated),
+    // else a free one. Fails when every slot is taken.
+    SegResult<std::uint32_t> claim(std::string_view name);
+    // Marks a slot removed: readers get no_such_credential; its name stays reserved.
+    void retire(std::uint32_t slot);
+    std::vector<std::pair<std::string, std::uint32_t>> active_slots() const;
+
+    // Publishes a record and wakes waiters. Returns the error for a record that
+    // does not fit; nothing is published then.
+    EncodeError publish(std::uint32_t slot, const SlotRecord& rec);
+    // The slot's current record (decoded into `scratch`), or nullopt when it is
+    // corrupt (lengths or state no honest writer produces).
+    std::optional<RecordView> current(std::uint32_t slot, std::vector<std::uint64_t>& scratch) const;
+
+    void heartbeat(std::int64_t now_ms) noexcept;
+    // True when the segment was unlinked under us (e.g. systemd RemoveIPC).
+    bool unlinked() const;
+    // Removes the name (tests and `--remove` only); the mapping stays valid.
+    void unlink() const;
+
+private:
+    SlotControl* slot_ptr(std::uint32_t i) const noexcept {
+        return slot_at(map_.addr(), geo_.slot_size(), i);
+    }
+    Header& header() const noexcept { return *static_cast<Header*>(map_.addr()); }
+
+    std::string name_;
+    Fd fd_;
+    Mapping map_;
+    Geometry geo_{};
+    bool created_ = false;
+    std::vector<std::uint64_t> image_;
+};
+
+}  // namespace tokenshm::shm

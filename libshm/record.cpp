@@ -1,0 +1,98 @@
+#include <tokenshm/shm/record.hpp>
+
+#include <cstring>
+
+namespace tokenshm::shm {
+
+const char* to_string(RecordState s) noexcept {
+    switch (s) {
+        case RecordState::empty: return "empty";
+        case RecordState::valid: return "valid";
+        case RecordState::stale: return "stale";
+        case RecordState::expired: return "expired";
+        case RecordState::reauth: return "reauth";
+    }
+    return "unknown";
+}
+
+const char* to_string(EncodeError e) noexcept {
+    switch (e) {
+        case EncodeError::ok: return "ok";
+        case EncodeError::token_too_large: return "token larger than max_token_bytes";
+        case EncodeError::type_too_large: return "token_type longer than 32 bytes";
+        case EncodeError::scope_too_large: return "scope longer than 1024 bytes";
+    }
+    return "unknown";
+}
+
+namespace {
+// Longest prefix of `s` no longer than `cap` that does not split a UTF-8 sequence.
+std::string_view utf8_prefix(std::string_view s, std::size_t cap) {
+    if (s.size() <= cap) return s;
+    std::size_t n = cap;
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+    return s.substr(0, n);
+}
+}  // namespace
+
+EncodeError encode(const SlotRecord& r, std::uint32_t max_token_bytes,
+                   std::vector<std::uint64_t>& out) {
+    if (r.token.size() > max_token_bytes) return EncodeError::token_too_large;
+    if (r.token_type.size() > TOKENSHM_TYPE_CAP) return EncodeError::type_too_large;
+    if (r.scope.size() > TOKENSHM_SCOPE_CAP) return EncodeError::scope_too_large;
+    const std::string_view err = utf8_prefix(r.last_error, TOKENSHM_ERROR_CAP);
+
+    RecordFixed f{};
+    f.version = r.version;
+    f.expires_at_ms = r.expires_at_ms;
+    f.issued_at_ms = r.issued_at_ms;
+    f.next_refresh_ms = r.next_refresh_ms;
+    f.last_attempt_ms = r.last_attempt_ms;
+    f.state = static_cast<std::uint32_t>(r.state);
+    f.failures = r.failures;
+    f.token_len = static_cast<std::uint32_t>(r.token.size());
+    f.type_len = static_cast<std::uint16_t>(r.token_type.size());
+    f.scope_len = static_cast<std::uint16_t>(r.scope.size());
+    f.error_len = static_cast<std::uint16_t>(err.size());
+
+    const std::size_t payload = r.token_type.size() + r.scope.size() + err.size() + r.token.size();
+    out.assign(record_words(payload), 0);
+    char* bytes = reinterpret_cast<char*>(out.data());
+    std::memcpy(bytes, &f, sizeof f);
+    char* p = bytes + TOKENSHM_REC_PAYLOAD;
+    for (std::string_view part : {r.token_type, r.scope, err, r.token}) {
+        if (!part.empty()) std::memcpy(p, part.data(), part.size());
+        p += part.size();
+    }
+    return EncodeError::ok;
+}
+
+std::size_t clamped_payload(const RecordFixed& f, std::uint32_t max_token_bytes) noexcept {
+    const Geometry g{max_token_bytes, 1};
+    const std::size_t n = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
+    return n < g.payload_cap() ? n : g.payload_cap();
+}
+
+bool decode(const std::uint64_t* words, std::size_t words_len, std::uint32_t max_token_bytes,
+            RecordView& out) noexcept {
+    if (words_len * 8 < TOKENSHM_REC_FIXED_SIZE) return false;
+    std::memcpy(&out.fixed, words, sizeof out.fixed);
+    const RecordFixed& f = out.fixed;
+    if (f.state > TOKENSHM_STATE_REAUTH) return false;
+    if (f.token_len > max_token_bytes || f.type_len > TOKENSHM_TYPE_CAP ||
+        f.scope_len > TOKENSHM_SCOPE_CAP || f.error_len > TOKENSHM_ERROR_CAP)
+        return false;
+    const std::size_t payload = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
+    if (TOKENSHM_REC_FIXED_SIZE + payload > words_len * 8) return false;
+    const char* p = reinterpret_cast<const char*>(words) + TOKENSHM_REC_PAYLOAD;
+    out.token_type = {p, f.type_len};
+    p += f.type_len;
+    out.scope = {p, f.scope_len};
+    p += f.scope_len;
+    out.last_error = {p, f.error_len};
+    p += f.error_len;
+    out.token = {p, f.token_len};
+    return true;
+}
+
+}  // namespace tokenshm::shm

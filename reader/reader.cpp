@@ -1,0 +1,296 @@
+#include <tokenshm/reader.hpp>
+#include <tokenshm/shm/latch.hpp>
+#include <tokenshm/shm/segment.hpp>
+
+#include <time.h>
+
+#include <cerrno>
+#include <cstring>
+
+namespace tokenshm {
+
+namespace detail {
+
+struct Segment {
+    shm::ReadOnlySegment seg;
+    std::int64_t clock_margin_ms;  // resolution of the coarse clock, rounded up
+};
+
+// Everything get() touches, laid out so the fast path (version unchanged)
+// reads one shared cache line (the slot's seq) and this struct.
+struct HandleState {
+    const std::atomic<std::uint64_t>* seq;
+    const std::atomic<std::uint32_t>* status;
+    const std::atomic<std::uint32_t>* futex;
+    const std::atomic<std::int64_t>* heartbeat;
+    shm::LatchReader latch;
+    std::uint64_t cached_seq = ~std::uint64_t{0};
+    std::uint32_t max_token_bytes;
+    std::int64_t clock_margin_ms;
+    shm::RecordView view{};
+    std::unique_ptr<std::uint64_t[]> buf;
+    std::size_t buf_words;
+    std::shared_ptr<const Segment> seg;  // keeps the mapping alive
+    std::string name;
+};
+
+}  // namespace detail
+
+namespace {
+
+constexpr std::int64_t kAliveWithinMs = 3000;
+constexpr int kMaxCopyAttempts = 1000;
+
+// CLOCK_REALTIME_COARSE is always served by the vDSO (no syscall, ~10 ns);
+// its reading lags by at most one tick, which clock_margin_ms adds back so a
+// token is never reported valid after it expired.
+inline std::int64_t coarse_now_ms() noexcept {
+    struct timespec ts;
+    ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    return std::int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+}
+
+std::int64_t coarse_margin_ms() noexcept {
+    struct timespec res {};
+    if (::clock_getres(CLOCK_REALTIME_COARSE, &res) != 0) return 10;
+    return std::int64_t{res.tv_sec} * 1000 + (res.tv_nsec + 999'999) / 1'000'000;
+}
+
+Error map_error(shm::SegmentErrc c) noexcept {
+    switch (c) {
+        case shm::SegmentErrc::no_segment: return Error::no_segment;
+        case shm::SegmentErrc::incompatible: return Error::incompatible;
+        case shm::SegmentErrc::untrusted: return Error::untrusted;
+        case shm::SegmentErrc::invalid: return Error::invalid_argument;
+        case shm::SegmentErrc::locked:
+        case shm::SegmentErrc::no_space:
+        case shm::SegmentErrc::system: return Error::system;
+    }
+    return Error::system;
+}
+
+// Copies the record published as `s` (or a later one) into the handle.
+Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
+    constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
+    for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
+        h.latch.load(s, h.buf.get(), 0, kFixedWords);
+        shm::RecordFixed fixed;
+        std::memcpy(&fixed, h.buf.get(), sizeof fixed);
+        // The lengths may be mid-change; clamping keeps the copy inside the
+        // slot, and validate() below rejects the copy if they were.
+        const std::size_t payload_words =
+            (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
+        h.latch.load(s, h.buf.get(), kFixedWords, payload_words);
+        if (h.latch.validate(s)) {
+            if (!shm::decode(h.buf.get(), kFixedWords + payload_words, h.max_token_bytes,
+                             h.view)) {
+                h.cached_seq = ~std::uint64_t{0};
+                return Error::incompatible;
+            }
+            h.cached_seq = s;
+            return Error{};
+        }
+        s = h.latch.current();
+    }
+    h.cached_seq = ~std::uint64_t{0};
+    return Error::busy;
+}
+
+}  // namespace
+
+const char* to_string(Error e) noexcept {
+    switch (e) {
+        case Error::no_segment: return "no segment (is tokenshm-refresher running?)";
+        case Error::incompatible: return "segment incompatible or corrupt";
+        case Error::untrusted: return "segment untrusted";
+        case Error::no_such_credential: return "no such credential";
+        case Error::empty: return "no token yet";
+        case Error::expired: return "token expired";
+        case Error::expiring: return "token expires sooner than required";
+        case Error::reauth: return "grant rejected: a person must re-authorise";
+        case Error::timeout: return "timed out";
+        case Error::busy: return "segment busy: the writer republished during every retry";
+        case Error::invalid_argument: return "invalid argument";
+        case Error::buffer_too_small: return "buffer too small";
+        case Error::system: return "system error";
+    }
+    return "unknown error";
+}
+
+int exit_code(Error e) noexcept {
+    switch (e) {
+        case Error::no_segment: return 3;
+        case Error::no_such_credential: return 4;
+        case Error::empty:
+        case Error::expired:
+        case Error::expiring:
+        case Error::reauth:
+        case Error::timeout:
+        case Error::busy: return 5;
+        case Error::incompatible:
+        case Error::untrusted: return 6;
+        case Error::invalid_argument: return 2;
+        case Error::buffer_too_small:
+        case Error::system: return 1;
+    }
+    return 1;
+}
+
+const char* to_string(State s) noexcept {
+    return shm::to_string(static_cast<shm::RecordState>(s));
+}
+
+// ------------------------------------------------------------------ Handle
+
+Handle::Handle(std::unique_ptr<detail::HandleState> s) noexcept : s_(std::move(s)) {}
+Handle::Handle(Handle&&) noexcept = default;
+Handle& Handle::operator=(Handle&&) noexcept = default;
+Handle::~Handle() = default;
+
+const std::string& Handle::name() const noexcept { return s_->name; }
+
+namespace {
+Token make_token(const detail::HandleState& h, std::int64_t now) noexcept {
+    const shm::RecordFixed& f = h.view.fixed;
+    Token t;
+    t.token = h.view.token;
+    t.token_type = h.view.token_type;
+    t.scope = h.view.scope;
+    t.last_error = h.view.last_error;
+    t.expires_at_ms = f.expires_at_ms;
+    t.issued_at_ms = f.issued_at_ms;
+    t.next_refresh_ms = f.next_refresh_ms;
+    t.last_attempt_ms = f.last_attempt_ms;
+    t.version = f.version;
+    t.state = static_cast<State>(f.state);
+    t.failures = f.failures;
+    t.heartbeat_age_ms = now - h.heartbeat->load(std::memory_order_relaxed);
+    t.writer_alive = t.heartbeat_age_ms < kAliveWithinMs;
+    return t;
+}
+
+// Brings the handle's copy up to date: a no-op (one atomic load) when the
+// slot's sequence has not moved since the last copy.
+inline Error sync(detail::HandleState& h) noexcept {
+    if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE)
+        return Error::no_such_credential;
+    const std::uint64_t s = h.latch.current();
+    if (s != h.cached_seq) return copy_record(h, s);
+    return Error{};
+}
+}  // namespace
+
+Expected<Token, Error> Handle::get(std::chrono::milliseconds min_valid) noexcept {
+    detail::HandleState& h = *s_;
+    if (const Error e = sync(h); e != Error{}) return Unexpected{e};
+    const shm::RecordFixed& f = h.view.fixed;
+    const std::int64_t now = coarse_now_ms() + h.clock_margin_ms;
+    if (f.state == TOKENSHM_STATE_EMPTY || h.view.token.empty()) return Unexpected{Error::empty};
+    if (f.expires_at_ms <= now)
+        return Unexpected{f.state == TOKENSHM_STATE_REAUTH ? Error::reauth : Error::expired};
+    if (f.expires_at_ms - now < min_valid.count()) return Unexpected{Error::expiring};
+    return make_token(h, now);
+}
+
+Expected<Token, Error> Handle::inspect() noexcept {
+    detail::HandleState& h = *s_;
+    if (const Error e = sync(h); e != Error{}) return Unexpected{e};
+    return make_token(h, coarse_now_ms() + h.clock_margin_ms);
+}
+
+Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::milliseconds timeout,
+                                    std::chrono::milliseconds min_valid) noexcept {
+    detail::HandleState& h = *s_;
+    struct timespec start {};
+    ::clock_gettime(CLOCK_MONOTONIC, &start);
+    const std::int64_t start_ns = std::int64_t{start.tv_sec} * 1'000'000'000 + start.tv_nsec;
+    const std::int64_t limit_ns = timeout.count() < 0 ? -1 : timeout.count() * 1'000'000;
+    for (;;) {
+        // Read the futex word before the check, so a publish between the
+        // check and FUTEX_WAIT changes it and the wait returns at once.
+        const std::uint32_t f = h.futex->load(std::memory_order_acquire);
+        if (const Error e = sync(h); e != Error{}) return Unexpected{e};
+        if (h.view.fixed.version > seen_version) return get(min_valid);
+        std::int64_t left_ns = -1;
+        if (limit_ns >= 0) {
+            struct timespec now {};
+            ::clock_gettime(CLOCK_MONOTONIC, &now);
+            const std::int64_t now_ns = std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
+            left_ns = limit_ns - (now_ns - start_ns);
+            if (left_ns <= 0) return Unexpected{Error::timeout};
+        }
+        const int rc = shm::sys::futex_wait(h.futex, f, left_ns);
+        if (rc != 0 && rc != ETIMEDOUT && rc != EINTR) return Unexpected{Error::system};
+    }
+}
+
+// ------------------------------------------------------------------ Reader
+
+Expected<Reader, Failure> Reader::open(std::string_view segment, const OpenOptions& options) {
+    const std::string name = shm::resolve_segment_name(segment);
+    shm::ReadOnlySegment::Options o;
+    o.trusted_uid = options.trusted_uid;
+    auto seg = shm::ReadOnlySegment::open(name, o);
+    if (!seg)
+        return Unexpected{Failure{map_error(seg.error().code), std::move(seg).error().message}};
+    Reader r;
+    r.seg_ = std::make_shared<const detail::Segment>(
+        detail::Segment{std::move(*seg), coarse_margin_ms()});
+    return r;
+}
+
+Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
+    const shm::ReadOnlySegment& seg = seg_->seg;
+    const auto idx = seg.find(credential);
+    if (!idx)
+        return Unexpected{Failure{Error::no_such_credential,
+                                  "segment '" + seg.name() + "' has no credential '" +
+                                      std::string(credential) + "'"}};
+    const shm::Geometry g = seg.geometry();
+    const shm::SlotControl* slot = seg.slot(*idx);
+    auto h = std::make_unique<detail::HandleState>();
+    h->seq = &slot->seq;
+    h->status = &slot->status;
+    h->futex = &slot->futex;
+    h->heartbeat = &seg.header().heartbeat_ms;
+    h->latch = shm::LatchReader{&slot->seq,
+                                {shm::copy_at(slot, g.record_size(), 0),
+                                 shm::copy_at(slot, g.record_size(), 1)}};
+    h->max_token_bytes = g.max_token_bytes;
+    h->clock_margin_ms = seg_->clock_margin_ms;
+    h->buf_words = g.record_size() / 8;
+    h->buf = std::make_unique<std::uint64_t[]>(h->buf_words);
+    h->seg = seg_;
+    h->name = std::string(credential);
+    return Handle(std::move(h));
+}
+
+std::vector<std::string> Reader::credentials() const {
+    const shm::ReadOnlySegment& seg = seg_->seg;
+    std::vector<std::string> out;
+    for (std::uint32_t i = 0; i < seg.geometry().slot_count; ++i) {
+        const shm::SlotControl* s = seg.slot(i);
+        if (s->status.load(std::memory_order_acquire) != TOKENSHM_SLOT_ACTIVE) continue;
+        out.emplace_back(s->name, ::strnlen(s->name, sizeof s->name));
+    }
+    return out;
+}
+
+WriterStatus Reader::writer() const {
+    const shm::WriterInfo w = seg_->seg.writer();
+    WriterStatus st;
+    st.pid = w.pid;
+    st.start_ms = w.start_ms;
+    st.heartbeat_ms = w.heartbeat_ms;
+    st.generation = w.generation;
+    const auto held = seg_->seg.writer_holds_lock();
+    st.lock_held = held && *held;
+    return st;
+}
+
+const std::string& Reader::segment_name() const noexcept { return seg_->seg.name(); }
+std::uint32_t Reader::max_token_bytes() const noexcept {
+    return seg_->seg.geometry().max_token_bytes;
+}
+
+}  // namespace tokenshm

@@ -1,0 +1,140 @@
+// The C ABI over the C++ reader. No exception crosses it: the only calls
+// that may throw (allocation in open/lookup) are caught here.
+#include <tokenshm/reader.hpp>
+#include <tokenshm/tokenshm.h>
+
+#include <cstring>
+#include <new>
+
+struct tokenshm_reader {
+    tokenshm::Reader reader;
+};
+struct tokenshm_handle {
+    tokenshm::Handle handle;
+};
+
+namespace {
+
+tokenshm_error c_error(tokenshm::Error e) noexcept { return static_cast<tokenshm_error>(e); }
+
+void fill(const tokenshm::Token& t, tokenshm_token* out) noexcept {
+    out->token = t.token.data();
+    out->token_len = t.token.size();
+    out->token_type = t.token_type.data();
+    out->token_type_len = t.token_type.size();
+    out->scope = t.scope.data();
+    out->scope_len = t.scope.size();
+    out->last_error = t.last_error.data();
+    out->last_error_len = t.last_error.size();
+    out->expires_at_ms = t.expires_at_ms;
+    out->issued_at_ms = t.issued_at_ms;
+    out->next_refresh_ms = t.next_refresh_ms;
+    out->last_attempt_ms = t.last_attempt_ms;
+    out->version = t.version;
+    out->state = static_cast<std::uint32_t>(t.state);
+    out->failures = t.failures;
+    out->heartbeat_age_ms = t.heartbeat_age_ms;
+    out->writer_alive = t.writer_alive ? 1 : 0;
+    out->reserved = 0;
+}
+
+void put_message(char* buf, size_t len, const std::string& msg) noexcept {
+    if (buf == nullptr || len == 0) return;
+    const size_t n = msg.size() < len - 1 ? msg.size() : len - 1;
+    std::memcpy(buf, msg.data(), n);
+    buf[n] = '\0';
+}
+
+}  // namespace
+
+extern "C" {
+
+tokenshm_error tokenshm_open(const char* segment, tokenshm_reader** out) {
+    return tokenshm_open_ex(segment, nullptr, out, nullptr, 0);
+}
+
+tokenshm_error tokenshm_open_ex(const char* segment, const tokenshm_open_options* options,
+                                tokenshm_reader** out, char* errbuf, size_t errbuf_len) {
+    if (out == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
+    *out = nullptr;
+    try {
+        tokenshm::OpenOptions o;
+        if (options != nullptr && options->trusted_uid >= 0)
+            o.trusted_uid = static_cast<uid_t>(options->trusted_uid);
+        auto r = tokenshm::Reader::open(segment == nullptr ? "" : segment, o);
+        if (!r) {
+            put_message(errbuf, errbuf_len, r.error().message);
+            return c_error(r.error().code);
+        }
+        *out = new tokenshm_reader{std::move(*r)};
+        put_message(errbuf, errbuf_len, "");
+        return TOKENSHM_OK;
+    } catch (const std::bad_alloc&) {
+        put_message(errbuf, errbuf_len, "out of memory");
+        return TOKENSHM_ERR_SYSTEM;
+    } catch (...) {
+        put_message(errbuf, errbuf_len, "unexpected error");
+        return TOKENSHM_ERR_SYSTEM;
+    }
+}
+
+void tokenshm_close(tokenshm_reader* reader) { delete reader; }
+
+tokenshm_error tokenshm_lookup(tokenshm_reader* reader, const char* name, tokenshm_handle** out) {
+    if (reader == nullptr || name == nullptr || out == nullptr)
+        return TOKENSHM_ERR_INVALID_ARGUMENT;
+    *out = nullptr;
+    try {
+        auto h = reader->reader.lookup(name);
+        if (!h) return c_error(h.error().code);
+        *out = new tokenshm_handle{std::move(*h)};
+        return TOKENSHM_OK;
+    } catch (...) {
+        return TOKENSHM_ERR_SYSTEM;
+    }
+}
+
+void tokenshm_handle_close(tokenshm_handle* handle) { delete handle; }
+
+tokenshm_error tokenshm_get(tokenshm_handle* handle, int64_t min_valid_ms, tokenshm_token* out) {
+    if (handle == nullptr || out == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
+    auto t = handle->handle.get(std::chrono::milliseconds(min_valid_ms));
+    if (!t) return c_error(t.error());
+    fill(*t, out);
+    return TOKENSHM_OK;
+}
+
+tokenshm_error tokenshm_get_into(tokenshm_handle* handle, int64_t min_valid_ms, char* buf,
+                                 size_t cap, size_t* token_len, tokenshm_token* meta) {
+    if (handle == nullptr || buf == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
+    auto t = handle->handle.get(std::chrono::milliseconds(min_valid_ms));
+    if (!t) return c_error(t.error());
+    if (token_len != nullptr) *token_len = t->token.size();
+    if (t->token.size() >= cap) return TOKENSHM_ERR_BUFFER_TOO_SMALL;
+    std::memcpy(buf, t->token.data(), t->token.size());
+    buf[t->token.size()] = '\0';
+    if (meta != nullptr) fill(*t, meta);
+    return TOKENSHM_OK;
+}
+
+tokenshm_error tokenshm_wait(tokenshm_handle* handle, uint64_t seen_version, int64_t timeout_ms,
+                             int64_t min_valid_ms, tokenshm_token* out) {
+    if (handle == nullptr || out == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
+    auto t = handle->handle.wait(seen_version, std::chrono::milliseconds(timeout_ms),
+                                 std::chrono::milliseconds(min_valid_ms));
+    if (!t) return c_error(t.error());
+    fill(*t, out);
+    return TOKENSHM_OK;
+}
+
+const char* tokenshm_strerror(tokenshm_error err) {
+    if (err == TOKENSHM_OK) return "ok";
+    return tokenshm::to_string(static_cast<tokenshm::Error>(err));
+}
+
+const char* tokenshm_state_name(uint32_t state) {
+    if (state > 4) return "unknown";
+    return tokenshm::to_string(static_cast<tokenshm::State>(state));
+}
+
+}  // extern "C"

@@ -1,0 +1,776 @@
+// Strict parsing of the refresher's JSON configuration (SPEC.md,
+// "Configuration"). Every rejection is one line that starts with the key's
+// path and says what was expected; values that may be sensitive (secrets,
+// client ids, URLs with user info, extra parameters) are described by their
+// kind, never echoed. Secrets are read only after the whole document has been
+// validated, so a typo never touches a secret file.
+#include "config.hpp"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <charconv>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <map>
+#include <set>
+#include <span>
+
+namespace tokenshm::refresher {
+
+const char* to_string(Grant g) noexcept {
+    switch (g) {
+        case Grant::refresh_token:
+            return "refresh_token";
+        case Grant::client_credentials:
+            return "client_credentials";
+    }
+    return "unknown";
+}
+
+const char* to_string(AuthMethod m) noexcept {
+    switch (m) {
+        case AuthMethod::client_secret_basic:
+            return "client_secret_basic";
+        case AuthMethod::client_secret_post:
+            return "client_secret_post";
+    }
+    return "unknown";
+}
+
+namespace {
+
+using Value = rapidjson::Value;
+
+constexpr std::size_t max_credentials = 4096;
+constexpr std::size_t max_file_bytes = 1024 * 1024;
+constexpr std::size_t max_path_bytes = 4095;
+constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_path) - 1
+constexpr std::size_t max_scope_bytes = 1024;
+
+// Thrown only inside this file; parse_config turns it into its error value.
+// Exceptions keep the many validation steps readable; none escapes.
+struct ConfigError {
+    std::string line;
+};
+
+[[noreturn]] void fail(const std::string& path, std::string_view what) {
+    throw ConfigError{path + ": " + std::string(what)};
+}
+
+std::string_view text_of(const Value& v) {
+    return {v.GetString(), v.GetStringLength()};
+}
+
+bool is_name_char(char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '.' ||
+           c == '_' || c == '-';
+}
+
+bool has_control(std::string_view s) {
+    return std::any_of(s.begin(), s.end(), [](char c) {
+        const auto u = static_cast<unsigned char>(c);
+        return u < 0x20 || u == 0x7f;
+    });
+}
+
+// A JSON-style quoted rendering for messages, cut at 64 bytes.
+std::string quote(std::string_view s) {
+    constexpr std::size_t limit = 64;
+    std::string out = "\"";
+    for (std::size_t i = 0; i < s.size() && i < limit; ++i) {
+        const auto u = static_cast<unsigned char>(s[i]);
+        if (s[i] == '"' || s[i] == '\\') {
+            out += '\\';
+            out += s[i];
+        } else if (u < 0x20 || u == 0x7f) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", u);
+            out += b;
+        } else {
+            out += s[i];
+        }
+    }
+    if (s.size() > limit) out += "...";
+    out += '"';
+    return out;
+}
+
+// The kind of a value, for places where the value itself must not be shown.
+std::string kind(const Value& v) {
+    switch (v.GetType()) {
+        case rapidjson::kNullType:
+            return "null";
+        case rapidjson::kFalseType:
+            return "false";
+        case rapidjson::kTrueType:
+            return "true";
+        case rapidjson::kObjectType:
+            return v.MemberCount() == 0 ? "an empty object" : "an object";
+        case rapidjson::kArrayType:
+            return v.Empty() ? "an empty array" : "an array";
+        case rapidjson::kStringType:
+            return "a string";
+        case rapidjson::kNumberType:
+            return "a number";
+    }
+    return "a value";
+}
+
+// The value itself where showing it is safe (numbers, enum-like strings).
+std::string describe(const Value& v) {
+    if (v.IsString()) return quote(text_of(v));
+    if (v.IsInt64()) return std::to_string(v.GetInt64());
+    if (v.IsUint64()) return std::to_string(v.GetUint64());
+    if (v.IsNumber()) {
+        char buf[64];
+        const auto r = std::to_chars(buf, buf + sizeof buf, v.GetDouble());
+        std::string s(buf, r.ptr);
+        // 5.0 parses as a double: show it as written-ish, not as "5".
+        if (s.find_first_of(".en") == std::string::npos) s += ".0";
+        return s;
+    }
+    return kind(v);
+}
+
+std::string member_path(const std::string& parent, std::string_view key) {
+    const bool plain = !key.empty() && std::all_of(key.begin(), key.end(), [](char c) {
+        return is_name_char(c) && c != '.';
+    });
+    if (!plain) return parent + "[" + quote(key) + "]";
+    return parent.empty() ? std::string(key) : parent + "." + std::string(key);
+}
+
+std::string index_path(const std::string& parent, std::size_t i) {
+    return parent + "[" + std::to_string(i) + "]";
+}
+
+// An object's members by key, after rejecting duplicate and unknown keys (in
+// file order, so the first offending key is the one reported).
+class Members {
+  public:
+    Members(const Value& obj, const std::string& obj_path, std::span<const std::string_view> known,
+            std::string_view (*hint)(std::string_view key) = nullptr)
+        : path_(obj_path) {
+        for (auto it = obj.MemberBegin(); it != obj.MemberEnd(); ++it) {
+            const std::string key(text_of(it->name));
+            const std::string key_path = member_path(obj_path, key);
+            if (std::find(known.begin(), known.end(), key) == known.end()) {
+                std::string what = "unknown key";
+                if (hint != nullptr) {
+                    const auto h = hint(key);
+                    if (!h.empty()) what += "; " + std::string(h);
+                }
+                fail(key_path, what);
+            }
+            if (!by_key_.emplace(key, &it->value).second) fail(key_path, "key appears twice");
+        }
+    }
+
+    // The value, or nullptr when the key is absent.
+    const Value* find(std::string_view key) const {
+        const auto it = by_key_.find(key);
+        return it == by_key_.end() ? nullptr : it->second;
+    }
+    // As find(), but null counts as absent (keys whose default is "none").
+    const Value* find_nullable(std::string_view key) const {
+        const Value* v = find(key);
+        return v != nullptr && v->IsNull() ? nullptr : v;
+    }
+    const Value& require(std::string_view key) const {
+        const Value* v = find(key);
+        if (v == nullptr) fail(path(key), "required key is missing");
+        return *v;
+    }
+    std::string path(std::string_view key) const { return member_path(path_, key); }
+
+  private:
+    std::string path_;
+    std::map<std::string, const Value*, std::less<>> by_key_;
+};
+
+// The string itself; a value of another type is shown in the error (it is not a string, so
+// it cannot be a secret or a URL).
+std::string_view expect_string(const Value& v, const std::string& path, std::string_view what) {
+    if (!v.IsString()) fail(path, "expected " + std::string(what) + ", found " + describe(v));
+    return text_of(v);
+}
+
+std::int64_t expect_int(const Value& v, const std::string& path, std::int64_t lo, std::int64_t hi) {
+    if (v.IsInt64() && v.GetInt64() >= lo && v.GetInt64() <= hi) return v.GetInt64();
+    fail(path, "expected an integer from " + std::to_string(lo) + " to " + std::to_string(hi) +
+                   ", found " + describe(v));
+}
+
+std::chrono::seconds seconds_member(const Members& m, std::string_view key, std::int64_t lo,
+                                    std::int64_t hi, std::chrono::seconds fallback) {
+    const Value* v = m.find(key);
+    return v == nullptr ? fallback : std::chrono::seconds(expect_int(*v, m.path(key), lo, hi));
+}
+
+// `[A-Za-z0-9._-]{1,max}`, and not "." or ".." (names may become file names).
+std::string expect_name(const Value& v, const std::string& path, std::size_t max) {
+    const std::string what =
+        "a string of 1 to " + std::to_string(max) + " characters [A-Za-z0-9._-]";
+    const auto s = expect_string(v, path, what);
+    if (s.empty() || s.size() > max || !std::all_of(s.begin(), s.end(), is_name_char) || s == "." ||
+        s == "..") {
+        fail(path, "expected " + what + " other than \".\" and \"..\", found " + quote(s));
+    }
+    return std::string(s);
+}
+
+std::string expect_path(const Value& v, const std::string& path, bool absolute) {
+    const auto s = expect_string(v, path, absolute ? "an absolute path" : "a path");
+    if (s.empty()) fail(path, "expected a path, found an empty string");
+    if (s.size() > max_path_bytes) {
+        fail(path, "path is longer than " + std::to_string(max_path_bytes) + " bytes");
+    }
+    if (has_control(s)) fail(path, "path contains a control character");
+    if (absolute && s.front() != '/') fail(path, "expected an absolute path, found " + quote(s));
+    return std::string(s);
+}
+
+template <class E, std::size_t N>
+E expect_enum(const Value& v, const std::string& path,
+              const std::array<std::pair<std::string_view, E>, N>& choices) {
+    std::string expected;
+    for (std::size_t i = 0; i < N; ++i) {
+        if (i > 0) expected += (i + 1 == N) ? " or " : ", ";
+        expected += "\"" + std::string(choices[i].first) + "\"";
+    }
+    if (v.IsString()) {
+        for (const auto& [word, e] : choices) {
+            if (text_of(v) == word) return e;
+        }
+    }
+    fail(path, "expected " + expected + ", found " + describe(v));
+}
+
+bool is_ipv4_loopback(std::string_view host) {
+    int parts = 0;
+    int first = -1;
+    std::size_t i = 0;
+    while (i <= host.size()) {
+        const std::size_t end = std::min(host.find('.', i), host.size());
+        const auto part = host.substr(i, end - i);
+        if (part.empty() || part.size() > 3 ||
+            !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+            return false;
+        }
+        const int n = std::atoi(std::string(part).c_str());
+        if (n > 255) return false;
+        if (parts == 0) first = n;
+        ++parts;
+        i = end + 1;
+    }
+    return parts == 4 && first == 127;
+}
+
+std::string lower(std::string_view s) {
+    std::string out(s);
+    std::transform(out.begin(), out.end(), out.begin(), [](char c) {
+        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+    });
+    return out;
+}
+
+// https://host[:port][/path][?query]; http:// only for a loopback host.
+// No user info (it would carry a password into logs), no fragment, and for an
+// issuer (RFC 8414 §2) no query either.
+std::string expect_url(const Value& v, const std::string& path, bool allow_query) {
+    const auto url = expect_string(v, path, "an https:// URL");
+    const auto scheme_end = url.find("://");
+    const std::string scheme = lower(url.substr(0, scheme_end));
+    if (scheme_end == std::string_view::npos || (scheme != "https" && scheme != "http")) {
+        fail(path, "expected an https:// URL, found " +
+                       (url.find('@') == std::string_view::npos ? quote(url) : kind(v)));
+    }
+    if (std::any_of(url.begin(), url.end(), [](char c) {
+            const auto u = static_cast<unsigned char>(c);
+            return u <= 0x20 || u >= 0x7f;
+        })) {
+        fail(path, "URL contains a space, control or non-ASCII character");
+    }
+    const auto rest = url.substr(scheme_end + 3);
+    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
+    if (authority.find('@') != std::string_view::npos) {
+        fail(path, "URL must not contain user info (user:password@)");
+    }
+    if (url.find('#') != std::string_view::npos) fail(path, "URL must not have a fragment (#...)");
+    if (!allow_query && url.find('?') != std::string_view::npos) {
+        fail(path, "an issuer URL must not have a query (?...), found " + quote(url));
+    }
+    std::string_view host = authority;
+    std::string_view port;
+    bool has_port = false;
+    if (!authority.empty() && authority.front() == '[') {
+        const auto close = authority.find(']');
+        if (close == std::string_view::npos) fail(path, "URL has an unterminated [IPv6] host");
+        host = authority.substr(0, close + 1);
+        const auto inner = host.substr(1, host.size() - 2);
+        if (inner.empty() || !std::all_of(inner.begin(), inner.end(), [](char c) {
+                return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
+            })) {
+            fail(path, "URL has an invalid [IPv6] host");
+        }
+        const auto after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after.front() != ':') fail(path, "URL has junk after the [IPv6] host");
+            port = after.substr(1);
+            has_port = true;
+        }
+    } else {
+        const auto colon = authority.find(':');
+        if (colon != std::string_view::npos) {
+            host = authority.substr(0, colon);
+            port = authority.substr(colon + 1);
+            has_port = true;
+        }
+        if (!std::all_of(host.begin(), host.end(), [](char c) { return is_name_char(c); })) {
+            fail(path, "URL has an invalid host name");
+        }
+    }
+    if (host.empty()) fail(path, "URL has no host, found " + quote(url));
+    if (has_port) {
+        const bool digits =
+            !port.empty() && port.size() <= 5 &&
+            std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
+        const int n = digits ? std::atoi(std::string(port).c_str()) : 0;
+        if (n < 1 || n > 65535) fail(path, "URL has an invalid port, found " + quote(url));
+    }
+    if (scheme == "http") {
+        const std::string h = lower(host);
+        if (h != "localhost" && h != "[::1]" && !is_ipv4_loopback(h)) {
+            fail(path,
+                 "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
+                 "[::1]); use https://, found " +
+                     quote(url));
+        }
+    }
+    return std::string(url);
+}
+
+constexpr std::array<std::string_view, 7> top_keys = {
+    "segment", "mode", "group", "state_dir", "control_socket", "max_token_bytes", "credentials"};
+
+// clang-format off
+constexpr std::array<std::string_view, 19> credential_keys = {
+    "name", "issuer", "token_endpoint", "grant", "client_id", "client_secret_file",
+    "client_secret_env", "auth_method", "basic_encoding", "refresh_token_file", "scope",
+    "extra_params", "default_lifetime_s", "refresh_before_s", "min_interval_s", "min_backoff_s",
+    "max_backoff_s", "timeout_s", "ca_file"};
+// clang-format on
+
+// Parameters the client sets itself; extra_params may not override them.
+constexpr std::array<std::string_view, 5> reserved_params = {"grant_type", "refresh_token",
+                                                             "client_id", "client_secret", "scope"};
+
+std::string_view credential_key_hint(std::string_view key) {
+    if (key == "client_secret") {
+        return "secrets are read from a file or the environment: use client_secret_file or "
+               "client_secret_env";
+    }
+    if (key == "refresh_token") {
+        return "refresh tokens are read from a file: use refresh_token_file";
+    }
+    return {};
+}
+
+// Where a credential's client secret comes from, resolved after validation.
+struct SecretSource {
+    std::string key_path;  // credentials[i].client_secret_file or ..._env
+    bool from_file = false;
+    std::string where;  // the path or the variable name
+};
+
+CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
+                                  std::vector<std::string>& warnings) {
+    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
+    const Members m(v, path, credential_keys, credential_key_hint);
+    CredentialConfig c;
+
+    c.name = expect_name(m.require("name"), m.path("name"), 63);
+    c.grant = expect_enum(
+        m.require("grant"), m.path("grant"),
+        std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
+                   std::pair{std::string_view("client_credentials"), Grant::client_credentials}});
+
+    const auto client_id =
+        expect_string(m.require("client_id"), m.path("client_id"), "a non-empty string");
+    if (client_id.empty()) fail(m.path("client_id"), "expected a non-empty string, found \"\"");
+    if (has_control(client_id)) fail(m.path("client_id"), "contains a control character");
+    c.client_id = std::string(client_id);
+
+    const Value* secret_file = m.find_nullable("client_secret_file");
+    const Value* secret_env = m.find_nullable("client_secret_env");
+    if (secret_file == nullptr && secret_env == nullptr) {
+        fail(m.path("client_secret_file"),
+             "required key is missing; give client_secret_file or client_secret_env");
+    }
+    if (secret_file != nullptr && secret_env != nullptr) {
+        fail(m.path("client_secret_env"),
+             "give either client_secret_file or client_secret_env, not both");
+    }
+    if (secret_file != nullptr) {
+        secret = {m.path("client_secret_file"), true,
+                  expect_path(*secret_file, m.path("client_secret_file"), false)};
+        c.client_secret_source = "file " + secret.where;
+    } else {
+        const auto name =
+            expect_string(*secret_env, m.path("client_secret_env"), "an environment variable name");
+        const bool valid =
+            !name.empty() && name.size() <= 255 && !(name.front() >= '0' && name.front() <= '9') &&
+            std::all_of(name.begin(), name.end(),
+                        [](char ch) { return is_name_char(ch) && ch != '.' && ch != '-'; });
+        if (!valid) {
+            fail(m.path("client_secret_env"),
+                 "expected an environment variable name [A-Za-z_][A-Za-z0-9_]*");
+        }
+        secret = {m.path("client_secret_env"), false, std::string(name)};
+        c.client_secret_source = "env " + secret.where;
+    }
+
+    const Value* issuer = m.find_nullable("issuer");
+    const Value* endpoint = m.find_nullable("token_endpoint");
+    if (issuer == nullptr && endpoint == nullptr) {
+        fail(m.path("issuer"), "required key is missing; give issuer or token_endpoint");
+    }
+    if (issuer != nullptr && endpoint != nullptr) {
+        fail(m.path("token_endpoint"), "give either issuer or token_endpoint, not both");
+    }
+    if (issuer != nullptr) c.issuer = expect_url(*issuer, m.path("issuer"), false);
+    if (endpoint != nullptr) {
+        c.token_endpoint = expect_url(*endpoint, m.path("token_endpoint"), true);
+    }
+
+    if (const Value* a = m.find("auth_method")) {
+        c.auth_method = expect_enum(
+            *a, m.path("auth_method"),
+            std::array{
+                std::pair{std::string_view("client_secret_basic"), AuthMethod::client_secret_basic},
+                std::pair{std::string_view("client_secret_post"), AuthMethod::client_secret_post}});
+    }
+    if (const Value* e = m.find("basic_encoding")) {
+        c.basic_encoding =
+            expect_enum(*e, m.path("basic_encoding"),
+                        std::array{std::pair{std::string_view("form"), BasicEncoding::form},
+                                   std::pair{std::string_view("raw"), BasicEncoding::raw}});
+        if (c.auth_method == AuthMethod::client_secret_post) {
+            warnings.push_back(m.path("basic_encoding") +
+                               ": ignored, auth_method is \"client_secret_post\"");
+        }
+    }
+
+    if (const Value* r = m.find_nullable("refresh_token_file")) {
+        if (c.grant != Grant::refresh_token) {
+            fail(m.path("refresh_token_file"),
+                 "only allowed with grant \"refresh_token\", this credential uses \"" +
+                     std::string(to_string(c.grant)) + "\"");
+        }
+        c.refresh_token_file = expect_path(*r, m.path("refresh_token_file"), false);
+    }
+
+    if (const Value* s = m.find_nullable("scope")) {
+        const std::string what =
+            "a string of 1 to " + std::to_string(max_scope_bytes) + " printable ASCII characters";
+        const auto scope = expect_string(*s, m.path("scope"), what);
+        const bool printable = std::all_of(scope.begin(), scope.end(),
+                                           [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
+        if (scope.empty() || scope.size() > max_scope_bytes) {
+            fail(m.path("scope"),
+                 "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
+        }
+        if (!printable) fail(m.path("scope"), "expected " + what + ", found another character");
+        c.scope = std::string(scope);
+    }
+
+    if (const Value* x = m.find_nullable("extra_params")) {
+        const std::string xpath = m.path("extra_params");
+        if (!x->IsObject()) fail(xpath, "expected an object of string values, found " + kind(*x));
+        std::set<std::string, std::less<>> seen;
+        for (auto it = x->MemberBegin(); it != x->MemberEnd(); ++it) {
+            const auto key = text_of(it->name);
+            const std::string kpath = member_path(xpath, key);
+            if (key.empty() || has_control(key)) {
+                fail(kpath, "expected a parameter name without control characters");
+            }
+            if (!seen.emplace(key).second) fail(kpath, "key appears twice");
+            if (std::find(reserved_params.begin(), reserved_params.end(), key) !=
+                reserved_params.end()) {
+                fail(kpath, "reserved: tokenshm sets this parameter itself");
+            }
+            const auto value = expect_string(it->value, kpath, "a string");
+            c.extra_params.emplace_back(std::string(key), std::string(value));
+        }
+    }
+
+    c.default_lifetime = seconds_member(m, "default_lifetime_s", 1, 31'536'000, c.default_lifetime);
+    c.refresh_before = seconds_member(m, "refresh_before_s", 0, 86'400, c.refresh_before);
+    c.min_interval = seconds_member(m, "min_interval_s", 0, 86'400, c.min_interval);
+    c.min_backoff = seconds_member(m, "min_backoff_s", 1, 86'400, c.min_backoff);
+    c.max_backoff = seconds_member(m, "max_backoff_s", 1, 86'400, c.max_backoff);
+    if (c.max_backoff < c.min_backoff) {
+        fail(m.path("max_backoff_s"), "must be at least min_backoff_s (" +
+                                          std::to_string(c.min_backoff.count()) + "), found " +
+                                          std::to_string(c.max_backoff.count()));
+    }
+    c.timeout = seconds_member(m, "timeout_s", 1, 600, c.timeout);
+
+    if (const Value* ca = m.find_nullable("ca_file")) {
+        c.ca_file = expect_path(*ca, m.path("ca_file"), false);
+    }
+    return c;
+}
+
+// Reads a client secret: one trailing "\n" or "\r\n" is dropped; empty or
+// multi-line secrets are errors. Messages name the source, never the content.
+Secret read_secret(const SecretSource& src, const ConfigSources& sources,
+                   std::vector<std::string>& warnings) {
+    std::string value;
+    if (src.from_file) {
+        if (!sources.read_file) fail(src.key_path, "no way to read files here");
+        bool loose = false;
+        auto r = sources.read_file(src.where, loose);
+        if (!r) fail(src.key_path, r.error());
+        value = std::move(*r);
+        if (loose) {
+            warnings.push_back(src.key_path + ": " + src.where +
+                               " is accessible to group or others; run chmod 600 " + src.where);
+        }
+    } else {
+        std::optional<std::string> env = sources.getenv ? sources.getenv(src.where) : std::nullopt;
+        if (!env) fail(src.key_path, "environment variable " + src.where + " is not set");
+        value = std::move(*env);
+    }
+    Secret secret(std::move(value));  // from here on the value is wiped when dropped
+    std::string_view s = secret.reveal();
+    if (s.ends_with("\r\n")) {
+        s.remove_suffix(2);
+    } else if (s.ends_with('\n')) {
+        s.remove_suffix(1);
+    }
+    const std::string what =
+        src.from_file ? "file " + src.where : "environment variable " + src.where;
+    if (s.empty()) fail(src.key_path, "the secret in " + what + " is empty");
+    if (has_control(s)) {
+        fail(src.key_path,
+             "the secret in " + what + " contains a control character or more than one line");
+    }
+    if (s.size() == secret.size()) return secret;
+    return Secret(std::string(s));
+}
+
+Config parse_document(const Value& root, const ConfigSources& sources) {
+    if (!root.IsObject()) fail("(top level)", "expected a JSON object, found " + kind(root));
+    const Members m(root, "", top_keys);
+    Config cfg;
+
+    if (const Value* v = m.find("segment")) cfg.segment = expect_name(*v, "segment", 200);
+
+    if (const Value* v = m.find("mode")) {
+        const auto s = expect_string(*v, "mode", "\"0600\" or \"0640\"");
+        const bool octal =
+            s.size() >= 3 && s.size() <= 4 &&
+            std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '7'; });
+        const auto n = octal ? std::strtoul(std::string(s).c_str(), nullptr, 8) : 0UL;
+        if (n != 0600 && n != 0640) {
+            fail("mode", "expected \"0600\" or \"0640\", found " + quote(s));
+        }
+        cfg.mode = static_cast<mode_t>(n);
+    }
+
+    if (const Value* v = m.find_nullable("group")) {
+        const auto s = expect_string(*v, "group", "a group name or null");
+        if (s.empty() || s.size() > 256 || has_control(s)) {
+            fail("group", "expected a group name or null, found " + quote(s));
+        }
+        cfg.group = std::string(s);
+    }
+    if (cfg.mode == 0640 && !cfg.group) {
+        fail("group", "required when mode is \"0640\": name the group that may read the segment");
+    }
+    if (cfg.mode == 0600 && cfg.group) {
+        cfg.warnings.push_back("group: the segment's mode is \"0600\", so group " +
+                               quote(*cfg.group) + " gets no access; set mode \"0640\"");
+    }
+
+    if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
+
+    if (const Value* v = m.find("control_socket")) {
+        cfg.control_socket = expect_path(*v, "control_socket", true);
+        if (cfg.control_socket.size() > max_socket_path_bytes) {
+            fail("control_socket", "longer than " + std::to_string(max_socket_path_bytes) +
+                                       " bytes, the limit of a Unix socket path");
+        }
+    } else {
+        cfg.control_socket = "/run/tokenshm/" + cfg.segment + ".sock";
+        if (cfg.control_socket.size() > max_socket_path_bytes) {
+            fail("control_socket", "the default /run/tokenshm/<segment>.sock is longer than " +
+                                       std::to_string(max_socket_path_bytes) +
+                                       " bytes (a Unix socket path's limit); set control_socket");
+        }
+    }
+
+    if (const Value* v = m.find("max_token_bytes")) {
+        cfg.max_token_bytes =
+            static_cast<std::uint32_t>(expect_int(*v, "max_token_bytes", 64, 1 << 20));
+    }
+
+    const Value& creds = m.require("credentials");
+    if (!creds.IsArray() || creds.Empty()) {
+        fail("credentials",
+             "expected a non-empty array of credential objects, found " + kind(creds));
+    }
+    if (creds.Size() > max_credentials) {
+        fail("credentials", "at most " + std::to_string(max_credentials) + " credentials, found " +
+                                std::to_string(creds.Size()));
+    }
+    std::vector<SecretSource> secrets(creds.Size());
+    std::map<std::string, std::size_t, std::less<>> first_use;
+    for (rapidjson::SizeType i = 0; i < creds.Size(); ++i) {
+        const std::string path = index_path("credentials", i);
+        cfg.credentials.push_back(parse_credential(creds[i], path, secrets[i], cfg.warnings));
+        const auto [it, fresh] = first_use.emplace(cfg.credentials.back().name, i);
+        if (!fresh) {
+            fail(path + ".name", quote(it->first) + " is used twice (first by " +
+                                     index_path("credentials", it->second) + ")");
+        }
+    }
+
+    // Only now, with the whole document valid, touch the system.
+    if (cfg.group) {
+        std::optional<gid_t> gid = sources.group_id ? sources.group_id(*cfg.group) : std::nullopt;
+        if (!gid) fail("group", "no such group " + quote(*cfg.group));
+        cfg.group_id = gid;
+    }
+    for (std::size_t i = 0; i < secrets.size(); ++i) {
+        cfg.credentials[i].client_secret = read_secret(secrets[i], sources, cfg.warnings);
+    }
+    return cfg;
+}
+
+// 1-based line and byte column of `offset` in `text`.
+std::string position(std::string_view text, std::size_t offset) {
+    offset = std::min(offset, text.size());
+    const auto before = text.substr(0, offset);
+    const auto line = 1 + std::count(before.begin(), before.end(), '\n');
+    const auto last_nl = before.rfind('\n');
+    const auto column = last_nl == std::string_view::npos ? offset + 1 : offset - last_nl;
+    return "line " + std::to_string(line) + ", column " + std::to_string(column);
+}
+
+std::optional<std::string> system_getenv(const std::string& name) {
+    const char* v = ::getenv(name.c_str());
+    if (v == nullptr) return std::nullopt;
+    return std::string(v);
+}
+
+Expected<std::string, std::string> system_read_file(const std::string& path, bool& loose_mode) {
+    const auto sys_error = [&path](int err) {
+        return Unexpected{path + ": " + std::strerror(err)};
+    };
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+    if (fd < 0) return sys_error(errno);
+    struct FdCloser {
+        int fd;
+        ~FdCloser() { ::close(fd); }
+    } closer{fd};
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) return sys_error(errno);
+    if (!S_ISREG(st.st_mode)) return Unexpected{path + ": not a regular file"};
+    if (static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
+        return Unexpected{path + ": larger than 1 MiB"};
+    }
+    loose_mode = (st.st_mode & 077) != 0;
+    std::string out;
+    // Read one byte past the limit so a file that grew since fstat is still caught.
+    out.resize(max_file_bytes + 1);
+    std::size_t got = 0;
+    while (got < out.size()) {
+        const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            const int err = errno;
+            explicit_bzero(out.data(), got);
+            return sys_error(err);
+        }
+        if (n == 0) break;
+        got += static_cast<std::size_t>(n);
+    }
+    if (got > max_file_bytes) {
+        explicit_bzero(out.data(), got);
+        return Unexpected{path + ": larger than 1 MiB"};
+    }
+    out.resize(got);
+    out.shrink_to_fit();
+    return out;
+}
+
+std::optional<gid_t> system_group_id(const std::string& name) {
+    long hint = ::sysconf(_SC_GETGR_R_SIZE_MAX);
+    std::vector<char> buf(hint > 0 ? static_cast<std::size_t>(hint) : 1024);
+    for (;;) {
+        struct group grp {};
+        struct group* found = nullptr;
+        const int rc = ::getgrnam_r(name.c_str(), &grp, buf.data(), buf.size(), &found);
+        if (rc == ERANGE && buf.size() < (1U << 20)) {
+            buf.resize(buf.size() * 2);
+            continue;
+        }
+        if (rc == 0 && found != nullptr) return found->gr_gid;
+        break;
+    }
+    // Like chown(1), a number that is not a group name is a gid.
+    gid_t gid = 0;
+    const auto r = std::from_chars(name.data(), name.data() + name.size(), gid);
+    if (!name.empty() && r.ec == std::errc() && r.ptr == name.data() + name.size()) return gid;
+    return std::nullopt;
+}
+
+}  // namespace
+
+ConfigSources ConfigSources::system() {
+    return ConfigSources{system_getenv, system_read_file, system_group_id};
+}
+
+Expected<Config, std::string> parse_config(std::string_view json, const ConfigSources& sources) {
+    // RapidJSON treats a NUL byte as the end of input; refuse it outright.
+    if (const auto nul = json.find('\0'); nul != std::string_view::npos) {
+        return Unexpected{position(json, nul) + ": NUL byte in the configuration"};
+    }
+    rapidjson::Document doc;
+    doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(json.data(),
+                                                                                      json.size());
+    if (doc.HasParseError()) {
+        return Unexpected{position(json, doc.GetErrorOffset()) + ": " +
+                          rapidjson::GetParseError_En(doc.GetParseError())};
+    }
+    try {
+        return parse_document(doc, sources);
+    } catch (ConfigError& e) {
+        return Unexpected{std::move(e.line)};
+    }
+}
+
+Expected<Config, std::string> load_config(const std::string& path, const ConfigSources& sources) {
+    if (!sources.read_file) return Unexpected{path + ": no way to read files here"};
+    bool loose = false;  // the configuration holds no secret: its mode does not matter
+    auto text = sources.read_file(path, loose);
+    if (!text) return Unexpected{text.error()};
+    auto cfg = parse_config(*text, sources);
+    if (!cfg) return Unexpected{path + ": " + cfg.error()};
+    return cfg;
+}
+
+}  // namespace tokenshm::refresher

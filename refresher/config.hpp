@@ -1,0 +1,85 @@
+// The refresher's configuration (SPEC.md, "Configuration"), parsed and
+// validated strictly. Every error names the key's path, e.g.
+//   credentials[1].grant: expected "refresh_token" or "client_credentials"
+#pragma once
+
+#include "secret.hpp"
+
+#include <tokenshm/expected.hpp>
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace tokenshm::refresher {
+
+enum class Grant { refresh_token, client_credentials };
+enum class AuthMethod { client_secret_basic, client_secret_post };
+enum class BasicEncoding { form, raw };
+
+const char* to_string(Grant g) noexcept;
+const char* to_string(AuthMethod m) noexcept;
+
+struct CredentialConfig {
+    std::string name;                           // [A-Za-z0-9._-]{1,63}, unique
+    std::optional<std::string> issuer;          // exactly one of issuer and
+    std::optional<std::string> token_endpoint;  // token_endpoint
+    Grant grant = Grant::refresh_token;
+    std::string client_id;
+    Secret client_secret;
+    std::string client_secret_source;  // "file /etc/x" or "env NAME": for messages
+    AuthMethod auth_method = AuthMethod::client_secret_basic;
+    BasicEncoding basic_encoding = BasicEncoding::form;
+    std::optional<std::string> refresh_token_file;
+    std::optional<std::string> scope;
+    std::vector<std::pair<std::string, std::string>> extra_params;  // in file order
+    std::chrono::seconds default_lifetime{3600};
+    std::chrono::seconds refresh_before{300};
+    std::chrono::seconds min_interval{5};
+    std::chrono::seconds min_backoff{1};
+    std::chrono::seconds max_backoff{300};
+    std::chrono::seconds timeout{20};
+    std::optional<std::string> ca_file;
+
+    // Same settings and same secret: a reload leaves such a credential alone.
+    friend bool operator==(const CredentialConfig&, const CredentialConfig&) = default;
+};
+
+struct Config {
+    std::string segment = "tokenshm";
+    mode_t mode = 0600;
+    std::optional<std::string> group;
+    std::optional<gid_t> group_id;  // resolved from `group`
+    std::string state_dir = "/var/lib/tokenshm";
+    std::string control_socket;  // default "/run/tokenshm/<segment>.sock"
+    std::uint32_t max_token_bytes = 8192;
+    std::vector<CredentialConfig> credentials;
+    // Non-fatal findings (e.g. a secret file readable by group or others).
+    std::vector<std::string> warnings;
+};
+
+// Where configuration reads come from; tests substitute both.
+struct ConfigSources {
+    std::function<std::optional<std::string>(const std::string& name)> getenv;
+    // Returns the file's contents, or an error line ("open(/x): No such file").
+    // `loose_mode` is set when the file is readable by group or others.
+    std::function<Expected<std::string, std::string>(const std::string& path, bool& loose_mode)>
+        read_file;
+    std::function<std::optional<gid_t>(const std::string& group)> group_id;
+    static ConfigSources system();
+};
+
+// Parses and validates. The error is one line naming the key's path.
+Expected<Config, std::string> parse_config(std::string_view json,
+                                           const ConfigSources& sources = ConfigSources::system());
+Expected<Config, std::string> load_config(const std::string& path,
+                                          const ConfigSources& sources = ConfigSources::system());
+
+}  // namespace tokenshm::refresher

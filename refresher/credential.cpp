@@ -1,0 +1,216 @@
+#include "credential.hpp"
+
+#include "log.hpp"
+
+#include <algorithm>
+
+namespace tokenshm::refresher {
+
+namespace {
+constexpr std::int64_t kPersistRetryMs = 1000;
+// After this many consecutive failures a discovered endpoint is looked up again:
+// the server may have moved it.
+constexpr unsigned kRediscoverAfter = 3;
+
+std::string seconds_text(std::int64_t ms) { return std::to_string((ms + 999) / 1000) + "s"; }
+}  // namespace
+
+CredentialRefresher::CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
+                                         std::optional<Secret> refresh_token,
+                                         PersistRefreshToken persist,
+                                         std::function<double()> random01)
+    : cfg_(std::move(cfg)),
+      max_token_bytes_(max_token_bytes),
+      refresh_token_(std::move(refresh_token)),
+      persist_(std::move(persist)),
+      random01_(std::move(random01)),
+      backoff_(cfg_) {
+    if (cfg_.token_endpoint) token_endpoint_ = cfg_.token_endpoint;
+}
+
+void CredentialRefresher::resume(const Published& previous, std::int64_t now_ms) {
+    if (previous.access_token.empty() || previous.expires_at_ms <= now_ms) return;
+    pub_ = previous;
+    pub_.last_error.clear();
+    if (pub_.state == shm::RecordState::reauth || pub_.state == shm::RecordState::expired)
+        pub_.state = shm::RecordState::stale;
+    // Refresh on the old schedule; a person may have fixed a rejected grant
+    // before this restart, so a reauth record is retried once, now.
+    next_attempt_ms_ = previous.state == shm::RecordState::valid && previous.next_refresh_ms > 0
+                           ? std::max(now_ms, std::min(previous.next_refresh_ms,
+                                                       previous.expires_at_ms))
+                           : now_ms;
+    pub_.next_refresh_ms = next_attempt_ms_;
+    changed();
+}
+
+std::int64_t CredentialRefresher::next_action_ms() const noexcept {
+    std::int64_t t = next_persist_ms_;
+    if (!in_flight() && !reauth_) t = std::min(t, next_attempt_ms_);
+    if (!pub_.access_token.empty() && pub_.state != shm::RecordState::expired)
+        t = std::min(t, pub_.expires_at_ms);
+    return t;
+}
+
+void CredentialRefresher::expire_if_due(std::int64_t now_ms) {
+    if (pub_.access_token.empty() || pub_.expires_at_ms > now_ms) return;
+    if (pub_.state == shm::RecordState::valid || pub_.state == shm::RecordState::stale) {
+        pub_.state = shm::RecordState::expired;
+        changed();
+        log_event(Level::warn, cfg_.name, "expired",
+                  "the last token expired; readers get 'expired' until a refresh succeeds");
+    }
+}
+
+void CredentialRefresher::refresh_soon(std::int64_t now_ms) {
+    reauth_ = false;
+    next_attempt_ms_ = std::max(now_ms, last_sent_ms_ + cfg_.min_interval.count() * 1000);
+}
+
+std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
+    expire_if_due(now_ms);
+
+    if (unpersisted_ && now_ms >= next_persist_ms_) {
+        if (auto r = persist_(cfg_.name, *unpersisted_); r) {
+            unpersisted_.reset();
+            next_persist_ms_ = kNever;
+            log_event(Level::info, cfg_.name, "refresh_token_persisted",
+                      "the rotated refresh token is on disk now");
+        } else {
+            next_persist_ms_ = now_ms + kPersistRetryMs;
+        }
+    }
+
+    if (in_flight() || reauth_ || now_ms < next_attempt_ms_) return std::nullopt;
+    if (cfg_.grant == Grant::refresh_token && !refresh_token_) {
+        fail(now_ms, FailureKind::reauth, "no refresh token: run `tokenshm login` or set refresh_token_file",
+             std::nullopt, "reauth");
+        return std::nullopt;
+    }
+
+    sent_at_ms_ = now_ms;
+    pub_.last_attempt_ms = now_ms;
+    if (!token_endpoint_) {
+        const auto urls = discovery_urls(*cfg_.issuer);
+        in_flight_ = Request::discovery;
+        return build_discovery_request(urls[discovery_index_ % urls.size()], cfg_);
+    }
+    in_flight_ = Request::token;
+    last_sent_ms_ = now_ms;
+    return build_token_request(cfg_, *token_endpoint_,
+                               refresh_token_ ? &*refresh_token_ : nullptr);
+}
+
+void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t now_ms) {
+    const Request was = std::exchange(in_flight_, Request::none);
+    if (was == Request::discovery) {
+        auto ep = parse_discovery(response, *cfg_.issuer);
+        if (ep) {
+            token_endpoint_ = *ep;
+            discovery_index_ = 0;
+            log_event(Level::info, cfg_.name, "discovered", "token_endpoint=" + *ep);
+            next_attempt_ms_ = now_ms;  // go straight on to the token request
+            return;
+        }
+        const auto urls = discovery_urls(*cfg_.issuer);
+        ++discovery_index_;
+        if (discovery_index_ % urls.size() != 0) {
+            // Try the other well-known document before counting a failure.
+            log_event(Level::info, cfg_.name, "discovery_next", ep.error());
+            next_attempt_ms_ = now_ms;
+            return;
+        }
+        fail(now_ms, FailureKind::retry, "discovery failed: " + ep.error(), std::nullopt,
+             "discovery_failed");
+        return;
+    }
+    if (was != Request::token) return;
+
+    TokenOutcome out = parse_token_response(response, cfg_.default_lifetime, max_token_bytes_);
+    if (out.ok()) {
+        succeed(out.success(), now_ms);
+        return;
+    }
+    const TokenFailure& f = out.failure();
+    std::optional<std::chrono::milliseconds> retry_after;
+    if (response.retry_after) retry_after = parse_retry_after(*response.retry_after, now_ms);
+    fail(now_ms, f.kind, f.message, retry_after,
+         f.kind == FailureKind::reauth ? "reauth" : "refresh_failed");
+}
+
+void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
+    bool persisted = true;
+    bool rotated = false;
+    if (s.refresh_token && !(refresh_token_ && *s.refresh_token == *refresh_token_)) {
+        rotated = true;
+        // The successor goes to disk before the new access token is published.
+        // Whatever happens next, it replaces the old one in memory: the old one
+        // is spent, and using it again would make the server revoke the grant.
+        if (auto r = persist_(cfg_.name, *s.refresh_token); !r) {
+            persisted = false;
+            log_event(Level::error, cfg_.name, "persist_failed",
+                      "could not save the rotated refresh token (" + r.error() +
+                          "); keeping it in memory and retrying every second");
+            unpersisted_ = *s.refresh_token;
+            next_persist_ms_ = now_ms + kPersistRetryMs;
+        } else {
+            unpersisted_.reset();
+            next_persist_ms_ = kNever;
+        }
+        refresh_token_ = std::move(*s.refresh_token);
+    }
+
+    const std::int64_t expires_at = sent_at_ms_ + s.expires_in.count() * 1000;
+    pub_.state = shm::RecordState::valid;
+    pub_.access_token = std::move(s.access_token);
+    pub_.token_type = s.token_type;
+    pub_.scope = s.scope ? *s.scope : (cfg_.scope ? *cfg_.scope : std::string());
+    pub_.issued_at_ms = sent_at_ms_;
+    pub_.expires_at_ms = expires_at;
+    pub_.failures = 0;
+    pub_.last_error = persisted ? std::string() : "rotated refresh token not yet saved to state_dir";
+    next_attempt_ms_ = next_refresh_at_ms(sent_at_ms_, expires_at, cfg_, random01_());
+    pub_.next_refresh_ms = next_attempt_ms_;
+    backoff_.reset();
+    reauth_ = false;
+    last_ok_ = true;
+    changed();
+    log_event(Level::info, cfg_.name, "refreshed",
+              "expires_in=" + seconds_text(expires_at - now_ms) +
+                  " next_refresh_in=" + seconds_text(next_attempt_ms_ - now_ms) +
+                  " rotated=" + (rotated ? "yes" : "no"));
+}
+
+void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
+                               std::optional<std::chrono::milliseconds> retry_after,
+                               const std::string& event) {
+    last_ok_ = false;
+    pub_.failures += 1;
+    pub_.last_error = message;
+    if (kind == FailureKind::reauth) {
+        reauth_ = true;
+        pub_.state = shm::RecordState::reauth;
+        pub_.next_refresh_ms = 0;
+        changed();
+        log_event(Level::error, cfg_.name, event,
+                  message + "; no more attempts until the config is reloaded or the refresher "
+                            "restarted");
+        return;
+    }
+    if (cfg_.issuer && token_endpoint_ && !cfg_.token_endpoint &&
+        backoff_.failures() + 1 >= kRediscoverAfter)
+        token_endpoint_.reset();  // look the endpoint up again next time
+    const std::int64_t delay = retry_delay(backoff_, retry_after, random01_()).count();
+    next_attempt_ms_ = now_ms + delay;
+    pub_.next_refresh_ms = next_attempt_ms_;
+    if (has_live_token(now_ms))
+        pub_.state = shm::RecordState::stale;
+    else if (!pub_.access_token.empty())
+        pub_.state = shm::RecordState::expired;
+    changed();
+    log_event(Level::warn, cfg_.name, event,
+              message + "; failures=" + std::to_string(pub_.failures) +
+                  " retry_in=" + seconds_text(delay));
+}
+
+}  // namespace tokenshm::refresher

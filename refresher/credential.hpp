@@ -1,0 +1,118 @@
+// CredentialRefresher: the life of one credential as a state machine, driven
+// by the daemon loop with the time passed in and HTTP responses handed back.
+// It never sleeps, never touches the network or the segment itself, so the
+// schedule and the failure policy are unit-tested with a fake clock.
+//
+//   empty --ok--> valid --refresh fails--> stale --expires--> expired
+//     ^             ^  \--ok--------------------/                |
+//     |             +--------------------ok----------------------+
+//   any --invalid_grant/invalid_client/unauthorized_client--> reauth (no more requests)
+#pragma once
+
+#include "config.hpp"
+#include "oauth.hpp"
+#include "schedule.hpp"
+#include "secret.hpp"
+#include "state_store.hpp"
+#include "transport.hpp"
+
+#include <tokenshm/shm/record.hpp>
+
+#include <cstdint>
+#include <functional>
+#include <limits>
+#include <optional>
+#include <string>
+
+namespace tokenshm::refresher {
+
+inline constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
+
+// What the slot should show. The daemon publishes it whenever `revision` moves.
+struct Published {
+    shm::RecordState state = shm::RecordState::empty;
+    Secret access_token;
+    std::string token_type;
+    std::string scope;
+    std::int64_t issued_at_ms = 0;
+    std::int64_t expires_at_ms = 0;
+    std::int64_t next_refresh_ms = 0;
+    std::int64_t last_attempt_ms = 0;
+    std::uint32_t failures = 0;
+    std::string last_error;
+};
+
+// Where rotated refresh tokens go; the daemon passes the StateStore.
+using PersistRefreshToken =
+    std::function<Expected<Done, std::string>(std::string_view name, const Secret& token)>;
+
+class CredentialRefresher {
+public:
+    CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
+                        std::optional<Secret> refresh_token, PersistRefreshToken persist,
+                        std::function<double()> random01);
+
+    const CredentialConfig& config() const noexcept { return cfg_; }
+    const std::string& name() const noexcept { return cfg_.name; }
+
+    // Adopts what a previous refresher left in the slot: a token that has not
+    // expired keeps being served and is refreshed on its old schedule.
+    void resume(const Published& previous, std::int64_t now_ms);
+
+    // When the machine next wants to act (a request is due, a token expires,
+    // a persist must be retried); kNever when it waits for a person.
+    std::int64_t next_action_ms() const noexcept;
+    bool in_flight() const noexcept { return in_flight_ != Request::none; }
+
+    // Updates time-driven state (expiry) and returns the request to send now,
+    // if one is due. The caller must hand the response to on_response().
+    std::optional<HttpRequest> poll(std::int64_t now_ms);
+    void on_response(const HttpResponse& response, std::int64_t now_ms);
+
+    // Refresh as soon as allowed (SIGHUP on a changed credential, control socket).
+    void refresh_soon(std::int64_t now_ms);
+
+    const Published& published() const noexcept { return pub_; }
+    // The refresh token in use (to carry it over when a reload replaces this
+    // credential), and whether it is still only in memory.
+    const std::optional<Secret>& refresh_token() const noexcept { return refresh_token_; }
+    // Grows whenever published() changes.
+    std::uint64_t revision() const noexcept { return revision_; }
+    // Whether the last completed attempt obtained a token (for --once).
+    std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
+
+private:
+    enum class Request { none, discovery, token };
+
+    void fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
+              std::optional<std::chrono::milliseconds> retry_after, const std::string& event);
+    void succeed(TokenSuccess& s, std::int64_t now_ms);
+    void expire_if_due(std::int64_t now_ms);
+    void changed() noexcept { ++revision_; }
+    bool has_live_token(std::int64_t now_ms) const noexcept {
+        return !pub_.access_token.empty() && pub_.expires_at_ms > now_ms;
+    }
+
+    CredentialConfig cfg_;
+    std::size_t max_token_bytes_;
+    std::optional<Secret> refresh_token_;
+    PersistRefreshToken persist_;
+    std::function<double()> random01_;
+    Backoff backoff_;
+
+    std::optional<std::string> token_endpoint_;  // configured or discovered
+    std::size_t discovery_index_ = 0;
+    Request in_flight_ = Request::none;
+    std::int64_t sent_at_ms_ = 0;
+    std::int64_t next_attempt_ms_ = 0;
+    std::int64_t last_sent_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
+    bool reauth_ = false;
+    std::optional<Secret> unpersisted_;  // a received refresh token not yet on disk
+    std::int64_t next_persist_ms_ = kNever;
+    std::optional<bool> last_ok_;
+
+    Published pub_;
+    std::uint64_t revision_ = 0;
+};
+
+}  // namespace tokenshm::refresher

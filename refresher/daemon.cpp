@@ -1,0 +1,322 @@
+#include "daemon.hpp"
+
+#include "log.hpp"
+
+#include <sys/signalfd.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <csignal>
+#include <cstring>
+#include <set>
+
+namespace tokenshm::refresher {
+
+namespace {
+constexpr std::int64_t kHeartbeatEveryMs = 250;
+constexpr std::int64_t kSegmentCheckEveryMs = 1000;
+constexpr std::int64_t kMaxWaitMs = 250;
+
+shm::SegmentSpec segment_spec(const Config& c) {
+    shm::SegmentSpec s;
+    s.name = c.segment;
+    s.mode = c.mode;
+    s.group = c.group_id;
+    s.max_token_bytes = c.max_token_bytes;
+    // Room for credentials added by a reload without a restart.
+    s.slot_count = static_cast<std::uint32_t>(
+        std::clamp<std::size_t>(c.credentials.size() * 2, 16, TOKENSHM_MAX_SLOTS));
+    return s;
+}
+}  // namespace
+
+Daemon::Daemon(Config cfg, DaemonDeps deps) : cfg_(std::move(cfg)), deps_(std::move(deps)) {}
+
+Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonDeps deps) {
+    std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(deps)));
+    d->store_ = std::make_unique<StateStore>(
+        *d->deps_.fs, d->cfg_.state_dir, [](std::string_view cred, std::string_view msg) {
+            log_event(Level::warn, cred, "state_dir", msg);
+        });
+    if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
+
+    std::vector<std::string> repaired;
+    auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_), &repaired);
+    if (!seg) return Unexpected{seg.error().message};
+    d->seg_.emplace(std::move(*seg));
+    log_event(Level::info, "", d->seg_->created() ? "segment_created" : "segment_attached",
+              "segment=" + d->cfg_.segment + " pid=" + std::to_string(::getpid()));
+    for (const std::string& line : repaired) log_event(Level::warn, "", "segment_repaired", line);
+
+    // Slots of credentials no longer configured: readers must not be served them.
+    std::set<std::string> names;
+    for (const auto& c : d->cfg_.credentials) names.insert(c.name);
+    for (const auto& [name, slot] : d->seg_->active_slots()) {
+        if (!names.count(name)) {
+            d->seg_->retire(slot);
+            log_event(Level::info, name, "removed", "not in the configuration any more");
+        }
+    }
+
+    for (const auto& c : d->cfg_.credentials) {
+        auto cred = d->make_credential(c, std::nullopt);
+        if (!cred) return Unexpected{std::move(cred).error()};
+        Entry& e = d->entries_[c.name];
+        e.cred = std::move(*cred);
+        d->attach_entry(e, c.name, true);
+    }
+    d->publish_changed();
+    return d;
+}
+
+Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credential(
+    const CredentialConfig& c, const std::optional<Secret>& carried) {
+    std::optional<Secret> rt = carried;
+    if (!rt && c.grant == Grant::refresh_token) {
+        auto loaded = initial_refresh_token(*store_, *deps_.fs, c.name, c.refresh_token_file);
+        if (!loaded) return Unexpected{loaded.error()};
+        rt = std::move(*loaded);
+    }
+    StateStore* store = store_.get();
+    return std::make_unique<CredentialRefresher>(
+        c, cfg_.max_token_bytes, std::move(rt),
+        [store](std::string_view name, const Secret& t) { return store->save(name, t); },
+        deps_.random01);
+}
+
+void Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
+    auto slot = seg_->claim(name);
+    if (!slot) {
+        log_event(Level::error, name, "no_slot", slot.error().message);
+        return;
+    }
+    e.slot = *slot;
+    std::vector<std::uint64_t> scratch;
+    if (auto cur = seg_->current(e.slot, scratch)) {
+        e.version = cur->fixed.version;
+        if (resume) {
+            Published prev;
+            prev.state = static_cast<shm::RecordState>(cur->fixed.state);
+            prev.access_token = Secret(std::string(cur->token));
+            prev.token_type = std::string(cur->token_type);
+            prev.scope = std::string(cur->scope);
+            prev.issued_at_ms = cur->fixed.issued_at_ms;
+            prev.expires_at_ms = cur->fixed.expires_at_ms;
+            prev.next_refresh_ms = cur->fixed.next_refresh_ms;
+            prev.last_attempt_ms = cur->fixed.last_attempt_ms;
+            prev.failures = cur->fixed.failures;
+            e.cred->resume(prev, deps_.now_ms());
+            if (!prev.access_token.empty() && prev.expires_at_ms > deps_.now_ms())
+                log_event(Level::info, name, "resumed",
+                          "serving the token left in the segment (version " +
+                              std::to_string(e.version) + ")");
+        }
+    }
+    e.published_revision = ~std::uint64_t{0};
+}
+
+void Daemon::publish(Entry& e) {
+    const Published& p = e.cred->published();
+    shm::SlotRecord r;
+    r.version = ++e.version;
+    r.state = p.state;
+    r.token = p.access_token.reveal();
+    r.token_type = p.token_type;
+    r.scope = p.scope;
+    r.last_error = p.last_error;
+    r.issued_at_ms = p.issued_at_ms;
+    r.expires_at_ms = p.expires_at_ms;
+    r.next_refresh_ms = p.next_refresh_ms;
+    r.last_attempt_ms = p.last_attempt_ms;
+    r.failures = p.failures;
+    if (const auto err = seg_->publish(e.slot, r); err != shm::EncodeError::ok) {
+        --e.version;
+        log_event(Level::error, e.cred->name(), "publish_failed", shm::to_string(err));
+        return;
+    }
+    e.published_revision = e.cred->revision();
+}
+
+void Daemon::publish_changed() {
+    for (auto& [name, e] : entries_)
+        if (e.cred && e.published_revision != e.cred->revision()) publish(e);
+}
+
+void Daemon::check_segment(std::int64_t now) {
+    if (now - last_heartbeat_ms_ >= kHeartbeatEveryMs) {
+        seg_->heartbeat(now);
+        last_heartbeat_ms_ = now;
+    }
+    if (now - last_segment_check_ms_ < kSegmentCheckEveryMs) return;
+    last_segment_check_ms_ = now;
+    if (!seg_->unlinked()) return;
+    // Someone removed the segment's name (systemd RemoveIPC, a person): make
+    // a new one and publish everything again, versions continuing.
+    log_event(Level::warn, "", "segment_unlinked", "segment " + cfg_.segment +
+                                                       " was removed under us; recreating it");
+    seg_.reset();
+    auto seg = shm::WriterSegment::create_or_attach(segment_spec(cfg_));
+    if (!seg) {
+        log_event(Level::error, "", "segment_recreate_failed", seg.error().message);
+        stop_ = true;
+        return;
+    }
+    seg_.emplace(std::move(*seg));
+    for (auto& [name, e] : entries_) {
+        const std::uint64_t v = e.version;
+        attach_entry(e, name, false);
+        e.version = std::max(e.version, v);
+    }
+    publish_changed();
+}
+
+void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
+    std::int64_t now = deps_.now_ms();
+    check_segment(now);
+    if (stop_) return;
+    std::int64_t next = now + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
+    for (auto& [name, e] : entries_) {
+        if (!e.cred) continue;
+        apply_pending(e);
+        if (auto req = e.cred->poll(now)) {
+            const std::uint64_t id = next_request_id_++;
+            requests_[id] = name;
+            deps_.transport->start(id, std::move(*req));
+        }
+        next = std::min(next, e.cred->next_action_ms());
+    }
+    publish_changed();
+
+    const auto wait = std::chrono::milliseconds(std::max<std::int64_t>(0, next - now));
+    auto done = deps_.transport->poll(wait, wake_fd);
+    now = deps_.now_ms();
+    for (auto& [id, resp] : done) {
+        auto it = requests_.find(id);
+        if (it == requests_.end()) continue;
+        const std::string name = it->second;
+        requests_.erase(it);
+        auto e = entries_.find(name);
+        if (e == entries_.end() || !e->second.cred) continue;  // removed while in flight
+        e->second.cred->on_response(resp, now);
+        apply_pending(e->second);
+    }
+    publish_changed();
+    seg_->heartbeat(now);
+    last_heartbeat_ms_ = now;
+}
+
+bool Daemon::all_attempted() const {
+    for (const auto& [name, e] : entries_)
+        if (e.cred && (e.cred->in_flight() || !e.cred->last_attempt_ok())) return false;
+    return true;
+}
+
+int Daemon::run(int signal_fd, bool once) {
+    if (once)
+        for (auto& [name, e] : entries_) e.cred->refresh_soon(deps_.now_ms());
+    while (!stop_) {
+        step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
+        if (once && all_attempted()) break;
+        if (signal_fd < 0) continue;
+        struct signalfd_siginfo si {};
+        for (;;) {
+            const ssize_t n = ::read(signal_fd, &si, sizeof si);
+            if (n != static_cast<ssize_t>(sizeof si)) {
+                if (n < 0 && errno != EAGAIN && errno != EINTR)
+                    log_event(Level::error, "", "signalfd", std::string("read: ") + std::strerror(errno));
+                break;
+            }
+            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+                log_event(Level::info, "", "stopping",
+                          std::string("signal ") + ::strsignal(static_cast<int>(si.ssi_signo)) +
+                              "; the segment and its tokens stay for readers");
+                stop_ = true;
+            } else if (si.ssi_signo == SIGHUP) {
+                reload_requested_ = true;
+            }
+        }
+        if (reload_requested_) {
+            reload_requested_ = false;
+            if (reload_) reload_();
+        }
+    }
+    if (!once) return 0;
+    bool ok = true;
+    for (const auto& [name, e] : entries_)
+        if (e.cred && e.cred->last_attempt_ok() != true) ok = false;
+    return ok ? 0 : 1;
+}
+
+void Daemon::apply_pending(Entry& e) {
+    if (!e.pending || (e.cred && e.cred->in_flight())) return;
+    CredentialConfig c = std::move(*e.pending);
+    e.pending.reset();
+    // Keep the refresh token in use when the client and server are the same:
+    // it may be newer than any file, and the old one may already be spent.
+    std::optional<Secret> carried;
+    if (e.cred && e.cred->refresh_token() && e.cred->config().client_id == c.client_id &&
+        e.cred->config().issuer == c.issuer && e.cred->config().token_endpoint == c.token_endpoint &&
+        e.cred->config().refresh_token_file == c.refresh_token_file)
+        carried = e.cred->refresh_token();
+    auto cred = make_credential(c, carried);
+    if (!cred) {
+        log_event(Level::error, c.name, "reload_failed", cred.error() + "; keeping the old settings");
+        return;
+    }
+    Published prev = e.cred ? e.cred->published() : Published{};
+    e.cred = std::move(*cred);
+    e.cred->resume(prev, deps_.now_ms());
+    e.cred->refresh_soon(deps_.now_ms());
+    log_event(Level::info, c.name, "changed", "settings changed; refreshing with the new ones");
+}
+
+void Daemon::reload(Config cfg) {
+    if (cfg.segment != cfg_.segment || cfg.mode != cfg_.mode || cfg.group_id != cfg_.group_id ||
+        cfg.max_token_bytes != cfg_.max_token_bytes || cfg.state_dir != cfg_.state_dir)
+        log_event(Level::warn, "", "reload",
+                  "segment, mode, group, max_token_bytes and state_dir take effect only after a "
+                  "restart; applying the credentials");
+    std::set<std::string> keep;
+    for (auto& c : cfg.credentials) {
+        keep.insert(c.name);
+        auto it = entries_.find(c.name);
+        if (it == entries_.end()) {
+            auto cred = make_credential(c, std::nullopt);
+            if (!cred) {
+                log_event(Level::error, c.name, "reload_failed", cred.error());
+                continue;
+            }
+            Entry& e = entries_[c.name];
+            e.cred = std::move(*cred);
+            attach_entry(e, c.name, true);
+            log_event(Level::info, c.name, "added", "new credential");
+        } else if (!(it->second.cred->config() == c)) {
+            it->second.pending = c;
+            apply_pending(it->second);
+        }
+    }
+    for (auto it = entries_.begin(); it != entries_.end();) {
+        if (keep.count(it->first)) {
+            ++it;
+            continue;
+        }
+        seg_->retire(it->second.slot);
+        log_event(Level::info, it->first, "removed", "not in the configuration any more");
+        it = entries_.erase(it);
+    }
+    cfg.segment = cfg_.segment;
+    cfg.mode = cfg_.mode;
+    cfg.group_id = cfg_.group_id;
+    cfg.max_token_bytes = cfg_.max_token_bytes;
+    cfg.state_dir = cfg_.state_dir;
+    cfg_ = std::move(cfg);
+    publish_changed();
+}
+
+const CredentialRefresher* Daemon::credential(const std::string& name) const {
+    auto it = entries_.find(name);
+    return it == entries_.end() ? nullptr : it->second.cred.get();
+}
+
+}  // namespace tokenshm::refresher

@@ -1,0 +1,86 @@
+// The refresher daemon: owns the segment (and its lock), one
+// CredentialRefresher per configured credential, and the loop that drives
+// them through a Transport, publishes their records and beats the heart.
+#pragma once
+
+#include "config.hpp"
+#include "credential.hpp"
+#include "state_store.hpp"
+#include "transport.hpp"
+
+#include <tokenshm/shm/segment.hpp>
+
+#include <atomic>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+
+namespace tokenshm::refresher {
+
+struct DaemonDeps {
+    Transport* transport;
+    FileSystem* fs;
+    std::function<std::int64_t()> now_ms;  // Unix ms
+    std::function<double()> random01;
+};
+
+class Daemon {
+public:
+    // Prepares the state directory, attaches to (or creates) the segment,
+    // loads refresh tokens, and resumes what a previous refresher left.
+    static Expected<std::unique_ptr<Daemon>, std::string> start(Config cfg, DaemonDeps deps);
+
+    // Runs until SIGTERM/SIGINT arrive on `signal_fd` (a signalfd; -1 for none),
+    // or, with `once`, until every credential has made one attempt. Returns the
+    // exit code: 0, or 1 when `once` and any credential failed.
+    int run(int signal_fd, bool once);
+    // One pass of the loop (tests drive it step by step): starts due requests,
+    // waits at most `max_wait` for responses, publishes what changed.
+    void step(std::chrono::milliseconds max_wait, int wake_fd = -1);
+    // Applies a new configuration: new credentials get slots, removed ones are
+    // retired, changed ones restart, unchanged ones are not touched.
+    void reload(Config cfg);
+    void request_stop() noexcept { stop_ = true; }
+    // Called on SIGHUP from run(): re-reads the configuration and reload()s.
+    void set_reload_handler(std::function<void()> f) { reload_ = std::move(f); }
+
+    shm::WriterSegment& segment() noexcept { return *seg_; }
+    const CredentialRefresher* credential(const std::string& name) const;
+
+private:
+    struct Entry {
+        std::unique_ptr<CredentialRefresher> cred;
+        std::uint32_t slot = 0;
+        std::uint64_t version = 0;            // last version published in the slot
+        std::uint64_t published_revision = ~std::uint64_t{0};
+        std::optional<CredentialConfig> pending;  // a changed config, applied when idle
+    };
+
+    Daemon(Config cfg, DaemonDeps deps);
+    Expected<std::unique_ptr<CredentialRefresher>, std::string> make_credential(
+        const CredentialConfig& c, const std::optional<Secret>& carried);
+    void attach_entry(Entry& e, const std::string& name, bool resume);
+    void publish(Entry& e);
+    void publish_changed();
+    void apply_pending(Entry& e);
+    void check_segment(std::int64_t now);
+    bool all_attempted() const;
+
+    Config cfg_;
+    DaemonDeps deps_;
+    std::unique_ptr<StateStore> store_;
+    std::optional<shm::WriterSegment> seg_;
+    std::map<std::string, Entry> entries_;
+    std::map<std::uint64_t, std::string> requests_;  // request id -> credential
+    std::uint64_t next_request_id_ = 1;
+    std::int64_t last_heartbeat_ms_ = 0;
+    std::int64_t last_segment_check_ms_ = 0;
+    std::atomic<bool> stop_{false};
+    bool reload_requested_ = false;
+    std::function<void()> reload_;
+};
+
+}  // namespace tokenshm::refresher

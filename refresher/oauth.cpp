@@ -1,0 +1,739 @@
+#include "oauth.hpp"
+
+#include <tokenshm/layout.h>
+
+#include <rapidjson/document.h>
+#include <rapidjson/error/en.h>
+
+#include <time.h>
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+
+namespace tokenshm::refresher {
+
+namespace {
+
+constexpr std::size_t kMaxTokenType = TOKENSHM_TYPE_CAP;
+constexpr std::size_t kMaxScope = TOKENSHM_SCOPE_CAP;
+constexpr std::size_t kMaxErrorCode = 64;
+
+bool is_alpha(char c) {
+    return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z');
+}
+bool is_digit(char c) {
+    return c >= '0' && c <= '9';
+}
+bool is_vschar(char c) {
+    return c >= 0x20 && c <= 0x7e;
+}  // RFC 6749 App. A: VSCHAR
+bool is_visible(char c) {
+    return c > 0x20 && c <= 0x7e;
+}  // VCHAR: printable, no space
+
+bool all_of(std::string_view s, bool (*pred)(char)) {
+    return std::all_of(s.begin(), s.end(), pred);
+}
+
+char ascii_lower(char c) {
+    return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool iequals(std::string_view a, std::string_view b) {
+    if (a.size() != b.size()) return false;
+    for (std::size_t i = 0; i < a.size(); ++i)
+        if (ascii_lower(a[i]) != ascii_lower(b[i])) return false;
+    return true;
+}
+
+std::string_view trim_ows(std::string_view s) {
+    while (!s.empty() && (s.front() == ' ' || s.front() == '\t'))
+        s.remove_prefix(1);
+    while (!s.empty() && (s.back() == ' ' || s.back() == '\t'))
+        s.remove_suffix(1);
+    return s;
+}
+
+// Text from the network made fit for one log line: printable ASCII only,
+// at most `max` characters.
+std::string sanitize(std::string_view s, std::size_t max) {
+    std::string out;
+    for (char c : s) {
+        if (out.size() >= max) {
+            out += "...";
+            break;
+        }
+        out += is_vschar(c) ? c : '?';
+    }
+    return out;
+}
+
+std::string quoted(std::string_view s, std::size_t max) {
+    return "\"" + sanitize(s, max) + "\"";
+}
+
+// The media type of a Content-Type value, lowercased, without parameters.
+std::string media_type(std::string_view content_type) {
+    std::string_view t = content_type.substr(0, content_type.find(';'));
+    t = trim_ows(t);
+    std::string out;
+    for (char c : t)
+        out += ascii_lower(c);
+    return out;
+}
+
+bool looks_like_html(const HttpResponse& r) {
+    const std::string mt = media_type(r.content_type);
+    if (mt == "text/html" || mt == "application/xhtml+xml") return true;
+    std::string_view b = r.body;
+    while (!b.empty() &&
+           (b.front() == ' ' || b.front() == '\t' || b.front() == '\r' || b.front() == '\n'))
+        b.remove_prefix(1);
+    return !b.empty() && b.front() == '<';
+}
+
+bool blank(std::string_view s) {
+    return std::all_of(s.begin(), s.end(),
+                       [](char c) { return c == ' ' || c == '\t' || c == '\r' || c == '\n'; });
+}
+
+// Parses without recursion (a body of a million '[' must not blow the stack)
+// and rejects invalid UTF-8. On failure, `why` says what and where, and
+// never quotes the body.
+bool parse_json(const std::string& body, rapidjson::Document& doc, std::string& why) {
+    doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
+                                                                                      body.size());
+    if (!doc.HasParseError()) return true;
+    why = rapidjson::GetParseError_En(doc.GetParseError());
+    if (!why.empty() && why.back() == '.') why.pop_back();
+    why += " at offset " + std::to_string(doc.GetErrorOffset());
+    return false;
+}
+
+// A member by name, or null when absent. A name given twice is ambiguous
+// (two parsers could disagree on which one counts), so it is reported.
+const rapidjson::Value* member(const rapidjson::Value& obj, const char* name, bool& duplicate) {
+    const rapidjson::Value* found = nullptr;
+    duplicate = false;
+    const std::string_view want(name);
+    for (auto it = obj.MemberBegin(); it != obj.MemberEnd(); ++it) {
+        if (std::string_view(it->name.GetString(), it->name.GetStringLength()) != want) continue;
+        if (found) duplicate = true;
+        found = &it->value;
+    }
+    return found;
+}
+
+std::string_view str(const rapidjson::Value& v) {
+    return {v.GetString(), v.GetStringLength()};
+}
+
+std::string strip_one_slash(std::string_view s) {
+    if (!s.empty() && s.back() == '/') s.remove_suffix(1);
+    return std::string(s);
+}
+
+bool is_loopback_host(std::string_view host) {
+    if (iequals(host, "localhost") || host == "[::1]") return true;
+    // 127.0.0.0/8 in dotted-quad decimal.
+    int parts = 0;
+    std::string_view rest = host;
+    while (true) {
+        const std::size_t dot = rest.find('.');
+        const std::string_view part = rest.substr(0, dot);
+        if (part.empty() || part.size() > 3 || !all_of(part, is_digit)) return false;
+        const int value = std::stoi(std::string(part));
+        if (value > 255) return false;
+        if (parts == 0 && value != 127) return false;
+        ++parts;
+        if (dot == std::string_view::npos) break;
+        rest.remove_prefix(dot + 1);
+    }
+    return parts == 4;
+}
+
+// ---- token responses ----
+
+TokenOutcome fail(FailureKind kind, long status, std::string message, std::string code = {}) {
+    return TokenOutcome{TokenFailure{kind, status, std::move(code), std::move(message)}};
+}
+
+TokenOutcome retry(long status, std::string message) {
+    return fail(FailureKind::retry, status, std::move(message));
+}
+
+std::string http(long status) {
+    return "HTTP " + std::to_string(status);
+}
+
+// What a person must do when the server rejected the credentials, by code.
+const char* reauth_advice(std::string_view code) {
+    if (code == "invalid_grant")
+        return "the refresh token was rejected: run `tokenshm login` or put a new refresh token "
+               "in refresh_token_file";
+    if (code == "invalid_client")
+        return "the client id or secret was rejected: check client_id and "
+               "client_secret_file/env";
+    if (code == "unauthorized_client")
+        return "the client may not use this grant: check grant and the client's registration "
+               "at the server";
+    return nullptr;
+}
+
+// An error response (RFC 6749 §5.2), or a 200 that carries `error`.
+TokenOutcome classify_error(long status, const rapidjson::Document* doc) {
+    std::string code;
+    std::string description;
+    if (doc && doc->IsObject()) {
+        bool dup = false;
+        if (const auto* e = member(*doc, "error", dup); e && e->IsString())
+            code = sanitize(str(*e), kMaxErrorCode);
+        if (const auto* d = member(*doc, "error_description", dup); d && d->IsString())
+            description = sanitize(str(*d), kMaxDescription);
+    }
+    std::string head = http(status);
+    if (!code.empty()) head += " " + code;
+    const std::string server_says = description.empty() ? "" : " (server: \"" + description + "\")";
+
+    // Busy or broken servers: whatever the body says, time may cure it.
+    if (status == 408 || status == 429 || (status >= 500 && status <= 599))
+        return fail(FailureKind::retry, status, head + " from the token endpoint" + server_says,
+                    code);
+    if (const char* advice = reauth_advice(code))
+        return fail(FailureKind::reauth, status, head + ": " + advice + server_says, code);
+    if (!code.empty()) return fail(FailureKind::retry, status, head + server_says, code);
+    if (status == 401 || status == 403)
+        return fail(FailureKind::reauth, status,
+                    "the server refused the client (" + head +
+                        ") without saying why: check client_id and client_secret_file/env",
+                    code);
+    if (status == 404)
+        return retry(status, head + " from the token endpoint: check token_endpoint or issuer");
+    return retry(status, head + " from the token endpoint without an OAuth error code");
+}
+
+// expires_in as seconds, or an error line. Integers, whole-number strings
+// (some servers quote it) and positive non-integral numbers (floored) are
+// accepted; zero, negatives and anything else are not.
+Expected<std::chrono::seconds, std::string> parse_expires_in(const rapidjson::Value& v) {
+    constexpr std::int64_t cap = kMaxLifetime.count();
+    std::int64_t seconds = 0;
+    if (v.IsInt64()) {
+        seconds = v.GetInt64();
+    } else if (v.IsUint64()) {
+        seconds = cap;  // beyond int64: certainly above the cap
+    } else if (v.IsNumber()) {
+        const double d = v.GetDouble();
+        if (!std::isfinite(d) || d < 1)
+            return Unexpected(std::string("expires_in is less than one second"));
+        seconds = d >= static_cast<double>(cap) ? cap : static_cast<std::int64_t>(std::floor(d));
+    } else if (v.IsString()) {
+        const std::string_view s = str(v);
+        if (s.empty() || !all_of(s, is_digit))
+            return Unexpected(
+                std::string("expires_in is a string that is not a number of seconds"));
+        for (char c : s) {
+            seconds = seconds * 10 + (c - '0');
+            if (seconds > cap) {
+                seconds = cap;
+                break;
+            }
+        }
+    } else {
+        return Unexpected(std::string("expires_in is not a number"));
+    }
+    if (seconds <= 0) return Unexpected(std::string("expires_in is zero or negative"));
+    return std::chrono::seconds(std::min(seconds, cap));
+}
+
+TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds default_lifetime,
+                           std::size_t max_token_bytes) {
+    const std::string head = "HTTP 200 token response: ";
+    bool dup = false;
+    auto get = [&](const char* name) -> const rapidjson::Value* {
+        const rapidjson::Value* v = member(doc, name, dup);
+        return (v && v->IsNull()) ? nullptr : v;  // null counts as absent
+    };
+    for (const char* name :
+         {"access_token", "token_type", "expires_in", "refresh_token", "scope"}) {
+        get(name);
+        if (dup) return retry(200, head + name + " appears more than once");
+    }
+
+    TokenSuccess ok;
+    const auto* at = get("access_token");
+    if (!at) return retry(200, head + "no access_token");
+    if (!at->IsString()) return retry(200, head + "access_token is not a string");
+    if (at->GetStringLength() == 0) return retry(200, head + "access_token is empty");
+    if (at->GetStringLength() > max_token_bytes)
+        return retry(200, head + "access_token is " + std::to_string(at->GetStringLength()) +
+                              " bytes, more than max_token_bytes (" +
+                              std::to_string(max_token_bytes) + ")");
+    if (!all_of(str(*at), is_vschar))
+        return retry(200, head + "access_token contains characters other than printable ASCII");
+
+    const auto* tt = get("token_type");
+    if (!tt) return retry(200, head + "no token_type");
+    if (!tt->IsString()) return retry(200, head + "token_type is not a string");
+    const std::string_view type = str(*tt);
+    if (type.empty()) return retry(200, head + "token_type is empty");
+    if (type.size() > kMaxTokenType)
+        return retry(200, head + "token_type is longer than " + std::to_string(kMaxTokenType) +
+                              " characters");
+    if (!all_of(type, is_visible))
+        return retry(200, head + "token_type contains characters other than printable ASCII");
+    ok.token_type = iequals(type, "bearer") ? std::string("Bearer") : std::string(type);
+
+    ok.expires_in = std::min(default_lifetime, kMaxLifetime);
+    if (const auto* ei = get("expires_in")) {
+        auto e = parse_expires_in(*ei);
+        if (!e) return retry(200, head + e.error());
+        ok.expires_in = *e;
+    }
+
+    if (const auto* rt = get("refresh_token")) {
+        if (!rt->IsString() || rt->GetStringLength() == 0)
+            return retry(200, head + "refresh_token is present but not a non-empty string");
+        if (!all_of(str(*rt), is_vschar))
+            return retry(200,
+                         head + "refresh_token contains characters other than printable ASCII");
+        ok.refresh_token = Secret(std::string(str(*rt)));
+    }
+
+    if (const auto* sc = get("scope")) {
+        if (!sc->IsString()) return retry(200, head + "scope is not a string");
+        if (sc->GetStringLength() > kMaxScope)
+            return retry(200, head + "scope is " + std::to_string(sc->GetStringLength()) +
+                                  " bytes, more than " + std::to_string(kMaxScope));
+        if (!all_of(str(*sc), is_vschar))
+            return retry(200, head + "scope contains characters other than printable ASCII");
+        ok.scope = std::string(str(*sc));
+    }
+
+    ok.access_token = Secret(std::string(str(*at)));
+    return TokenOutcome{std::move(ok)};
+}
+
+// ---- HTTP-date ----
+
+constexpr std::array<std::string_view, 7> kDays = {"Sun", "Mon", "Tue", "Wed", "Thu", "Fri", "Sat"};
+constexpr std::array<std::string_view, 7> kLongDays = {"Sunday",   "Monday", "Tuesday", "Wednesday",
+                                                       "Thursday", "Friday", "Saturday"};
+constexpr std::array<std::string_view, 12> kMonths = {"Jan", "Feb", "Mar", "Apr", "May", "Jun",
+                                                      "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"};
+
+template <std::size_t N>
+bool one_of(std::string_view s, const std::array<std::string_view, N>& names) {
+    return std::find(names.begin(), names.end(), s) != names.end();
+}
+
+int month_index(std::string_view s) {
+    for (std::size_t i = 0; i < kMonths.size(); ++i)
+        if (kMonths[i] == s) return static_cast<int>(i);
+    return -1;
+}
+
+// `n` digits at s[pos..], or -1.
+int digits(std::string_view s, std::size_t pos, std::size_t n) {
+    if (pos + n > s.size()) return -1;
+    int v = 0;
+    for (std::size_t i = pos; i < pos + n; ++i) {
+        if (!is_digit(s[i])) return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    return v;
+}
+
+struct Fields {
+    int year = 0, month = -1, day = 0, hour = 0, minute = 0, second = 0;
+};
+
+// "HH:MM:SS" at s[pos..].
+bool parse_time(std::string_view s, std::size_t pos, Fields& f) {
+    if (pos + 8 > s.size() || s[pos + 2] != ':' || s[pos + 5] != ':') return false;
+    f.hour = digits(s, pos, 2);
+    f.minute = digits(s, pos + 3, 2);
+    f.second = digits(s, pos + 6, 2);
+    return f.hour >= 0 && f.minute >= 0 && f.second >= 0;
+}
+
+bool leap(int y) {
+    return (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
+}
+
+std::optional<std::int64_t> to_unix(const Fields& f) {
+    static constexpr int kMonthDays[] = {31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (f.month < 0 || f.month > 11 || f.year < 1900) return std::nullopt;
+    const int mdays = kMonthDays[f.month] + (f.month == 1 && leap(f.year) ? 1 : 0);
+    if (f.day < 1 || f.day > mdays || f.hour > 23 || f.minute > 59 || f.second > 60)
+        return std::nullopt;  // 60: a leap second, which RFC 9110 allows
+    struct tm tm {};
+    tm.tm_year = f.year - 1900;
+    tm.tm_mon = f.month;
+    tm.tm_mday = f.day;
+    tm.tm_hour = f.hour;
+    tm.tm_min = f.minute;
+    tm.tm_sec = f.second;
+    return static_cast<std::int64_t>(::timegm(&tm));
+}
+
+// Unix seconds of an HTTP-date (RFC 9110 §5.6.7), or nullopt.
+std::optional<std::int64_t> parse_http_date(std::string_view s, std::int64_t now_unix_ms) {
+    Fields f;
+    // IMF-fixdate: "Sun, 06 Nov 1994 08:49:37 GMT"
+    if (s.size() == 29 && s[3] == ',') {
+        if (!one_of(s.substr(0, 3), kDays) || s[4] != ' ' || s[7] != ' ' || s[11] != ' ' ||
+            s[16] != ' ' || s[25] != ' ' || s.substr(26) != "GMT")
+            return std::nullopt;
+        f.day = digits(s, 5, 2);
+        f.month = month_index(s.substr(8, 3));
+        f.year = digits(s, 12, 4);
+        if (!parse_time(s, 17, f)) return std::nullopt;
+        return to_unix(f);
+    }
+    // rfc850-date: "Sunday, 06-Nov-94 08:49:37 GMT"
+    if (const std::size_t comma = s.find(','); comma != std::string_view::npos) {
+        const std::string_view rest = s.substr(comma + 1);  // " 06-Nov-94 08:49:37 GMT"
+        if (!one_of(s.substr(0, comma), kLongDays) || rest.size() != 23 || rest[0] != ' ' ||
+            rest[3] != '-' || rest[7] != '-' || rest[10] != ' ' || rest[19] != ' ' ||
+            rest.substr(20) != "GMT")
+            return std::nullopt;
+        f.day = digits(rest, 1, 2);
+        f.month = month_index(rest.substr(4, 3));
+        const int yy = digits(rest, 8, 2);
+        if (yy < 0 || !parse_time(rest, 11, f)) return std::nullopt;
+        // RFC 9110: a two-digit year more than 50 years in the future means
+        // the most recent past year with those digits.
+        const time_t now = static_cast<time_t>(now_unix_ms / 1000);
+        struct tm now_tm {};
+        if (!::gmtime_r(&now, &now_tm)) return std::nullopt;
+        const int now_year = now_tm.tm_year + 1900;
+        f.year = now_year - now_year % 100 + yy;
+        if (f.year > now_year + 50) f.year -= 100;
+        return to_unix(f);
+    }
+    // asctime-date: "Sun Nov  6 08:49:37 1994" (day is 2DIGIT or SP DIGIT)
+    if (s.size() == 24) {
+        if (!one_of(s.substr(0, 3), kDays) || s[3] != ' ' || s[7] != ' ' || s[10] != ' ' ||
+            s[19] != ' ')
+            return std::nullopt;
+        f.month = month_index(s.substr(4, 3));
+        f.day = s[8] == ' ' ? digits(s, 9, 1) : digits(s, 8, 2);
+        f.year = digits(s, 20, 4);
+        if (!parse_time(s, 11, f)) return std::nullopt;
+        return to_unix(f);
+    }
+    return std::nullopt;
+}
+
+}  // namespace
+
+std::string form_urlencode(std::string_view s) {
+    static constexpr char kHex[] = "0123456789ABCDEF";
+    std::string out;
+    out.reserve(s.size() * 3);
+    for (char ch : s) {
+        const auto c = static_cast<unsigned char>(ch);
+        if (is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '*') {
+            out += ch;
+        } else if (ch == ' ') {
+            out += '+';
+        } else {
+            out += '%';
+            out += kHex[c >> 4];
+            out += kHex[c & 0xF];
+        }
+    }
+    return out;
+}
+
+std::string base64_encode(std::string_view bytes) {
+    static constexpr char kAlphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    std::string out;
+    out.reserve((bytes.size() + 2) / 3 * 4);
+    std::size_t i = 0;
+    auto byte = [&](std::size_t k) {
+        return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[k]));
+    };
+    for (; i + 3 <= bytes.size(); i += 3) {
+        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
+        out += kAlphabet[(n >> 18) & 63];
+        out += kAlphabet[(n >> 12) & 63];
+        out += kAlphabet[(n >> 6) & 63];
+        out += kAlphabet[n & 63];
+    }
+    const std::size_t left = bytes.size() - i;
+    if (left == 1) {
+        const std::uint32_t n = byte(i) << 16;
+        out += kAlphabet[(n >> 18) & 63];
+        out += kAlphabet[(n >> 12) & 63];
+        out += "==";
+    } else if (left == 2) {
+        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8;
+        out += kAlphabet[(n >> 18) & 63];
+        out += kAlphabet[(n >> 12) & 63];
+        out += kAlphabet[(n >> 6) & 63];
+        out += '=';
+    }
+    return out;
+}
+
+Secret basic_authorization(std::string_view client_id, const Secret& client_secret,
+                           BasicEncoding encoding) {
+    std::string pair;
+    if (encoding == BasicEncoding::form) {
+        pair = form_urlencode(client_id) + ":" + form_urlencode(client_secret.reveal());
+    } else {
+        pair = std::string(client_id) + ":" + std::string(client_secret.reveal());
+    }
+    Secret header("Basic " + base64_encode(pair));
+    Secret wipe(std::move(pair));  // the plain pair is wiped when `wipe` goes
+    return header;
+}
+
+namespace {
+
+void apply_common(HttpRequest& r, const CredentialConfig& c) {
+    r.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(c.timeout);
+    r.connect_timeout = std::min<std::chrono::milliseconds>(r.timeout, std::chrono::seconds(10));
+    r.ca_file = c.ca_file.value_or("");
+    r.headers.push_back("Accept: application/json");
+}
+
+}  // namespace
+
+HttpRequest build_token_request(const CredentialConfig& c, const std::string& token_endpoint,
+                                const Secret* refresh_token) {
+    HttpRequest r;
+    r.url = token_endpoint;
+    r.method = "POST";
+    r.headers.push_back("Content-Type: application/x-www-form-urlencoded");
+    apply_common(r, c);
+
+    std::string body;
+    auto add = [&body](std::string_view name, std::string_view value) {
+        if (!body.empty()) body += '&';
+        body += form_urlencode(name);
+        body += '=';
+        body += form_urlencode(value);
+    };
+    if (c.grant == Grant::refresh_token) {
+        if (refresh_token == nullptr)
+            throw std::invalid_argument(
+                "build_token_request: refresh_token grant without a "
+                "refresh token");
+        add("grant_type", "refresh_token");
+        add("refresh_token", refresh_token->reveal());
+    } else {
+        add("grant_type", "client_credentials");
+    }
+    if (c.scope) add("scope", *c.scope);
+    for (const auto& [name, value] : c.extra_params)
+        add(name, value);
+    if (c.auth_method == AuthMethod::client_secret_post) {
+        add("client_id", c.client_id);
+        add("client_secret", c.client_secret.reveal());
+    } else {
+        r.authorization = basic_authorization(c.client_id, c.client_secret, c.basic_encoding);
+    }
+    r.body = Secret(std::move(body));
+    return r;
+}
+
+std::vector<std::string> discovery_urls(const std::string& issuer) {
+    std::string_view base = issuer;
+    while (!base.empty() && base.back() == '/')
+        base.remove_suffix(1);
+    const std::size_t scheme_end = base.find("://");
+    const std::size_t path_start =
+        base.find('/', scheme_end == std::string_view::npos ? 0 : scheme_end + 3);
+    const std::string_view origin = base.substr(0, path_start);
+    const std::string_view path =
+        path_start == std::string_view::npos ? std::string_view{} : base.substr(path_start);
+    return {std::string(base) + "/.well-known/openid-configuration",
+            std::string(origin) + "/.well-known/oauth-authorization-server" + std::string(path)};
+}
+
+HttpRequest build_discovery_request(const std::string& url, const CredentialConfig& c) {
+    HttpRequest r;
+    r.url = url;
+    r.method = "GET";
+    apply_common(r, c);
+    return r;
+}
+
+std::optional<std::string> check_endpoint_url(std::string_view url) {
+    if (url.empty()) return "the URL is empty";
+    if (!all_of(url, is_visible)) return "the URL contains spaces or control characters";
+    const std::size_t sep = url.find("://");
+    if (sep == std::string_view::npos) return "the URL is not absolute (https://host/path)";
+    const std::string_view scheme = url.substr(0, sep);
+    const bool https = iequals(scheme, "https");
+    if (!https && !iequals(scheme, "http"))
+        return "the URL must start with https:// (or http:// for a loopback host)";
+    if (url.find('#') != std::string_view::npos) return "the URL must not contain a fragment";
+    const std::string_view rest = url.substr(sep + 3);
+    const std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
+    if (authority.find('@') != std::string_view::npos)
+        return "the URL must not contain user info (user@host)";
+    std::string_view host = authority;
+    std::string_view port;
+    if (!authority.empty() && authority.front() == '[') {
+        const std::size_t close = authority.find(']');
+        if (close == std::string_view::npos) return "the URL has an unterminated [IPv6] host";
+        host = authority.substr(0, close + 1);
+        const std::string_view after = authority.substr(close + 1);
+        if (!after.empty()) {
+            if (after.front() != ':') return "the URL has garbage after its [IPv6] host";
+            port = after.substr(1);
+            if (port.empty()) return "the URL has an empty port";
+        }
+        const std::string_view inside = host.substr(1, host.size() - 2);
+        if (inside.empty() || !all_of(inside, [](char ch) {
+                return is_digit(ch) || (ascii_lower(ch) >= 'a' && ascii_lower(ch) <= 'f') ||
+                       ch == ':' || ch == '.';
+            }))
+            return "the URL has an invalid [IPv6] host";
+    } else {
+        const std::size_t colon = authority.rfind(':');
+        if (colon != std::string_view::npos) {
+            host = authority.substr(0, colon);
+            port = authority.substr(colon + 1);
+            if (port.empty()) return "the URL has an empty port";
+        }
+        if (host.empty()) return "the URL has no host";
+        if (!all_of(host, [](char ch) {
+                return is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.' || ch == '_';
+            }))
+            return "the URL has an invalid host";
+    }
+    if (!port.empty() &&
+        (port.size() > 5 || !all_of(port, is_digit) || std::stoi(std::string(port)) == 0 ||
+         std::stoi(std::string(port)) > 65535))
+        return "the URL has an invalid port";
+    if (!https && !is_loopback_host(host))
+        return "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
+               "[::1]); use https://";
+    return std::nullopt;
+}
+
+Expected<std::string, std::string> parse_discovery(const HttpResponse& response,
+                                                   const std::string& issuer) {
+    using E = Unexpected<std::string>;
+    switch (response.outcome) {
+        case HttpResponse::Outcome::not_sent:
+            return E{"discovery request not sent: " + sanitize(response.transport_error, 200)};
+        case HttpResponse::Outcome::sent_no_response:
+            return E{"discovery request got no response: " +
+                     sanitize(response.transport_error, 200)};
+        case HttpResponse::Outcome::response:
+            break;
+    }
+    if (response.too_large) return E{"discovery response body larger than 1 MiB"};
+    if (response.status != 200)
+        return E{"discovery returned " + http(response.status) + " (expected 200)"};
+    if (looks_like_html(response))
+        return E{"discovery returned an HTML page, not JSON metadata (check issuer)"};
+    rapidjson::Document doc;
+    std::string why;
+    if (!parse_json(response.body, doc, why))
+        return E{"discovery response is not valid JSON (" + why + ")"};
+    if (!doc.IsObject()) return E{"discovery response is not a JSON object"};
+
+    bool dup = false;
+    const rapidjson::Value* iss = member(doc, "issuer", dup);
+    if (dup) return E{"discovery metadata has issuer more than once"};
+    if (iss && !iss->IsNull()) {
+        if (!iss->IsString()) return E{"discovery metadata: issuer is not a string"};
+        if (strip_one_slash(str(*iss)) != strip_one_slash(issuer))
+            return E{"discovery metadata names issuer " + quoted(str(*iss), 100) +
+                     ", not the configured " + quoted(issuer, 100)};
+    }
+    const rapidjson::Value* te = member(doc, "token_endpoint", dup);
+    if (dup) return E{"discovery metadata has token_endpoint more than once"};
+    if (!te || te->IsNull()) return E{"discovery metadata has no token_endpoint"};
+    if (!te->IsString()) return E{"discovery metadata: token_endpoint is not a string"};
+    const std::string endpoint(str(*te));
+    if (auto bad = check_endpoint_url(endpoint))
+        return E{"discovery metadata: token_endpoint " + quoted(endpoint, 100) + ": " + *bad};
+    return endpoint;
+}
+
+TokenOutcome parse_token_response(const HttpResponse& response,
+                                  std::chrono::seconds default_lifetime,
+                                  std::size_t max_token_bytes) {
+    switch (response.outcome) {
+        case HttpResponse::Outcome::not_sent:
+            return retry(0, "token request not sent: " + sanitize(response.transport_error, 200));
+        case HttpResponse::Outcome::sent_no_response:
+            return retry(
+                0, "token request got no response: " + sanitize(response.transport_error, 200));
+        case HttpResponse::Outcome::response:
+            break;
+    }
+    const long status = response.status;
+    if (response.too_large) return retry(status, "response body larger than 1 MiB");
+
+    const bool html = looks_like_html(response);
+    rapidjson::Document doc;
+    std::string why;
+    const bool json = !html && !blank(response.body) && parse_json(response.body, doc, why);
+
+    if (status == 200) {
+        const std::string head = "HTTP 200 token response: ";
+        if (html) return retry(200, head + "an HTML page, not JSON (check token_endpoint)");
+        if (blank(response.body)) return retry(200, head + "empty body");
+        if (!json) {
+            const std::string mt = media_type(response.content_type);
+            std::string msg = head + "not valid JSON (" + why + ")";
+            if (!mt.empty() && mt != "application/json")
+                msg += ", content-type " + sanitize(mt, 60);
+            return retry(200, msg);
+        }
+        if (!doc.IsObject()) return retry(200, head + "not a JSON object");
+        // Some servers answer errors with 200 and an `error` member.
+        bool dup = false;
+        const auto* err = member(doc, "error", dup);
+        const auto* at = member(doc, "access_token", dup);
+        if (err && err->IsString() && (!at || at->IsNull())) return classify_error(200, &doc);
+        return parse_success(doc, default_lifetime, max_token_bytes);
+    }
+    if (status >= 200 && status <= 299)
+        return retry(status, http(status) + " from the token endpoint (expected 200)");
+    if (status >= 300 && status <= 399)
+        return retry(status, http(status) +
+                                 " redirect from the token endpoint (not followed: check "
+                                 "token_endpoint)");
+    if (status < 400 || status > 599)
+        return retry(status, "unexpected " + http(status) + " from the token endpoint");
+    return classify_error(status, json ? &doc : nullptr);
+}
+
+std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view value,
+                                                           std::int64_t now_unix_ms) {
+    value = trim_ows(value);
+    if (value.empty()) return std::nullopt;
+    if (all_of(value, is_digit)) {
+        // Saturate far beyond any sane delay; callers cap it anyway.
+        constexpr std::int64_t kMaxSeconds = 1'000'000'000'000;
+        std::int64_t seconds = 0;
+        for (char c : value) {
+            seconds = seconds * 10 + (c - '0');
+            if (seconds > kMaxSeconds) {
+                seconds = kMaxSeconds;
+                break;
+            }
+        }
+        return std::chrono::seconds(seconds);
+    }
+    const auto when = parse_http_date(value, now_unix_ms);
+    if (!when) return std::nullopt;
+    const std::int64_t delta = *when * 1000 - now_unix_ms;
+    return std::chrono::milliseconds(std::max<std::int64_t>(delta, 0));
+}
+
+}  // namespace tokenshm::refresher

@@ -1,0 +1,675 @@
+// The configuration parser: every default of SPEC.md, every field, and one
+// clear line naming the key's path for each kind of bad input. The secrets
+// used here must never show up in an error or a warning.
+#include "config.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <map>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+using namespace tokenshm::refresher;
+using namespace std::chrono_literals;
+
+namespace {
+
+// Compared as Secret(kSecret), never via reveal(), so a failing check cannot print it.
+constexpr const char* kSecret = "s3cr3t-VALUE-9f8e";
+
+// In-memory environment, files and groups.
+struct FakeSystem {
+    std::map<std::string, std::string> env{{"STORAGE_SECRET", kSecret}};
+    struct File {
+        std::string content;
+        bool loose = false;
+    };
+    std::map<std::string, File> files;
+    std::map<std::string, gid_t> groups{{"tokenshm-readers", 1234}};
+    std::vector<std::string> files_read;
+
+    ConfigSources sources() {
+        ConfigSources s;
+        s.getenv = [this](const std::string& name) -> std::optional<std::string> {
+            const auto it = env.find(name);
+            if (it == env.end()) return std::nullopt;
+            return it->second;
+        };
+        s.read_file = [this](const std::string& path,
+                             bool& loose) -> tokenshm::Expected<std::string, std::string> {
+            files_read.push_back(path);
+            const auto it = files.find(path);
+            if (it == files.end()) {
+                return tokenshm::Unexpected{path + ": No such file or directory"};
+            }
+            loose = it->second.loose;
+            return it->second.content;
+        };
+        s.group_id = [this](const std::string& name) -> std::optional<gid_t> {
+            const auto it = groups.find(name);
+            if (it == groups.end()) return std::nullopt;
+            return it->second;
+        };
+        return s;
+    }
+};
+
+using Field = std::pair<std::string, std::string>;  // key, raw JSON value
+
+// A valid credential object, with fields replaced or added by `changes` and
+// fields left out by `drop`.
+std::string credential(const std::vector<Field>& changes = {},
+                       const std::vector<std::string>& drop = {}) {
+    std::vector<Field> fields = {
+        {"name", R"("storage")"},
+        {"grant", R"("client_credentials")"},
+        {"client_id", R"("uploader")"},
+        {"client_secret_env", R"("STORAGE_SECRET")"},
+        {"token_endpoint", R"("https://id.example.com/token")"},
+    };
+    for (const auto& [key, value] : changes) {
+        auto it = std::find_if(fields.begin(), fields.end(),
+                               [&key = key](const Field& f) { return f.first == key; });
+        if (it != fields.end()) {
+            it->second = value;
+        } else {
+            fields.emplace_back(key, value);
+        }
+    }
+    std::string out = "{";
+    for (const auto& [key, value] : fields) {
+        if (std::find(drop.begin(), drop.end(), key) != drop.end()) continue;
+        if (out.size() > 1) out += ", ";
+        out += "\"" + key + "\": " + value;
+    }
+    return out + "}";
+}
+
+// A document with extra top-level fields (raw JSON, each followed by a comma)
+// and the given credentials array contents.
+std::string document(const std::string& top = "", const std::string& creds = credential()) {
+    return "{" + top + "\"credentials\": [" + creds + "]}";
+}
+
+struct BadConfig {
+    std::string what;
+    std::string json;
+    std::string path;  // the error must start with "<path>: "
+    std::string gist;  // and contain this
+};
+
+std::vector<BadConfig> bad_configs() {
+    const std::string two = credential() + ", " + credential({{"grant", R"("password")"}});
+    std::string too_many;
+    for (int i = 0; i < 4097; ++i) {
+        if (i > 0) too_many += ",";
+        too_many += credential({{"name", "\"c" + std::to_string(i) + "\""}});
+    }
+    return {
+        // JSON itself
+        {"syntax error", "{\n  \"segment\": \"a\"\n  \"mode\": \"0600\"\n}", "line 3, column 3",
+         "Missing a comma or '}'"},
+        {"trailing garbage", "{} {}", "line 1, column 4", "must not be followed by other values"},
+        {"empty document", "", "line 1, column 1", "document is empty"},
+        {"NUL byte", std::string("{\"segment\"\0: 1}", 15), "line 1, column 11", "NUL byte"},
+        {"comments are not JSON", "// hi\n" + document(), "line 1, column 1", "Invalid value"},
+        {"top level not an object", "[" + credential() + "]", "(top level)",
+         "expected a JSON object, found an array"},
+        // unknown and duplicate keys
+        {"unknown top-level key", document(R"("segmnet": "x", )"), "segmnet", "unknown key"},
+        {"unknown credential key", document("", credential({{"colour", R"("red")"}})),
+         "credentials[0].colour", "unknown key"},
+        {"inline client secret",
+         document("", credential({{"client_secret", "\"" + std::string(kSecret) + "\""}})),
+         "credentials[0].client_secret", "use client_secret_file or client_secret_env"},
+        {"inline refresh token", document("", credential({{"refresh_token", R"("rt")"}})),
+         "credentials[0].refresh_token", "use refresh_token_file"},
+        {"odd unknown key is quoted", document(R"("a b": 1, )"), R"(["a b"])", "unknown key"},
+        {"duplicate top-level key", document(R"("segment": "a", "segment": "b", )"), "segment",
+         "key appears twice"},
+        {"duplicate credential key",
+         document("", R"({"name": "a", "grant": "client_credentials", "grant": "refresh_token"})"),
+         "credentials[0].grant", "key appears twice"},
+        // top-level values
+        {"segment wrong type", document(R"("segment": 5, )"), "segment",
+         "expected a string of 1 to 200 characters [A-Za-z0-9._-], found 5"},
+        {"segment with a slash", document(R"("segment": "a/b", )"), "segment", R"(found "a/b")"},
+        {"segment ..", document(R"("segment": "..", )"), "segment", R"(other than "." and "..")"},
+        {"segment too long", document("\"segment\": \"" + std::string(201, 'a') + "\", "),
+         "segment", "1 to 200 characters"},
+        {"mode 0644", document(R"("mode": "0644", )"), "mode",
+         R"(expected "0600" or "0640", found "0644")"},
+        {"mode as a number", document(R"("mode": 600, )"), "mode", "found 600"},
+        {"mode not octal", document(R"("mode": "rw-r-----", )"), "mode", R"(found "rw-r-----")"},
+        {"mode 0640 without group", document(R"("mode": "0640", )"), "group",
+         R"(required when mode is "0640")"},
+        {"unknown group", document(R"("mode": "0640", "group": "nobody-here", )"), "group",
+         R"(no such group "nobody-here")"},
+        {"group wrong type", document(R"("group": 1234, )"), "group",
+         "expected a group name or null, found 1234"},
+        {"relative state_dir", document(R"("state_dir": "var/lib", )"), "state_dir",
+         R"(expected an absolute path, found "var/lib")"},
+        {"state_dir wrong type", document(R"("state_dir": ["/a"], )"), "state_dir",
+         "expected an absolute path, found an array"},
+        {"control_socket too long",
+         document("\"control_socket\": \"/" + std::string(200, 's') + "\", "), "control_socket",
+         "longer than 107 bytes"},
+        {"default control_socket too long",
+         document("\"segment\": \"" + std::string(100, 'a') + "\", "), "control_socket",
+         "set control_socket"},
+        {"max_token_bytes too small", document(R"("max_token_bytes": 10, )"), "max_token_bytes",
+         "expected an integer from 64 to 1048576, found 10"},
+        {"max_token_bytes fraction", document(R"("max_token_bytes": 8192.5, )"), "max_token_bytes",
+         "found 8192.5"},
+        {"max_token_bytes 8192.0", document(R"("max_token_bytes": 8192.0, )"), "max_token_bytes",
+         "found 8192.0"},
+        {"max_token_bytes string", document(R"("max_token_bytes": "8192", )"), "max_token_bytes",
+         R"(found "8192")"},
+        {"max_token_bytes bool", document(R"("max_token_bytes": true, )"), "max_token_bytes",
+         "found true"},
+        {"max_token_bytes huge", document(R"("max_token_bytes": 18446744073709551615, )"),
+         "max_token_bytes", "found 18446744073709551615"},
+        // credentials array
+        {"credentials missing", "{}", "credentials", "required key is missing"},
+        {"credentials empty", document("", ""), "credentials",
+         "expected a non-empty array of credential objects, found an empty array"},
+        {"credentials an object", R"({"credentials": {}})", "credentials", "found an empty object"},
+        {"credential not an object", document("", credential() + R"(, "storage")"),
+         "credentials[1]", "expected an object, found a string"},
+        {"too many credentials", document("", too_many), "credentials",
+         "at most 4096 credentials, found 4097"},
+        // required credential keys
+        {"missing name", document("", credential({}, {"name"})), "credentials[0].name",
+         "required key is missing"},
+        {"missing grant", document("", credential({}, {"grant"})), "credentials[0].grant",
+         "required key is missing"},
+        {"missing client_id", document("", credential({}, {"client_id"})),
+         "credentials[0].client_id", "required key is missing"},
+        {"no client secret", document("", credential({}, {"client_secret_env"})),
+         "credentials[0].client_secret_file", "give client_secret_file or client_secret_env"},
+        {"both client secrets", document("", credential({{"client_secret_file", R"("/etc/s")"}})),
+         "credentials[0].client_secret_env", "not both"},
+        {"no endpoint", document("", credential({}, {"token_endpoint"})), "credentials[0].issuer",
+         "give issuer or token_endpoint"},
+        {"null endpoint counts as absent",
+         document("", credential({{"token_endpoint", "null"}, {"issuer", "null"}})),
+         "credentials[0].issuer", "give issuer or token_endpoint"},
+        {"both endpoints", document("", credential({{"issuer", R"("https://id.example.com")"}})),
+         "credentials[0].token_endpoint", "not both"},
+        // credential values
+        {"bad grant", document("", two), "credentials[1].grant",
+         R"(expected "refresh_token" or "client_credentials", found "password")"},
+        {"grant wrong type", document("", credential({{"grant", "1"}})), "credentials[0].grant",
+         "found 1"},
+        {"name used twice", document("", credential() + ", " + credential() + ", " + credential()),
+         "credentials[1].name", R"("storage" is used twice (first by credentials[0]))"},
+        {"name with a space", document("", credential({{"name", R"("my token")"}})),
+         "credentials[0].name", R"(found "my token")"},
+        {"name too long", document("", credential({{"name", "\"" + std::string(64, 'n') + "\""}})),
+         "credentials[0].name", "1 to 63 characters"},
+        {"name wrong type", document("", credential({{"name", "null"}})), "credentials[0].name",
+         "found null"},
+        {"empty client_id", document("", credential({{"client_id", R"("")"}})),
+         "credentials[0].client_id", "expected a non-empty string"},
+        {"client_id control character", document("", credential({{"client_id", R"("a\nb")"}})),
+         "credentials[0].client_id", "control character"},
+        {"client_id wrong type", document("", credential({{"client_id", "42"}})),
+         "credentials[0].client_id", "expected a non-empty string, found 42"},
+        {"bad env variable name", document("", credential({{"client_secret_env", R"("A-B")"}})),
+         "credentials[0].client_secret_env", "expected an environment variable name"},
+        {"client_secret_file wrong type",
+         document("", credential({{"client_secret_file", "{}"}}, {"client_secret_env"})),
+         "credentials[0].client_secret_file", "expected a path, found an empty object"},
+        {"http issuer not loopback",
+         document("", credential({{"issuer", R"("http://id.example.com")"}}, {"token_endpoint"})),
+         "credentials[0].issuer", "plain http:// is allowed only for a loopback host"},
+        {"http to a name starting 127",
+         document("", credential({{"token_endpoint", R"("http://127.0.0.1.evil.example/t")"}})),
+         "credentials[0].token_endpoint", "plain http://"},
+        {"http localhost lookalike",
+         document("", credential({{"token_endpoint", R"("http://localhost.evil.example/t")"}})),
+         "credentials[0].token_endpoint", "plain http://"},
+        {"ftp endpoint",
+         document("", credential({{"token_endpoint", R"("ftp://id.example.com")"}})),
+         "credentials[0].token_endpoint",
+         R"(expected an https:// URL, found "ftp://id.example.com")"},
+        {"endpoint not a URL",
+         document("", credential({{"token_endpoint", R"("id.example.com")"}})),
+         "credentials[0].token_endpoint", "expected an https:// URL"},
+        {"endpoint wrong type", document("", credential({{"token_endpoint", "true"}})),
+         "credentials[0].token_endpoint", "expected an https:// URL, found true"},
+        {"issuer with a query",
+         document("", credential({{"issuer", R"("https://id.example.com/?tenant=a")"}},
+                                 {"token_endpoint"})),
+         "credentials[0].issuer", "must not have a query"},
+        {"endpoint with a fragment",
+         document("", credential({{"token_endpoint", R"("https://id.example.com/token#x")"}})),
+         "credentials[0].token_endpoint", "must not have a fragment"},
+        {"endpoint with user info",
+         document("", credential({{"token_endpoint", "\"https://user:" + std::string(kSecret) +
+                                                         "@id.example.com/token\""}})),
+         "credentials[0].token_endpoint", "must not contain user info"},
+        {"endpoint without host",
+         document("", credential({{"token_endpoint", R"("https:///token")"}})),
+         "credentials[0].token_endpoint", "has no host"},
+        {"endpoint bad port",
+         document("", credential({{"token_endpoint", R"("https://id.example.com:99999/t")"}})),
+         "credentials[0].token_endpoint", "invalid port"},
+        {"endpoint with a space",
+         document("", credential({{"token_endpoint", R"("https://id.example.com/a b")"}})),
+         "credentials[0].token_endpoint", "space"},
+        {"bad auth_method", document("", credential({{"auth_method", R"("private_key_jwt")"}})),
+         "credentials[0].auth_method",
+         R"(expected "client_secret_basic" or "client_secret_post", found "private_key_jwt")"},
+        {"bad basic_encoding", document("", credential({{"basic_encoding", R"("utf8")"}})),
+         "credentials[0].basic_encoding", R"(expected "form" or "raw", found "utf8")"},
+        {"refresh_token_file with client_credentials",
+         document("", credential({{"refresh_token_file", R"("/etc/r")"}})),
+         "credentials[0].refresh_token_file", R"(only allowed with grant "refresh_token")"},
+        {"refresh_token_file wrong type",
+         document("", credential({{"grant", R"("refresh_token")"}, {"refresh_token_file", "7"}})),
+         "credentials[0].refresh_token_file", "expected a path, found 7"},
+        {"scope too long",
+         document("", credential({{"scope", "\"" + std::string(1025, 's') + "\""}})),
+         "credentials[0].scope", "1 to 1024 printable ASCII characters, found 1025 bytes"},
+        {"scope with a tab", document("", credential({{"scope", R"("a\tb")"}})),
+         "credentials[0].scope", "found another character"},
+        {"scope wrong type", document("", credential({{"scope", R"(["a"])"}})),
+         "credentials[0].scope", "found an array"},
+        {"extra_params overrides grant_type",
+         document("",
+                  credential({{"extra_params", R"({"audience": "x", "grant_type": "password"})"}})),
+         "credentials[0].extra_params.grant_type", "reserved: tokenshm sets this parameter itself"},
+        {"extra_params overrides client_secret",
+         document("", credential({{"extra_params", R"({"client_secret": "x"})"}})),
+         "credentials[0].extra_params.client_secret",
+         "reserved: tokenshm sets this parameter itself"},
+        {"extra_params value not a string",
+         document("", credential({{"extra_params", R"({"audience": 3})"}})),
+         "credentials[0].extra_params.audience", "expected a string, found 3"},
+        {"extra_params not an object",
+         document("", credential({{"extra_params", R"(["audience"])"}})),
+         "credentials[0].extra_params", "expected an object of string values, found an array"},
+        {"extra_params duplicate key",
+         document("", credential({{"extra_params", R"({"a": "1", "a": "2"})"}})),
+         "credentials[0].extra_params.a", "key appears twice"},
+        {"default_lifetime_s zero", document("", credential({{"default_lifetime_s", "0"}})),
+         "credentials[0].default_lifetime_s", "expected an integer from 1 to 31536000, found 0"},
+        {"refresh_before_s negative", document("", credential({{"refresh_before_s", "-1"}})),
+         "credentials[0].refresh_before_s", "expected an integer from 0 to 86400, found -1"},
+        {"min_interval_s too big", document("", credential({{"min_interval_s", "86401"}})),
+         "credentials[0].min_interval_s", "found 86401"},
+        {"min_backoff_s zero", document("", credential({{"min_backoff_s", "0"}})),
+         "credentials[0].min_backoff_s", "expected an integer from 1 to 86400, found 0"},
+        {"max_backoff_s below min_backoff_s",
+         document("", credential({{"min_backoff_s", "60"}, {"max_backoff_s", "30"}})),
+         "credentials[0].max_backoff_s", "must be at least min_backoff_s (60), found 30"},
+        {"timeout_s too big", document("", credential({{"timeout_s", "601"}})),
+         "credentials[0].timeout_s", "expected an integer from 1 to 600, found 601"},
+        {"timeout_s fraction", document("", credential({{"timeout_s", "1.5"}})),
+         "credentials[0].timeout_s", "found 1.5"},
+        {"timeout_s string", document("", credential({{"timeout_s", R"("20s")"}})),
+         "credentials[0].timeout_s", R"(found "20s")"},
+        {"ca_file empty", document("", credential({{"ca_file", R"("")"}})),
+         "credentials[0].ca_file", "expected a path, found an empty string"},
+        {"ca_file wrong type", document("", credential({{"ca_file", "false"}})),
+         "credentials[0].ca_file", "found false"},
+        // secrets
+        {"secret env not set", document("", credential({{"client_secret_env", R"("NOT_SET")"}})),
+         "credentials[0].client_secret_env", "environment variable NOT_SET is not set"},
+        {"secret file missing",
+         document("",
+                  credential({{"client_secret_file", R"("/etc/missing")"}}, {"client_secret_env"})),
+         "credentials[0].client_secret_file", "/etc/missing: No such file or directory"},
+        {"secret empty", document("", credential({{"client_secret_env", R"("EMPTY")"}})),
+         "credentials[0].client_secret_env", "the secret in environment variable EMPTY is empty"},
+        {"secret two lines",
+         document("", credential({{"client_secret_file", R"("/etc/two-lines")"}},
+                                 {"client_secret_env"})),
+         "credentials[0].client_secret_file", "more than one line"},
+    };
+}
+
+}  // namespace
+
+TEST_CASE("every bad configuration gets one line naming the key's path", "[config]") {
+    const auto cases = bad_configs();
+    REQUIRE(cases.size() >= 30);
+    for (const auto& c : cases) {
+        FakeSystem sys;
+        sys.env["EMPTY"] = "\n";
+        sys.files["/etc/two-lines"] = {std::string(kSecret) + "\nsecond line\n", false};
+        const auto r = parse_config(c.json, sys.sources());
+        INFO(c.what);
+        REQUIRE_FALSE(r.has_value());
+        const std::string& e = r.error();
+        INFO(e);
+        CHECK(e.rfind(c.path + ": ", 0) == 0);
+        CHECK(e.find(c.gist) != std::string::npos);
+        CHECK(e.find('\n') == std::string::npos);
+        CHECK(e.find(kSecret) == std::string::npos);
+    }
+}
+
+TEST_CASE("a bad document reads no secret", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(
+        document(R"("segmnet": "x", )",
+                 credential({{"client_secret_file", R"("/etc/s")"}}, {"client_secret_env"})),
+        sys.sources());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(sys.files_read.empty());
+}
+
+TEST_CASE("a minimal configuration gets every default of SPEC.md", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(document(), sys.sources());
+    REQUIRE(r.has_value());
+    const Config& cfg = *r;
+    CHECK(cfg.segment == "tokenshm");
+    CHECK(cfg.mode == 0600);
+    CHECK_FALSE(cfg.group.has_value());
+    CHECK_FALSE(cfg.group_id.has_value());
+    CHECK(cfg.state_dir == "/var/lib/tokenshm");
+    CHECK(cfg.control_socket == "/run/tokenshm/tokenshm.sock");
+    CHECK(cfg.max_token_bytes == 8192);
+    CHECK(cfg.warnings.empty());
+    REQUIRE(cfg.credentials.size() == 1);
+    const CredentialConfig& c = cfg.credentials[0];
+    CHECK(c.name == "storage");
+    CHECK(c.grant == Grant::client_credentials);
+    CHECK(c.client_id == "uploader");
+    CHECK(c.client_secret == Secret(kSecret));
+    CHECK(c.client_secret_source == "env STORAGE_SECRET");
+    CHECK_FALSE(c.issuer.has_value());
+    CHECK(c.token_endpoint == "https://id.example.com/token");
+    CHECK(c.auth_method == AuthMethod::client_secret_basic);
+    CHECK(c.basic_encoding == BasicEncoding::form);
+    CHECK_FALSE(c.refresh_token_file.has_value());
+    CHECK_FALSE(c.scope.has_value());
+    CHECK(c.extra_params.empty());
+    CHECK(c.default_lifetime == 3600s);
+    CHECK(c.refresh_before == 300s);
+    CHECK(c.min_interval == 5s);
+    CHECK(c.min_backoff == 1s);
+    CHECK(c.max_backoff == 300s);
+    CHECK(c.timeout == 20s);
+    CHECK_FALSE(c.ca_file.has_value());
+}
+
+TEST_CASE("the default control socket follows the segment name", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(document(R"("segment": "billing.prod", )"), sys.sources());
+    REQUIRE(r.has_value());
+    CHECK(r->segment == "billing.prod");
+    CHECK(r->control_socket == "/run/tokenshm/billing.prod.sock");
+}
+
+TEST_CASE("every field of the SPEC example is parsed", "[config]") {
+    FakeSystem sys;
+    sys.files["/etc/tokenshm/storage.secret"] = {std::string(kSecret) + "\r\n", false};
+    const std::string json = R"({
+  "segment": "tokenshm-a",
+  "mode": "0640",
+  "group": "tokenshm-readers",
+  "state_dir": "/srv/tokenshm/state",
+  "control_socket": "/run/custom/a.sock",
+  "max_token_bytes": 16384,
+  "credentials": [
+    {
+      "name": "storage",
+      "issuer": "https://id.example.com",
+      "token_endpoint": null,
+      "grant": "refresh_token",
+      "client_id": "uploader",
+      "client_secret_file": "/etc/tokenshm/storage.secret",
+      "auth_method": "client_secret_post",
+      "basic_encoding": "raw",
+      "refresh_token_file": "/etc/tokenshm/storage.refresh",
+      "scope": "files.write files.read",
+      "extra_params": {"audience": "storage", "resource": "https://files.example.com"},
+      "default_lifetime_s": 7200,
+      "refresh_before_s": 600,
+      "min_interval_s": 0,
+      "min_backoff_s": 2,
+      "max_backoff_s": 2,
+      "timeout_s": 600,
+      "ca_file": "/etc/ssl/private-ca.pem"
+    },
+    {
+      "name": "Queue_2",
+      "token_endpoint": "https://id.example.com/oauth2/token?tenant=q",
+      "grant": "client_credentials",
+      "client_id": "worker",
+      "client_secret_env": "STORAGE_SECRET",
+      "scope": null,
+      "extra_params": null,
+      "ca_file": null
+    }
+  ]
+})";
+    const auto r = parse_config(json, sys.sources());
+    REQUIRE(r.has_value());
+    const Config& cfg = *r;
+    CHECK(cfg.segment == "tokenshm-a");
+    CHECK(cfg.mode == 0640);
+    CHECK(cfg.group == "tokenshm-readers");
+    CHECK(cfg.group_id == gid_t{1234});
+    CHECK(cfg.state_dir == "/srv/tokenshm/state");
+    CHECK(cfg.control_socket == "/run/custom/a.sock");
+    CHECK(cfg.max_token_bytes == 16384);
+    REQUIRE(cfg.credentials.size() == 2);
+
+    const CredentialConfig& a = cfg.credentials[0];
+    CHECK(a.name == "storage");
+    CHECK(a.issuer == "https://id.example.com");
+    CHECK_FALSE(a.token_endpoint.has_value());
+    CHECK(a.grant == Grant::refresh_token);
+    CHECK(a.client_id == "uploader");
+    CHECK(a.client_secret == Secret(kSecret));  // "\r\n" stripped
+    CHECK(a.client_secret_source == "file /etc/tokenshm/storage.secret");
+    CHECK(a.auth_method == AuthMethod::client_secret_post);
+    CHECK(a.basic_encoding == BasicEncoding::raw);
+    CHECK(a.refresh_token_file == "/etc/tokenshm/storage.refresh");
+    CHECK(a.scope == "files.write files.read");
+    const std::vector<std::pair<std::string, std::string>> params = {
+        {"audience", "storage"}, {"resource", "https://files.example.com"}};
+    CHECK(a.extra_params == params);  // file order kept
+    CHECK(a.default_lifetime == 7200s);
+    CHECK(a.refresh_before == 600s);
+    CHECK(a.min_interval == 0s);
+    CHECK(a.min_backoff == 2s);
+    CHECK(a.max_backoff == 2s);
+    CHECK(a.timeout == 600s);
+    CHECK(a.ca_file == "/etc/ssl/private-ca.pem");
+    // The refresh token file is the persistence layer's to read, not ours.
+    CHECK(sys.files_read == std::vector<std::string>{"/etc/tokenshm/storage.secret"});
+
+    const CredentialConfig& b = cfg.credentials[1];
+    CHECK(b.name == "Queue_2");
+    CHECK(b.token_endpoint == "https://id.example.com/oauth2/token?tenant=q");
+    CHECK(b.grant == Grant::client_credentials);
+    CHECK(b.client_secret == Secret(kSecret));
+    CHECK_FALSE(b.scope.has_value());
+    CHECK(b.extra_params.empty());
+    CHECK_FALSE(b.ca_file.has_value());
+
+    // basic_encoding is meaningless with client_secret_post: said, not fatal.
+    REQUIRE(cfg.warnings.size() == 1);
+    CHECK(cfg.warnings[0].rfind("credentials[0].basic_encoding: ignored", 0) == 0);
+}
+
+TEST_CASE("plain http is accepted for loopback hosts only", "[config]") {
+    for (const char* url :
+         {"http://127.0.0.1:8080/token", "http://127.3.2.1/token", "http://localhost/token",
+          "http://LOCALHOST:9000", "http://[::1]:9000/token", "https://[2001:db8::1]:8443/token",
+          "HTTPS://id.example.com/token"}) {
+        FakeSystem sys;
+        const auto r = parse_config(
+            document("", credential({{"token_endpoint", "\"" + std::string(url) + "\""}})),
+            sys.sources());
+        INFO(url);
+        REQUIRE(r.has_value());
+        CHECK(r->credentials[0].token_endpoint == url);
+    }
+}
+
+TEST_CASE("the client secret is read from the environment", "[config]") {
+    FakeSystem sys;
+    sys.env["STORAGE_SECRET"] = std::string(kSecret) + "\n";
+    const auto r = parse_config(document(), sys.sources());
+    REQUIRE(r.has_value());
+    CHECK(r->credentials[0].client_secret == Secret(kSecret));
+    CHECK(r->credentials[0].client_secret_source == "env STORAGE_SECRET");
+    CHECK(sys.files_read.empty());
+}
+
+TEST_CASE("a secret file open to group or others is a warning without the secret", "[config]") {
+    FakeSystem sys;
+    sys.files["/etc/tokenshm/s.secret"] = {std::string(kSecret) + "\n", true};
+    const auto r = parse_config(
+        document("", credential({{"client_secret_file", R"("/etc/tokenshm/s.secret")"}},
+                                {"client_secret_env"})),
+        sys.sources());
+    REQUIRE(r.has_value());
+    CHECK(r->credentials[0].client_secret == Secret(kSecret));
+    REQUIRE(r->warnings.size() == 1);
+    const std::string& w = r->warnings[0];
+    CHECK(w.rfind("credentials[0].client_secret_file: /etc/tokenshm/s.secret ", 0) == 0);
+    CHECK(w.find("chmod 600 /etc/tokenshm/s.secret") != std::string::npos);
+    CHECK(w.find(kSecret) == std::string::npos);
+}
+
+TEST_CASE("a group with mode 0600 is a warning", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(document(R"("group": "tokenshm-readers", )"), sys.sources());
+    REQUIRE(r.has_value());
+    CHECK(r->mode == 0600);
+    CHECK(r->group_id == gid_t{1234});
+    REQUIRE(r->warnings.size() == 1);
+    CHECK(r->warnings[0].rfind("group: ", 0) == 0);
+}
+
+TEST_CASE("null means absent for keys whose default is none", "[config]") {
+    FakeSystem sys;
+    const auto r =
+        parse_config(document(R"("group": null, )", credential({{"issuer", "null"},
+                                                                {"client_secret_file", "null"},
+                                                                {"refresh_token_file", "null"},
+                                                                {"scope", "null"},
+                                                                {"extra_params", "null"},
+                                                                {"ca_file", "null"}})),
+                     sys.sources());
+    REQUIRE(r.has_value());
+    CHECK_FALSE(r->group.has_value());
+    CHECK(r->credentials[0].client_secret_source == "env STORAGE_SECRET");
+    CHECK(r->credentials[0].token_endpoint.has_value());
+}
+
+TEST_CASE("to_string names grants and auth methods as the config spells them", "[config]") {
+    CHECK(std::string(to_string(Grant::refresh_token)) == "refresh_token");
+    CHECK(std::string(to_string(Grant::client_credentials)) == "client_credentials");
+    CHECK(std::string(to_string(AuthMethod::client_secret_basic)) == "client_secret_basic");
+    CHECK(std::string(to_string(AuthMethod::client_secret_post)) == "client_secret_post");
+}
+
+namespace {
+
+// A temporary directory removed at scope exit.
+struct TempDir {
+    std::string path;
+    TempDir() {
+        std::string tmpl = (std::filesystem::temp_directory_path() / "config_test.XXXXXX").string();
+        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
+        path = tmpl;
+    }
+    ~TempDir() { std::filesystem::remove_all(path); }
+    std::string write(const std::string& name, const std::string& content, mode_t mode) const {
+        const std::string file = path + "/" + name;
+        const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+        REQUIRE(fd >= 0);
+        REQUIRE(::write(fd, content.data(), content.size()) ==
+                static_cast<ssize_t>(content.size()));
+        REQUIRE(::fchmod(fd, mode) == 0);  // exact mode, whatever the umask
+        ::close(fd);
+        return file;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("load_config reads a real file and a real 0644 secret file", "[config]") {
+    TempDir dir;
+    const std::string secret = dir.write("storage.secret", std::string(kSecret) + "\n", 0644);
+    const std::string config = dir.write(
+        "tokenshm.json",
+        document("",
+                 credential({{"client_secret_file", "\"" + secret + "\""}}, {"client_secret_env"})),
+        0644);
+
+    const auto r = load_config(config, ConfigSources::system());
+    REQUIRE(r.has_value());
+    CHECK(r->credentials[0].client_secret == Secret(kSecret));
+    CHECK(r->credentials[0].client_secret_source == "file " + secret);
+    REQUIRE(r->warnings.size() == 1);
+    CHECK(r->warnings[0].find("chmod 600 " + secret) != std::string::npos);
+    CHECK(r->warnings[0].find(kSecret) == std::string::npos);
+
+    SECTION("a 0600 secret file gives no warning") {
+        REQUIRE(::chmod(secret.c_str(), 0600) == 0);
+        const auto again = load_config(config, ConfigSources::system());
+        REQUIRE(again.has_value());
+        CHECK(again->warnings.empty());
+    }
+    SECTION("a parse error is prefixed with the file's path") {
+        const std::string bad = dir.write("bad.json", document(R"("mode": "0777", )"), 0644);
+        const auto e = load_config(bad, ConfigSources::system());
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error() == bad + R"(: mode: expected "0600" or "0640", found "0777")");
+    }
+    SECTION("a missing file says so with strerror") {
+        const auto e = load_config(dir.path + "/nope.json", ConfigSources::system());
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error() == dir.path + "/nope.json: " + std::strerror(ENOENT));
+    }
+    SECTION("a missing secret file names the key and the file") {
+        REQUIRE(::unlink(secret.c_str()) == 0);
+        const auto e = load_config(config, ConfigSources::system());
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error() == config + ": credentials[0].client_secret_file: " + secret + ": " +
+                               std::strerror(ENOENT));
+    }
+    SECTION("a file over 1 MiB is refused") {
+        const std::string big = dir.write("big.json", std::string((1 << 20) + 1, ' '), 0600);
+        const auto e = load_config(big, ConfigSources::system());
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error() == big + ": larger than 1 MiB");
+    }
+    SECTION("a directory is not a config file") {
+        const auto e = load_config(dir.path, ConfigSources::system());
+        REQUIRE_FALSE(e.has_value());
+        CHECK(e.error().rfind(dir.path + ": ", 0) == 0);
+    }
+}
+
+TEST_CASE("the system sources read the environment and the group database", "[config]") {
+    const ConfigSources sys = ConfigSources::system();
+    REQUIRE(::setenv("TOKENSHM_CONFIG_TEST_VAR", "value", 1) == 0);
+    CHECK(sys.getenv("TOKENSHM_CONFIG_TEST_VAR") == std::optional<std::string>("value"));
+    REQUIRE(::unsetenv("TOKENSHM_CONFIG_TEST_VAR") == 0);
+    CHECK_FALSE(sys.getenv("TOKENSHM_CONFIG_TEST_VAR").has_value());
+    CHECK(sys.group_id("root") == std::optional<gid_t>(0));
+    CHECK(sys.group_id("4242") == std::optional<gid_t>(4242));  // numeric, like chown
+    CHECK_FALSE(sys.group_id("no-such-group-tokenshm-test").has_value());
+}

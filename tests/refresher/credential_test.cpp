@@ -1,0 +1,320 @@
+// The per-credential state machine with the time passed in and responses
+// handed back: schedule, failure policy, rotation and persistence, discovery.
+#include "credential.hpp"
+#include "log.hpp"
+
+#include <catch2/catch.hpp>
+
+#include <string>
+#include <vector>
+
+using namespace tokenshm::refresher;
+using tokenshm::shm::RecordState;
+
+namespace {
+
+CredentialConfig base_config() {
+    CredentialConfig c;
+    c.name = "storage";
+    c.token_endpoint = "https://id.example.test/token";
+    c.grant = Grant::refresh_token;
+    c.client_id = "uploader";
+    c.client_secret = Secret("client-secret-test");
+    c.default_lifetime = std::chrono::seconds(3600);
+    c.refresh_before = std::chrono::seconds(300);
+    c.min_interval = std::chrono::seconds(5);
+    c.min_backoff = std::chrono::seconds(1);
+    c.max_backoff = std::chrono::seconds(300);
+    return c;
+}
+
+HttpResponse json_response(long status, std::string body) {
+    HttpResponse r;
+    r.outcome = HttpResponse::Outcome::response;
+    r.status = status;
+    r.content_type = "application/json";
+    r.body = std::move(body);
+    return r;
+}
+
+HttpResponse token_response(const std::string& at, int expires_in,
+                            const std::string& rt = std::string()) {
+    std::string b = R"({"access_token":")" + at + R"(","token_type":"bearer","expires_in":)" +
+                    std::to_string(expires_in);
+    if (!rt.empty()) b += R"(,"refresh_token":")" + rt + '"';
+    return json_response(200, b + "}");
+}
+
+struct Harness {
+    std::vector<std::string> persisted;  // refresh tokens saved, in order
+    bool persist_fails = false;
+    CredentialRefresher cred;
+
+    explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
+        : cred(std::move(c), 8192, Secret("rt-test-1"),
+               [this](std::string_view, const Secret& t) -> tokenshm::Expected<Done, std::string> {
+                   if (persist_fails) return tokenshm::Unexpected{std::string("disk full")};
+                   persisted.emplace_back(t.reveal());
+                   return Done{};
+               },
+               [jitter] { return jitter; }) {}
+
+    bool body_has(const HttpRequest& r, const std::string& s) const {
+        return std::string(r.body.reveal()).find(s) != std::string::npos;
+    }
+};
+
+struct QuietLogs {
+    QuietLogs() { set_log_sink([](std::string_view) {}); }
+    ~QuietLogs() { set_log_sink({}); }
+};
+
+}  // namespace
+
+TEST_CASE("a fresh credential refreshes at once and publishes a valid token") {
+    QuietLogs quiet;
+    Harness h;
+    CHECK(h.cred.published().state == RecordState::empty);
+    auto req = h.cred.poll(1'000);
+    REQUIRE(req);
+    CHECK(req->url == "https://id.example.test/token");
+    CHECK(h.body_has(*req, "grant_type=refresh_token"));
+    CHECK(h.body_has(*req, "refresh_token=rt-test-1"));
+    CHECK_FALSE(h.cred.poll(1'000));  // one request at a time
+
+    // Expiry counts from when the request was sent, not when the answer came.
+    h.cred.on_response(token_response("at-test-1", 100, "rt-test-2"), 3'000);
+    const Published& p = h.cred.published();
+    CHECK(p.state == RecordState::valid);
+    CHECK(p.access_token.reveal() == "at-test-1");
+    CHECK(p.token_type == "Bearer");
+    CHECK(p.issued_at_ms == 1'000);
+    CHECK(p.expires_at_ms == 101'000);
+    CHECK(p.failures == 0);
+    CHECK(h.persisted == std::vector<std::string>{"rt-test-2"});
+    // 80 % of 100 s is earlier than 300 s before expiry (which is already past).
+    CHECK(p.next_refresh_ms <= 1'000 + 80'000);
+    CHECK(p.next_refresh_ms >= 1'000 + 5'000);
+
+    CHECK_FALSE(h.cred.poll(p.next_refresh_ms - 1));
+    auto next = h.cred.poll(p.next_refresh_ms);
+    REQUIRE(next);
+    CHECK(h.body_has(*next, "refresh_token=rt-test-2"));  // the successor, never the spent one
+    CHECK_FALSE(h.body_has(*next, "rt-test-1"));
+}
+
+TEST_CASE("refresh_before wins when it comes before 80 % of the lifetime") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    // 1000 s: 80 % is at 800 s, 300 s before expiry is at 700 s: the earlier wins.
+    h.cred.on_response(token_response("at", 1000), 10);
+    const auto& p = h.cred.published();
+    CHECK(p.next_refresh_ms <= 700'000);
+    CHECK(p.next_refresh_ms >= 700'000 - 70'000);  // jitter moves it earlier by <= 10 %
+}
+
+TEST_CASE("a response without refresh_token keeps the current one") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(token_response("at", 100), 10);
+    CHECK(h.persisted.empty());
+    auto req = h.cred.poll(h.cred.published().next_refresh_ms);
+    REQUIRE(req);
+    CHECK(h.body_has(*req, "refresh_token=rt-test-1"));
+}
+
+TEST_CASE("failures keep serving the token as stale, back off, then expire") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(token_response("at-test", 100), 0);
+    std::int64_t now = h.cred.published().next_refresh_ms;
+    REQUIRE(h.cred.poll(now));
+    h.cred.on_response(json_response(503, ""), now);
+    CHECK(h.cred.published().state == RecordState::stale);
+    CHECK(h.cred.published().access_token.reveal() == "at-test");
+    CHECK(h.cred.published().failures == 1);
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("503"));
+    const std::int64_t retry_at = h.cred.published().next_refresh_ms;
+    CHECK(retry_at >= now + 1'000);
+    CHECK_FALSE(h.cred.poll(retry_at - 1));
+
+    // Keep failing until past expiry: the state turns expired by itself.
+    for (int i = 0; i < 50 && now < 100'000; ++i) {
+        now = std::max(now + 1, h.cred.next_action_ms());
+        if (h.cred.poll(now)) h.cred.on_response(json_response(500, "oops"), now);
+    }
+    CHECK(now >= 100'000);
+    CHECK(h.cred.published().state == RecordState::expired);
+    CHECK(h.cred.published().failures >= 2);
+
+    // Recovery.
+    now = h.cred.next_action_ms();
+    REQUIRE(h.cred.poll(now));
+    h.cred.on_response(token_response("at-test-new", 100), now);
+    CHECK(h.cred.published().state == RecordState::valid);
+    CHECK(h.cred.published().failures == 0);
+    CHECK(h.cred.published().last_error.empty());
+}
+
+TEST_CASE("Retry-After is honoured") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    auto r = json_response(429, "");
+    r.retry_after = "30";
+    h.cred.on_response(r, 0);
+    CHECK(h.cred.published().next_refresh_ms >= 30'000);
+    CHECK_FALSE(h.cred.poll(29'999));
+    CHECK(h.cred.poll(h.cred.published().next_refresh_ms));
+}
+
+TEST_CASE("a rejected grant stops all requests: reauth") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(token_response("at", 100), 0);
+    const std::int64_t t = h.cred.published().next_refresh_ms;
+    REQUIRE(h.cred.poll(t));
+    h.cred.on_response(json_response(400, R"({"error":"invalid_grant"})"), t);
+    CHECK(h.cred.published().state == RecordState::reauth);
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("invalid_grant"));
+    // The token is still served until it expires; no request is ever made again.
+    CHECK(h.cred.published().access_token.reveal() == "at");
+    for (std::int64_t now = t; now < t + 24 * 3'600'000; now += 60'000)
+        REQUIRE_FALSE(h.cred.poll(now));
+    // A person fixed it and reloaded: refresh_soon allows requests again.
+    h.cred.refresh_soon(t + 24 * 3'600'000);
+    CHECK(h.cred.poll(t + 24 * 3'600'000));
+}
+
+TEST_CASE("a request that timed out after it was sent is retried with the same refresh token") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    HttpResponse lost;
+    lost.outcome = HttpResponse::Outcome::sent_no_response;
+    lost.transport_error = "id.example.test:443: Operation timed out";
+    h.cred.on_response(lost, 20'000);
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("timed out"));
+    auto again = h.cred.poll(h.cred.next_action_ms());
+    REQUIRE(again);
+    CHECK(h.body_has(*again, "refresh_token=rt-test-1"));
+}
+
+TEST_CASE("a successor that cannot be saved is kept in memory, used, and saved later") {
+    QuietLogs quiet;
+    Harness h;
+    h.persist_fails = true;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(token_response("at", 100, "rt-test-2"), 0);
+    CHECK(h.cred.published().state == RecordState::valid);
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("not yet saved"));
+    CHECK(h.persisted.empty());
+    // The persist is retried without waiting for the next refresh.
+    CHECK(h.cred.next_action_ms() <= 1'000);
+    h.persist_fails = false;
+    (void)h.cred.poll(1'000);
+    CHECK(h.persisted == std::vector<std::string>{"rt-test-2"});
+    auto req = h.cred.poll(h.cred.published().next_refresh_ms);
+    REQUIRE(req);
+    CHECK(h.body_has(*req, "refresh_token=rt-test-2"));
+}
+
+TEST_CASE("discovery finds the token endpoint, trying both well-known documents") {
+    QuietLogs quiet;
+    CredentialConfig c = base_config();
+    c.token_endpoint.reset();
+    c.issuer = "https://id.example.test";
+    Harness h(c);
+    auto d1 = h.cred.poll(0);
+    REQUIRE(d1);
+    CHECK(d1->method == "GET");
+    CHECK(d1->url == "https://id.example.test/.well-known/openid-configuration");
+    h.cred.on_response(json_response(404, ""), 10);
+    auto d2 = h.cred.poll(10);
+    REQUIRE(d2);
+    CHECK(d2->url == "https://id.example.test/.well-known/oauth-authorization-server");
+    h.cred.on_response(json_response(200, R"({"issuer":"https://id.example.test",
+        "token_endpoint":"https://id.example.test/oauth/token"})"),
+                       20);
+    auto t = h.cred.poll(20);
+    REQUIRE(t);
+    CHECK(t->url == "https://id.example.test/oauth/token");
+    CHECK(t->method == "POST");
+
+    // After repeated failures the endpoint is looked up again.
+    std::int64_t now = 20;
+    h.cred.on_response(json_response(500, ""), now);
+    bool rediscovered = false;
+    for (int i = 0; i < 6 && !rediscovered; ++i) {
+        now = h.cred.next_action_ms();
+        auto r = h.cred.poll(now);
+        REQUIRE(r);
+        if (r->method == "GET") rediscovered = true;
+        else h.cred.on_response(json_response(500, ""), now);
+    }
+    CHECK(rediscovered);
+}
+
+TEST_CASE("no hot loop: an hour of errors stays within the backoff bounds") {
+    QuietLogs quiet;
+    for (double jitter : {0.0, 0.5, 0.999}) {
+        Harness h(base_config(), jitter);
+        std::int64_t now = 0;
+        std::int64_t last = -1'000'000;
+        int requests = 0;
+        while (now < 3'600'000) {
+            if (h.cred.poll(now)) {
+                ++requests;
+                REQUIRE(now - last >= 1'000);  // min_backoff
+                last = now;
+                h.cred.on_response(json_response(500, ""), now);
+            }
+            now = std::max(now + 1, h.cred.next_action_ms());
+        }
+        INFO("jitter " << jitter << ": " << requests << " requests in an hour");
+        CHECK(requests <= 3600);  // never more than one per min_backoff, whatever the dice say
+        CHECK(requests >= 12);    // and it keeps trying (max_backoff 300 s)
+        if (jitter >= 0.5) CHECK(requests <= 60);  // typical dice: the window grows
+    }
+}
+
+TEST_CASE("a restarted refresher keeps serving and refreshes on the old schedule") {
+    QuietLogs quiet;
+    Harness h;
+    Published prev;
+    prev.state = RecordState::valid;
+    prev.access_token = Secret("at-prev");
+    prev.token_type = "Bearer";
+    prev.issued_at_ms = 0;
+    prev.expires_at_ms = 100'000;
+    prev.next_refresh_ms = 80'000;
+    h.cred.resume(prev, 10'000);
+    CHECK(h.cred.published().access_token.reveal() == "at-prev");
+    CHECK(h.cred.published().state == RecordState::valid);
+    CHECK_FALSE(h.cred.poll(79'999));
+    CHECK(h.cred.poll(80'000));
+
+    Harness expired;
+    prev.expires_at_ms = 5'000;
+    expired.cred.resume(prev, 10'000);
+    CHECK(expired.cred.published().state == RecordState::empty);
+    CHECK(expired.cred.poll(10'000));
+}
+
+TEST_CASE("client_credentials needs no refresh token") {
+    QuietLogs quiet;
+    CredentialConfig c = base_config();
+    c.grant = Grant::client_credentials;
+    c.auth_method = AuthMethod::client_secret_post;
+    CredentialRefresher cred(c, 8192, std::nullopt,
+                             [](std::string_view, const Secret&) -> tokenshm::Expected<Done, std::string> { return Done{}; },
+                             [] { return 0.5; });
+    auto req = cred.poll(0);
+    REQUIRE(req);
+    CHECK(std::string(req->body.reveal()).find("grant_type=client_credentials") != std::string::npos);
+    CHECK(req->authorization.empty());
+}

@@ -1,0 +1,270 @@
+// The daemon loop with a fake transport and a fake clock, against a real
+// segment and a real state directory.
+#include "daemon.hpp"
+#include "log.hpp"
+
+#include <tokenshm/reader.hpp>
+
+#include <stdlib.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <deque>
+#include <filesystem>
+#include <fstream>
+#include <map>
+
+using namespace tokenshm::refresher;
+namespace fs = std::filesystem;
+
+namespace {
+
+class FakeTransport : public Transport {
+public:
+    std::map<std::uint64_t, HttpRequest> pending;  // started, not answered
+    std::deque<std::pair<std::uint64_t, HttpResponse>> ready;
+    int started = 0;
+
+    void start(std::uint64_t id, HttpRequest request) override {
+        ++started;
+        pending.emplace(id, std::move(request));
+    }
+    std::vector<std::pair<std::uint64_t, HttpResponse>> poll(std::chrono::milliseconds,
+                                                             int) override {
+        std::vector<std::pair<std::uint64_t, HttpResponse>> out(ready.begin(), ready.end());
+        ready.clear();
+        return out;
+    }
+    std::size_t in_flight() const override { return pending.size(); }
+
+    // Answers the pending request whose URL contains `url_part`.
+    bool answer(const std::string& url_part, HttpResponse r) {
+        for (auto it = pending.begin(); it != pending.end(); ++it) {
+            if (it->second.url.find(url_part) == std::string::npos) continue;
+            ready.emplace_back(it->first, std::move(r));
+            pending.erase(it);
+            return true;
+        }
+        return false;
+    }
+    std::string body_for(const std::string& url_part) const {
+        for (const auto& [id, r] : pending)
+            if (r.url.find(url_part) != std::string::npos) return std::string(r.body.reveal());
+        return {};
+    }
+};
+
+HttpResponse token(const std::string& at, int expires_in, const std::string& rt = {}) {
+    HttpResponse r;
+    r.outcome = HttpResponse::Outcome::response;
+    r.status = 200;
+    r.content_type = "application/json";
+    r.body = R"({"access_token":")" + at + R"(","token_type":"Bearer","expires_in":)" +
+             std::to_string(expires_in) + (rt.empty() ? "" : R"(,"refresh_token":")" + rt + '"') +
+             "}";
+    return r;
+}
+
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string t = (fs::temp_directory_path() / "tokenshm-daemon-XXXXXX").string();
+        REQUIRE(::mkdtemp(t.data()) != nullptr);
+        path = t;
+    }
+    ~TempDir() { fs::remove_all(path); }
+};
+
+CredentialConfig cred(const std::string& name) {
+    CredentialConfig c;
+    c.name = name;
+    c.token_endpoint = "https://" + name + ".example.test/token";
+    c.client_id = name + "-client";
+    c.client_secret = Secret("secret-" + name);
+    return c;
+}
+
+struct World {
+    TempDir dir;
+    std::string segment = "tokenshm-test-daemon-" + std::to_string(::getpid());
+    FakeTransport transport;
+    PosixFileSystem posix;
+    FileSystem* fsys = &posix;
+    std::int64_t now = 1'700'000'000'000;
+    Config cfg;
+
+    World() {
+        set_log_sink([](std::string_view) {});
+        cfg.segment = segment;
+        cfg.state_dir = (dir.path / "state").string();
+        for (const char* n : {"alpha", "beta"}) {
+            const std::string rt_file = (dir.path / (std::string(n) + ".rt")).string();
+            std::ofstream(rt_file) << "rt-" << n << "-1\n";
+            fs::permissions(rt_file, fs::perms::owner_read | fs::perms::owner_write);
+            CredentialConfig c = cred(n);
+            c.refresh_token_file = rt_file;
+            cfg.credentials.push_back(c);
+        }
+    }
+    ~World() {
+        (void)tokenshm::shm::sys::shm_unlink("/" + segment);
+        set_log_sink({});
+    }
+    DaemonDeps deps() {
+        return DaemonDeps{&transport, fsys, [this] { return now; }, [] { return 0.5; }};
+    }
+    tokenshm::Expected<tokenshm::Token, tokenshm::Error> read(const std::string& name) {
+        auto r = tokenshm::Reader::open(segment);
+        REQUIRE(r);
+        auto h = r->lookup(name);
+        if (!h) return tokenshm::Unexpected{h.error().code};
+        auto t = h->inspect();
+        if (!t) return t;
+        // Copy out of the handle before it goes away.
+        static thread_local std::string keep;
+        keep = std::string(t->token);
+        t->token = keep;
+        return t;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("credentials refresh concurrently: a slow server never delays another") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.pending.size() == 2);  // both in flight at once
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 60)));
+    (*d)->step(std::chrono::milliseconds(0));
+    auto beta = w.read("beta");
+    REQUIRE(beta);
+    CHECK(beta->token == "at-beta-1");
+    CHECK(beta->state == tokenshm::State::valid);
+    CHECK(w.read("alpha")->state == tokenshm::State::empty);  // alpha's server is still silent
+}
+
+TEST_CASE("a rotated refresh token is on disk before the access token is published") {
+    World w;
+    // Watch the rename that commits the new refresh token: at that moment the
+    // segment must still show the old access token.
+    struct Spy : PosixFileSystem {
+        World* w = nullptr;
+        std::vector<std::string> seen_at_rename;
+        FsResult<Done> rename(const std::string& from, const std::string& to) override {
+            auto t = w->read("alpha");
+            seen_at_rename.push_back(t ? std::string(t->token) : "<none>");
+            return PosixFileSystem::rename(from, to);
+        }
+    } spy;
+    spy.w = &w;
+    w.fsys = &spy;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.body_for("alpha").find("refresh_token=rt-alpha-1") != std::string::npos);
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 60, "rt-alpha-2")));
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(spy.seen_at_rename.size() == 1);
+    CHECK(spy.seen_at_rename[0] == "");  // nothing published yet when the token hit the disk
+    CHECK(w.read("alpha")->token == "at-alpha-1");
+
+    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
+    std::string saved;
+    std::getline(f, saved);
+    CHECK(saved == "rt-alpha-2");
+    CHECK((fs::status(fs::path(w.cfg.state_dir) / "alpha.refresh_token").permissions() &
+           fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
+}
+
+TEST_CASE("a restarted refresher serves the old token, uses the persisted refresh token, and continues versions") {
+    World w;
+    std::uint64_t version = 0;
+    {
+        auto d = Daemon::start(w.cfg, w.deps());
+        REQUIRE(d);
+        (*d)->step(std::chrono::milliseconds(0));
+        REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
+        REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+        (*d)->step(std::chrono::milliseconds(0));
+        version = w.read("alpha")->version;
+        CHECK(version >= 2);
+    }  // the first refresher dies; the segment stays
+    w.transport.pending.clear();
+    w.transport.started = 0;
+    w.now += 10'000;
+
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    auto alpha = w.read("alpha");
+    REQUIRE(alpha);
+    CHECK(alpha->token == "at-alpha-1");  // served at once, no request needed
+    CHECK(alpha->version > version);
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.started == 0);  // nothing is due yet
+
+    w.now = alpha->next_refresh_ms;
+    (*d)->step(std::chrono::milliseconds(0));
+    const std::string body = w.transport.body_for("alpha");
+    CHECK(body.find("refresh_token=rt-alpha-2") != std::string::npos);  // the persisted successor
+    CHECK(body.find("rt-alpha-1") == std::string::npos);
+}
+
+TEST_CASE("reload: added credentials get slots, removed ones go, unchanged ones are untouched") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    const auto beta_before = *w.read("beta");
+
+    Config next = w.cfg;
+    next.credentials.erase(next.credentials.begin());  // alpha goes
+    CredentialConfig gamma = cred("gamma");
+    gamma.grant = Grant::client_credentials;
+    next.credentials.push_back(gamma);
+    (*d)->reload(next);
+    (*d)->step(std::chrono::milliseconds(0));
+
+    CHECK_FALSE(w.read("alpha"));
+    CHECK(w.read("alpha").error() == tokenshm::Error::no_such_credential);
+    const auto beta_after = *w.read("beta");
+    CHECK(beta_after.version == beta_before.version);
+    CHECK(beta_after.issued_at_ms == beta_before.issued_at_ms);
+    CHECK(w.transport.body_for("beta").empty());  // no request for the unchanged one
+    CHECK(w.transport.body_for("gamma").find("grant_type=client_credentials") != std::string::npos);
+    REQUIRE(w.transport.answer("gamma", token("at-gamma-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.read("gamma")->token == "at-gamma-1");
+}
+
+TEST_CASE("a segment unlinked under the refresher is recreated, versions continuing") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    const auto before = *w.read("alpha");
+    REQUIRE(tokenshm::shm::sys::shm_unlink("/" + w.segment));
+    CHECK(tokenshm::Reader::open(w.segment).error().code == tokenshm::Error::no_segment);
+    w.now += 2'000;
+    (*d)->step(std::chrono::milliseconds(0));
+    auto after = w.read("alpha");
+    REQUIRE(after);
+    CHECK(after->token == "at-alpha-1");
+    CHECK(after->version > before.version);
+}
+
+TEST_CASE("a second daemon on the same segment is refused, naming the first one's pid") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    auto d2 = Daemon::start(w.cfg, w.deps());
+    REQUIRE_FALSE(d2);
+    CHECK_THAT(d2.error(), Catch::Contains("pid " + std::to_string(::getpid())));
+}

@@ -1,0 +1,196 @@
+// The reader against a segment written in-process: publish, read, every typed
+// error of the read path, the version cache, wait().
+#include <tokenshm/reader.hpp>
+#include <tokenshm/shm/segment.hpp>
+
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <chrono>
+#include <string>
+#include <thread>
+
+using namespace std::chrono_literals;
+using tokenshm::Error;
+namespace shm = tokenshm::shm;
+
+namespace {
+
+std::string unique_segment(const char* tag) {
+    return std::string("tokenshm-test-") + tag + "-" + std::to_string(::getpid());
+}
+
+// Removes the segment's name when the test ends, whatever happens.
+struct SegmentGuard {
+    std::string name;
+    ~SegmentGuard() { (void)shm::sys::shm_unlink("/" + name); }
+};
+
+shm::SegmentSpec spec(const std::string& name, std::uint32_t max_token_bytes = 8192) {
+    shm::SegmentSpec s;
+    s.name = name;
+    s.max_token_bytes = max_token_bytes;
+    return s;
+}
+
+std::int64_t now_ms() {
+    return shm::sys::realtime_ms();
+}
+
+shm::SlotRecord valid_record(std::uint64_t version, std::string_view token, std::int64_t ttl_ms) {
+    shm::SlotRecord r;
+    r.version = version;
+    r.state = shm::RecordState::valid;
+    r.token = token;
+    r.token_type = "Bearer";
+    r.scope = "files.write";
+    r.issued_at_ms = now_ms();
+    r.expires_at_ms = now_ms() + ttl_ms;
+    return r;
+}
+
+}  // namespace
+
+TEST_CASE("a published token reads back with its record") {
+    SegmentGuard g{unique_segment("rt")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    CHECK(w->created());
+    auto slot = w->claim("storage");
+    REQUIRE(slot);
+
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    auto h = r->lookup("storage");
+    REQUIRE(h);
+
+    auto empty = h->get();
+    REQUIRE_FALSE(empty);
+    CHECK(empty.error() == Error::empty);
+
+    REQUIRE(w->publish(*slot, valid_record(1, "tok-one", 60'000)) == shm::EncodeError::ok);
+    auto t = h->get();
+    REQUIRE(t);
+    CHECK(t->token == "tok-one");
+    CHECK(t->token_type == "Bearer");
+    CHECK(t->scope == "files.write");
+    CHECK(t->version == 1);
+    CHECK(t->state == tokenshm::State::valid);
+    CHECK(t->writer_alive);
+
+    // The cached copy is served until the version moves, then the new one.
+    auto again = h->get();
+    REQUIRE(again);
+    CHECK(again->token.data() == t->token.data());
+    REQUIRE(w->publish(*slot, valid_record(2, "tok-two-longer", 60'000)) == shm::EncodeError::ok);
+    auto t2 = h->get();
+    REQUIRE(t2);
+    CHECK(t2->token == "tok-two-longer");
+    CHECK(t2->version == 2);
+}
+
+TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
+    SegmentGuard g{unique_segment("exp")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto slot = *w->claim("c");
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    auto h = *r->lookup("c");
+
+    REQUIRE(w->publish(slot, valid_record(1, "t", 10'000)) == shm::EncodeError::ok);
+    CHECK(h.get(5s));
+    auto expiring = h.get(20s);
+    REQUIRE_FALSE(expiring);
+    CHECK(expiring.error() == Error::expiring);
+
+    REQUIRE(w->publish(slot, valid_record(2, "t", -1)) == shm::EncodeError::ok);
+    CHECK(h.get().error() == Error::expired);
+
+    auto reauth = valid_record(3, "t", 60'000);
+    reauth.state = shm::RecordState::reauth;
+    REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
+    auto still = h.get();  // not expired: served, the state travels with it
+    REQUIRE(still);
+    CHECK(still->state == tokenshm::State::reauth);
+    reauth.version = 4;
+    reauth.expires_at_ms = now_ms() - 1;
+    REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
+    CHECK(h.get().error() == Error::reauth);
+}
+
+TEST_CASE("lookup and removed slots") {
+    SegmentGuard g{unique_segment("rm")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto slot = *w->claim("a");
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    CHECK(r->lookup("b").error().code == Error::no_such_credential);
+    CHECK(r->lookup("a/../x").error().code == Error::no_such_credential);
+    auto h = *r->lookup("a");
+    w->retire(slot);
+    CHECK(h.get().error() == Error::no_such_credential);
+    CHECK(r->credentials().empty());
+    CHECK(*w->claim("a") == slot);  // the same name gets its slot back
+    CHECK(r->credentials() == std::vector<std::string>{"a"});
+}
+
+TEST_CASE("a token larger than the slot is refused, nothing is published") {
+    SegmentGuard g{unique_segment("big")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name, 128));
+    REQUIRE(w);
+    auto slot = *w->claim("c");
+    const std::string big(129, 'x');
+    CHECK(w->publish(slot, valid_record(1, big, 1000)) == shm::EncodeError::token_too_large);
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    CHECK(r->lookup("c")->get().error() == Error::empty);
+}
+
+TEST_CASE("no segment is a typed error") {
+    auto r = tokenshm::Reader::open("tokenshm-test-absent-" + std::to_string(::getpid()));
+    REQUIRE_FALSE(r);
+    CHECK(r.error().code == Error::no_segment);
+    auto bad = tokenshm::Reader::open("../etc/passwd");
+    REQUIRE_FALSE(bad);
+    CHECK(bad.error().code == Error::invalid_argument);
+}
+
+TEST_CASE("wait wakes on publish and times out on time") {
+    SegmentGuard g{unique_segment("wait")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto slot = *w->claim("c");
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    auto h = *r->lookup("c");
+
+    auto timed_out = h.wait(0, 30ms);
+    REQUIRE_FALSE(timed_out);
+    CHECK(timed_out.error() == Error::timeout);
+
+    // The writer publishes only after the reader has been seen waiting on the futex.
+    std::thread writer([&] {
+        std::this_thread::yield();
+        REQUIRE(w->publish(slot, valid_record(7, "woken", 60'000)) == shm::EncodeError::ok);
+    });
+    auto t = h.wait(0, 10s);
+    writer.join();
+    REQUIRE(t);
+    CHECK(t->version == 7);
+    CHECK(t->token == "woken");
+    // Already past the seen version: returns at once.
+    CHECK(h.wait(6, 0ms));
+}
+
+TEST_CASE("a second writer is refused with the holder's pid") {
+    SegmentGuard g{unique_segment("two")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto w2 = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE_FALSE(w2);
+    CHECK(w2.error().code == shm::SegmentErrc::locked);
+    CHECK_THAT(w2.error().message, Catch::Contains("pid " + std::to_string(::getpid())));
+}
