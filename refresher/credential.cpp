@@ -135,7 +135,7 @@ void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t
     std::optional<std::chrono::milliseconds> retry_after;
     if (response.retry_after) retry_after = parse_retry_after(*response.retry_after, now_ms);
     fail(now_ms, f.kind, f.message, retry_after,
-         f.kind == FailureKind::reauth ? "reauth" : "refresh_failed");
+         f.kind == FailureKind::reauth ? "reauth" : "refresh_failed", f.oauth_error);
 }
 
 void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
@@ -183,12 +183,13 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
 
 void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
                                std::optional<std::chrono::milliseconds> retry_after,
-                               const std::string& event) {
+                               const std::string& event, const std::string& oauth_error) {
     last_ok_ = false;
     pub_.failures += 1;
     pub_.last_error = message;
     if (kind == FailureKind::reauth) {
         reauth_ = true;
+        rt_rejected_ = cfg_.grant == Grant::refresh_token && oauth_error == "invalid_grant";
         pub_.state = shm::RecordState::reauth;
         pub_.next_refresh_ms = 0;
         changed();

@@ -23,6 +23,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 
 namespace tokenshm::refresher {
 
@@ -78,6 +79,10 @@ public:
     const std::optional<Secret>& refresh_token() const noexcept { return refresh_token_; }
     // Grows whenever published() changes.
     std::uint64_t revision() const noexcept { return revision_; }
+    // The server rejected the refresh token itself (invalid_grant): the daemon
+    // sets the persisted copy aside. Cleared by take_refresh_token_rejected().
+    bool take_refresh_token_rejected() noexcept { return std::exchange(rt_rejected_, false); }
+    bool in_reauth() const noexcept { return reauth_; }
     // Whether the last completed attempt obtained a token (for --once).
     std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
 
@@ -85,7 +90,8 @@ private:
     enum class Request { none, discovery, token };
 
     void fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
-              std::optional<std::chrono::milliseconds> retry_after, const std::string& event);
+              std::optional<std::chrono::milliseconds> retry_after, const std::string& event,
+              const std::string& oauth_error = {});
     void succeed(TokenSuccess& s, std::int64_t now_ms);
     void expire_if_due(std::int64_t now_ms);
     void changed() noexcept { ++revision_; }
@@ -107,6 +113,7 @@ private:
     std::int64_t next_attempt_ms_ = 0;
     std::int64_t last_sent_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
     bool reauth_ = false;
+    bool rt_rejected_ = false;
     std::optional<Secret> unpersisted_;  // a received refresh token not yet on disk
     std::int64_t next_persist_ms_ = kNever;
     std::optional<bool> last_ok_;

@@ -199,6 +199,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         auto e = entries_.find(name);
         if (e == entries_.end() || !e->second.cred) continue;  // removed while in flight
         e->second.cred->on_response(resp, now);
+        if (e->second.cred->take_refresh_token_rejected()) set_aside_rejected(name);
         apply_pending(e->second);
     }
     publish_changed();
@@ -248,6 +249,20 @@ int Daemon::run(int signal_fd, bool once) {
     return ok ? 0 : 1;
 }
 
+void Daemon::set_aside_rejected(const std::string& name) {
+    auto moved = store_->set_aside(name);
+    if (!moved) {
+        log_event(Level::error, name, "set_aside_failed", moved.error());
+        return;
+    }
+    log_event(Level::error, name, "action_needed",
+              std::string(*moved ? "the rejected refresh token was moved to " +
+                                       store_->token_path(name) + ".rejected; "
+                                 : "") +
+                  "put a new refresh token in refresh_token_file (or run tokenshm login), "
+                  "then send SIGHUP");
+}
+
 void Daemon::apply_pending(Entry& e) {
     if (!e.pending || (e.cred && e.cred->in_flight())) return;
     CredentialConfig c = std::move(*e.pending);
@@ -255,7 +270,7 @@ void Daemon::apply_pending(Entry& e) {
     // Keep the refresh token in use when the client and server are the same:
     // it may be newer than any file, and the old one may already be spent.
     std::optional<Secret> carried;
-    if (e.cred && e.cred->refresh_token() && e.cred->config().client_id == c.client_id &&
+    if (!std::exchange(e.reload_tokens, false) && e.cred && e.cred->refresh_token() && e.cred->config().client_id == c.client_id &&
         e.cred->config().issuer == c.issuer && e.cred->config().token_endpoint == c.token_endpoint &&
         e.cred->config().refresh_token_file == c.refresh_token_file)
         carried = e.cred->refresh_token();
@@ -293,6 +308,12 @@ void Daemon::reload(Config cfg) {
             log_event(Level::info, c.name, "added", "new credential");
         } else if (!(it->second.cred->config() == c)) {
             it->second.pending = c;
+            apply_pending(it->second);
+        } else if (it->second.cred->in_reauth() && !it->second.cred->in_flight()) {
+            // Same settings, but a person may have put a new refresh token in
+            // place: read it again and try once more.
+            it->second.pending = c;
+            it->second.reload_tokens = true;
             apply_pending(it->second);
         }
     }

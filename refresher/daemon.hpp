@@ -57,6 +57,7 @@ private:
         std::uint64_t version = 0;            // last version published in the slot
         std::uint64_t published_revision = ~std::uint64_t{0};
         std::optional<CredentialConfig> pending;  // a changed config, applied when idle
+        bool reload_tokens = false;  // re-read the refresh token from disk when applying it
     };
 
     Daemon(Config cfg, DaemonDeps deps);
@@ -66,6 +67,7 @@ private:
     void publish(Entry& e);
     void publish_changed();
     void apply_pending(Entry& e);
+    void set_aside_rejected(const std::string& name);
     void check_segment(std::int64_t now);
     bool all_attempted() const;
 

@@ -386,6 +386,22 @@ Expected<Done, std::string> StateStore::save(std::string_view credential_name,
     return Done{};
 }
 
+Expected<bool, std::string> StateStore::set_aside(std::string_view credential_name) {
+    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+    const std::string from = token_path(credential_name);
+    const std::string to = from + ".rejected";
+    if (auto r = fs_.rename(from, to); !r) {
+        if (r.error().err == ENOENT) return false;
+        return Unexpected{"setting aside a rejected refresh token: " + r.error().message()};
+    }
+    auto dir_fd = fs_.open_directory(dir_);
+    if (!dir_fd) return Unexpected{"setting aside a rejected refresh token: " + dir_fd.error().message()};
+    auto synced = fs_.fsync(*dir_fd, dir_);
+    (void)fs_.close(*dir_fd, dir_);
+    if (!synced) return Unexpected{"setting aside a rejected refresh token: " + synced.error().message()};
+    return true;
+}
+
 Expected<Secret, std::string> StateStore::read_secret_file(FileSystem& fs, const std::string& path,
                                                            const StateWarningSink& warn,
                                                            std::string_view cred) {

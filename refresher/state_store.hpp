@@ -114,6 +114,12 @@ class StateStore {
     // may not survive a crash. Either way: do not publish, retry the save.
     Expected<Done, std::string> save(std::string_view credential_name, const Secret& refresh_token);
 
+    // Renames <name>.refresh_token to <name>.refresh_token.rejected after the
+    // server rejected it, so the next start (or reload) falls back to
+    // refresh_token_file, where a person puts a new one. True when a file was
+    // moved, false when there was none.
+    Expected<bool, std::string> set_aside(std::string_view credential_name);
+
     // A refresh token file named by the config (`refresh_token_file`): same
     // validation as load(); symbolic links are followed; a missing file is an
     // error naming it.

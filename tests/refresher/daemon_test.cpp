@@ -268,3 +268,35 @@ TEST_CASE("a second daemon on the same segment is refused, naming the first one'
     REQUIRE_FALSE(d2);
     CHECK_THAT(d2.error(), Catch::Contains("pid " + std::to_string(::getpid())));
 }
+
+TEST_CASE("a rejected refresh token is set aside; a reload picks up the new one a person put in place") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
+    (*d)->step(std::chrono::milliseconds(0));
+    const fs::path state = fs::path(w.cfg.state_dir) / "alpha.refresh_token";
+    REQUIRE(fs::exists(state));
+
+    w.now = w.read("alpha")->next_refresh_ms;
+    (*d)->step(std::chrono::milliseconds(0));
+    HttpResponse rejected;
+    rejected.outcome = HttpResponse::Outcome::response;
+    rejected.status = 400;
+    rejected.body = R"({"error":"invalid_grant","error_description":"grant request is invalid"})";
+    REQUIRE(w.transport.answer("alpha", rejected));
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.read("alpha")->state == tokenshm::State::reauth);
+    CHECK_FALSE(fs::exists(state));
+    CHECK(fs::exists(state.string() + ".rejected"));
+    w.now += 60'000;
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.body_for("alpha").empty());  // no retries while waiting for a person
+
+    // The person writes a new refresh token into refresh_token_file and reloads.
+    std::ofstream(*w.cfg.credentials[0].refresh_token_file) << "rt-alpha-fixed\n";
+    (*d)->reload(w.cfg);
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.body_for("alpha").find("refresh_token=rt-alpha-fixed") != std::string::npos);
+}
