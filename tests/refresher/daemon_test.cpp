@@ -5,7 +5,9 @@
 
 #include <tokenshm/reader.hpp>
 
+#include <signal.h>
 #include <stdlib.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -21,7 +23,7 @@ namespace fs = std::filesystem;
 namespace {
 
 class FakeTransport : public Transport {
-public:
+  public:
     std::map<std::uint64_t, HttpRequest> pending;  // started, not answered
     std::deque<std::pair<std::uint64_t, HttpResponse>> ready;
     int started = 0;
@@ -179,7 +181,9 @@ TEST_CASE("a rotated refresh token is on disk before the access token is publish
            fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
 }
 
-TEST_CASE("a restarted refresher serves the old token, uses the persisted refresh token, and continues versions") {
+TEST_CASE(
+    "a restarted refresher serves the old token, uses the persisted refresh token, and continues "
+    "versions") {
     World w;
     std::uint64_t version = 0;
     {
@@ -269,7 +273,8 @@ TEST_CASE("a second daemon on the same segment is refused, naming the first one'
     CHECK_THAT(d2.error(), Catch::Contains("pid " + std::to_string(::getpid())));
 }
 
-TEST_CASE("a rejected refresh token is set aside; a reload picks up the new one a person put in place") {
+TEST_CASE(
+    "a rejected refresh token is set aside; a reload picks up the new one a person put in place") {
     World w;
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE(d);
@@ -299,4 +304,53 @@ TEST_CASE("a rejected refresh token is set aside; a reload picks up the new one 
     (*d)->reload(w.cfg);
     (*d)->step(std::chrono::milliseconds(0));
     CHECK(w.transport.body_for("alpha").find("refresh_token=rt-alpha-fixed") != std::string::npos);
+}
+
+TEST_CASE("killed between persisting a rotated refresh token and publishing: nothing is lost") {
+    World w;
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        // The refresher: one good refresh, then a second one whose rotated
+        // token reaches the disk, and SIGKILL before the access token is published.
+        struct KillAfterSecondRename : PosixFileSystem {
+            int renames = 0;
+            FsResult<Done> rename(const std::string& from, const std::string& to) override {
+                auto r = PosixFileSystem::rename(from, to);
+                if (++renames == 2) ::raise(SIGKILL);
+                return r;
+            }
+        } killer;
+        w.fsys = &killer;
+        auto d = Daemon::start(w.cfg, w.deps());
+        if (!d) ::_exit(3);
+        (*d)->step(std::chrono::milliseconds(0));
+        w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2"));
+        (*d)->step(std::chrono::milliseconds(0));
+        w.now = w.read("alpha")->next_refresh_ms;
+        (*d)->step(std::chrono::milliseconds(0));
+        w.transport.answer("alpha", token("at-alpha-2", 600, "rt-alpha-3"));
+        (*d)->step(std::chrono::milliseconds(0));
+        ::_exit(4);  // not reached
+    }
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFSIGNALED(status));
+    CHECK(WTERMSIG(status) == SIGKILL);
+
+    // Readers still have the last complete record.
+    auto before = w.read("alpha");
+    REQUIRE(before);
+    CHECK(before->token == "at-alpha-1");
+    CHECK(before->state == tokenshm::State::valid);
+
+    // A new refresher serves it and refreshes with the successor that reached the disk.
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    CHECK(w.read("alpha")->token == "at-alpha-1");
+    w.now = w.read("alpha")->next_refresh_ms;
+    (*d)->step(std::chrono::milliseconds(0));
+    const std::string body = w.transport.body_for("alpha");
+    CHECK(body.find("refresh_token=rt-alpha-3") != std::string::npos);
+    CHECK(body.find("rt-alpha-2") == std::string::npos);
 }
