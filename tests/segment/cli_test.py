@@ -1,0 +1,237 @@
+#!/usr/bin/env python3
+"""The `tokenshm` command's exit codes and output, against segments held by
+the test publisher:
+
+    cli_test.py TOKENSHM_CLI PUBLISHER
+
+0 success, 2 usage, 3 no segment, 4 no such credential, 5 no valid token
+(empty, expired, expiring, reauth), 6 incompatible or untrusted. Every
+failure prints a line on stderr starting "tokenshm: "."""
+
+import json
+import os
+import secrets
+import struct
+import subprocess
+import sys
+import time
+import unittest
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import pyutil  # noqa: E402
+
+CLI = PUBLISHER = None
+MAGIC = 0x314D48534E4B4F54  # "TOKNSHM1"
+
+
+def run(*args, env=None, timeout=60):
+    e = dict(os.environ)
+    e.pop("TOKENSHM_SEGMENT", None)
+    e.pop("TOKENSHM_TRUSTED_UID", None)
+    if env:
+        e.update(env)
+    return subprocess.run([CLI, *args], capture_output=True, text=True, env=e, timeout=timeout)
+
+
+def junk_token():
+    return "junk-" + secrets.token_urlsafe(24)
+
+
+class CliTest(unittest.TestCase):
+    def assert_fails(self, r, code, one_line=True):
+        self.assertEqual(r.returncode, code, f"stdout={r.stdout!r} stderr={r.stderr!r}")
+        self.assertEqual(r.stdout, "")
+        self.assertTrue(r.stderr.startswith("tokenshm: "), r.stderr)
+        if one_line:
+            self.assertEqual(r.stderr.count("\n"), 1, r.stderr)
+
+    def published(self, token=None, ttl_ms=600_000, extra=()):
+        seg = pyutil.unique_segment("cli")
+        return pyutil.Publisher(PUBLISHER, seg, "storage", token or junk_token(), ttl_ms, extra)
+
+    # ---------------------------------------------------------------- success
+
+    def test_get_prints_the_token(self):
+        token = junk_token()
+        with self.published(token) as p:
+            r = run("get", "storage", "--segment", p.segment)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, token + "\n")
+            self.assertEqual(r.stderr, "")
+            # The segment may come from the environment instead.
+            r = run("get", "storage", env={"TOKENSHM_SEGMENT": p.segment})
+            self.assertEqual((r.returncode, r.stdout), (0, token + "\n"))
+            r = run("get", "storage", "--segment", p.segment, "--min-valid", "30")
+            self.assertEqual((r.returncode, r.stdout), (0, token + "\n"))
+
+    def test_header_format(self):
+        token = junk_token()
+        with self.published(token) as p:
+            r = run("get", "storage", "--header", "--segment", p.segment)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stdout, f"Authorization: Bearer {token}\n")
+
+    def test_status(self):
+        token = junk_token()
+        with self.published(token) as p:
+            r = run("status", "--segment", p.segment)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn(f"pid {p.pid} alive", r.stdout)
+            self.assertRegex(r.stdout, r"\nstorage +valid ")
+            self.assertNotIn(token, r.stdout + r.stderr)
+            r = run("status", "--json", "--segment", p.segment)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertNotIn(token, r.stdout)
+            doc = json.loads(r.stdout)
+            self.assertEqual(doc["segment"], p.segment)
+            self.assertEqual(doc["refresher"]["pid"], p.pid)
+            self.assertIs(doc["refresher"]["alive"], True)
+            self.assertEqual(len(doc["credentials"]), 1)
+            cred = doc["credentials"][0]
+            self.assertEqual(cred["name"], "storage")
+            self.assertEqual(cred["state"], "valid")
+            self.assertEqual(cred["version"], 1)
+            self.assertEqual(cred["token_type"], "Bearer")
+            self.assertGreater(cred["expires_in_ms"], 500_000)
+
+    def test_help_and_version(self):
+        self.assertEqual(run("--help").returncode, 0)
+        r = run("--version")
+        self.assertEqual(r.returncode, 0)
+        self.assertTrue(r.stdout.startswith("tokenshm "))
+
+    # ---------------------------------------------------------------- 3, 4, 5, 6
+
+    def test_no_segment_is_3(self):
+        seg = pyutil.unique_segment("cli-absent")
+        self.assert_fails(run("get", "storage", "--segment", seg), 3)
+        self.assert_fails(run("status", "--segment", seg), 3)
+
+    def test_no_such_credential_is_4(self):
+        with self.published() as p:
+            self.assert_fails(run("get", "other", "--segment", p.segment), 4)
+
+    def test_no_valid_token_is_5(self):
+        cases = {
+            "empty": dict(extra=("--empty",)),
+            "expired": dict(ttl_ms=-1000),
+            "reauth, expired": dict(ttl_ms=-1000, extra=("--state", "reauth")),
+        }
+        for what, kw in cases.items():
+            with self.subTest(what), self.published(**kw) as p:
+                self.assert_fails(run("get", "storage", "--segment", p.segment), 5)
+        with self.published(ttl_ms=60_000) as p:
+            r = run("get", "storage", "--segment", p.segment, "--min-valid", "3600")
+            self.assert_fails(r, 5)
+            self.assertIn("expires", r.stderr)
+
+    def test_stale_and_unexpired_reauth_still_serve(self):
+        for state in ("stale", "reauth"):
+            token = junk_token()
+            with self.subTest(state), self.published(token, extra=("--state", state)) as p:
+                r = run("get", "storage", "--segment", p.segment)
+                self.assertEqual((r.returncode, r.stdout), (0, token + "\n"), r.stderr)
+
+    def test_untrusted_and_incompatible_are_6(self):
+        with self.published() as p:
+            path = f"/dev/shm/{p.segment}"
+            os.chmod(path, 0o666)
+            self.assert_fails(run("get", "storage", "--segment", p.segment), 6)
+            self.assert_fails(run("status", "--segment", p.segment), 6)
+            os.chmod(path, 0o600)
+            with open(path, "r+b") as f:
+                f.write(struct.pack("<Q", 0x0123456789ABCDEF))  # wrong magic
+                f.flush()
+                self.assert_fails(run("get", "storage", "--segment", p.segment), 6)
+                f.seek(0)
+                f.write(struct.pack("<QH", MAGIC, 9))  # unknown major version
+                f.flush()
+                r = run("get", "storage", "--segment", p.segment)
+                self.assert_fails(r, 6)
+                self.assertIn("major version 9", r.stderr)
+                f.seek(0)
+                f.write(struct.pack("<QH", 0, 1))  # magic never published
+                f.flush()
+                self.assert_fails(run("get", "storage", "--segment", p.segment), 3)
+
+    # ---------------------------------------------------------------- 2: usage
+
+    def test_usage_errors_are_2(self):
+        with self.published() as p:
+            seg = ("--segment", p.segment)
+            for args in [
+                ("get", "storage", "--frobnicate", *seg),
+                ("get", "storage", "--min-valid", "abc", *seg),
+                ("get", "storage", "--min-valid", "-1", *seg),
+                ("get", "storage", "--min-valid", "1e99", *seg),
+                ("get", "storage", "--min-valid", "", *seg),
+                ("get", "storage", "--min-valid", "nan", *seg),
+                ("get", "storage", "--min-valid"),
+                ("get", "storage", "--wait", "soon", *seg),
+                ("get", *seg),
+                ("get", "storage", "extra", *seg),
+                ("get", "storage", "--segment"),
+                ("status", "--frobnicate", *seg),
+                ("frobnicate",),
+                (),
+            ]:
+                with self.subTest(args=args):
+                    self.assert_fails(run(*args), 2, one_line=False)
+            self.assert_fails(run("get", "storage", env={"TOKENSHM_SEGMENT": "../x"}), 2)
+            self.assert_fails(run("get", "storage", "--segment", "a/b"), 2)
+
+    # ---------------------------------------------------------------- --wait
+
+    def test_wait_returns_once_published(self):
+        token = junk_token()
+        with self.published(token, extra=("--publish-on-stdin",)) as p:
+            cli = subprocess.Popen([CLI, "get", "storage", "--wait", "60", "--segment", p.segment],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                blocked = pyutil.in_futex(cli.pid, 20)
+                self.assertIsNot(blocked, False, "tokenshm get --wait never blocked in futex")
+                start = time.monotonic()
+                p.publish_now()
+                out, err = cli.communicate(timeout=60)
+            finally:
+                if cli.poll() is None:
+                    cli.kill()
+                    cli.wait()
+            self.assertEqual((cli.returncode, out), (0, token + "\n"), err)
+            self.assertLess(time.monotonic() - start, 30)
+
+    def test_wait_for_the_segment_to_appear(self):
+        token = junk_token()
+        seg = pyutil.unique_segment("cli-late")
+        cli = subprocess.Popen([CLI, "get", "storage", "--wait", "60", "--segment", seg],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            with pyutil.Publisher(PUBLISHER, seg, "storage", token):
+                out, err = cli.communicate(timeout=60)
+        finally:
+            if cli.poll() is None:
+                cli.kill()
+                cli.wait()
+        self.assertEqual((cli.returncode, out), (0, token + "\n"), err)
+
+    def test_wait_times_out(self):
+        with self.published(extra=("--empty",)) as p:
+            start = time.monotonic()
+            r = run("get", "storage", "--wait", "0.5", "--segment", p.segment)
+            took = time.monotonic() - start
+            self.assert_fails(r, 5)
+            self.assertGreaterEqual(took, 0.5)
+
+
+def main():
+    global CLI, PUBLISHER
+    if len(sys.argv) < 3:
+        print(__doc__, file=sys.stderr)
+        return 2
+    CLI, PUBLISHER = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
+    prog = unittest.main(argv=[sys.argv[0], "-v"], exit=False)
+    return 0 if prog.result.wasSuccessful() else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Helpers shared by the segment suite's Python tests: a publisher process
+that owns a segment for the duration of a `with` block, and unique names."""
+
+import itertools
+import os
+import select
+import signal
+import subprocess
+import time
+
+_counter = itertools.count()
+
+
+def unique_segment(tag):
+    return f"tokenshm-test-{tag}-{os.getpid()}-{next(_counter)}"
+
+
+def unlink_segment(name):
+    try:
+        os.unlink(f"/dev/shm/{name}")
+    except FileNotFoundError:
+        pass
+
+
+def read_line(stream, timeout):
+    """One line from a pipe, or '' at EOF or after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    line = b""
+    fd = stream.fileno()
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0:
+            break
+        ready, _, _ = select.select([fd], [], [], left)
+        if not ready:
+            break
+        chunk = os.read(fd, 1)
+        if not chunk:
+            break
+        line += chunk
+    return line.decode()
+
+
+class Publisher:
+    """Runs `publisher SEGMENT NAME TOKEN TTL_MS --hold S [extra...]` until the
+    block ends; the segment is unlinked whatever happens."""
+
+    def __init__(self, exe, segment, name, token, ttl_ms=600_000, extra=(), hold=120):
+        self.exe, self.segment, self.name, self.token = exe, segment, name, token
+        self.args = [exe, segment, name, token, str(ttl_ms), "--hold", str(hold), *extra]
+        self.proc = None
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.args, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        line = read_line(self.proc.stdout, 30)
+        if not line.startswith("ready "):
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"publisher did not start: {line!r}")
+        self.pid = int(line.split()[1])
+        return self
+
+    def publish_now(self):
+        """For --publish-on-stdin: publish, and wait for the confirmation."""
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+        line = read_line(self.proc.stdout, 30)
+        if not line.startswith("published "):
+            raise RuntimeError(f"publisher did not publish: {line!r}")
+
+    def __exit__(self, *exc):
+        try:
+            if self.proc.poll() is None:
+                self.proc.send_signal(signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.proc.kill()
+                    self.proc.wait()
+            for stream in (self.proc.stdin, self.proc.stdout):
+                if stream:
+                    stream.close()
+        finally:
+            unlink_segment(self.segment)
+        return False
+
+
+def in_futex(pid, timeout):
+    """True once /proc says `pid` is blocked in futex(2) (x86-64: 202,
+    arm64: 98); None if /proc does not tell; False on timeout."""
+    nr = {"x86_64": "202", "aarch64": "98"}.get(os.uname().machine)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open(f"/proc/{pid}/syscall") as f:
+                first = f.read().split(" ", 1)[0]
+        except OSError:
+            return None
+        if nr is None:
+            return None
+        if first == nr:
+            return True
+        time.sleep(0.001)
+    return False

@@ -1,0 +1,259 @@
+// Issue point 13: the read path makes no syscall. A reader child does its
+// open, lookup and first get, then installs a seccomp filter that kills the
+// process on any syscall except write(2) to its result pipe and exit_group,
+// and calls get() at least a million times while a writer process keeps
+// publishing new versions (so both the cached path and the copying path run).
+// It passes only if the child reports and exits 0. A negative control proves
+// the filter bites: one getpid(2) after installing it dies by SIGSYS.
+#include "test_support.hpp"
+
+#include <tokenshm/reader.hpp>
+#include <tokenshm/shm/segment.hpp>
+
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+#include <catch2/catch.hpp>
+
+#include <cstddef>
+#include <cstdio>
+
+using namespace std::chrono_literals;
+using segtest::Child;
+using segtest::Pipe;
+using segtest::SegmentGuard;
+namespace shm = tokenshm::shm;
+
+namespace {
+
+#if defined(__x86_64__)
+constexpr std::uint32_t kAuditArch = AUDIT_ARCH_X86_64;
+#elif defined(__aarch64__)
+constexpr std::uint32_t kAuditArch = AUDIT_ARCH_AARCH64;
+#else
+#error "seccomp_test: add this architecture's AUDIT_ARCH"
+#endif
+
+constexpr std::size_t kTokenCap = 256;
+constexpr std::uint64_t kMinGets = 1'000'000;
+constexpr std::uint64_t kWantNewVersions = 10;
+constexpr std::int64_t kLoopBudgetNs = 10'000'000'000;
+
+// Allows exit_group, and write(2) to `fd` only; kills the process on
+// anything else (including another architecture's syscall ABI).
+bool install_filter(int fd) {
+    struct sock_filter prog[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, kAuditArch, 1, 0),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_exit_group, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_write, 0, 3),
+        // args[0] low word (little-endian): the file descriptor.
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, args[0])),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, static_cast<std::uint32_t>(fd), 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+    };
+    struct sock_fprog fprog {
+        static_cast<unsigned short>(sizeof prog / sizeof prog[0]), prog
+    };
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) return false;
+    return ::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &fprog) == 0;
+}
+
+// No core files from the children the filter kills.
+void no_core_dumps() {
+    struct rlimit rl {
+        0, 0
+    };
+    (void)::setrlimit(RLIMIT_CORE, &rl);
+}
+
+struct LoopReport {
+    std::uint64_t gets = 0;
+    std::uint64_t ok = 0;
+    std::uint64_t cached = 0;        // same version as the previous get: no copy
+    std::uint64_t new_versions = 0;  // the version moved: the copying path ran
+    std::uint64_t busy = 0;
+    std::uint64_t bad = 0;  // other errors or records failing verification
+    std::uint64_t first_version = 0;
+    std::uint64_t last_version = 0;
+};
+
+[[noreturn]] void exit_now(int code) {
+    // exit_group straight away: no atexit handlers, no sanitizer finalisers.
+    ::syscall(SYS_exit_group, code);
+    __builtin_unreachable();
+}
+
+// A writer child publishing a new synthetic version every ~20 us until killed.
+Child start_writer(shm::WriterSegment& w, std::uint32_t slot, int ready_fd) {
+    return Child::fork([&w, slot, ready_fd] {
+        segtest::SynthRecord rec;
+        for (std::uint64_t v = 2;; ++v) {
+            segtest::make_synth(v, kTokenCap, rec);
+            if (w.publish(slot, rec.rec) != shm::EncodeError::ok) return 20;
+            if (v == 2) {
+                const char one = 'w';
+                if (!segtest::write_all(ready_fd, &one, 1)) return 21;
+            }
+            struct timespec pace {
+                0, 20'000
+            };
+            ::nanosleep(&pace, nullptr);
+        }
+    });
+}
+
+}  // namespace
+
+TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp filter") {
+    SegmentGuard g{segtest::unique_segment("seccomp")};
+    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
+    REQUIRE(w);
+    const std::uint32_t slot = *w->claim("c");
+    segtest::SynthRecord first;
+    segtest::make_synth(1, kTokenCap, first);
+    REQUIRE(w->publish(slot, first.rec) == shm::EncodeError::ok);
+
+    Pipe writer_ready;
+    Child writer = start_writer(*w, slot, writer_ready.wr());
+    writer_ready.close_write();
+    char byte;
+    REQUIRE(segtest::read_exact(writer_ready.rd(), &byte, 1, 30s) == 1);
+
+    Pipe result;
+    Child reader = Child::fork([&] {
+        result.close_read();
+        no_core_dumps();
+        // Everything that needs a syscall happens before the filter.
+        auto r = tokenshm::Reader::open(g.name);
+        if (!r) return 30;
+        auto h = r->lookup("c");
+        if (!h) return 31;
+        auto t0 = h->get();
+        if (!t0) return 32;
+        LoopReport rep;
+        rep.first_version = t0->version;
+        std::uint64_t prev = t0->version;
+        struct timespec ts {};
+        ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // warm the vDSO path
+        const std::int64_t deadline =
+            std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec + kLoopBudgetNs;
+        const int fd = result.wr();
+        if (!install_filter(fd)) return 33;
+
+        // ---- no syscall from here on, except the final write and exit_group
+        for (;;) {
+            auto t = h->get(std::chrono::milliseconds((rep.gets & 1) != 0 ? 1000 : 0));
+            ++rep.gets;
+            if (t) {
+                ++rep.ok;
+                if (t->version == prev) {
+                    ++rep.cached;
+                } else {
+                    ++rep.new_versions;
+                    prev = t->version;
+                }
+                if (segtest::verify_synth(segtest::observed(*t), kTokenCap) != nullptr) ++rep.bad;
+            } else if (t.error() == tokenshm::Error::busy) {
+                ++rep.busy;
+            } else {
+                ++rep.bad;
+            }
+            if (rep.gets >= kMinGets && (rep.gets & 1023) == 0) {
+                if (rep.new_versions >= kWantNewVersions) break;
+                ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);
+                if (std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec >= deadline) break;
+            }
+        }
+        rep.last_version = prev;
+        const bool sent = ::write(fd, &rep, sizeof rep) == static_cast<ssize_t>(sizeof rep);
+        exit_now(sent ? 0 : 34);
+    });
+    result.close_write();
+
+    LoopReport rep;
+    const std::size_t got = segtest::read_exact(result.rd(), &rep, sizeof rep, 120s);
+    REQUIRE(reader.wait(30s));
+    writer.kill(SIGKILL);
+    REQUIRE(writer.wait(30s));
+
+    INFO("reader child " << reader.describe()
+                         << (reader.killed_by(SIGSYS) ? ": it made a syscall on the read path"
+                                                      : ""));
+    REQUIRE(reader.exited_with(0));
+    REQUIRE(got == sizeof rep);
+    std::printf(
+        "seccomp: gets=%llu ok=%llu cached=%llu new_versions=%llu busy=%llu bad=%llu "
+        "versions %llu..%llu\n",
+        static_cast<unsigned long long>(rep.gets), static_cast<unsigned long long>(rep.ok),
+        static_cast<unsigned long long>(rep.cached),
+        static_cast<unsigned long long>(rep.new_versions),
+        static_cast<unsigned long long>(rep.busy), static_cast<unsigned long long>(rep.bad),
+        static_cast<unsigned long long>(rep.first_version),
+        static_cast<unsigned long long>(rep.last_version));
+    std::fflush(stdout);
+    CHECK(rep.gets >= kMinGets);
+    CHECK(rep.ok + rep.busy == rep.gets);
+    CHECK(rep.bad == 0);
+    CHECK(rep.cached > 0);         // the cached path ran under the filter
+    CHECK(rep.new_versions >= 1);  // and so did the copying path
+    CHECK(rep.last_version > rep.first_version);
+    if (rep.new_versions < kWantNewVersions)
+        WARN("only " << rep.new_versions << " version changes seen under the filter");
+}
+
+TEST_CASE("negative control: one syscall after the filter kills the child by SIGSYS") {
+    SegmentGuard g{segtest::unique_segment("seccompneg")};
+    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
+    REQUIRE(w);
+    const std::uint32_t slot = *w->claim("c");
+    segtest::SynthRecord first;
+    segtest::make_synth(1, kTokenCap, first);
+    REQUIRE(w->publish(slot, first.rec) == shm::EncodeError::ok);
+
+    SECTION("getpid") {
+        Pipe result;
+        Child child = Child::fork([&] {
+            result.close_read();
+            no_core_dumps();
+            auto r = tokenshm::Reader::open(g.name);
+            if (!r) return 30;
+            auto h = r->lookup("c");
+            if (!h || !h->get()) return 31;
+            if (!install_filter(result.wr())) return 33;
+            const char one = 'f';  // allowed: proves the filter lets the report through
+            if (::write(result.wr(), &one, 1) != 1) exit_now(35);
+            (void)::syscall(SYS_getpid);
+            exit_now(0);  // not reached when the filter works
+        });
+        result.close_write();
+        char byte = 0;
+        CHECK(segtest::read_exact(result.rd(), &byte, 1, 30s) == 1);
+        CHECK(byte == 'f');
+        REQUIRE(child.wait(30s));
+        INFO("child " << child.describe());
+        CHECK(child.killed_by(SIGSYS));
+    }
+    SECTION("write to another descriptor") {
+        Pipe result, other;
+        Child child = Child::fork([&] {
+            result.close_read();
+            no_core_dumps();
+            if (!install_filter(result.wr())) return 33;
+            const char one = 'x';
+            (void)::write(other.wr(), &one, 1);
+            exit_now(0);
+        });
+        result.close_write();
+        REQUIRE(child.wait(30s));
+        INFO("child " << child.describe());
+        CHECK(child.killed_by(SIGSYS));
+    }
+}
