@@ -6,21 +6,30 @@ namespace tokenshm::shm {
 
 const char* to_string(RecordState s) noexcept {
     switch (s) {
-        case RecordState::empty: return "empty";
-        case RecordState::valid: return "valid";
-        case RecordState::stale: return "stale";
-        case RecordState::expired: return "expired";
-        case RecordState::reauth: return "reauth";
+        case RecordState::empty:
+            return "empty";
+        case RecordState::valid:
+            return "valid";
+        case RecordState::stale:
+            return "stale";
+        case RecordState::expired:
+            return "expired";
+        case RecordState::reauth:
+            return "reauth";
     }
     return "unknown";
 }
 
 const char* to_string(EncodeError e) noexcept {
     switch (e) {
-        case EncodeError::ok: return "ok";
-        case EncodeError::token_too_large: return "token larger than max_token_bytes";
-        case EncodeError::type_too_large: return "token_type longer than 32 bytes";
-        case EncodeError::scope_too_large: return "scope longer than 1024 bytes";
+        case EncodeError::ok:
+            return "ok";
+        case EncodeError::token_too_large:
+            return "token larger than max_token_bytes";
+        case EncodeError::type_too_large:
+            return "token_type longer than 32 bytes";
+        case EncodeError::scope_too_large:
+            return "scope longer than 1024 bytes";
     }
     return "unknown";
 }
@@ -30,7 +39,8 @@ namespace {
 std::string_view utf8_prefix(std::string_view s, std::size_t cap) {
     if (s.size() <= cap) return s;
     std::size_t n = cap;
-    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80) --n;
+    while (n > 0 && (static_cast<unsigned char>(s[n]) & 0xC0) == 0x80)
+        --n;
     return s.substr(0, n);
 }
 }  // namespace
@@ -65,34 +75,6 @@ EncodeError encode(const SlotRecord& r, std::uint32_t max_token_bytes,
         p += part.size();
     }
     return EncodeError::ok;
-}
-
-std::size_t clamped_payload(const RecordFixed& f, std::uint32_t max_token_bytes) noexcept {
-    const Geometry g{max_token_bytes, 1};
-    const std::size_t n = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
-    return n < g.payload_cap() ? n : g.payload_cap();
-}
-
-bool decode(const std::uint64_t* words, std::size_t words_len, std::uint32_t max_token_bytes,
-            RecordView& out) noexcept {
-    if (words_len * 8 < TOKENSHM_REC_FIXED_SIZE) return false;
-    std::memcpy(&out.fixed, words, sizeof out.fixed);
-    const RecordFixed& f = out.fixed;
-    if (f.state > TOKENSHM_STATE_REAUTH) return false;
-    if (f.token_len > max_token_bytes || f.type_len > TOKENSHM_TYPE_CAP ||
-        f.scope_len > TOKENSHM_SCOPE_CAP || f.error_len > TOKENSHM_ERROR_CAP)
-        return false;
-    const std::size_t payload = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
-    if (TOKENSHM_REC_FIXED_SIZE + payload > words_len * 8) return false;
-    const char* p = reinterpret_cast<const char*>(words) + TOKENSHM_REC_PAYLOAD;
-    out.token_type = {p, f.type_len};
-    p += f.type_len;
-    out.scope = {p, f.scope_len};
-    p += f.scope_len;
-    out.last_error = {p, f.error_len};
-    p += f.error_len;
-    out.token = {p, f.token_len};
-    return true;
 }
 
 }  // namespace tokenshm::shm

@@ -33,7 +33,9 @@ Unexpected<SegmentError> fail_sys(const SysError& e) {
     return fail(e.err == ENOSPC ? SegmentErrc::no_space : SegmentErrc::system, e.message());
 }
 
-std::string path_of(const std::string& name) { return "/" + name; }
+std::string path_of(const std::string& name) {
+    return "/" + name;
+}
 
 std::optional<uid_t> uid_of_user(const char* user) {
     struct passwd pw {};
@@ -71,7 +73,8 @@ std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_
     const std::string seg = "segment '" + name + "': ";
     const std::uint64_t magic = h.magic.load(std::memory_order_acquire);
     if (magic == 0)
-        return SegmentError{SegmentErrc::no_segment, seg + "not initialised yet (refresher starting?)"};
+        return SegmentError{SegmentErrc::no_segment,
+                            seg + "not initialised yet (refresher starting?)"};
     if (magic != kMagic)
         return SegmentError{SegmentErrc::incompatible, seg + "bad magic: not a tokenshm segment"};
     if (h.major != kMajor)
@@ -84,8 +87,8 @@ std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_
                                 std::to_string(TOKENSHM_HEADER_SIZE)};
     if (h.slot_count == 0 || h.slot_count > TOKENSHM_MAX_SLOTS)
         return SegmentError{SegmentErrc::incompatible,
-                            seg + "slot count " + std::to_string(h.slot_count) +
-                                " outside 1.." + std::to_string(TOKENSHM_MAX_SLOTS)};
+                            seg + "slot count " + std::to_string(h.slot_count) + " outside 1.." +
+                                std::to_string(TOKENSHM_MAX_SLOTS)};
     if (h.max_token_bytes < TOKENSHM_MIN_TOKEN_BYTES ||
         h.max_token_bytes > TOKENSHM_MAX_TOKEN_BYTES_LIMIT)
         return SegmentError{SegmentErrc::incompatible,
@@ -95,15 +98,14 @@ std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_
     const Geometry g{h.max_token_bytes, h.slot_count};
     if (h.record_size != g.record_size() || h.slot_size != g.slot_size())
         return SegmentError{SegmentErrc::incompatible,
-                            seg + "record size " + std::to_string(h.record_size) +
-                                " / slot size " + std::to_string(h.slot_size) +
-                                " do not match max_token_bytes " +
+                            seg + "record size " + std::to_string(h.record_size) + " / slot size " +
+                                std::to_string(h.slot_size) + " do not match max_token_bytes " +
                                 std::to_string(h.max_token_bytes)};
     if (h.total_size != g.total_size())
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "total size " + std::to_string(h.total_size) +
-                                " does not add up (expected " + std::to_string(g.total_size()) +
-                                ")"};
+        return SegmentError{SegmentErrc::incompatible, seg + "total size " +
+                                                           std::to_string(h.total_size) +
+                                                           " does not add up (expected " +
+                                                           std::to_string(g.total_size()) + ")"};
     if (h.total_size > mapped_len)
         return SegmentError{SegmentErrc::incompatible,
                             seg + "truncated: header says " + std::to_string(h.total_size) +
@@ -127,8 +129,8 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
             return fail(SegmentErrc::no_segment,
                         "segment '" + name + "' does not exist (is tokenshm-refresher running?)");
         if (fd.error().err == EACCES)
-            return fail(SegmentErrc::untrusted, "segment '" + name + "': permission denied (" +
-                                                    fd.error().message() + ")");
+            return fail(SegmentErrc::untrusted,
+                        "segment '" + name + "': permission denied (" + fd.error().message() + ")");
         return fail_sys(fd.error());
     }
     auto st = sys::fstat(fd->get(), path_of(name));
@@ -268,8 +270,8 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
         bool unfinished = st->st_size == 0;
         if (st->st_size >= static_cast<off_t>(sizeof(Header)))
             if (auto m = sys::mmap(w.fd_.get(), sizeof(Header), false, path))
-                unfinished = static_cast<const Header*>(m->addr())
-                                 ->magic.load(std::memory_order_acquire) == 0;
+                unfinished = static_cast<const Header*>(m->addr())->magic.load(
+                                 std::memory_order_acquire) == 0;
         if (unfinished) w.created_ = true;
     }
 
@@ -311,10 +313,9 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
                                                     ", configured " + octal(spec.mode) +
                                                     ": refusing to adopt it");
         if (spec.group && st->st_gid != *spec.group)
-            return fail(SegmentErrc::untrusted,
-                        seg + " has group " + std::to_string(st->st_gid) +
-                            ", configured " + std::to_string(*spec.group) +
-                            ": refusing to adopt it");
+            return fail(SegmentErrc::untrusted, seg + " has group " + std::to_string(st->st_gid) +
+                                                    ", configured " + std::to_string(*spec.group) +
+                                                    ": refusing to adopt it");
         if (st->st_size < static_cast<off_t>(sizeof(Header)))
             return fail(SegmentErrc::incompatible,
                         seg + " is truncated (" + std::to_string(st->st_size) +
@@ -330,8 +331,8 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
             return fail(SegmentErrc::incompatible,
                         seg + " was made with max_token_bytes " +
                             std::to_string(w.header().max_token_bytes) + ", configured " +
-                            std::to_string(spec.max_token_bytes) +
-                            ": remove it (rm /dev/shm/" + spec.name + ") or keep the old value");
+                            std::to_string(spec.max_token_bytes) + ": remove it (rm /dev/shm/" +
+                            spec.name + ") or keep the old value");
         w.geo_ = Geometry{w.header().max_token_bytes, w.header().slot_count};
 
         // Validate every slot a previous writer left. A slot whose status or
@@ -341,13 +342,15 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
         for (std::uint32_t i = 0; i < w.geo_.slot_count; ++i) {
             SlotControl* s = w.slot_ptr(i);
             const std::uint32_t status = s->status.load(std::memory_order_relaxed);
-            const bool name_ok = ::memchr(s->name, '\0', sizeof s->name) != nullptr &&
-                                 valid_slot_name(s->name);
+            const bool name_ok =
+                ::memchr(s->name, '\0', sizeof s->name) != nullptr && valid_slot_name(s->name);
             if (status == TOKENSHM_SLOT_FREE) continue;
             if (status > TOKENSHM_SLOT_REMOVED || !name_ok) {
                 s->status.store(TOKENSHM_SLOT_FREE, std::memory_order_release);
                 std::memset(s->name, 0, sizeof s->name);
-                if (repaired) repaired->push_back("slot " + std::to_string(i) + ": bad status or name, freed");
+                if (repaired)
+                    repaired->push_back("slot " + std::to_string(i) +
+                                        ": bad status or name, freed");
                 continue;
             }
             if (!w.current(i, scratch)) {
@@ -355,7 +358,9 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
                 SlotRecord empty;
                 empty.version = s->seq.load(std::memory_order_relaxed) + 1;
                 (void)w.publish(i, empty);
-                if (repaired) repaired->push_back(std::string("slot '") + s->name + "': corrupt record, reset to empty");
+                if (repaired)
+                    repaired->push_back(std::string("slot '") + s->name +
+                                        "': corrupt record, reset to empty");
             }
         }
     }
@@ -436,7 +441,8 @@ std::optional<RecordView> WriterSegment::current(std::uint32_t slot,
     const std::size_t words = geo_.record_size() / 8;
     scratch.assign(words, 0);
     const std::uint64_t seq = s->seq.load(std::memory_order_relaxed);  // we are the writer
-    load_words(scratch.data(), copy_at(s, geo_.record_size(), static_cast<unsigned>(seq & 1)), words);
+    load_words(scratch.data(), copy_at(s, geo_.record_size(), static_cast<unsigned>(seq & 1)),
+               words);
     RecordView v{};
     if (!decode(scratch.data(), words, geo_.max_token_bytes, v)) return std::nullopt;
     return v;
@@ -451,6 +457,8 @@ bool WriterSegment::unlinked() const {
     return st && st->st_nlink == 0;
 }
 
-void WriterSegment::unlink() const { (void)sys::shm_unlink(path_of(name_)); }
+void WriterSegment::unlink() const {
+    (void)sys::shm_unlink(path_of(name_));
+}
 
 }  // namespace tokenshm::shm

@@ -58,13 +58,18 @@ std::int64_t coarse_margin_ms() noexcept {
 
 Error map_error(shm::SegmentErrc c) noexcept {
     switch (c) {
-        case shm::SegmentErrc::no_segment: return Error::no_segment;
-        case shm::SegmentErrc::incompatible: return Error::incompatible;
-        case shm::SegmentErrc::untrusted: return Error::untrusted;
-        case shm::SegmentErrc::invalid: return Error::invalid_argument;
+        case shm::SegmentErrc::no_segment:
+            return Error::no_segment;
+        case shm::SegmentErrc::incompatible:
+            return Error::incompatible;
+        case shm::SegmentErrc::untrusted:
+            return Error::untrusted;
+        case shm::SegmentErrc::invalid:
+            return Error::invalid_argument;
         case shm::SegmentErrc::locked:
         case shm::SegmentErrc::no_space:
-        case shm::SegmentErrc::system: return Error::system;
+        case shm::SegmentErrc::system:
+            return Error::system;
     }
     return Error::system;
 }
@@ -74,16 +79,21 @@ Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
     for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
         h.latch.load(s, h.buf.get(), 0, kFixedWords);
-        shm::RecordFixed fixed;
-        std::memcpy(&fixed, h.buf.get(), sizeof fixed);
+        // Only the lengths, each at its own width: a memcpy of the whole fixed
+        // part loads 16 bytes across two of the 8-byte stores just made, which
+        // the core cannot forward, and stalls until they reach the cache.
+        shm::RecordFixed fixed{};
+        const char* head = reinterpret_cast<const char*>(h.buf.get());
+        std::memcpy(&fixed.token_len, head + TOKENSHM_REC_TOKEN_LEN, sizeof fixed.token_len);
+        std::memcpy(&fixed.type_len, head + TOKENSHM_REC_TYPE_LEN, sizeof fixed.type_len);
+        std::memcpy(&fixed.scope_len, head + TOKENSHM_REC_SCOPE_LEN, sizeof fixed.scope_len);
+        std::memcpy(&fixed.error_len, head + TOKENSHM_REC_ERROR_LEN, sizeof fixed.error_len);
         // The lengths may be mid-change; clamping keeps the copy inside the
         // slot, and validate() below rejects the copy if they were.
-        const std::size_t payload_words =
-            (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
+        const std::size_t payload_words = (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
         h.latch.load(s, h.buf.get(), kFixedWords, payload_words);
         if (h.latch.validate(s)) {
-            if (!shm::decode(h.buf.get(), kFixedWords + payload_words, h.max_token_bytes,
-                             h.view)) {
+            if (!shm::decode(h.buf.get(), kFixedWords + payload_words, h.max_token_bytes, h.view)) {
                 h.cached_seq = ~std::uint64_t{0};
                 return Error::incompatible;
             }
@@ -100,38 +110,57 @@ Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
 
 const char* to_string(Error e) noexcept {
     switch (e) {
-        case Error::no_segment: return "no segment (is tokenshm-refresher running?)";
-        case Error::incompatible: return "segment incompatible or corrupt";
-        case Error::untrusted: return "segment untrusted";
-        case Error::no_such_credential: return "no such credential";
-        case Error::empty: return "no token yet";
-        case Error::expired: return "token expired";
-        case Error::expiring: return "token expires sooner than required";
-        case Error::reauth: return "grant rejected: a person must re-authorise";
-        case Error::timeout: return "timed out";
-        case Error::busy: return "segment busy: the writer republished during every retry";
-        case Error::invalid_argument: return "invalid argument";
-        case Error::buffer_too_small: return "buffer too small";
-        case Error::system: return "system error";
+        case Error::no_segment:
+            return "no segment (is tokenshm-refresher running?)";
+        case Error::incompatible:
+            return "segment incompatible or corrupt";
+        case Error::untrusted:
+            return "segment untrusted";
+        case Error::no_such_credential:
+            return "no such credential";
+        case Error::empty:
+            return "no token yet";
+        case Error::expired:
+            return "token expired";
+        case Error::expiring:
+            return "token expires sooner than required";
+        case Error::reauth:
+            return "grant rejected: a person must re-authorise";
+        case Error::timeout:
+            return "timed out";
+        case Error::busy:
+            return "segment busy: the writer republished during every retry";
+        case Error::invalid_argument:
+            return "invalid argument";
+        case Error::buffer_too_small:
+            return "buffer too small";
+        case Error::system:
+            return "system error";
     }
     return "unknown error";
 }
 
 int exit_code(Error e) noexcept {
     switch (e) {
-        case Error::no_segment: return 3;
-        case Error::no_such_credential: return 4;
+        case Error::no_segment:
+            return 3;
+        case Error::no_such_credential:
+            return 4;
         case Error::empty:
         case Error::expired:
         case Error::expiring:
         case Error::reauth:
         case Error::timeout:
-        case Error::busy: return 5;
+        case Error::busy:
+            return 5;
         case Error::incompatible:
-        case Error::untrusted: return 6;
-        case Error::invalid_argument: return 2;
+        case Error::untrusted:
+            return 6;
+        case Error::invalid_argument:
+            return 2;
         case Error::buffer_too_small:
-        case Error::system: return 1;
+        case Error::system:
+            return 1;
     }
     return 1;
 }
@@ -147,7 +176,9 @@ Handle::Handle(Handle&&) noexcept = default;
 Handle& Handle::operator=(Handle&&) noexcept = default;
 Handle::~Handle() = default;
 
-const std::string& Handle::name() const noexcept { return s_->name; }
+const std::string& Handle::name() const noexcept {
+    return s_->name;
+}
 
 namespace {
 Token make_token(const detail::HandleState& h, std::int64_t now) noexcept {
@@ -243,9 +274,9 @@ Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
     const shm::ReadOnlySegment& seg = seg_->seg;
     const auto idx = seg.find(credential);
     if (!idx)
-        return Unexpected{Failure{Error::no_such_credential,
-                                  "segment '" + seg.name() + "' has no credential '" +
-                                      std::string(credential) + "'"}};
+        return Unexpected{Failure{
+            Error::no_such_credential,
+            "segment '" + seg.name() + "' has no credential '" + std::string(credential) + "'"}};
     const shm::Geometry g = seg.geometry();
     const shm::SlotControl* slot = seg.slot(*idx);
     auto h = std::make_unique<detail::HandleState>();
@@ -253,9 +284,9 @@ Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
     h->status = &slot->status;
     h->futex = &slot->futex;
     h->heartbeat = &seg.header().heartbeat_ms;
-    h->latch = shm::LatchReader{&slot->seq,
-                                {shm::copy_at(slot, g.record_size(), 0),
-                                 shm::copy_at(slot, g.record_size(), 1)}};
+    h->latch = shm::LatchReader{
+        &slot->seq,
+        {shm::copy_at(slot, g.record_size(), 0), shm::copy_at(slot, g.record_size(), 1)}};
     h->max_token_bytes = g.max_token_bytes;
     h->clock_margin_ms = seg_->clock_margin_ms;
     h->buf_words = g.record_size() / 8;
@@ -288,7 +319,9 @@ WriterStatus Reader::writer() const {
     return st;
 }
 
-const std::string& Reader::segment_name() const noexcept { return seg_->seg.name(); }
+const std::string& Reader::segment_name() const noexcept {
+    return seg_->seg.name();
+}
 std::uint32_t Reader::max_token_bytes() const noexcept {
     return seg_->seg.geometry().max_token_bytes;
 }

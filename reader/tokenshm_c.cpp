@@ -1,7 +1,7 @@
 // The C ABI over the C++ reader. No exception crosses it: the only calls
 // that may throw (allocation in open/lookup) are caught here.
-#include <tokenshm/reader.hpp>
 #include <tokenshm/tokenshm.h>
+#include <tokenshm/reader.hpp>
 
 #include <cstring>
 #include <new>
@@ -15,7 +15,9 @@ struct tokenshm_handle {
 
 namespace {
 
-tokenshm_error c_error(tokenshm::Error e) noexcept { return static_cast<tokenshm_error>(e); }
+tokenshm_error c_error(tokenshm::Error e) noexcept {
+    return static_cast<tokenshm_error>(e);
+}
 
 void fill(const tokenshm::Token& t, tokenshm_token* out) noexcept {
     out->token = t.token.data();
@@ -78,7 +80,9 @@ tokenshm_error tokenshm_open_ex(const char* segment, const tokenshm_open_options
     }
 }
 
-void tokenshm_close(tokenshm_reader* reader) { delete reader; }
+void tokenshm_close(tokenshm_reader* reader) {
+    delete reader;
+}
 
 tokenshm_error tokenshm_lookup(tokenshm_reader* reader, const char* name, tokenshm_handle** out) {
     if (reader == nullptr || name == nullptr || out == nullptr)
@@ -94,7 +98,9 @@ tokenshm_error tokenshm_lookup(tokenshm_reader* reader, const char* name, tokens
     }
 }
 
-void tokenshm_handle_close(tokenshm_handle* handle) { delete handle; }
+void tokenshm_handle_close(tokenshm_handle* handle) {
+    delete handle;
+}
 
 tokenshm_error tokenshm_get(tokenshm_handle* handle, int64_t min_valid_ms, tokenshm_token* out) {
     if (handle == nullptr || out == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;

@@ -79,10 +79,18 @@ std::string json_escape(std::string_view s) {
     std::string out;
     for (char c : s) {
         switch (c) {
-            case '"': out += "\\\""; break;
-            case '\\': out += "\\\\"; break;
-            case '\n': out += "\\n"; break;
-            case '\t': out += "\\t"; break;
+            case '"':
+                out += "\\\"";
+                break;
+            case '\\':
+                out += "\\\\";
+                break;
+            case '\n':
+                out += "\\n";
+                break;
+            case '\t':
+                out += "\\t";
+                break;
             default:
                 if (static_cast<unsigned char>(c) < 0x20) {
                     char b[8];
@@ -150,8 +158,7 @@ int cmd_get(const std::vector<std::string_view>& args) {
         } else if (!name) {
             name = std::string(a);
         } else {
-            return usage_error("get: one credential name only ('" + std::string(a) +
-                               "' is extra)");
+            return usage_error("get: one credential name only ('" + std::string(a) + "' is extra)");
         }
     }
     if (!name) return usage_error("get: which credential? (tokenshm get NAME)");
@@ -303,7 +310,8 @@ int cmd_status(const std::vector<std::string_view>& args) {
         if (has_token && t.expires_at_ms <= now && t.state != tokenshm::State::reauth)
             state = "expired";
         const std::string expires = has_token ? human_duration(t.expires_at_ms - now) : "-";
-        const std::string last = t.issued_at_ms > 0 ? human_duration(now - t.issued_at_ms) + " ago" : "-";
+        const std::string last =
+            t.issued_at_ms > 0 ? human_duration(now - t.issued_at_ms) + " ago" : "-";
         const std::string next =
             t.next_refresh_ms > 0 ? "in " + human_duration(t.next_refresh_ms - now) : "-";
         std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(), state,

@@ -12,7 +12,9 @@ constexpr std::int64_t kPersistRetryMs = 1000;
 // the server may have moved it.
 constexpr unsigned kRediscoverAfter = 3;
 
-std::string seconds_text(std::int64_t ms) { return std::to_string((ms + 999) / 1000) + "s"; }
+std::string seconds_text(std::int64_t ms) {
+    return std::to_string((ms + 999) / 1000) + "s";
+}
 }  // namespace
 
 CredentialRefresher::CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
@@ -36,10 +38,10 @@ void CredentialRefresher::resume(const Published& previous, std::int64_t now_ms)
         pub_.state = shm::RecordState::stale;
     // Refresh on the old schedule; a person may have fixed a rejected grant
     // before this restart, so a reauth record is retried once, now.
-    next_attempt_ms_ = previous.state == shm::RecordState::valid && previous.next_refresh_ms > 0
-                           ? std::max(now_ms, std::min(previous.next_refresh_ms,
-                                                       previous.expires_at_ms))
-                           : now_ms;
+    next_attempt_ms_ =
+        previous.state == shm::RecordState::valid && previous.next_refresh_ms > 0
+            ? std::max(now_ms, std::min(previous.next_refresh_ms, previous.expires_at_ms))
+            : now_ms;
     pub_.next_refresh_ms = next_attempt_ms_;
     changed();
 }
@@ -83,8 +85,9 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
 
     if (in_flight() || reauth_ || now_ms < next_attempt_ms_) return std::nullopt;
     if (cfg_.grant == Grant::refresh_token && !refresh_token_) {
-        fail(now_ms, FailureKind::reauth, "no refresh token: run `tokenshm login` or set refresh_token_file",
-             std::nullopt, "reauth");
+        fail(now_ms, FailureKind::reauth,
+             "no refresh token: run `tokenshm login` or set refresh_token_file", std::nullopt,
+             "reauth");
         return std::nullopt;
     }
 
@@ -97,8 +100,7 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
     }
     in_flight_ = Request::token;
     last_sent_ms_ = now_ms;
-    return build_token_request(cfg_, *token_endpoint_,
-                               refresh_token_ ? &*refresh_token_ : nullptr);
+    return build_token_request(cfg_, *token_endpoint_, refresh_token_ ? &*refresh_token_ : nullptr);
 }
 
 void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t now_ms) {
@@ -168,7 +170,8 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     pub_.issued_at_ms = sent_at_ms_;
     pub_.expires_at_ms = expires_at;
     pub_.failures = 0;
-    pub_.last_error = persisted ? std::string() : "rotated refresh token not yet saved to state_dir";
+    pub_.last_error =
+        persisted ? std::string() : "rotated refresh token not yet saved to state_dir";
     next_attempt_ms_ = next_refresh_at_ms(sent_at_ms_, expires_at, cfg_, random01_());
     pub_.next_refresh_ms = next_attempt_ms_;
     backoff_.reset();
@@ -176,9 +179,8 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     last_ok_ = true;
     changed();
     log_event(Level::info, cfg_.name, "refreshed",
-              "expires_in=" + seconds_text(expires_at - now_ms) +
-                  " next_refresh_in=" + seconds_text(next_attempt_ms_ - now_ms) +
-                  " rotated=" + (rotated ? "yes" : "no"));
+              "expires_in=" + seconds_text(expires_at - now_ms) + " next_refresh_in=" +
+                  seconds_text(next_attempt_ms_ - now_ms) + " rotated=" + (rotated ? "yes" : "no"));
 }
 
 void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
@@ -194,8 +196,9 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind, const std:
         pub_.next_refresh_ms = 0;
         changed();
         log_event(Level::error, cfg_.name, event,
-                  message + "; no more attempts until the config is reloaded or the refresher "
-                            "restarted");
+                  message +
+                      "; no more attempts until the config is reloaded or the refresher "
+                      "restarted");
         return;
     }
     if (cfg_.issuer && token_endpoint_ && !cfg_.token_endpoint &&

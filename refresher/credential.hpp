@@ -48,7 +48,7 @@ using PersistRefreshToken =
     std::function<Expected<Done, std::string>(std::string_view name, const Secret& token)>;
 
 class CredentialRefresher {
-public:
+  public:
     CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
                         std::optional<Secret> refresh_token, PersistRefreshToken persist,
                         std::function<double()> random01);
@@ -86,7 +86,7 @@ public:
     // Whether the last completed attempt obtained a token (for --once).
     std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
 
-private:
+  private:
     enum class Request { none, discovery, token };
 
     void fail(std::int64_t now_ms, FailureKind kind, const std::string& message,

@@ -35,10 +35,10 @@ Daemon::Daemon(Config cfg, DaemonDeps deps) : cfg_(std::move(cfg)), deps_(std::m
 
 Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonDeps deps) {
     std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(deps)));
-    d->store_ = std::make_unique<StateStore>(
-        *d->deps_.fs, d->cfg_.state_dir, [](std::string_view cred, std::string_view msg) {
-            log_event(Level::warn, cred, "state_dir", msg);
-        });
+    d->store_ = std::make_unique<StateStore>(*d->deps_.fs, d->cfg_.state_dir,
+                                             [](std::string_view cred, std::string_view msg) {
+                                                 log_event(Level::warn, cred, "state_dir", msg);
+                                             });
     if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
 
     std::vector<std::string> repaired;
@@ -47,11 +47,13 @@ Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonD
     d->seg_.emplace(std::move(*seg));
     log_event(Level::info, "", d->seg_->created() ? "segment_created" : "segment_attached",
               "segment=" + d->cfg_.segment + " pid=" + std::to_string(::getpid()));
-    for (const std::string& line : repaired) log_event(Level::warn, "", "segment_repaired", line);
+    for (const std::string& line : repaired)
+        log_event(Level::warn, "", "segment_repaired", line);
 
     // Slots of credentials no longer configured: readers must not be served them.
     std::set<std::string> names;
-    for (const auto& c : d->cfg_.credentials) names.insert(c.name);
+    for (const auto& c : d->cfg_.credentials)
+        names.insert(c.name);
     for (const auto& [name, slot] : d->seg_->active_slots()) {
         if (!names.count(name)) {
             d->seg_->retire(slot);
@@ -153,8 +155,8 @@ void Daemon::check_segment(std::int64_t now) {
     if (!seg_->unlinked()) return;
     // Someone removed the segment's name (systemd RemoveIPC, a person): make
     // a new one and publish everything again, versions continuing.
-    log_event(Level::warn, "", "segment_unlinked", "segment " + cfg_.segment +
-                                                       " was removed under us; recreating it");
+    log_event(Level::warn, "", "segment_unlinked",
+              "segment " + cfg_.segment + " was removed under us; recreating it");
     seg_.reset();
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(cfg_));
     if (!seg) {
@@ -215,7 +217,8 @@ bool Daemon::all_attempted() const {
 
 int Daemon::run(int signal_fd, bool once) {
     if (once)
-        for (auto& [name, e] : entries_) e.cred->refresh_soon(deps_.now_ms());
+        for (auto& [name, e] : entries_)
+            e.cred->refresh_soon(deps_.now_ms());
     while (!stop_) {
         step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
         if (once && all_attempted()) break;
@@ -225,7 +228,8 @@ int Daemon::run(int signal_fd, bool once) {
             const ssize_t n = ::read(signal_fd, &si, sizeof si);
             if (n != static_cast<ssize_t>(sizeof si)) {
                 if (n < 0 && errno != EAGAIN && errno != EINTR)
-                    log_event(Level::error, "", "signalfd", std::string("read: ") + std::strerror(errno));
+                    log_event(Level::error, "", "signalfd",
+                              std::string("read: ") + std::strerror(errno));
                 break;
             }
             if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
@@ -270,13 +274,15 @@ void Daemon::apply_pending(Entry& e) {
     // Keep the refresh token in use when the client and server are the same:
     // it may be newer than any file, and the old one may already be spent.
     std::optional<Secret> carried;
-    if (!std::exchange(e.reload_tokens, false) && e.cred && e.cred->refresh_token() && e.cred->config().client_id == c.client_id &&
-        e.cred->config().issuer == c.issuer && e.cred->config().token_endpoint == c.token_endpoint &&
+    if (!std::exchange(e.reload_tokens, false) && e.cred && e.cred->refresh_token() &&
+        e.cred->config().client_id == c.client_id && e.cred->config().issuer == c.issuer &&
+        e.cred->config().token_endpoint == c.token_endpoint &&
         e.cred->config().refresh_token_file == c.refresh_token_file)
         carried = e.cred->refresh_token();
     auto cred = make_credential(c, carried);
     if (!cred) {
-        log_event(Level::error, c.name, "reload_failed", cred.error() + "; keeping the old settings");
+        log_event(Level::error, c.name, "reload_failed",
+                  cred.error() + "; keeping the old settings");
         return;
     }
     Published prev = e.cred ? e.cred->published() : Published{};

@@ -28,7 +28,7 @@ struct DaemonDeps {
 };
 
 class Daemon {
-public:
+  public:
     // Prepares the state directory, attaches to (or creates) the segment,
     // loads refresh tokens, and resumes what a previous refresher left.
     static Expected<std::unique_ptr<Daemon>, std::string> start(Config cfg, DaemonDeps deps);
@@ -50,11 +50,11 @@ public:
     shm::WriterSegment& segment() noexcept { return *seg_; }
     const CredentialRefresher* credential(const std::string& name) const;
 
-private:
+  private:
     struct Entry {
         std::unique_ptr<CredentialRefresher> cred;
         std::uint32_t slot = 0;
-        std::uint64_t version = 0;            // last version published in the slot
+        std::uint64_t version = 0;  // last version published in the slot
         std::uint64_t published_revision = ~std::uint64_t{0};
         std::optional<CredentialConfig> pending;  // a changed config, applied when idle
         bool reload_tokens = false;  // re-read the refresh token from disk when applying it

@@ -45,10 +45,14 @@ void append_escaped(std::string& out, std::string_view s) {
 
 const char* to_string(Level l) noexcept {
     switch (l) {
-        case Level::debug: return "debug";
-        case Level::info: return "info";
-        case Level::warn: return "warn";
-        case Level::error: return "error";
+        case Level::debug:
+            return "debug";
+        case Level::info:
+            return "info";
+        case Level::warn:
+            return "warn";
+        case Level::error:
+            return "error";
     }
     return "?";
 }
@@ -84,6 +88,8 @@ void set_log_sink(LogSink sink) {
     g_sink = std::move(sink);
 }
 
-void set_log_level(Level min_level) { g_min = min_level; }
+void set_log_level(Level min_level) {
+    g_min = min_level;
+}
 
 }  // namespace tokenshm::refresher

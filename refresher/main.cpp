@@ -55,11 +55,17 @@ int main(int argc, char** argv) {
         } else if (a == "--log-level") {
             if (i + 1 >= argc) return usage("--log-level needs a level");
             const std::string_view l = argv[++i];
-            if (l == "debug") set_log_level(Level::debug);
-            else if (l == "info") set_log_level(Level::info);
-            else if (l == "warn") set_log_level(Level::warn);
-            else if (l == "error") set_log_level(Level::error);
-            else return usage("--log-level: expected debug, info, warn or error, got '" + std::string(l) + "'");
+            if (l == "debug")
+                set_log_level(Level::debug);
+            else if (l == "info")
+                set_log_level(Level::info);
+            else if (l == "warn")
+                set_log_level(Level::warn);
+            else if (l == "error")
+                set_log_level(Level::error);
+            else
+                return usage("--log-level: expected debug, info, warn or error, got '" +
+                             std::string(l) + "'");
         } else if (a == "--help" || a == "-h") {
             std::fputs(kUsage, stdout);
             return 0;
@@ -78,7 +84,8 @@ int main(int argc, char** argv) {
         std::fprintf(stderr, "tokenshm-refresher: %s\n", cfg.error().c_str());
         return 2;
     }
-    for (const std::string& w : cfg->warnings) log_event(Level::warn, "", "config", w);
+    for (const std::string& w : cfg->warnings)
+        log_event(Level::warn, "", "config", w);
 
     PosixFileSystem fs;
     if (check_only) {
@@ -128,10 +135,12 @@ int main(int argc, char** argv) {
     d.set_reload_handler([&] {
         auto next = load_config(config_path);
         if (!next) {
-            log_event(Level::error, "", "reload_failed", next.error() + "; keeping the running configuration");
+            log_event(Level::error, "", "reload_failed",
+                      next.error() + "; keeping the running configuration");
             return;
         }
-        for (const std::string& w : next->warnings) log_event(Level::warn, "", "config", w);
+        for (const std::string& w : next->warnings)
+            log_event(Level::warn, "", "config", w);
         log_event(Level::info, "", "reload", config_path);
         d.reload(std::move(*next));
     });

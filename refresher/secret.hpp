@@ -15,7 +15,7 @@
 namespace tokenshm::refresher {
 
 class Secret {
-public:
+  public:
     Secret() = default;
     explicit Secret(std::string value) : v_(std::move(value)) {}
     Secret(const Secret&) = default;
@@ -47,7 +47,7 @@ public:
     // What logs and error messages may show instead of the value.
     static constexpr std::string_view redacted = "[redacted]";
 
-private:
+  private:
     void wipe() noexcept {
         if (!v_.empty()) ::explicit_bzero(v_.data(), v_.size());
         v_.clear();

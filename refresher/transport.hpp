@@ -46,7 +46,7 @@ struct HttpResponse {
 };
 
 class Transport {
-public:
+  public:
     virtual ~Transport() = default;
     // Starts a request identified by `id` (unique among those in flight).
     virtual void start(std::uint64_t id, HttpRequest request) = 0;

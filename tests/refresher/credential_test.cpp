@@ -51,13 +51,14 @@ struct Harness {
     CredentialRefresher cred;
 
     explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
-        : cred(std::move(c), 8192, Secret("rt-test-1"),
-               [this](std::string_view, const Secret& t) -> tokenshm::Expected<Done, std::string> {
-                   if (persist_fails) return tokenshm::Unexpected{std::string("disk full")};
-                   persisted.emplace_back(t.reveal());
-                   return Done{};
-               },
-               [jitter] { return jitter; }) {}
+        : cred(
+              std::move(c), 8192, Secret("rt-test-1"),
+              [this](std::string_view, const Secret& t) -> tokenshm::Expected<Done, std::string> {
+                  if (persist_fails) return tokenshm::Unexpected{std::string("disk full")};
+                  persisted.emplace_back(t.reveal());
+                  return Done{};
+              },
+              [jitter] { return jitter; }) {}
 
     bool body_has(const HttpRequest& r, const std::string& s) const {
         return std::string(r.body.reveal()).find(s) != std::string::npos;
@@ -65,7 +66,9 @@ struct Harness {
 };
 
 struct QuietLogs {
-    QuietLogs() { set_log_sink([](std::string_view) {}); }
+    QuietLogs() {
+        set_log_sink([](std::string_view) {});
+    }
     ~QuietLogs() { set_log_sink({}); }
 };
 
@@ -253,8 +256,10 @@ TEST_CASE("discovery finds the token endpoint, trying both well-known documents"
         now = h.cred.next_action_ms();
         auto r = h.cred.poll(now);
         REQUIRE(r);
-        if (r->method == "GET") rediscovered = true;
-        else h.cred.on_response(json_response(500, ""), now);
+        if (r->method == "GET")
+            rediscovered = true;
+        else
+            h.cred.on_response(json_response(500, ""), now);
     }
     CHECK(rediscovered);
 }
@@ -310,11 +315,15 @@ TEST_CASE("client_credentials needs no refresh token") {
     CredentialConfig c = base_config();
     c.grant = Grant::client_credentials;
     c.auth_method = AuthMethod::client_secret_post;
-    CredentialRefresher cred(c, 8192, std::nullopt,
-                             [](std::string_view, const Secret&) -> tokenshm::Expected<Done, std::string> { return Done{}; },
-                             [] { return 0.5; });
+    CredentialRefresher cred(
+        c, 8192, std::nullopt,
+        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, std::string> {
+            return Done{};
+        },
+        [] { return 0.5; });
     auto req = cred.poll(0);
     REQUIRE(req);
-    CHECK(std::string(req->body.reveal()).find("grant_type=client_credentials") != std::string::npos);
+    CHECK(std::string(req->body.reveal()).find("grant_type=client_credentials") !=
+          std::string::npos);
     CHECK(req->authorization.empty());
 }

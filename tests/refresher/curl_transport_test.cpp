@@ -429,7 +429,7 @@ TEST_CASE("requests to one endpoint reuse one connection", "[curl_transport]") {
         CHECK(first[0].second.status == 200);
         CHECK(first[1].second.status == 200);
         const int accepted = server.accepts();
-        CHECK(accepted >= 1);
+        CHECK(accepted == 2);  // HTTP/1.1: the second one could not wait for the first
         transport.start(3, post(server.url()));
         transport.start(4, post(server.url()));
         const Completed second = wait_for(transport, 2);
@@ -603,8 +603,8 @@ TEST_CASE("loopback by name and by other spellings of 127.0.0.1 is allowed", "[c
     const std::string port = std::to_string(server.port());
     // libcurl normalises 2130706433 and 127.1 to 127.0.0.1 before our check.
     for (const std::string host : {"localhost", "2130706433", "127.1"}) {
-        const HttpResponse r = one(transport, post("http://" + host + ":" + port + "/token"));
         INFO(host);
+        const HttpResponse r = one(transport, post("http://" + host + ":" + port + "/token"));
         CHECK(r.outcome == Outcome::response);
         CHECK(r.status == 200);
     }
@@ -696,7 +696,7 @@ TEST_CASE("poll returns promptly when the wake fd becomes readable", "[curl_tran
     CHECK(value == 1);
 }
 
-TEST_CASE("poll without work and without a wake fd waits at most max_wait", "[curl_transport]") {
+TEST_CASE("poll with nothing in flight waits max_wait and returns nothing", "[curl_transport]") {
     CurlTransport transport;
     const auto t0 = Clock::now();
     CHECK(transport.poll(0ms, -1).empty());

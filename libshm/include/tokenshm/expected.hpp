@@ -17,7 +17,7 @@ Unexpected(E) -> Unexpected<E>;
 
 template <class T, class E>
 class Expected {
-public:
+  public:
     Expected(T value) : v_(std::in_place_index<0>, std::move(value)) {}
     template <class G>
     Expected(Unexpected<G> u) : v_(std::in_place_index<1>, E(std::move(u.error))) {}
@@ -37,7 +37,7 @@ public:
     const E& error() const& { return std::get<1>(v_); }
     E&& error() && { return std::get<1>(std::move(v_)); }
 
-private:
+  private:
     std::variant<T, E> v_;
 };
 

@@ -67,15 +67,15 @@
 #define TOKENSHM_REC_PAYLOAD 64u /* token_type, scope, last_error, token: packed, in that order */
 #define TOKENSHM_REC_FIXED_SIZE 64u
 
-#define TOKENSHM_TYPE_CAP 32u   /* token_type bytes at most */
+#define TOKENSHM_TYPE_CAP 32u    /* token_type bytes at most */
 #define TOKENSHM_SCOPE_CAP 1024u /* scope bytes at most */
 #define TOKENSHM_ERROR_CAP 240u  /* last_error bytes at most */
 
 #define TOKENSHM_STATE_EMPTY 0u
 #define TOKENSHM_STATE_VALID 1u
-#define TOKENSHM_STATE_STALE 2u   /* valid, but refreshes are failing */
+#define TOKENSHM_STATE_STALE 2u /* valid, but refreshes are failing */
 #define TOKENSHM_STATE_EXPIRED 3u
-#define TOKENSHM_STATE_REAUTH 4u  /* the grant was rejected; a person must act */
+#define TOKENSHM_STATE_REAUTH 4u /* the grant was rejected; a person must act */
 
 /* Bounds a reader enforces before trusting a header. */
 #define TOKENSHM_MIN_TOKEN_BYTES 64u

@@ -39,7 +39,7 @@ enum class Error : int {
     busy = 10,               // the writer republished during every bounded retry
     invalid_argument = 11,
     buffer_too_small = 12,
-    system = 13,             // a syscall failed (open path only)
+    system = 13,  // a syscall failed (open path only)
 };
 const char* to_string(Error e) noexcept;
 // SPEC's exit codes: 3 no segment, 4 no such credential, 5 no valid token, 6
@@ -62,7 +62,7 @@ struct Token {
     std::int64_t last_attempt_ms = 0;
     std::uint64_t version = 0;  // grows with every publish, across refresher restarts
     State state = State::empty;
-    std::uint32_t failures = 0;        // consecutive failed refreshes
+    std::uint32_t failures = 0;         // consecutive failed refreshes
     std::int64_t heartbeat_age_ms = 0;  // since the refresher last said it was alive
     bool writer_alive = false;          // heartbeat younger than 3 s
 };
@@ -85,7 +85,7 @@ struct HandleState;
 }  // namespace detail
 
 class Handle {
-public:
+  public:
     Handle(Handle&&) noexcept;
     Handle& operator=(Handle&&) noexcept;
     ~Handle();
@@ -102,7 +102,7 @@ public:
     Expected<Token, Error> inspect() noexcept;
     const std::string& name() const noexcept;
 
-private:
+  private:
     friend class Reader;
     explicit Handle(std::unique_ptr<detail::HandleState> s) noexcept;
     std::unique_ptr<detail::HandleState> s_;
@@ -117,7 +117,7 @@ struct WriterStatus {
 };
 
 class Reader {
-public:
+  public:
     static Expected<Reader, Failure> open(std::string_view segment = {},
                                           const OpenOptions& options = {});
     Expected<Handle, Failure> lookup(std::string_view credential) const;
@@ -128,7 +128,7 @@ public:
     const std::string& segment_name() const noexcept;
     std::uint32_t max_token_bytes() const noexcept;
 
-private:
+  private:
     std::shared_ptr<const detail::Segment> seg_;
 };
 

@@ -25,10 +25,14 @@
 // always names a complete copy, and a new writer just overwrites the other one.
 // There is no "mid-write" counter state to repair.
 //
-// Cost. g++ 12 does not vectorise relaxed atomic loads, so the copy is scalar;
-// unrolling by eight words lets the core keep many loads in flight and brings
-// 1 KiB to within ~1.25x of memcpy. A 16-byte std::atomic would go through
-// libatomic (cmpxchg16b), which faults on a read-only mapping: never use one.
+// Cost. An 8-byte relaxed load is the widest well-defined lock-free load on
+// x86-64 (a 16-byte std::atomic goes through libatomic's cmpxchg16b, which
+// writes, and faults on a read-only mapping: never use one), and g++ 12 does
+// not vectorise relaxed atomic loads. So the copy moves 8 bytes per load where
+// memcpy moves 32 or 64: unrolled by eight words it runs at about 7x a hot
+// memcpy of 1 KiB on this project's Xeon (docs/PERFORMANCE.md). SSE loads in
+// an asm block would be ~2x, but leave the C++ memory model for the x86 one;
+// we keep the copy defined and pay that on the rare path (after a publish).
 #pragma once
 
 #include <atomic>
@@ -70,13 +74,15 @@ inline void load_words(std::uint64_t* __restrict dst, const std::uint64_t* src,
         dst[i + 6] = w6;
         dst[i + 7] = w7;
     }
-    for (; i < words; ++i) dst[i] = detail::load_word(src + i);
+    for (; i < words; ++i)
+        dst[i] = detail::load_word(src + i);
 }
 
 // Copies `words` words into shared memory with relaxed atomic stores.
 inline void store_words(std::uint64_t* dst, const std::uint64_t* __restrict src,
                         std::size_t words) noexcept {
-    for (std::size_t i = 0; i < words; ++i) detail::store_word(dst + i, src[i]);
+    for (std::size_t i = 0; i < words; ++i)
+        detail::store_word(dst + i, src[i]);
 }
 
 // Test-only: called by the writer halfway through writing a copy, so a test can
@@ -123,7 +129,8 @@ struct LatchReader {
     // G then the second load: true when nothing copied since `current()` returned
     // `s` can have come from a later publish.
     bool validate(std::uint64_t s) const noexcept {
-        std::atomic_thread_fence(std::memory_order_acquire);  // G: orders the copy before the re-check
+        std::atomic_thread_fence(
+            std::memory_order_acquire);  // G: orders the copy before the re-check
         return seq->load(std::memory_order_relaxed) == s;
     }
 };

@@ -27,7 +27,7 @@ struct Done {};
 
 // An owned file descriptor.
 class Fd {
-public:
+  public:
     Fd() = default;
     explicit Fd(int fd) noexcept : fd_(fd) {}
     Fd(Fd&& o) noexcept : fd_(std::exchange(o.fd_, -1)) {}
@@ -38,13 +38,13 @@ public:
     int get() const noexcept { return fd_; }
     bool valid() const noexcept { return fd_ >= 0; }
 
-private:
+  private:
     int fd_ = -1;
 };
 
 // An owned mapping.
 class Mapping {
-public:
+  public:
     Mapping() = default;
     Mapping(void* addr, std::size_t len) noexcept : addr_(addr), len_(len) {}
     Mapping(Mapping&& o) noexcept
@@ -56,7 +56,7 @@ public:
     void* addr() const noexcept { return addr_; }
     std::size_t size() const noexcept { return len_; }
 
-private:
+  private:
     void* addr_ = nullptr;
     std::size_t len_ = 0;
 };

@@ -5,6 +5,7 @@
 #include <tokenshm/shm/layout.hpp>
 
 #include <cstdint>
+#include <cstring>
 #include <string_view>
 #include <vector>
 
@@ -59,11 +60,54 @@ struct RecordView {
 // Validates the fixed part (lengths within their caps, a known state) and
 // builds views over `words` (which hold at least the payload). Returns false
 // for a record that no honest writer could have published.
-bool decode(const std::uint64_t* words, std::size_t words_len, std::uint32_t max_token_bytes,
-            RecordView& out) noexcept;
+inline bool decode(const std::uint64_t* words, std::size_t words_len, std::uint32_t max_token_bytes,
+                   RecordView& out) noexcept;
 
 // Payload bytes announced by a fixed part, clamped to the slot's capacity, so a
 // racing or corrupt length can never make the copy overrun.
-std::size_t clamped_payload(const RecordFixed& f, std::uint32_t max_token_bytes) noexcept;
+inline std::size_t clamped_payload(const RecordFixed& f, std::uint32_t max_token_bytes) noexcept;
+
+// Both are on the reader's copy path, so they are inline.
+inline std::size_t clamped_payload(const RecordFixed& f, std::uint32_t max_token_bytes) noexcept {
+    const Geometry g{max_token_bytes, 1};
+    const std::size_t n = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
+    return n < g.payload_cap() ? n : g.payload_cap();
+}
+
+inline bool decode(const std::uint64_t* words, std::size_t words_len, std::uint32_t max_token_bytes,
+                   RecordView& out) noexcept {
+    if (words_len * 8 < TOKENSHM_REC_FIXED_SIZE) return false;
+    // Field by field, each at its own width: the words were just stored 8 bytes
+    // at a time, and one wide load spanning two of those stores cannot be
+    // store-forwarded (it stalls until they reach the cache).
+    RecordFixed& f = out.fixed;
+    const char* b = reinterpret_cast<const char*>(words);
+    std::memcpy(&f.version, b + TOKENSHM_REC_VERSION, 8);
+    std::memcpy(&f.expires_at_ms, b + TOKENSHM_REC_EXPIRES_AT_MS, 8);
+    std::memcpy(&f.issued_at_ms, b + TOKENSHM_REC_ISSUED_AT_MS, 8);
+    std::memcpy(&f.next_refresh_ms, b + TOKENSHM_REC_NEXT_REFRESH_MS, 8);
+    std::memcpy(&f.last_attempt_ms, b + TOKENSHM_REC_LAST_ATTEMPT_MS, 8);
+    std::memcpy(&f.state, b + TOKENSHM_REC_STATE, 4);
+    std::memcpy(&f.failures, b + TOKENSHM_REC_FAILURES, 4);
+    std::memcpy(&f.token_len, b + TOKENSHM_REC_TOKEN_LEN, 4);
+    std::memcpy(&f.type_len, b + TOKENSHM_REC_TYPE_LEN, 2);
+    std::memcpy(&f.scope_len, b + TOKENSHM_REC_SCOPE_LEN, 2);
+    std::memcpy(&f.error_len, b + TOKENSHM_REC_ERROR_LEN, 2);
+    if (f.state > TOKENSHM_STATE_REAUTH) return false;
+    if (f.token_len > max_token_bytes || f.type_len > TOKENSHM_TYPE_CAP ||
+        f.scope_len > TOKENSHM_SCOPE_CAP || f.error_len > TOKENSHM_ERROR_CAP)
+        return false;
+    const std::size_t payload = std::size_t{f.token_len} + f.type_len + f.scope_len + f.error_len;
+    if (TOKENSHM_REC_FIXED_SIZE + payload > words_len * 8) return false;
+    const char* p = reinterpret_cast<const char*>(words) + TOKENSHM_REC_PAYLOAD;
+    out.token_type = {p, f.type_len};
+    p += f.type_len;
+    out.scope = {p, f.scope_len};
+    p += f.scope_len;
+    out.last_error = {p, f.error_len};
+    p += f.error_len;
+    out.token = {p, f.token_len};
+    return true;
+}
 
 }  // namespace tokenshm::shm

@@ -57,7 +57,7 @@ struct WriterInfo {
 // A read-only mapping of a validated segment. There is no way to write
 // through it: the pages are PROT_READ and the type hands out const pointers.
 class ReadOnlySegment {
-public:
+  public:
     struct Options {
         std::optional<uid_t> trusted_uid;  // in addition to self, root, user "tokenshm"
     };
@@ -75,7 +75,7 @@ public:
     // Whether a refresher holds the segment's lock now (a syscall: slow path only).
     SysResult<bool> writer_holds_lock() const;
 
-private:
+  private:
     std::string name_;
     Fd fd_;
     Mapping map_;
@@ -93,7 +93,7 @@ struct SegmentSpec {
 // The refresher's read-write handle. Holds the segment's exclusive lock for
 // its whole life.
 class WriterSegment {
-public:
+  public:
     // Attaches to the segment a previous writer left (validating owner, mode,
     // header and every active slot) or creates it exclusively. `repaired`
     // receives one line per slot that had to be reset.
@@ -116,7 +116,8 @@ public:
     EncodeError publish(std::uint32_t slot, const SlotRecord& rec);
     // The slot's current record (decoded into `scratch`), or nullopt when it is
     // corrupt (lengths or state no honest writer produces).
-    std::optional<RecordView> current(std::uint32_t slot, std::vector<std::uint64_t>& scratch) const;
+    std::optional<RecordView> current(std::uint32_t slot,
+                                      std::vector<std::uint64_t>& scratch) const;
 
     void heartbeat(std::int64_t now_ms) noexcept;
     // True when the segment was unlinked under us (e.g. systemd RemoveIPC).
@@ -124,7 +125,7 @@ public:
     // Removes the name (tests and `--remove` only); the mapping stays valid.
     void unlink() const;
 
-private:
+  private:
     SlotControl* slot_ptr(std::uint32_t i) const noexcept {
         return slot_at(map_.addr(), geo_.slot_size(), i);
     }
