@@ -202,6 +202,11 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         if (e == entries_.end() || !e->second.cred) continue;  // removed while in flight
         e->second.cred->on_response(resp, now);
         if (e->second.cred->take_refresh_token_rejected()) set_aside_rejected(name);
+        if (e->second.remove_when_idle) {
+            remove_entry(name, e->second);
+            entries_.erase(e);
+            continue;
+        }
         apply_pending(e->second);
     }
     publish_changed();
@@ -251,6 +256,11 @@ int Daemon::run(int signal_fd, bool once) {
     for (const auto& [name, e] : entries_)
         if (e.cred && e.cred->last_attempt_ok() != true) ok = false;
     return ok ? 0 : 1;
+}
+
+void Daemon::remove_entry(const std::string& name, Entry& e) {
+    seg_->retire(e.slot);
+    log_event(Level::info, name, "removed", "not in the configuration any more");
 }
 
 void Daemon::set_aside_rejected(const std::string& name) {
@@ -324,13 +334,16 @@ void Daemon::reload(Config cfg) {
         }
     }
     for (auto it = entries_.begin(); it != entries_.end();) {
-        if (keep.count(it->first)) {
+        Entry& e = it->second;
+        e.remove_when_idle = !keep.count(it->first);
+        if (e.remove_when_idle && (!e.cred || !e.cred->in_flight())) {
+            remove_entry(it->first, e);
+            it = entries_.erase(it);
+        } else {
+            // In flight: the answer may carry a rotated refresh token, which
+            // must reach the disk before the credential goes.
             ++it;
-            continue;
         }
-        seg_->retire(it->second.slot);
-        log_event(Level::info, it->first, "removed", "not in the configuration any more");
-        it = entries_.erase(it);
     }
     cfg.segment = cfg_.segment;
     cfg.mode = cfg_.mode;

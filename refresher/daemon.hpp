@@ -57,7 +57,8 @@ class Daemon {
         std::uint64_t version = 0;  // last version published in the slot
         std::uint64_t published_revision = ~std::uint64_t{0};
         std::optional<CredentialConfig> pending;  // a changed config, applied when idle
-        bool reload_tokens = false;  // re-read the refresh token from disk when applying it
+        bool reload_tokens = false;     // re-read the refresh token from disk when applying it
+        bool remove_when_idle = false;  // removed from the config while a request was in flight
     };
 
     Daemon(Config cfg, DaemonDeps deps);
@@ -68,6 +69,7 @@ class Daemon {
     void publish_changed();
     void apply_pending(Entry& e);
     void set_aside_rejected(const std::string& name);
+    void remove_entry(const std::string& name, Entry& e);
     void check_segment(std::int64_t now);
     bool all_attempted() const;
 

@@ -354,3 +354,25 @@ TEST_CASE("killed between persisting a rotated refresh token and publishing: not
     CHECK(body.find("refresh_token=rt-alpha-3") != std::string::npos);
     CHECK(body.find("rt-alpha-2") == std::string::npos);
 }
+
+TEST_CASE(
+    "a credential removed while its request is in flight still saves the rotated refresh token") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE_FALSE(w.transport.body_for("alpha").empty());  // alpha's request is in flight
+
+    Config next = w.cfg;
+    next.credentials.erase(next.credentials.begin());
+    (*d)->reload(next);
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
+    (*d)->step(std::chrono::milliseconds(0));
+
+    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
+    std::string saved;
+    std::getline(f, saved);
+    CHECK(saved == "rt-alpha-2");
+    CHECK(w.read("alpha").error() == tokenshm::Error::no_such_credential);
+    CHECK((*d)->credential("alpha") == nullptr);
+}
