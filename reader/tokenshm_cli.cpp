@@ -11,6 +11,7 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -27,6 +28,7 @@ constexpr int kExitUsage = 2;
 const char* const kUsage =
     "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--segment SEG]\n"
     "       tokenshm status [--json] [--segment SEG]\n"
+    "       tokenshm watch NAME [--count N] [--segment SEG]\n"
     "       tokenshm --help | --version\n";
 
 int usage_error(const std::string& msg) {
@@ -322,6 +324,88 @@ int cmd_status(const std::vector<std::string_view>& args) {
     return 0;
 }
 
+std::string utc_now() {
+    const auto now = std::chrono::system_clock::now();
+    const std::time_t t = std::chrono::system_clock::to_time_t(now);
+    const auto ms = now_ms() % 1000;
+    struct tm tm {};
+    ::gmtime_r(&t, &tm);
+    char buf[64];
+    std::snprintf(buf, sizeof buf, "%04d-%02d-%02dT%02d:%02d:%02d.%03lldZ", tm.tm_year + 1900,
+                  tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min, tm.tm_sec,
+                  static_cast<long long>(ms));
+    return buf;
+}
+
+// One line per change of the credential's record; never the token.
+int cmd_watch(const std::vector<std::string_view>& args) {
+    std::optional<std::string> name;
+    std::string segment;
+    long long count = -1;
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view a = args[i];
+        if (a == "--segment") {
+            auto v = option_value(args, i);
+            if (!v) return usage_error("--segment needs a name");
+            segment = std::string(*v);
+        } else if (a == "--count") {
+            auto v = option_value(args, i);
+            long long n = 0;
+            if (!v ||
+                std::from_chars(v->data(), v->data() + v->size(), n).ptr != v->data() + v->size() ||
+                n < 1)
+                return usage_error("--count needs a whole number of lines, at least 1");
+            count = n;
+        } else if (!a.empty() && a[0] == '-') {
+            return usage_error("watch: unknown option '" + std::string(a) + "'");
+        } else if (!name) {
+            name = std::string(a);
+        } else {
+            return usage_error("watch: one credential name only");
+        }
+    }
+    if (!name) return usage_error("watch: which credential? (tokenshm watch NAME)");
+    auto reader = tokenshm::Reader::open(segment);
+    if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
+    auto handle = reader->lookup(*name);
+    if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
+
+    std::uint64_t seen = 0;
+    bool first = true;
+    for (long long printed = 0; count < 0 || printed < count;) {
+        if (!first) {
+            auto r = handle->wait(seen, std::chrono::milliseconds(-1));
+            if (!r && r.error() == Error::no_such_credential)
+                return fail(4, "'" + *name + "' was removed from the refresher's configuration");
+            if (!r && r.error() != Error::empty && r.error() != Error::expired &&
+                r.error() != Error::expiring && r.error() != Error::reauth)
+                return fail(tokenshm::exit_code(r.error()), tokenshm::to_string(r.error()));
+        }
+        first = false;
+        auto rec = handle->inspect();
+        if (!rec) return fail(tokenshm::exit_code(rec.error()), tokenshm::to_string(rec.error()));
+        if (rec->version <= seen && printed > 0) continue;
+        seen = rec->version;
+        const std::int64_t now = now_ms();
+        const char* state = tokenshm::to_string(rec->state);
+        if (rec->state != tokenshm::State::empty && rec->expires_at_ms <= now &&
+            rec->state != tokenshm::State::reauth)
+            state = "expired";
+        std::string line = utc_now() + " " + *name + " version=" + std::to_string(rec->version) +
+                           " state=" + state;
+        if (rec->state != tokenshm::State::empty)
+            line += " expires_in=" + human_duration(rec->expires_at_ms - now);
+        line += " failures=" + std::to_string(rec->failures);
+        if (!rec->last_error.empty())
+            line += " last_error=\"" + json_escape(rec->last_error) + "\"";
+        line += '\n';
+        if (std::fputs(line.c_str(), stdout) < 0 || std::fflush(stdout) != 0)
+            return fail(1, std::string("writing to stdout: ") + std::strerror(errno));
+        ++printed;
+    }
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -339,5 +423,6 @@ int main(int argc, char** argv) {
     }
     if (cmd == "get") return cmd_get(args);
     if (cmd == "status") return cmd_status(args);
+    if (cmd == "watch") return cmd_watch(args);
     return usage_error("unknown command '" + std::string(cmd) + "'");
 }

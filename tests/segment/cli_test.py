@@ -200,6 +200,29 @@ class CliTest(unittest.TestCase):
             self.assertEqual((cli.returncode, out), (0, token + "\n"), err)
             self.assertLess(time.monotonic() - start, 30)
 
+    def test_watch_prints_a_line_per_change_and_never_the_token(self):
+        token = junk_token()
+        with self.published(token, extra=("--empty", "--publish-on-stdin")) as p:
+            w = subprocess.Popen([CLI, "watch", "storage", "--count", "2", "--segment", p.segment],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            try:
+                blocked = pyutil.in_futex(w.pid, 20)
+                self.assertIsNot(blocked, False, "tokenshm watch never blocked in futex")
+                p.publish_now()
+                out, err = w.communicate(timeout=60)
+            finally:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
+            self.assertEqual(w.returncode, 0, err)
+            lines = out.splitlines()
+            self.assertEqual(len(lines), 2, out)
+            self.assertIn(" storage version=0 state=empty", lines[0])
+            self.assertIn(" state=valid expires_in=", lines[1])
+            self.assertNotIn(token, out)
+        r = run("watch", "storage", "--count", "0", "--segment", "x")
+        self.assert_fails(r, 2, one_line=False)
+
     def test_wait_for_the_segment_to_appear(self):
         token = junk_token()
         seg = pyutil.unique_segment("cli-late")
