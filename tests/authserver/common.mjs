@@ -51,3 +51,20 @@ export function listen(server, port, host) {
 export function hostForUrl(host) {
   return host.includes(':') ? `[${host}]` : host;
 }
+
+// Starts `server` on host:port for a test server called `name`: keep-alive as
+// clients expect, closed on SIGTERM/SIGINT or parent death, and a clear
+// one-line error (exit 1) when the port cannot be had. Returns the bound port.
+export async function serve(server, name, port, host) {
+  server.keepAliveTimeout = 5000;
+  manageLifetime(() => {
+    server.closeAllConnections?.();
+    server.close();
+  });
+  try {
+    return await listen(server, port, host);
+  } catch (e) {
+    process.stderr.write(`${name}: cannot listen on ${host}:${port}: ${e.message}\n`);
+    process.exit(1);
+  }
+}

@@ -14,7 +14,7 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 
 import {
-  consoleToStderr, hostForUrl, listen, manageLifetime, printReady,
+  consoleToStderr, hostForUrl, printReady, serve,
 } from './common.mjs';
 
 consoleToStderr();
@@ -362,19 +362,6 @@ const server = http.createServer((req, res) => {
     req.socket.destroy();
   });
 });
-server.keepAliveTimeout = 5000;
-
-manageLifetime(() => {
-  server.closeAllConnections?.();
-  server.close();
-});
-
-let actualPort;
-try {
-  actualPort = await listen(server, port, args.host);
-} catch (e) {
-  process.stderr.write(`fault_server: cannot listen on ${args.host}:${port}: ${e.message}\n`);
-  process.exit(1);
-}
+const actualPort = await serve(server, 'fault_server', port, args.host);
 base = `http://${hostForUrl(args.host)}:${actualPort}`;
 printReady({ port: actualPort, issuer: base, pid: process.pid });

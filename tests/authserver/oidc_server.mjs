@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import Provider, { errors } from 'oidc-provider';
 
 import {
-  consoleToStderr, hostForUrl, listen, manageLifetime, printReady,
+  consoleToStderr, hostForUrl, printReady, serve,
 } from './common.mjs';
 import MemoryAdapter from './memory_adapter.mjs';
 
@@ -173,20 +173,7 @@ if (tls) {
 } else {
   server = http.createServer();
 }
-server.keepAliveTimeout = 5000;
-
-manageLifetime(() => {
-  server.closeAllConnections?.();
-  server.close();
-});
-
-let actualPort;
-try {
-  actualPort = await listen(server, port, args.host);
-} catch (e) {
-  process.stderr.write(`oidc_server: cannot listen on ${args.host}:${port}: ${e.message}\n`);
-  process.exit(1);
-}
+const actualPort = await serve(server, 'oidc_server', port, args.host);
 
 // --issuer-url may contain {port}, replaced by the port actually bound.
 const issuer = (args['issuer-url'] ?? `${tls ? 'https' : 'http'}://${hostForUrl(args.host)}:{port}`)
