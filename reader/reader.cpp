@@ -13,7 +13,6 @@ namespace detail {
 
 struct Segment {
     shm::ReadOnlySegment seg;
-    std::int64_t clock_margin_ms;  // resolution of the coarse clock, rounded up
 };
 
 // Everything get() touches, laid out so the fast path (version unchanged)
@@ -26,7 +25,6 @@ struct HandleState {
     shm::LatchReader latch;
     std::uint64_t cached_seq = ~std::uint64_t{0};
     std::uint32_t max_token_bytes;
-    std::int64_t clock_margin_ms;
     shm::RecordView view{};
     std::unique_ptr<std::uint64_t[]> buf;
     std::size_t buf_words;
@@ -41,19 +39,23 @@ namespace {
 constexpr std::int64_t kAliveWithinMs = 3000;
 constexpr int kMaxCopyAttempts = 1000;
 
-// CLOCK_REALTIME_COARSE is always served by the vDSO (no syscall, ~10 ns);
-// its reading lags by at most one tick, which clock_margin_ms adds back so a
-// token is never reported valid after it expired.
-inline std::int64_t coarse_now_ms() noexcept {
+// Expiry is judged with two clocks. CLOCK_REALTIME_COARSE is always served
+// by the vDSO (no syscall, ~10 ns) but lags real time: by up to a tick, and by
+// longer when the CPU that keeps time is preempted (seen on loaded VMs). It
+// never runs ahead, so it can only make a token look younger. Far from the
+// deadline that lag cannot matter; within kExactWithinMs of it, the exact
+// CLOCK_REALTIME (vDSO where the clocksource allows, ~30 ns) decides. A
+// refresher renews tokens long before that window, so the fast path is the
+// common one.
+constexpr std::int64_t kExactWithinMs = 2000;
+
+inline std::int64_t clock_ms(clockid_t clock) noexcept {
     struct timespec ts;
-    ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+    ::clock_gettime(clock, &ts);
     return std::int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
 }
-
-std::int64_t coarse_margin_ms() noexcept {
-    struct timespec res {};
-    if (::clock_getres(CLOCK_REALTIME_COARSE, &res) != 0) return 10;
-    return std::int64_t{res.tv_sec} * 1000 + (res.tv_nsec + 999'999) / 1'000'000;
+inline std::int64_t coarse_now_ms() noexcept {
+    return clock_ms(CLOCK_REALTIME_COARSE);
 }
 
 Error map_error(shm::SegmentErrc c) noexcept {
@@ -215,8 +217,9 @@ Expected<Token, Error> Handle::get(std::chrono::milliseconds min_valid) noexcept
     detail::HandleState& h = *s_;
     if (const Error e = sync(h); e != Error{}) return Unexpected{e};
     const shm::RecordFixed& f = h.view.fixed;
-    const std::int64_t now = coarse_now_ms() + h.clock_margin_ms;
     if (f.state == TOKENSHM_STATE_EMPTY || h.view.token.empty()) return Unexpected{Error::empty};
+    std::int64_t now = coarse_now_ms();
+    if (f.expires_at_ms - min_valid.count() - now <= kExactWithinMs) now = clock_ms(CLOCK_REALTIME);
     if (f.expires_at_ms <= now)
         return Unexpected{f.state == TOKENSHM_STATE_REAUTH ? Error::reauth : Error::expired};
     if (f.expires_at_ms - now < min_valid.count()) return Unexpected{Error::expiring};
@@ -226,7 +229,7 @@ Expected<Token, Error> Handle::get(std::chrono::milliseconds min_valid) noexcept
 Expected<Token, Error> Handle::inspect() noexcept {
     detail::HandleState& h = *s_;
     if (const Error e = sync(h); e != Error{}) return Unexpected{e};
-    return make_token(h, coarse_now_ms() + h.clock_margin_ms);
+    return make_token(h, coarse_now_ms());
 }
 
 Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::milliseconds timeout,
@@ -265,8 +268,7 @@ Expected<Reader, Failure> Reader::open(std::string_view segment, const OpenOptio
     if (!seg)
         return Unexpected{Failure{map_error(seg.error().code), std::move(seg).error().message}};
     Reader r;
-    r.seg_ = std::make_shared<const detail::Segment>(
-        detail::Segment{std::move(*seg), coarse_margin_ms()});
+    r.seg_ = std::make_shared<const detail::Segment>(detail::Segment{std::move(*seg)});
     return r;
 }
 
@@ -288,7 +290,6 @@ Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
         &slot->seq,
         {shm::copy_at(slot, g.record_size(), 0), shm::copy_at(slot, g.record_size(), 1)}};
     h->max_token_bytes = g.max_token_bytes;
-    h->clock_margin_ms = seg_->clock_margin_ms;
     h->buf_words = g.record_size() / 8;
     h->buf = std::make_unique<std::uint64_t[]>(h->buf_words);
     h->seg = seg_;

@@ -162,7 +162,10 @@ def main():
     rt = asan_runtime(LIB)
     if rt and rt not in os.environ.get("LD_PRELOAD", ""):
         env = dict(os.environ, LD_PRELOAD=rt,
-                   ASAN_OPTIONS="detect_leaks=0:" + os.environ.get("ASAN_OPTIONS", ""))
+                   # Python's own allocations are not ours to judge; the
+                   # last setting wins, so ours goes after the caller's.
+                   ASAN_OPTIONS=":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
+                                                        "detect_leaks=0"])))
         os.execve(sys.executable, [sys.executable, *sys.argv], env)
     prog = unittest.main(argv=[sys.argv[0], "-v"], exit=False)
     return 0 if prog.result.wasSuccessful() else 1

@@ -257,3 +257,55 @@ TEST_CASE("negative control: one syscall after the filter kills the child by SIG
         CHECK(child.killed_by(SIGSYS));
     }
 }
+
+// Within two seconds of expiry get() judges with the exact CLOCK_REALTIME
+// instead of the coarse clock (reader.cpp). That path must stay syscall-free
+// too: it relies on the vDSO, which this test checks on the machine at hand.
+TEST_CASE("get makes no syscall near expiry either, where it reads the exact clock") {
+    SegmentGuard g{segtest::unique_segment("seccomp-exact")};
+    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
+    REQUIRE(w);
+    const std::uint32_t slot = *w->claim("c");
+    shm::SlotRecord rec;
+    rec.version = 1;
+    rec.state = shm::RecordState::valid;
+    rec.token = "near-expiry-test-token";
+    rec.token_type = "Bearer";
+    rec.expires_at_ms = shm::sys::realtime_ms() + 60'000;
+    rec.issued_at_ms = shm::sys::realtime_ms();
+    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+
+    Pipe result;
+    Child reader = Child::fork([&] {
+        result.close_read();
+        no_core_dumps();
+        auto r = tokenshm::Reader::open(g.name);
+        if (!r) return 30;
+        auto h = r->lookup("c");
+        if (!h) return 31;
+        if (!h->get()) return 32;
+        const int fd = result.wr();
+        if (!install_filter(fd)) return 33;
+        // ---- no syscall from here on, except the final write and exit_group.
+        // min_valid 59 s puts the deadline inside the exact-clock window.
+        std::uint64_t counts[2] = {0, 0};  // ok, expiring
+        for (int i = 0; i < 200'000; ++i) {
+            auto t = h->get(std::chrono::seconds(59));
+            if (t)
+                ++counts[0];
+            else if (t.error() == tokenshm::Error::expiring)
+                ++counts[1];
+        }
+        const bool sent = ::write(fd, counts, sizeof counts) == static_cast<ssize_t>(sizeof counts);
+        exit_now(sent ? 0 : 34);
+    });
+    result.close_write();
+    std::uint64_t counts[2] = {0, 0};
+    const std::size_t got = segtest::read_exact(result.rd(), counts, sizeof counts, 60s);
+    REQUIRE(reader.wait(30s));
+    INFO("reader child " << reader.describe()
+                         << (reader.killed_by(SIGSYS) ? ": CLOCK_REALTIME made a syscall" : ""));
+    REQUIRE(reader.exited_with(0));
+    REQUIRE(got == sizeof counts);
+    CHECK(counts[0] + counts[1] == 200'000);
+}
