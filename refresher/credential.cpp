@@ -49,7 +49,10 @@ void CredentialRefresher::resume(const Published& previous, std::int64_t now_ms)
 std::int64_t CredentialRefresher::next_action_ms() const noexcept {
     std::int64_t t = next_persist_ms_;
     if (!in_flight() && !reauth_) t = std::min(t, next_attempt_ms_);
-    if (!pub_.access_token.empty() && pub_.state != shm::RecordState::expired)
+    // Only the states expire_if_due() moves on from: anything else would be a
+    // past deadline forever, and the loop would spin on it.
+    if (!pub_.access_token.empty() &&
+        (pub_.state == shm::RecordState::valid || pub_.state == shm::RecordState::stale))
         t = std::min(t, pub_.expires_at_ms);
     return t;
 }
@@ -133,34 +136,72 @@ void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t
         succeed(out.success(), now_ms);
         return;
     }
-    const TokenFailure& f = out.failure();
+    TokenFailure& f = out.failure();
+    if (f.refresh_token) adopt_refresh_token(std::move(*f.refresh_token), now_ms);
     std::optional<std::chrono::milliseconds> retry_after;
     if (response.retry_after) retry_after = parse_retry_after(*response.retry_after, now_ms);
     fail(now_ms, f.kind, f.message, retry_after,
          f.kind == FailureKind::reauth ? "reauth" : "refresh_failed", f.oauth_error);
 }
 
-void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
-    bool persisted = true;
-    bool rotated = false;
-    if (s.refresh_token && !(refresh_token_ && *s.refresh_token == *refresh_token_)) {
-        rotated = true;
-        // The successor goes to disk before the new access token is published.
-        // Whatever happens next, it replaces the old one in memory: the old one
-        // is spent, and using it again would make the server revoke the grant.
-        if (auto r = persist_(cfg_.name, *s.refresh_token); !r) {
-            persisted = false;
-            log_event(Level::error, cfg_.name, "persist_failed",
-                      "could not save the rotated refresh token (" + r.error() +
-                          "); keeping it in memory and retrying every second");
-            unpersisted_ = *s.refresh_token;
-            next_persist_ms_ = now_ms + kPersistRetryMs;
-        } else {
-            unpersisted_.reset();
-            next_persist_ms_ = kNever;
-        }
-        refresh_token_ = std::move(*s.refresh_token);
+bool CredentialRefresher::adopt_refresh_token(Secret token, std::int64_t now_ms) {
+    if (refresh_token_ && token == *refresh_token_) return false;
+    // The successor goes to disk before the new access token is published.
+    // Whatever happens next, it replaces the old one in memory: the old one
+    // is spent, and using it again would make the server revoke the grant.
+    if (auto r = persist_(cfg_.name, token); !r) {
+        log_event(Level::error, cfg_.name, "persist_failed",
+                  "could not save the rotated refresh token (" + r.error() +
+                      "); keeping it in memory and retrying every second");
+        unpersisted_ = token;
+        next_persist_ms_ = now_ms + kPersistRetryMs;
+    } else {
+        unpersisted_.reset();
+        next_persist_ms_ = kNever;
     }
+    refresh_token_ = std::move(token);
+    return true;
+}
+
+bool CredentialRefresher::flush_refresh_token() {
+    if (!unpersisted_) return true;
+    if (auto r = persist_(cfg_.name, *unpersisted_); !r) {
+        log_event(Level::error, cfg_.name, "persist_failed",
+                  "the rotated refresh token is still not saved (" + r.error() +
+                      "); it is lost when this process ends");
+        return false;
+    }
+    unpersisted_.reset();
+    next_persist_ms_ = kNever;
+    log_event(Level::info, cfg_.name, "refresh_token_persisted",
+              "the rotated refresh token is on disk now");
+    return true;
+}
+
+void CredentialRefresher::inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms) {
+    if (!from.unpersisted_) return;
+    unpersisted_ = std::move(from.unpersisted_);
+    from.unpersisted_.reset();
+    next_persist_ms_ = now_ms;
+}
+
+std::string CredentialRefresher::redact(std::string msg) const {
+    auto scrub = [&msg](std::string_view secret) {
+        if (secret.size() < 4) return;  // too short to be worth it, and would mangle text
+        for (std::size_t at; (at = msg.find(secret)) != std::string::npos;)
+            msg.replace(at, secret.size(), Secret::redacted);
+    };
+    if (refresh_token_) scrub(refresh_token_->reveal());
+    if (unpersisted_) scrub(unpersisted_->reveal());
+    scrub(cfg_.client_secret.reveal());
+    scrub(pub_.access_token.reveal());
+    return msg;
+}
+
+void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
+    bool rotated = false;
+    if (s.refresh_token) rotated = adopt_refresh_token(std::move(*s.refresh_token), now_ms);
+    const bool persisted = !unpersisted_;
 
     const std::int64_t expires_at = sent_at_ms_ + s.expires_in.count() * 1000;
     pub_.state = shm::RecordState::valid;
@@ -176,16 +217,19 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     pub_.next_refresh_ms = next_attempt_ms_;
     backoff_.reset();
     reauth_ = false;
-    last_ok_ = true;
+    last_ok_ = persisted;  // --once must not report success with the successor only in memory
     changed();
     log_event(Level::info, cfg_.name, "refreshed",
               "expires_in=" + seconds_text(expires_at - now_ms) + " next_refresh_in=" +
                   seconds_text(next_attempt_ms_ - now_ms) + " rotated=" + (rotated ? "yes" : "no"));
 }
 
-void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
+void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
+                               const std::string& raw_message,
                                std::optional<std::chrono::milliseconds> retry_after,
                                const std::string& event, const std::string& oauth_error) {
+    // Servers sometimes quote what they were sent in error_description.
+    const std::string message = redact(raw_message);
     last_ok_ = false;
     pub_.failures += 1;
     pub_.last_error = message;

@@ -83,16 +83,27 @@ class CredentialRefresher {
     // sets the persisted copy aside. Cleared by take_refresh_token_rejected().
     bool take_refresh_token_rejected() noexcept { return std::exchange(rt_rejected_, false); }
     bool in_reauth() const noexcept { return reauth_; }
+    // A received refresh token that could not be saved yet.
+    bool has_unsaved_refresh_token() const noexcept { return unpersisted_.has_value(); }
+    // One more attempt to save it (at shutdown); true when nothing is unsaved.
+    bool flush_refresh_token();
+    // A reload replaces this credential: take over its unsaved refresh token.
+    void inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms);
     // Whether the last completed attempt obtained a token (for --once).
     std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
 
   private:
     enum class Request { none, discovery, token };
 
-    void fail(std::int64_t now_ms, FailureKind kind, const std::string& message,
+    void fail(std::int64_t now_ms, FailureKind kind, const std::string& raw_message,
               std::optional<std::chrono::milliseconds> retry_after, const std::string& event,
               const std::string& oauth_error = {});
     void succeed(TokenSuccess& s, std::int64_t now_ms);
+    // Takes a rotated refresh token: to disk first, and into use whatever
+    // happens. True when it differs from the one in use.
+    bool adopt_refresh_token(Secret token, std::int64_t now_ms);
+    // `msg` with every secret this credential knows replaced by [redacted].
+    std::string redact(std::string msg) const;
     void expire_if_due(std::int64_t now_ms);
     void changed() noexcept { ++revision_; }
     bool has_live_token(std::int64_t now_ms) const noexcept {

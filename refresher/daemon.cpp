@@ -26,7 +26,7 @@ shm::SegmentSpec segment_spec(const Config& c) {
     s.max_token_bytes = c.max_token_bytes;
     // Room for credentials added by a reload without a restart.
     s.slot_count = static_cast<std::uint32_t>(
-        std::clamp<std::size_t>(c.credentials.size() * 2, 16, TOKENSHM_MAX_SLOTS));
+        std::clamp<std::size_t>(c.credentials.size() * 4, 64, TOKENSHM_MAX_SLOTS));
     return s;
 }
 }  // namespace
@@ -66,7 +66,8 @@ Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonD
         if (!cred) return Unexpected{std::move(cred).error()};
         Entry& e = d->entries_[c.name];
         e.cred = std::move(*cred);
-        d->attach_entry(e, c.name, true);
+        if (auto err = d->attach_entry(e, c.name, true))
+            return Unexpected{*err + " (remove the segment and restart to make it larger)"};
     }
     d->publish_changed();
     return d;
@@ -87,12 +88,9 @@ Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credent
         deps_.random01);
 }
 
-void Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
+std::optional<std::string> Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
     auto slot = seg_->claim(name);
-    if (!slot) {
-        log_event(Level::error, name, "no_slot", slot.error().message);
-        return;
-    }
+    if (!slot) return slot.error().message;
     e.slot = *slot;
     std::vector<std::uint64_t> scratch;
     if (auto cur = seg_->current(e.slot, scratch)) {
@@ -116,6 +114,7 @@ void Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
         }
     }
     e.published_revision = ~std::uint64_t{0};
+    return std::nullopt;
 }
 
 void Daemon::publish(Entry& e) {
@@ -161,13 +160,17 @@ void Daemon::check_segment(std::int64_t now) {
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(cfg_));
     if (!seg) {
         log_event(Level::error, "", "segment_recreate_failed", seg.error().message);
-        stop_ = true;
+        failed_ = stop_ = true;
         return;
     }
     seg_.emplace(std::move(*seg));
     for (auto& [name, e] : entries_) {
         const std::uint64_t v = e.version;
-        attach_entry(e, name, false);
+        if (auto err = attach_entry(e, name, false)) {
+            log_event(Level::error, name, "no_slot", *err);
+            failed_ = stop_ = true;
+            return;
+        }
         e.version = std::max(e.version, v);
     }
     publish_changed();
@@ -179,7 +182,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     if (stop_) return;
     std::int64_t next = now + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
     for (auto& [name, e] : entries_) {
-        if (!e.cred) continue;
+        if (!e.cred || draining_) continue;
         apply_pending(e);
         if (auto req = e.cred->poll(now)) {
             const std::uint64_t id = next_request_id_++;
@@ -251,10 +254,27 @@ int Daemon::run(int signal_fd, bool once) {
             if (reload_) reload_();
         }
     }
-    if (!once) return 0;
-    bool ok = true;
-    for (const auto& [name, e] : entries_)
-        if (e.cred && e.cred->last_attempt_ok() != true) ok = false;
+    // Let requests in flight answer (bounded by their timeout): an answer may
+    // carry a rotated refresh token, and the old one is spent once sent.
+    if (!failed_ && deps_.transport->in_flight() > 0) {
+        std::int64_t longest = 0;
+        for (const auto& [name, e] : entries_)
+            if (e.cred) longest = std::max<std::int64_t>(longest, e.cred->config().timeout.count());
+        const std::int64_t until = deps_.now_ms() + longest * 1000 + 1000;
+        draining_ = true;
+        stop_ = false;
+        log_event(Level::info, "", "draining",
+                  std::to_string(deps_.transport->in_flight()) + " request(s) in flight");
+        while (deps_.transport->in_flight() > 0 && deps_.now_ms() < until && !failed_)
+            step(std::chrono::milliseconds(kMaxWaitMs), -1);
+        stop_ = true;
+    }
+    bool ok = !failed_;
+    for (auto& [name, e] : entries_) {
+        if (!e.cred) continue;
+        if (!e.cred->flush_refresh_token()) ok = false;
+        if (once && e.cred->last_attempt_ok() != true) ok = false;
+    }
     return ok ? 0 : 1;
 }
 
@@ -296,6 +316,7 @@ void Daemon::apply_pending(Entry& e) {
         return;
     }
     Published prev = e.cred ? e.cred->published() : Published{};
+    if (e.cred) (*cred)->inherit_unsaved(*e.cred, deps_.now_ms());
     e.cred = std::move(*cred);
     e.cred->resume(prev, deps_.now_ms());
     e.cred->refresh_soon(deps_.now_ms());
@@ -320,11 +341,22 @@ void Daemon::reload(Config cfg) {
             }
             Entry& e = entries_[c.name];
             e.cred = std::move(*cred);
-            attach_entry(e, c.name, true);
+            if (auto err = attach_entry(e, c.name, true)) {
+                log_event(Level::error, c.name, "no_slot",
+                          *err + " (remove the segment and restart to make it larger)");
+                entries_.erase(c.name);
+                continue;
+            }
+            // A slot it had before may still hold a token made with other settings.
+            e.cred->refresh_soon(deps_.now_ms());
             log_event(Level::info, c.name, "added", "new credential");
         } else if (!(it->second.cred->config() == c)) {
             it->second.pending = c;
             apply_pending(it->second);
+        } else if (it->second.pending) {
+            // Reverted to the running settings before a pending change applied.
+            it->second.pending.reset();
+            it->second.reload_tokens = false;
         } else if (it->second.cred->in_reauth() && !it->second.cred->in_flight()) {
             // Same settings, but a person may have put a new refresh token in
             // place: read it again and try once more.

@@ -64,7 +64,9 @@ class Daemon {
     Daemon(Config cfg, DaemonDeps deps);
     Expected<std::unique_ptr<CredentialRefresher>, std::string> make_credential(
         const CredentialConfig& c, const std::optional<Secret>& carried);
-    void attach_entry(Entry& e, const std::string& name, bool resume);
+    // Claims the slot for `name` and adopts its record; the error when the
+    // segment has no slot left (nothing is published then).
+    std::optional<std::string> attach_entry(Entry& e, const std::string& name, bool resume);
     void publish(Entry& e);
     void publish_changed();
     void apply_pending(Entry& e);
@@ -84,6 +86,8 @@ class Daemon {
     std::int64_t last_segment_check_ms_ = 0;
     std::atomic<bool> stop_{false};
     bool reload_requested_ = false;
+    bool draining_ = false;  // stopping: no new requests, waiting for answers
+    bool failed_ = false;    // a fault that must end the daemon with exit 1
     std::function<void()> reload_;
 };
 

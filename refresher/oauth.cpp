@@ -158,7 +158,8 @@ bool is_loopback_host(std::string_view host) {
 // ---- token responses ----
 
 TokenOutcome fail(FailureKind kind, long status, std::string message, std::string code = {}) {
-    return TokenOutcome{TokenFailure{kind, status, std::move(code), std::move(message)}};
+    return TokenOutcome{
+        TokenFailure{kind, status, std::move(code), std::move(message), std::nullopt}};
 }
 
 TokenOutcome retry(long status, std::string message) {
@@ -249,20 +250,16 @@ Expected<std::chrono::seconds, std::string> parse_expires_in(const rapidjson::Va
     return std::chrono::seconds(std::min(seconds, cap));
 }
 
-TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds default_lifetime,
-                           std::size_t max_token_bytes) {
+// Everything of a 200 response but the refresh token (parse_success).
+TokenOutcome parse_success_fields(const rapidjson::Document& doc,
+                                  std::chrono::seconds default_lifetime,
+                                  std::size_t max_token_bytes) {
     const std::string head = "HTTP 200 token response: ";
     bool dup = false;
     auto get = [&](const char* name) -> const rapidjson::Value* {
         const rapidjson::Value* v = member(doc, name, dup);
         return (v && v->IsNull()) ? nullptr : v;  // null counts as absent
     };
-    for (const char* name :
-         {"access_token", "token_type", "expires_in", "refresh_token", "scope"}) {
-        get(name);
-        if (dup) return retry(200, head + name + " appears more than once");
-    }
-
     TokenSuccess ok;
     const auto* at = get("access_token");
     if (!at) return retry(200, head + "no access_token");
@@ -294,15 +291,6 @@ TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds 
         ok.expires_in = *e;
     }
 
-    if (const auto* rt = get("refresh_token")) {
-        if (!rt->IsString() || rt->GetStringLength() == 0)
-            return retry(200, head + "refresh_token is present but not a non-empty string");
-        if (!all_of(str(*rt), is_vschar))
-            return retry(200,
-                         head + "refresh_token contains characters other than printable ASCII");
-        ok.refresh_token = Secret(std::string(str(*rt)));
-    }
-
     if (const auto* sc = get("scope")) {
         if (!sc->IsString()) return retry(200, head + "scope is not a string");
         if (sc->GetStringLength() > kMaxScope)
@@ -315,6 +303,39 @@ TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds 
 
     ok.access_token = Secret(std::string(str(*at)));
     return TokenOutcome{std::move(ok)};
+}
+
+// A 200 response. The refresh token is read first and travels with a failure
+// too: the server has rotated it even when the rest of the answer is unusable
+// (say, an access token larger than the slot), and the old one is spent.
+TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds default_lifetime,
+                           std::size_t max_token_bytes) {
+    const std::string head = "HTTP 200 token response: ";
+    bool dup = false;
+    auto get = [&](const char* name) -> const rapidjson::Value* {
+        const rapidjson::Value* v = member(doc, name, dup);
+        return (v && v->IsNull()) ? nullptr : v;  // null counts as absent
+    };
+    for (const char* name :
+         {"access_token", "token_type", "expires_in", "refresh_token", "scope"}) {
+        get(name);
+        if (dup) return retry(200, head + name + " appears more than once");
+    }
+    std::optional<Secret> rotated;
+    if (const auto* rt = get("refresh_token")) {
+        if (!rt->IsString() || rt->GetStringLength() == 0)
+            return retry(200, head + "refresh_token is present but not a non-empty string");
+        if (!all_of(str(*rt), is_vschar))
+            return retry(200,
+                         head + "refresh_token contains characters other than printable ASCII");
+        rotated = Secret(std::string(str(*rt)));
+    }
+    TokenOutcome out = parse_success_fields(doc, default_lifetime, max_token_bytes);
+    if (out.ok())
+        out.success().refresh_token = std::move(rotated);
+    else
+        out.failure().refresh_token = std::move(rotated);
+    return out;
 }
 
 // ---- HTTP-date ----

@@ -96,6 +96,9 @@ struct TokenFailure {
     long status = 0;          // HTTP status, 0 when no response arrived
     std::string oauth_error;  // the `error` code (RFC 6749 §5.2), empty if none
     std::string message;      // one printable line, safe to log and publish
+    // A rotated refresh token that came with an otherwise unusable 200 answer:
+    // the caller must adopt it (the old one is spent).
+    std::optional<Secret> refresh_token;
 };
 
 struct TokenOutcome {

@@ -395,10 +395,12 @@ Expected<bool, std::string> StateStore::set_aside(std::string_view credential_na
         return Unexpected{"setting aside a rejected refresh token: " + r.error().message()};
     }
     auto dir_fd = fs_.open_directory(dir_);
-    if (!dir_fd) return Unexpected{"setting aside a rejected refresh token: " + dir_fd.error().message()};
+    if (!dir_fd)
+        return Unexpected{"setting aside a rejected refresh token: " + dir_fd.error().message()};
     auto synced = fs_.fsync(*dir_fd, dir_);
     (void)fs_.close(*dir_fd, dir_);
-    if (!synced) return Unexpected{"setting aside a rejected refresh token: " + synced.error().message()};
+    if (!synced)
+        return Unexpected{"setting aside a rejected refresh token: " + synced.error().message()};
     return true;
 }
 

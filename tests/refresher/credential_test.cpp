@@ -327,3 +327,47 @@ TEST_CASE("client_credentials needs no refresh token") {
           std::string::npos);
     CHECK(req->authorization.empty());
 }
+
+TEST_CASE("reauth with a token that then expires leaves nothing to do: no spin") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(token_response("at", 100), 0);
+    const std::int64_t t = h.cred.published().next_refresh_ms;
+    REQUIRE(h.cred.poll(t));
+    h.cred.on_response(json_response(400, R"({"error":"invalid_grant"})"), t);
+    REQUIRE(h.cred.published().state == RecordState::reauth);
+    const std::int64_t later = 200'000;  // past expiry
+    CHECK_FALSE(h.cred.poll(later));
+    CHECK(h.cred.next_action_ms() > later);
+}
+
+TEST_CASE("a rotated refresh token is kept even when the rest of the answer is unusable") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    const std::string huge(9000, 'a');  // larger than the slot (8192)
+    h.cred.on_response(token_response(huge, 100, "rt-test-2"), 10);
+    CHECK(h.cred.published().state == RecordState::empty);
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("max_token_bytes"));
+    CHECK(h.persisted == std::vector<std::string>{"rt-test-2"});
+    auto again = h.cred.poll(h.cred.next_action_ms());
+    REQUIRE(again);
+    CHECK(h.body_has(*again, "refresh_token=rt-test-2"));
+    CHECK_FALSE(h.body_has(*again, "rt-test-1"));
+}
+
+TEST_CASE("secrets a server quotes back are redacted from last_error") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    h.cred.on_response(
+        json_response(
+            400,
+            R"J({"error":"invalid_grant","error_description":"Invalid refresh token: rt-test-1 (client-secret-test)"})J"),
+        10);
+    const std::string& e = h.cred.published().last_error;
+    CHECK(e.find("rt-test-1") == std::string::npos);
+    CHECK(e.find("client-secret-test") == std::string::npos);
+    CHECK_THAT(e, Catch::Contains("[redacted]"));
+}

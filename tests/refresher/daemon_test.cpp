@@ -38,7 +38,7 @@ class FakeTransport : public Transport {
         ready.clear();
         return out;
     }
-    std::size_t in_flight() const override { return pending.size(); }
+    std::size_t in_flight() const override { return pending.size() + ready.size(); }
 
     // Answers the pending request whose URL contains `url_part`.
     bool answer(const std::string& url_part, HttpResponse r) {
@@ -375,4 +375,32 @@ TEST_CASE(
     CHECK(saved == "rt-alpha-2");
     CHECK(w.read("alpha").error() == tokenshm::Error::no_such_credential);
     CHECK((*d)->credential("alpha") == nullptr);
+}
+
+TEST_CASE("a segment with no slot left is an error at start, never another credential's slot") {
+    World w;
+    {
+        tokenshm::shm::SegmentSpec small;
+        small.name = w.segment;
+        small.slot_count = 1;
+        REQUIRE(tokenshm::shm::WriterSegment::create_or_attach(small));
+    }  // a previous refresher made it with room for one credential
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE_FALSE(d);
+    CHECK_THAT(d.error(), Catch::Contains("no free slot"));
+}
+
+TEST_CASE("stopping waits for the answer in flight and saves its rotated refresh token") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+    (*d)->request_stop();  // SIGTERM arrives while the answers are on their way
+    CHECK((*d)->run(-1, false) == 0);
+    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
+    std::string saved;
+    std::getline(f, saved);
+    CHECK(saved == "rt-alpha-2");
 }
