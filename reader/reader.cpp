@@ -4,8 +4,10 @@
 
 #include <time.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <limits>
 
 namespace tokenshm {
 
@@ -238,7 +240,10 @@ Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::mil
     struct timespec start {};
     ::clock_gettime(CLOCK_MONOTONIC, &start);
     const std::int64_t start_ns = std::int64_t{start.tv_sec} * 1'000'000'000 + start.tv_nsec;
-    const std::int64_t limit_ns = timeout.count() < 0 ? -1 : timeout.count() * 1'000'000;
+    // Clamped so the conversion to ns cannot overflow (about 292 years).
+    constexpr std::int64_t kMaxMs = std::numeric_limits<std::int64_t>::max() / 1'000'000;
+    const std::int64_t limit_ns =
+        timeout.count() < 0 ? -1 : std::min<std::int64_t>(timeout.count(), kMaxMs) * 1'000'000;
     for (;;) {
         // Read the futex word before the check, so a publish between the
         // check and FUTEX_WAIT changes it and the wait returns at once.

@@ -290,11 +290,18 @@ std::string lower(std::string_view s) {
 // issuer (RFC 8414 §2) no query either.
 std::string expect_url(const Value& v, const std::string& path, bool allow_query) {
     const auto url = expect_string(v, path, "an https:// URL");
+    // What messages may show of it: never user info, never a query (some
+    // endpoints carry a key there, e.g. ?code=).
+    auto shown = [&]() -> std::string {
+        if (url.find('@') != std::string_view::npos) return kind(v);
+        const auto q = url.find('?');
+        return q == std::string_view::npos ? quote(url)
+                                           : quote(url.substr(0, q)) + " (query not shown)";
+    };
     const auto scheme_end = url.find("://");
     const std::string scheme = lower(url.substr(0, scheme_end));
     if (scheme_end == std::string_view::npos || (scheme != "https" && scheme != "http")) {
-        fail(path, "expected an https:// URL, found " +
-                       (url.find('@') == std::string_view::npos ? quote(url) : kind(v)));
+        fail(path, "expected an https:// URL, found " + shown());
     }
     if (std::any_of(url.begin(), url.end(), [](char c) {
             const auto u = static_cast<unsigned char>(c);
@@ -309,7 +316,7 @@ std::string expect_url(const Value& v, const std::string& path, bool allow_query
     }
     if (url.find('#') != std::string_view::npos) fail(path, "URL must not have a fragment (#...)");
     if (!allow_query && url.find('?') != std::string_view::npos) {
-        fail(path, "an issuer URL must not have a query (?...), found " + quote(url));
+        fail(path, "an issuer URL must not have a query (?...), found " + shown());
     }
     std::string_view host = authority;
     std::string_view port;
@@ -341,13 +348,13 @@ std::string expect_url(const Value& v, const std::string& path, bool allow_query
             fail(path, "URL has an invalid host name");
         }
     }
-    if (host.empty()) fail(path, "URL has no host, found " + quote(url));
+    if (host.empty()) fail(path, "URL has no host, found " + shown());
     if (has_port) {
         const bool digits =
             !port.empty() && port.size() <= 5 &&
             std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
         const int n = digits ? std::atoi(std::string(port).c_str()) : 0;
-        if (n < 1 || n > 65535) fail(path, "URL has an invalid port, found " + quote(url));
+        if (n < 1 || n > 65535) fail(path, "URL has an invalid port, found " + shown());
     }
     if (scheme == "http") {
         const std::string h = lower(host);
@@ -355,7 +362,7 @@ std::string expect_url(const Value& v, const std::string& path, bool allow_query
             fail(path,
                  "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
                  "[::1]); use https://, found " +
-                     quote(url));
+                     shown());
         }
     }
     return std::string(url);

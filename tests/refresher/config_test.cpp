@@ -673,3 +673,16 @@ TEST_CASE("the system sources read the environment and the group database", "[co
     CHECK(sys.group_id("4242") == std::optional<gid_t>(4242));  // numeric, like chown
     CHECK_FALSE(sys.group_id("no-such-group-tokenshm-test").has_value());
 }
+
+TEST_CASE("a URL's query is never quoted in an error (it may carry a key)", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(
+        document("", credential({{"token_endpoint",
+                                  R"("https://id.example.test:99999/t?code=k3y-s3cr3t")"}},
+                                {"issuer"})),
+        sys.sources());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().rfind("credentials[0].token_endpoint: ", 0) == 0);
+    CHECK(r.error().find("k3y-s3cr3t") == std::string::npos);
+    CHECK(r.error().find("query not shown") != std::string::npos);
+}
