@@ -6,7 +6,9 @@
 // server's grant of it was never acted on) or the new one, never a torn or
 // empty file: temp file, fsync, rename, fsync of the directory. The caller
 // treats any error from save() as "not persisted": it keeps the successor in
-// memory, does not publish, and retries the save.
+// memory (the old one is spent), retries the save every second, reports it in
+// the slot's last_error, and still publishes the access token: withholding it
+// would not make the successor any safer, only let readers' token run out.
 //
 // The filesystem is passed in so every step can be made to fail in tests.
 #pragma once
