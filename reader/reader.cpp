@@ -215,17 +215,29 @@ inline Error sync(detail::HandleState& h) noexcept {
 }
 }  // namespace
 
+namespace {
+// get() within kExactWithinMs of the deadline: the exact clock decides.
+[[gnu::noinline]] Expected<Token, Error> near_deadline(
+    const detail::HandleState& h, std::chrono::milliseconds min_valid) noexcept {
+    const shm::RecordFixed& f = h.view.fixed;
+    const std::int64_t now = clock_ms(CLOCK_REALTIME);
+    if (f.expires_at_ms <= now)
+        return Unexpected{f.state == TOKENSHM_STATE_REAUTH ? Error::reauth : Error::expired};
+    if (f.expires_at_ms - now < min_valid.count()) return Unexpected{Error::expiring};
+    return make_token(h, now);
+}
+}  // namespace
+
 Expected<Token, Error> Handle::get(std::chrono::milliseconds min_valid) noexcept {
     detail::HandleState& h = *s_;
     if (const Error e = sync(h); e != Error{}) return Unexpected{e};
     const shm::RecordFixed& f = h.view.fixed;
     if (f.state == TOKENSHM_STATE_EMPTY || h.view.token.empty()) return Unexpected{Error::empty};
-    std::int64_t now = coarse_now_ms();
-    if (f.expires_at_ms - min_valid.count() - now <= kExactWithinMs) now = clock_ms(CLOCK_REALTIME);
-    if (f.expires_at_ms <= now)
-        return Unexpected{f.state == TOKENSHM_STATE_REAUTH ? Error::reauth : Error::expired};
-    if (f.expires_at_ms - now < min_valid.count()) return Unexpected{Error::expiring};
-    return make_token(h, now);
+    const std::int64_t now = coarse_now_ms();
+    // The common case in one compare: valid for min_valid and then some.
+    if (f.expires_at_ms - min_valid.count() - now > kExactWithinMs) [[likely]]
+        return make_token(h, now);
+    return near_deadline(h, min_valid);
 }
 
 Expected<Token, Error> Handle::inspect() noexcept {
