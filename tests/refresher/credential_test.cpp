@@ -60,6 +60,17 @@ struct Harness {
               },
               [jitter] { return jitter; }) {}
 
+    // A first refresh succeeds (token "at", 100 s); the next one is answered
+    // invalid_grant. Returns when that second request was made.
+    std::int64_t refresh_then_reject() {
+        REQUIRE(cred.poll(0));
+        cred.on_response(token_response("at", 100), 0);
+        const std::int64_t t = cred.published().next_refresh_ms;
+        REQUIRE(cred.poll(t));
+        cred.on_response(json_response(400, R"({"error":"invalid_grant"})"), t);
+        return t;
+    }
+
     bool body_has(const HttpRequest& r, const std::string& s) const {
         return std::string(r.body.reveal()).find(s) != std::string::npos;
     }
@@ -177,11 +188,7 @@ TEST_CASE("Retry-After is honoured") {
 TEST_CASE("a rejected grant stops all requests: reauth") {
     QuietLogs quiet;
     Harness h;
-    REQUIRE(h.cred.poll(0));
-    h.cred.on_response(token_response("at", 100), 0);
-    const std::int64_t t = h.cred.published().next_refresh_ms;
-    REQUIRE(h.cred.poll(t));
-    h.cred.on_response(json_response(400, R"({"error":"invalid_grant"})"), t);
+    const std::int64_t t = h.refresh_then_reject();
     CHECK(h.cred.published().state == RecordState::reauth);
     CHECK_THAT(h.cred.published().last_error, Catch::Contains("invalid_grant"));
     // The token is still served until it expires; no request is ever made again.
@@ -331,11 +338,7 @@ TEST_CASE("client_credentials needs no refresh token") {
 TEST_CASE("reauth with a token that then expires leaves nothing to do: no spin") {
     QuietLogs quiet;
     Harness h;
-    REQUIRE(h.cred.poll(0));
-    h.cred.on_response(token_response("at", 100), 0);
-    const std::int64_t t = h.cred.published().next_refresh_ms;
-    REQUIRE(h.cred.poll(t));
-    h.cred.on_response(json_response(400, R"({"error":"invalid_grant"})"), t);
+    (void)h.refresh_then_reject();
     REQUIRE(h.cred.published().state == RecordState::reauth);
     const std::int64_t later = 200'000;  // past expiry
     CHECK_FALSE(h.cred.poll(later));

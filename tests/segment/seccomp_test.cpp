@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdio>
+#include <optional>
 
 using namespace std::chrono_literals;
 using segtest::Child;
@@ -85,6 +86,18 @@ struct LoopReport {
     std::uint64_t last_version = 0;
 };
 
+// In a reader child, before the filter: everything that needs a syscall (open,
+// lookup, the first get). 0, or the child's exit code for what failed.
+int prepare_handle(const std::string& segment, std::optional<tokenshm::Handle>& out) {
+    auto r = tokenshm::Reader::open(segment);
+    if (!r) return 30;
+    auto h = r->lookup("c");
+    if (!h) return 31;
+    if (!h->get()) return 32;
+    out.emplace(std::move(*h));  // the handle keeps the mapping alive
+    return 0;
+}
+
 [[noreturn]] void exit_now(int code) {
     // exit_group straight away: no atexit handlers, no sanitizer finalisers.
     ::syscall(SYS_exit_group, code);
@@ -131,11 +144,8 @@ TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp
     Child reader = Child::fork([&] {
         result.close_read();
         no_core_dumps();
-        // Everything that needs a syscall happens before the filter.
-        auto r = tokenshm::Reader::open(g.name);
-        if (!r) return 30;
-        auto h = r->lookup("c");
-        if (!h) return 31;
+        std::optional<tokenshm::Handle> h;
+        if (const int rc = prepare_handle(g.name, h)) return rc;
         auto t0 = h->get();
         if (!t0) return 32;
         LoopReport rep;
@@ -223,10 +233,8 @@ TEST_CASE("negative control: one syscall after the filter kills the child by SIG
         Child child = Child::fork([&] {
             result.close_read();
             no_core_dumps();
-            auto r = tokenshm::Reader::open(g.name);
-            if (!r) return 30;
-            auto h = r->lookup("c");
-            if (!h || !h->get()) return 31;
+            std::optional<tokenshm::Handle> h;
+            if (const int rc = prepare_handle(g.name, h)) return rc;
             if (!install_filter(result.wr())) return 33;
             const char one = 'f';  // allowed: proves the filter lets the report through
             if (::write(result.wr(), &one, 1) != 1) exit_now(35);
@@ -279,11 +287,8 @@ TEST_CASE("get makes no syscall near expiry either, where it reads the exact clo
     Child reader = Child::fork([&] {
         result.close_read();
         no_core_dumps();
-        auto r = tokenshm::Reader::open(g.name);
-        if (!r) return 30;
-        auto h = r->lookup("c");
-        if (!h) return 31;
-        if (!h->get()) return 32;
+        std::optional<tokenshm::Handle> h;
+        if (const int rc = prepare_handle(g.name, h)) return rc;
         const int fd = result.wr();
         if (!install_filter(fd)) return 33;
         // ---- no syscall from here on, except the final write and exit_group.
