@@ -189,7 +189,7 @@ struct GetChanged {
     bool ready() {
         for (tokenshm::Handle& x : h) {
             const auto t = x.get();
-            if (!t || t->token.size() != bytes) return false;
+            if (!t || t->token().size() != bytes) return false;
         }
         bump(next);
         return true;
@@ -209,8 +209,8 @@ struct GetChanged {
         for (std::uint64_t& v : seen) {
             bump(0);
             const auto t = h[0].get();
-            if (!t || t->token.size() != bytes) return false;
-            v = t->version;
+            if (!t || t->token().size() != bytes) return false;
+            v = t->version();
         }
         bump(next);  // leave the slot read next one publish ahead, as ready() did
         return seen[0] != seen[1];

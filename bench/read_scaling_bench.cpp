@@ -166,9 +166,9 @@ int run_reader(const Options& o, const std::string& segment, int index, int cpu,
             for (int k = 0; k < kBatch; ++k) {
                 const auto t = handle->get();
                 if (t) [[likely]] {
-                    if (t->version != last) {
+                    if (t->version() != last) {
                         ++r.changes;
-                        last = t->version;
+                        last = t->version();
                     }
                 } else {
                     ++r.errors;

@@ -17,16 +17,13 @@ struct Segment {
     shm::ReadOnlySegment seg;
 };
 
-// Everything get() touches, laid out so the fast path (version unchanged)
-// reads one shared cache line (the slot's seq) and this struct.
-struct HandleState {
-    const std::atomic<std::uint64_t>* seq;
-    const std::atomic<std::uint32_t>* status;
+// A handle's state: get()'s fast part first (reader.hpp), then what copying
+// and waiting need.
+struct HandleState : HandleFast {
     const std::atomic<std::uint32_t>* futex;
-    const std::atomic<std::int64_t>* heartbeat;
     shm::LatchReader latch;
-    std::uint64_t cached_seq = ~std::uint64_t{0};
     std::uint32_t max_token_bytes;
+    std::size_t prefetch_bytes;  // of the last record copied; the whole record before
     shm::RecordView view{};
     std::unique_ptr<std::uint64_t[]> buf;
     std::size_t buf_words;
@@ -38,7 +35,6 @@ struct HandleState {
 
 namespace {
 
-constexpr std::int64_t kAliveWithinMs = 3000;
 constexpr int kMaxCopyAttempts = 1000;
 
 // Expiry is judged with two clocks. CLOCK_REALTIME_COARSE is always served
@@ -51,13 +47,17 @@ constexpr int kMaxCopyAttempts = 1000;
 // common one.
 constexpr std::int64_t kExactWithinMs = 2000;
 
-inline std::int64_t clock_ms(clockid_t clock) noexcept {
+// Milliseconds that a ns count can hold (about 292 years); deadlines are
+// clamped to it.
+constexpr std::int64_t kMaxMs = detail::kMaxFastMs;
+
+inline std::int64_t now_ns_of(clockid_t clock) noexcept {
     struct timespec ts;
     ::clock_gettime(clock, &ts);
-    return std::int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
+    return std::int64_t{ts.tv_sec} * 1'000'000'000 + ts.tv_nsec;
 }
-inline std::int64_t coarse_now_ms() noexcept {
-    return clock_ms(CLOCK_REALTIME_COARSE);
+inline std::int64_t coarse_now_ns() noexcept {
+    return now_ns_of(CLOCK_REALTIME_COARSE);
 }
 
 Error map_error(shm::SegmentErrc c) noexcept {
@@ -78,10 +78,36 @@ Error map_error(shm::SegmentErrc c) noexcept {
     return Error::system;
 }
 
+// Points the handle's TokenData at the record just decoded into h.view.
+void fill(detail::HandleState& h) noexcept {
+    const shm::RecordFixed& f = h.view.fixed;
+    detail::TokenData& d = h.data;
+    d.token = h.view.token;
+    d.token_type = h.view.token_type;
+    d.scope = h.view.scope;
+    d.last_error = h.view.last_error;
+    d.expires_at_ms = f.expires_at_ms;
+    d.issued_at_ms = f.issued_at_ms;
+    d.next_refresh_ms = f.next_refresh_ms;
+    d.last_attempt_ms = f.last_attempt_ms;
+    d.version = f.version;
+    d.state = static_cast<State>(f.state);
+    d.failures = f.failures;
+    // Clamped into [0, kMaxMs] ms whatever the record says, so get()'s fast
+    // compare cannot overflow; 0 sends every get() to the slow path.
+    const bool token = f.state != TOKENSHM_STATE_EMPTY && !h.view.token.empty();
+    const std::int64_t until_ms =
+        f.expires_at_ms < kExactWithinMs ? 0 : std::min(f.expires_at_ms - kExactWithinMs, kMaxMs);
+    h.fast_until_ns = token ? until_ms * 1'000'000 : 0;
+}
+
 // Copies the record published as `s` (or a later one) into the handle.
 Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
     for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
+        // Records of a credential keep about the same size: fetch as much as
+        // the last one had, and the payload loads need not wait for its length.
+        h.latch.prefetch(s, h.prefetch_bytes);
         h.latch.load(s, h.buf.get(), 0, kFixedWords);
         // Only the lengths, each at its own width: a memcpy of the whole fixed
         // part loads 16 bytes across two of the 8-byte stores just made, which
@@ -102,6 +128,8 @@ Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
                 return Error::incompatible;
             }
             h.cached_seq = s;
+            h.prefetch_bytes = (kFixedWords + payload_words) * 8;
+            fill(h);
             return Error{};
         }
         s = h.latch.current();
@@ -175,7 +203,8 @@ const char* to_string(State s) noexcept {
 
 // ------------------------------------------------------------------ Handle
 
-Handle::Handle(std::unique_ptr<detail::HandleState> s) noexcept : s_(std::move(s)) {}
+Handle::Handle(std::unique_ptr<detail::HandleState> s) noexcept
+    : s_(std::move(s)), fast_(s_.get()) {}
 Handle::Handle(Handle&&) noexcept = default;
 Handle& Handle::operator=(Handle&&) noexcept = default;
 Handle::~Handle() = default;
@@ -185,25 +214,6 @@ const std::string& Handle::name() const noexcept {
 }
 
 namespace {
-Token make_token(const detail::HandleState& h, std::int64_t now) noexcept {
-    const shm::RecordFixed& f = h.view.fixed;
-    Token t;
-    t.token = h.view.token;
-    t.token_type = h.view.token_type;
-    t.scope = h.view.scope;
-    t.last_error = h.view.last_error;
-    t.expires_at_ms = f.expires_at_ms;
-    t.issued_at_ms = f.issued_at_ms;
-    t.next_refresh_ms = f.next_refresh_ms;
-    t.last_attempt_ms = f.last_attempt_ms;
-    t.version = f.version;
-    t.state = static_cast<State>(f.state);
-    t.failures = f.failures;
-    t.heartbeat_age_ms = now - h.heartbeat->load(std::memory_order_relaxed);
-    t.writer_alive = t.heartbeat_age_ms < kAliveWithinMs;
-    return t;
-}
-
 // Brings the handle's copy up to date: a no-op (one atomic load) when the
 // slot's sequence has not moved since the last copy.
 inline Error sync(detail::HandleState& h) noexcept {
@@ -213,37 +223,43 @@ inline Error sync(detail::HandleState& h) noexcept {
     if (s != h.cached_seq) return copy_record(h, s);
     return Error{};
 }
-}  // namespace
 
-namespace {
-// get() within kExactWithinMs of the deadline: the exact clock decides.
-[[gnu::noinline]] Expected<Token, Error> near_deadline(
-    const detail::HandleState& h, std::chrono::milliseconds min_valid) noexcept {
-    const shm::RecordFixed& f = h.view.fixed;
-    const std::int64_t now = clock_ms(CLOCK_REALTIME);
-    if (f.expires_at_ms <= now)
-        return Unexpected{f.state == TOKENSHM_STATE_REAUTH ? Error::reauth : Error::expired};
-    if (f.expires_at_ms - now < min_valid.count()) return Unexpected{Error::expiring};
-    return make_token(h, now);
+// get() off its fast path: a new version to copy, no token, an unusual
+// min_valid, or a deadline near enough that the exact clock must decide.
+// Returns Error{} when the copy is a token valid for `min_valid_ms` more;
+// `now_ns` is then the time it was judged at.
+Error check_slow(detail::HandleState& h, std::int64_t min_valid_ms, std::int64_t& now_ns) noexcept {
+    if (const Error e = sync(h); e != Error{}) return e;
+    const detail::TokenData& d = h.data;
+    if (d.state == State::empty || d.token.empty()) return Error::empty;
+    // A negative min_valid asks for nothing, never for an expired token.
+    const std::int64_t need = std::max<std::int64_t>(min_valid_ms, 0);
+    now_ns = coarse_now_ns();
+    std::int64_t now_ms = now_ns / 1'000'000;
+    // Differences are taken only when expires_at_ms > now_ms >= 0, so none
+    // can overflow whatever the record holds.
+    if (d.expires_at_ms > now_ms && d.expires_at_ms - now_ms - kExactWithinMs > need)
+        return Error{};
+    now_ns = now_ns_of(CLOCK_REALTIME);
+    now_ms = now_ns / 1'000'000;
+    if (d.expires_at_ms <= now_ms) return d.state == State::reauth ? Error::reauth : Error::expired;
+    if (d.expires_at_ms - now_ms < need) return Error::expiring;
+    return Error{};
 }
 }  // namespace
 
-Expected<Token, Error> Handle::get(std::chrono::milliseconds min_valid) noexcept {
+Expected<Token, Error> Handle::get_slow(std::chrono::milliseconds min_valid) noexcept {
     detail::HandleState& h = *s_;
-    if (const Error e = sync(h); e != Error{}) return Unexpected{e};
-    const shm::RecordFixed& f = h.view.fixed;
-    if (f.state == TOKENSHM_STATE_EMPTY || h.view.token.empty()) return Unexpected{Error::empty};
-    const std::int64_t now = coarse_now_ms();
-    // The common case in one compare: valid for min_valid and then some.
-    if (f.expires_at_ms - min_valid.count() - now > kExactWithinMs) [[likely]]
-        return make_token(h, now);
-    return near_deadline(h, min_valid);
+    std::int64_t now_ns = 0;
+    if (const Error e = check_slow(h, min_valid.count(), now_ns); e != Error{})
+        return Unexpected{e};
+    return Token(&h.data, now_ns);
 }
 
 Expected<Token, Error> Handle::inspect() noexcept {
     detail::HandleState& h = *s_;
     if (const Error e = sync(h); e != Error{}) return Unexpected{e};
-    return make_token(h, coarse_now_ms());
+    return Token(&h.data, coarse_now_ns());
 }
 
 Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::milliseconds timeout,
@@ -261,7 +277,7 @@ Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::mil
         // check and FUTEX_WAIT changes it and the wait returns at once.
         const std::uint32_t f = h.futex->load(std::memory_order_acquire);
         if (const Error e = sync(h); e != Error{}) return Unexpected{e};
-        if (h.view.fixed.version > seen_version) return get(min_valid);
+        if (h.data.version > seen_version) return get(min_valid);
         std::int64_t left_ns = -1;
         if (limit_ns >= 0) {
             struct timespec now {};
@@ -302,12 +318,13 @@ Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
     h->seq = &slot->seq;
     h->status = &slot->status;
     h->futex = &slot->futex;
-    h->heartbeat = &seg.header().heartbeat_ms;
+    h->data.heartbeat_ms = &seg.header().heartbeat_ms;
     h->latch = shm::LatchReader{
         &slot->seq,
         {shm::copy_at(slot, g.record_size(), 0), shm::copy_at(slot, g.record_size(), 1)}};
     h->max_token_bytes = g.max_token_bytes;
     h->buf_words = g.record_size() / 8;
+    h->prefetch_bytes = g.record_size();
     h->buf = std::make_unique<std::uint64_t[]>(h->buf_words);
     h->seg = seg_;
     h->name = std::string(credential);

@@ -20,23 +20,23 @@ tokenshm_error c_error(tokenshm::Error e) noexcept {
 }
 
 void fill(const tokenshm::Token& t, tokenshm_token* out) noexcept {
-    out->token = t.token.data();
-    out->token_len = t.token.size();
-    out->token_type = t.token_type.data();
-    out->token_type_len = t.token_type.size();
-    out->scope = t.scope.data();
-    out->scope_len = t.scope.size();
-    out->last_error = t.last_error.data();
-    out->last_error_len = t.last_error.size();
-    out->expires_at_ms = t.expires_at_ms;
-    out->issued_at_ms = t.issued_at_ms;
-    out->next_refresh_ms = t.next_refresh_ms;
-    out->last_attempt_ms = t.last_attempt_ms;
-    out->version = t.version;
-    out->state = static_cast<std::uint32_t>(t.state);
-    out->failures = t.failures;
-    out->heartbeat_age_ms = t.heartbeat_age_ms;
-    out->writer_alive = t.writer_alive ? 1 : 0;
+    out->token = t.token().data();
+    out->token_len = t.token().size();
+    out->token_type = t.token_type().data();
+    out->token_type_len = t.token_type().size();
+    out->scope = t.scope().data();
+    out->scope_len = t.scope().size();
+    out->last_error = t.last_error().data();
+    out->last_error_len = t.last_error().size();
+    out->expires_at_ms = t.expires_at_ms();
+    out->issued_at_ms = t.issued_at_ms();
+    out->next_refresh_ms = t.next_refresh_ms();
+    out->last_attempt_ms = t.last_attempt_ms();
+    out->version = t.version();
+    out->state = static_cast<std::uint32_t>(t.state());
+    out->failures = t.failures();
+    out->heartbeat_age_ms = t.heartbeat_age_ms();
+    out->writer_alive = t.writer_alive() ? 1 : 0;
     out->reserved = 0;
 }
 
@@ -115,10 +115,10 @@ tokenshm_error tokenshm_get_into(tokenshm_handle* handle, int64_t min_valid_ms, 
     if (handle == nullptr || buf == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
     auto t = handle->handle.get(std::chrono::milliseconds(min_valid_ms));
     if (!t) return c_error(t.error());
-    if (token_len != nullptr) *token_len = t->token.size();
-    if (t->token.size() >= cap) return TOKENSHM_ERR_BUFFER_TOO_SMALL;
-    std::memcpy(buf, t->token.data(), t->token.size());
-    buf[t->token.size()] = '\0';
+    if (token_len != nullptr) *token_len = t->token().size();
+    if (t->token().size() >= cap) return TOKENSHM_ERR_BUFFER_TOO_SMALL;
+    std::memcpy(buf, t->token().data(), t->token().size());
+    buf[t->token().size()] = '\0';
     if (meta != nullptr) fill(*t, meta);
     return TOKENSHM_OK;
 }

@@ -186,7 +186,7 @@ int cmd_get(const std::vector<std::string_view>& args) {
             break;
         const std::int64_t left = *deadline - now_ms();
         if (left <= 0) break;
-        if (auto rec = handle->inspect()) seen = rec->version;
+        if (auto rec = handle->inspect()) seen = rec->version();
         tok = handle->wait(seen, std::chrono::milliseconds(left), min_valid);
         if (!tok && tok.error() == Error::timeout) {
             tok = handle->get(min_valid);
@@ -197,19 +197,20 @@ int cmd_get(const std::vector<std::string_view>& args) {
         std::string msg = "'" + *name + "': " + tokenshm::to_string(tok.error());
         if (auto rec = handle->inspect(); rec) {
             if (tok.error() == Error::expiring)
-                msg += " (expires in " + human_duration(rec->expires_at_ms - now_ms()) +
+                msg += " (expires in " + human_duration(rec->expires_at_ms() - now_ms()) +
                        ", wanted " + human_duration(min_valid.count()) + ")";
-            if (!rec->last_error.empty()) msg += "; last error: " + std::string(rec->last_error);
+            if (!rec->last_error().empty())
+                msg += "; last error: " + std::string(rec->last_error());
         }
         return fail(tokenshm::exit_code(tok.error()), msg);
     }
     std::string out;
     if (header) {
         out = "Authorization: ";
-        out += tok->token_type.empty() ? std::string_view("Bearer") : tok->token_type;
+        out += tok->token_type().empty() ? std::string_view("Bearer") : tok->token_type();
         out += ' ';
     }
-    out += tok->token;
+    out += tok->token();
     out += '\n';
     if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0)
         return fail(1, std::string("writing to stdout: ") + std::strerror(errno));
@@ -273,22 +274,22 @@ int cmd_status(const std::vector<std::string_view>& args) {
                 continue;
             }
             const tokenshm::Token& t = *r.rec;
-            const char* state = tokenshm::to_string(t.state);
-            if (t.state != tokenshm::State::empty && t.expires_at_ms <= now &&
-                t.state != tokenshm::State::reauth)
+            const char* state = tokenshm::to_string(t.state());
+            if (t.state() != tokenshm::State::empty && t.expires_at_ms() <= now &&
+                t.state() != tokenshm::State::reauth)
                 state = "expired";
             o += ",\"state\":\"" + std::string(state) + "\"";
-            o += ",\"version\":" + std::to_string(t.version);
-            o += ",\"expires_at_ms\":" + std::to_string(t.expires_at_ms);
+            o += ",\"version\":" + std::to_string(t.version());
+            o += ",\"expires_at_ms\":" + std::to_string(t.expires_at_ms());
             o += ",\"expires_in_ms\":" +
-                 std::to_string(t.state == tokenshm::State::empty ? 0 : t.expires_at_ms - now);
-            o += ",\"issued_at_ms\":" + std::to_string(t.issued_at_ms);
-            o += ",\"next_refresh_ms\":" + std::to_string(t.next_refresh_ms);
-            o += ",\"last_attempt_ms\":" + std::to_string(t.last_attempt_ms);
-            o += ",\"failures\":" + std::to_string(t.failures);
-            o += ",\"token_type\":\"" + json_escape(t.token_type) + "\"";
-            o += ",\"scope\":\"" + json_escape(t.scope) + "\"";
-            o += ",\"last_error\":\"" + json_escape(t.last_error) + "\"}";
+                 std::to_string(t.state() == tokenshm::State::empty ? 0 : t.expires_at_ms() - now);
+            o += ",\"issued_at_ms\":" + std::to_string(t.issued_at_ms());
+            o += ",\"next_refresh_ms\":" + std::to_string(t.next_refresh_ms());
+            o += ",\"last_attempt_ms\":" + std::to_string(t.last_attempt_ms());
+            o += ",\"failures\":" + std::to_string(t.failures());
+            o += ",\"token_type\":\"" + json_escape(t.token_type()) + "\"";
+            o += ",\"scope\":\"" + json_escape(t.scope()) + "\"";
+            o += ",\"last_error\":\"" + json_escape(t.last_error()) + "\"}";
         }
         o += "]}\n";
         std::fputs(o.c_str(), stdout);
@@ -307,19 +308,19 @@ int cmd_status(const std::vector<std::string_view>& args) {
             continue;
         }
         const tokenshm::Token& t = *r.rec;
-        const bool has_token = t.state != tokenshm::State::empty;
-        const char* state = tokenshm::to_string(t.state);
-        if (has_token && t.expires_at_ms <= now && t.state != tokenshm::State::reauth)
+        const bool has_token = t.state() != tokenshm::State::empty;
+        const char* state = tokenshm::to_string(t.state());
+        if (has_token && t.expires_at_ms() <= now && t.state() != tokenshm::State::reauth)
             state = "expired";
-        const std::string expires = has_token ? human_duration(t.expires_at_ms - now) : "-";
+        const std::string expires = has_token ? human_duration(t.expires_at_ms() - now) : "-";
         const std::string last =
-            t.issued_at_ms > 0 ? human_duration(now - t.issued_at_ms) + " ago" : "-";
+            t.issued_at_ms() > 0 ? human_duration(now - t.issued_at_ms()) + " ago" : "-";
         const std::string next =
-            t.next_refresh_ms > 0 ? "in " + human_duration(t.next_refresh_ms - now) : "-";
+            t.next_refresh_ms() > 0 ? "in " + human_duration(t.next_refresh_ms() - now) : "-";
         std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(), state,
-                    expires.c_str(), static_cast<unsigned long long>(t.version), last.c_str(),
-                    t.failures, next.c_str(),
-                    t.last_error.empty() ? "-" : std::string(t.last_error).c_str());
+                    expires.c_str(), static_cast<unsigned long long>(t.version()), last.c_str(),
+                    t.failures(), next.c_str(),
+                    t.last_error().empty() ? "-" : std::string(t.last_error()).c_str());
     }
     return 0;
 }
@@ -384,20 +385,20 @@ int cmd_watch(const std::vector<std::string_view>& args) {
         first = false;
         auto rec = handle->inspect();
         if (!rec) return fail(tokenshm::exit_code(rec.error()), tokenshm::to_string(rec.error()));
-        if (rec->version <= seen && printed > 0) continue;
-        seen = rec->version;
+        if (rec->version() <= seen && printed > 0) continue;
+        seen = rec->version();
         const std::int64_t now = now_ms();
-        const char* state = tokenshm::to_string(rec->state);
-        if (rec->state != tokenshm::State::empty && rec->expires_at_ms <= now &&
-            rec->state != tokenshm::State::reauth)
+        const char* state = tokenshm::to_string(rec->state());
+        if (rec->state() != tokenshm::State::empty && rec->expires_at_ms() <= now &&
+            rec->state() != tokenshm::State::reauth)
             state = "expired";
-        std::string line = utc_now() + " " + *name + " version=" + std::to_string(rec->version) +
+        std::string line = utc_now() + " " + *name + " version=" + std::to_string(rec->version()) +
                            " state=" + state;
-        if (rec->state != tokenshm::State::empty)
-            line += " expires_in=" + human_duration(rec->expires_at_ms - now);
-        line += " failures=" + std::to_string(rec->failures);
-        if (!rec->last_error.empty())
-            line += " last_error=\"" + json_escape(rec->last_error) + "\"";
+        if (rec->state() != tokenshm::State::empty)
+            line += " expires_in=" + human_duration(rec->expires_at_ms() - now);
+        line += " failures=" + std::to_string(rec->failures());
+        if (!rec->last_error().empty())
+            line += " last_error=\"" + json_escape(rec->last_error()) + "\"";
         line += '\n';
         if (std::fputs(line.c_str(), stdout) < 0 || std::fflush(stdout) != 0)
             return fail(1, std::string("writing to stdout: ") + std::strerror(errno));

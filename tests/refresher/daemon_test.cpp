@@ -116,18 +116,28 @@ struct World {
     DaemonDeps deps() {
         return DaemonDeps{&transport, fsys, [this] { return now; }, [] { return 0.5; }};
     }
-    tokenshm::Expected<tokenshm::Token, tokenshm::Error> read(const std::string& name) {
+    // An owned copy of what the slot's Token shows: the handle that read it
+    // is gone when read() returns, and a Token is a view into its handle.
+    struct Snap {
+        std::string token_;
+        std::int64_t issued_at_ms_, next_refresh_ms_;
+        std::uint64_t version_;
+        tokenshm::State state_;
+        std::string_view token() const { return token_; }
+        std::int64_t issued_at_ms() const { return issued_at_ms_; }
+        std::int64_t next_refresh_ms() const { return next_refresh_ms_; }
+        std::uint64_t version() const { return version_; }
+        tokenshm::State state() const { return state_; }
+    };
+    tokenshm::Expected<Snap, tokenshm::Error> read(const std::string& name) {
         auto r = tokenshm::Reader::open(segment);
         REQUIRE(r);
         auto h = r->lookup(name);
         if (!h) return tokenshm::Unexpected{h.error().code};
         auto t = h->inspect();
-        if (!t) return t;
-        // Copy out of the handle before it goes away.
-        static thread_local std::string keep;
-        keep = std::string(t->token);
-        t->token = keep;
-        return t;
+        if (!t) return tokenshm::Unexpected{t.error()};
+        return Snap{std::string(t->token()), t->issued_at_ms(), t->next_refresh_ms(), t->version(),
+                    t->state()};
     }
 };
 
@@ -143,9 +153,9 @@ TEST_CASE("credentials refresh concurrently: a slow server never delays another"
     (*d)->step(std::chrono::milliseconds(0));
     auto beta = w.read("beta");
     REQUIRE(beta);
-    CHECK(beta->token == "at-beta-1");
-    CHECK(beta->state == tokenshm::State::valid);
-    CHECK(w.read("alpha")->state == tokenshm::State::empty);  // alpha's server is still silent
+    CHECK(beta->token() == "at-beta-1");
+    CHECK(beta->state() == tokenshm::State::valid);
+    CHECK(w.read("alpha")->state() == tokenshm::State::empty);  // alpha's server is still silent
 }
 
 TEST_CASE("a rotated refresh token is on disk before the access token is published") {
@@ -157,7 +167,7 @@ TEST_CASE("a rotated refresh token is on disk before the access token is publish
         std::vector<std::string> seen_at_rename;
         FsResult<Done> rename(const std::string& from, const std::string& to) override {
             auto t = w->read("alpha");
-            seen_at_rename.push_back(t ? std::string(t->token) : "<none>");
+            seen_at_rename.push_back(t ? std::string(t->token()) : "<none>");
             return PosixFileSystem::rename(from, to);
         }
     } spy;
@@ -171,7 +181,7 @@ TEST_CASE("a rotated refresh token is on disk before the access token is publish
     (*d)->step(std::chrono::milliseconds(0));
     REQUIRE(spy.seen_at_rename.size() == 1);
     CHECK(spy.seen_at_rename[0] == "");  // nothing published yet when the token hit the disk
-    CHECK(w.read("alpha")->token == "at-alpha-1");
+    CHECK(w.read("alpha")->token() == "at-alpha-1");
 
     std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
     std::string saved;
@@ -193,7 +203,7 @@ TEST_CASE(
         REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
         REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
         (*d)->step(std::chrono::milliseconds(0));
-        version = w.read("alpha")->version;
+        version = w.read("alpha")->version();
         CHECK(version >= 2);
     }  // the first refresher dies; the segment stays
     w.transport.pending.clear();
@@ -204,12 +214,12 @@ TEST_CASE(
     REQUIRE(d);
     auto alpha = w.read("alpha");
     REQUIRE(alpha);
-    CHECK(alpha->token == "at-alpha-1");  // served at once, no request needed
-    CHECK(alpha->version > version);
+    CHECK(alpha->token() == "at-alpha-1");  // served at once, no request needed
+    CHECK(alpha->version() > version);
     (*d)->step(std::chrono::milliseconds(0));
     CHECK(w.transport.started == 0);  // nothing is due yet
 
-    w.now = alpha->next_refresh_ms;
+    w.now = alpha->next_refresh_ms();
     (*d)->step(std::chrono::milliseconds(0));
     const std::string body = w.transport.body_for("alpha");
     CHECK(body.find("refresh_token=rt-alpha-2") != std::string::npos);  // the persisted successor
@@ -237,13 +247,13 @@ TEST_CASE("reload: added credentials get slots, removed ones go, unchanged ones 
     CHECK_FALSE(w.read("alpha"));
     CHECK(w.read("alpha").error() == tokenshm::Error::no_such_credential);
     const auto beta_after = *w.read("beta");
-    CHECK(beta_after.version == beta_before.version);
-    CHECK(beta_after.issued_at_ms == beta_before.issued_at_ms);
+    CHECK(beta_after.version() == beta_before.version());
+    CHECK(beta_after.issued_at_ms() == beta_before.issued_at_ms());
     CHECK(w.transport.body_for("beta").empty());  // no request for the unchanged one
     CHECK(w.transport.body_for("gamma").find("grant_type=client_credentials") != std::string::npos);
     REQUIRE(w.transport.answer("gamma", token("at-gamma-1", 600)));
     (*d)->step(std::chrono::milliseconds(0));
-    CHECK(w.read("gamma")->token == "at-gamma-1");
+    CHECK(w.read("gamma")->token() == "at-gamma-1");
 }
 
 TEST_CASE("a segment unlinked under the refresher is recreated, versions continuing") {
@@ -260,8 +270,8 @@ TEST_CASE("a segment unlinked under the refresher is recreated, versions continu
     (*d)->step(std::chrono::milliseconds(0));
     auto after = w.read("alpha");
     REQUIRE(after);
-    CHECK(after->token == "at-alpha-1");
-    CHECK(after->version > before.version);
+    CHECK(after->token() == "at-alpha-1");
+    CHECK(after->version() > before.version());
 }
 
 TEST_CASE("a second daemon on the same segment is refused, naming the first one's pid") {
@@ -284,7 +294,7 @@ TEST_CASE(
     const fs::path state = fs::path(w.cfg.state_dir) / "alpha.refresh_token";
     REQUIRE(fs::exists(state));
 
-    w.now = w.read("alpha")->next_refresh_ms;
+    w.now = w.read("alpha")->next_refresh_ms();
     (*d)->step(std::chrono::milliseconds(0));
     HttpResponse rejected;
     rejected.outcome = HttpResponse::Outcome::response;
@@ -292,7 +302,7 @@ TEST_CASE(
     rejected.body = R"({"error":"invalid_grant","error_description":"grant request is invalid"})";
     REQUIRE(w.transport.answer("alpha", rejected));
     (*d)->step(std::chrono::milliseconds(0));
-    CHECK(w.read("alpha")->state == tokenshm::State::reauth);
+    CHECK(w.read("alpha")->state() == tokenshm::State::reauth);
     CHECK_FALSE(fs::exists(state));
     CHECK(fs::exists(state.string() + ".rejected"));
     w.now += 60'000;
@@ -327,7 +337,7 @@ TEST_CASE("killed between persisting a rotated refresh token and publishing: not
         (*d)->step(std::chrono::milliseconds(0));
         w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2"));
         (*d)->step(std::chrono::milliseconds(0));
-        w.now = w.read("alpha")->next_refresh_ms;
+        w.now = w.read("alpha")->next_refresh_ms();
         (*d)->step(std::chrono::milliseconds(0));
         w.transport.answer("alpha", token("at-alpha-2", 600, "rt-alpha-3"));
         (*d)->step(std::chrono::milliseconds(0));
@@ -341,14 +351,14 @@ TEST_CASE("killed between persisting a rotated refresh token and publishing: not
     // Readers still have the last complete record.
     auto before = w.read("alpha");
     REQUIRE(before);
-    CHECK(before->token == "at-alpha-1");
-    CHECK(before->state == tokenshm::State::valid);
+    CHECK(before->token() == "at-alpha-1");
+    CHECK(before->state() == tokenshm::State::valid);
 
     // A new refresher serves it and refreshes with the successor that reached the disk.
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE(d);
-    CHECK(w.read("alpha")->token == "at-alpha-1");
-    w.now = w.read("alpha")->next_refresh_ms;
+    CHECK(w.read("alpha")->token() == "at-alpha-1");
+    w.now = w.read("alpha")->next_refresh_ms();
     (*d)->step(std::chrono::milliseconds(0));
     const std::string body = w.transport.body_for("alpha");
     CHECK(body.find("refresh_token=rt-alpha-3") != std::string::npos);

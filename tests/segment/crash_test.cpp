@@ -76,7 +76,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
     {
         auto t = h->get();
         REQUIRE(t);
-        CHECK(t->version == 1);
+        CHECK(t->version() == 1);
         CHECK(segtest::verify_synth(segtest::observed(*t), kCap) == nullptr);
         const auto ws = reader->writer();
         CHECK(ws.pid == writer.pid());
@@ -110,7 +110,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         // Refusing changed nothing.
         auto t = h->get();
         REQUIRE(t);
-        CHECK(t->version == 1);
+        CHECK(t->version() == 1);
     }
 
     SECTION("after SIGKILL: same record at once, then a new writer re-attaches") {
@@ -121,7 +121,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
 
         auto t = h->get();  // the cached handle
         REQUIRE(t);
-        CHECK(t->version == 1);
+        CHECK(t->version() == 1);
         CHECK(segtest::verify_synth(segtest::observed(*t), kCap) == nullptr);
         auto fresh_reader = tokenshm::Reader::open(g.name);  // and a new one
         REQUIRE(fresh_reader);
@@ -129,7 +129,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         REQUIRE(h2);
         auto t2 = h2->get();
         REQUIRE(t2);
-        CHECK(t2->version == 1);
+        CHECK(t2->version() == 1);
         CHECK(segtest::verify_synth(segtest::observed(*t2), kCap) == nullptr);
         CHECK_FALSE(reader->writer().lock_held);
 
@@ -152,7 +152,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         REQUIRE(w->publish(*slot, rec.rec) == shm::EncodeError::ok);
         auto t3 = h->get();
         REQUIRE(t3);
-        CHECK(t3->version == 2);
+        CHECK(t3->version() == 2);
         CHECK(segtest::verify_synth(segtest::observed(*t3), kCap) == nullptr);
         const auto ws = reader->writer();
         CHECK(ws.pid == ::getpid());
@@ -225,8 +225,8 @@ TEST_CASE("writers killed at random points: every restart finds a complete recor
         auto t = h->get();
         REQUIRE(t);
         CHECK(segtest::verify_synth(segtest::observed(*t), kCap) == nullptr);
-        CHECK(t->version > last_seen);  // the writer published at least once
-        total_publishes += t->version - last_seen;
+        CHECK(t->version() > last_seen);  // the writer published at least once
+        total_publishes += t->version() - last_seen;
 
         // Was the other copy being written (or written but not yet published)?
         RawSegment raw(g.name);
@@ -235,8 +235,8 @@ TEST_CASE("writers killed at random points: every restart finds a complete recor
         const auto seq = raw.get<std::uint64_t>(TOKENSHM_HEADER_SIZE + TOKENSHM_SLOT_SEQ);
         const std::size_t other =
             TOKENSHM_HEADER_SIZE + TOKENSHM_SLOT_COPIES + ((seq + 1) & 1) * geo.record_size();
-        if (raw.get<std::uint64_t>(other + TOKENSHM_REC_VERSION) > t->version) ++partial_copies;
-        last_seen = t->version;
+        if (raw.get<std::uint64_t>(other + TOKENSHM_REC_VERSION) > t->version()) ++partial_copies;
+        last_seen = t->version();
     }
     std::printf("crash: %d kills, %llu publishes, %d kills left an unpublished copy behind\n",
                 kRounds, static_cast<unsigned long long>(total_publishes), partial_copies);
@@ -256,5 +256,5 @@ TEST_CASE("writers killed at random points: every restart finds a complete recor
     REQUIRE(h);
     auto t = h->get();
     REQUIRE(t);
-    CHECK(t->version == last_seen + 1);
+    CHECK(t->version() == last_seen + 1);
 }

@@ -379,7 +379,7 @@ TEST_CASE("corrupt records: lengths beyond their caps are incompatible from get"
         CHECK(h->get().error() == Error::empty);
         auto rec = h->inspect();
         REQUIRE(rec);
-        CHECK(rec->version >= 2);
+        CHECK(rec->version() >= 2);
     }
 }
 
@@ -479,7 +479,7 @@ TEST_CASE("owner: another uid is untrusted unless TOKENSHM_TRUSTED_UID names it"
         REQUIRE(h);
         auto t = h->get();
         REQUIRE(t);
-        CHECK(t->token == "tok-of-nobody");
+        CHECK(t->token() == "tok-of-nobody");
         o.trusted_uid = nobody_uid - 1;
         CHECK(open_error(g.name, "", o) == Error::untrusted);
     }

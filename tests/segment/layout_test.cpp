@@ -232,10 +232,10 @@ TEST_CASE("a real segment puts every field where the C header says") {
         REQUIRE(h);
         auto t = h->inspect();
         REQUIRE(t);
-        CHECK(t->version == 42);
-        CHECK(t->token == "token-number-42");
-        CHECK(t->state == tokenshm::State::stale);
-        CHECK(t->last_error == "HTTP 503");
+        CHECK(t->version() == 42);
+        CHECK(t->token() == "token-number-42");
+        CHECK(t->state() == tokenshm::State::stale);
+        CHECK(t->last_error() == "HTTP 503");
     }
 }
 

@@ -8,6 +8,7 @@
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <limits>
 #include <string>
 #include <thread>
 
@@ -72,22 +73,22 @@ TEST_CASE("a published token reads back with its record") {
     REQUIRE(w->publish(*slot, valid_record(1, "tok-one", 60'000)) == shm::EncodeError::ok);
     auto t = h->get();
     REQUIRE(t);
-    CHECK(t->token == "tok-one");
-    CHECK(t->token_type == "Bearer");
-    CHECK(t->scope == "files.write");
-    CHECK(t->version == 1);
-    CHECK(t->state == tokenshm::State::valid);
-    CHECK(t->writer_alive);
+    CHECK(t->token() == "tok-one");
+    CHECK(t->token_type() == "Bearer");
+    CHECK(t->scope() == "files.write");
+    CHECK(t->version() == 1);
+    CHECK(t->state() == tokenshm::State::valid);
+    CHECK(t->writer_alive());
 
     // The cached copy is served until the version moves, then the new one.
     auto again = h->get();
     REQUIRE(again);
-    CHECK(again->token.data() == t->token.data());
+    CHECK(again->token().data() == t->token().data());
     REQUIRE(w->publish(*slot, valid_record(2, "tok-two-longer", 60'000)) == shm::EncodeError::ok);
     auto t2 = h->get();
     REQUIRE(t2);
-    CHECK(t2->token == "tok-two-longer");
-    CHECK(t2->version == 2);
+    CHECK(t2->token() == "tok-two-longer");
+    CHECK(t2->version() == 2);
 }
 
 TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
@@ -113,11 +114,82 @@ TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
     REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
     auto still = h.get();  // not expired: served, the state travels with it
     REQUIRE(still);
-    CHECK(still->state == tokenshm::State::reauth);
+    CHECK(still->state() == tokenshm::State::reauth);
     reauth.version = 4;
     reauth.expires_at_ms = now_ms() - 1;
     REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
     CHECK(h.get().error() == Error::reauth);
+}
+
+TEST_CASE("min_valid out of range and absurd deadlines never return an expired token") {
+    SegmentGuard g{unique_segment("edge")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto slot = *w->claim("c");
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    auto h = *r->lookup("c");
+    constexpr auto kI64Max = std::numeric_limits<std::int64_t>::max();
+    constexpr auto kI64Min = std::numeric_limits<std::int64_t>::min();
+
+    // Expired a second ago: a negative min_valid asks for nothing extra, it
+    // does not buy back the second.
+    REQUIRE(w->publish(slot, valid_record(1, "t", -1000)) == shm::EncodeError::ok);
+    CHECK(h.get(-10s).error() == Error::expired);
+    CHECK(h.get(std::chrono::milliseconds(kI64Min)).error() == Error::expired);
+
+    // Valid for a minute: served on the fast path and the slow one alike.
+    REQUIRE(w->publish(slot, valid_record(2, "t", 60'000)) == shm::EncodeError::ok);
+    CHECK(h.get(-10s));
+    CHECK(h.get(std::chrono::milliseconds(kI64Min)));
+    CHECK(h.get(59s));
+    CHECK(h.get(61s).error() == Error::expiring);
+    CHECK(h.get(std::chrono::milliseconds(kI64Max)).error() == Error::expiring);
+
+    // Deadlines at the ends of int64 (a corrupt or hostile record): no
+    // overflow (UBSan runs this), and the answers follow the numbers.
+    auto rec = valid_record(3, "t", 0);
+    rec.expires_at_ms = kI64Max;
+    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+    CHECK(h.get());
+    CHECK(h.get(std::chrono::hours(24 * 365 * 100)));
+    CHECK(h.get(std::chrono::milliseconds(kI64Max)).error() == Error::expiring);
+    rec.version = 4;
+    rec.expires_at_ms = kI64Min;
+    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+    CHECK(h.get().error() == Error::expired);
+    CHECK(h.get(std::chrono::milliseconds(kI64Min)).error() == Error::expired);
+}
+
+TEST_CASE("a Token is a view of its handle's copy") {
+    SegmentGuard g{unique_segment("view")};
+    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
+    REQUIRE(w);
+    auto slot = *w->claim("c");
+    auto r = tokenshm::Reader::open(g.name);
+    REQUIRE(r);
+    auto h = *r->lookup("c");
+    REQUIRE(w->publish(slot, valid_record(1, "first", 60'000)) == shm::EncodeError::ok);
+    auto t1 = h.get();
+    REQUIRE(t1);
+    // Unchanged version: the same copy, not a new one.
+    auto t1b = h.get();
+    REQUIRE(t1b);
+    CHECK(t1b->token().data() == t1->token().data());
+    CHECK(t1b->version() == 1);
+    // A later get() that copies a new version is what the earlier Token shows
+    // from then on: it is valid until the next call on the handle, as documented.
+    REQUIRE(w->publish(slot, valid_record(2, "second", 60'000)) == shm::EncodeError::ok);
+    auto t2 = h.get();
+    REQUIRE(t2);
+    CHECK(t2->token() == "second");
+    CHECK(t2->version() == 2);
+    // Another handle on the same slot keeps its own copy.
+    auto h2 = *r->lookup("c");
+    auto u = h2.get();
+    REQUIRE(u);
+    CHECK(u->token().data() != t2->token().data());
+    CHECK(u->token() == t2->token());
 }
 
 TEST_CASE("lookup and removed slots") {
@@ -179,8 +251,8 @@ TEST_CASE("wait wakes on publish and times out on time") {
     auto t = h.wait(0, 10s);
     writer.join();
     REQUIRE(t);
-    CHECK(t->version == 7);
-    CHECK(t->token == "woken");
+    CHECK(t->version() == 7);
+    CHECK(t->token() == "woken");
     // Already past the seen version: returns at once.
     CHECK(h.wait(6, 0ms));
 }

@@ -149,8 +149,8 @@ TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp
         auto t0 = h->get();
         if (!t0) return 32;
         LoopReport rep;
-        rep.first_version = t0->version;
-        std::uint64_t prev = t0->version;
+        rep.first_version = t0->version();
+        std::uint64_t prev = t0->version();
         struct timespec ts {};
         ::clock_gettime(CLOCK_MONOTONIC_COARSE, &ts);  // warm the vDSO path
         const std::int64_t deadline =
@@ -164,11 +164,11 @@ TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp
             ++rep.gets;
             if (t) {
                 ++rep.ok;
-                if (t->version == prev) {
+                if (t->version() == prev) {
                     ++rep.cached;
                 } else {
                     ++rep.new_versions;
-                    prev = t->version;
+                    prev = t->version();
                 }
                 if (segtest::verify_synth(segtest::observed(*t), kTokenCap) != nullptr) ++rep.bad;
             } else if (t.error() == tokenshm::Error::busy) {

@@ -448,17 +448,17 @@ struct Observed {
 };
 
 inline Observed observed(const tokenshm::Token& t) {
-    return Observed{t.version,
-                    t.expires_at_ms,
-                    t.issued_at_ms,
-                    t.next_refresh_ms,
-                    t.last_attempt_ms,
-                    static_cast<std::uint32_t>(t.state),
-                    t.failures,
-                    t.token_type,
-                    t.scope,
-                    t.last_error,
-                    t.token};
+    return Observed{t.version(),
+                    t.expires_at_ms(),
+                    t.issued_at_ms(),
+                    t.next_refresh_ms(),
+                    t.last_attempt_ms(),
+                    static_cast<std::uint32_t>(t.state()),
+                    t.failures(),
+                    t.token_type(),
+                    t.scope(),
+                    t.last_error(),
+                    t.token()};
 }
 
 inline Observed observed(const shm::RecordView& v) {

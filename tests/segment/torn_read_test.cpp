@@ -106,15 +106,15 @@ int reader_main(const std::string& segment, std::size_t cap, int ready_fd, int g
         auto t = handle->get();
         if (t) {
             ++st.reads;
-            if (t->version != prev_version) ++st.copies;
-            if (t->version < prev_version) {
+            if (t->version() != prev_version) ++st.copies;
+            if (t->version() < prev_version) {
                 ++st.torn;
-                note(st, "version went backwards", t->version);
+                note(st, "version went backwards", t->version());
             }
-            prev_version = t->version;
+            prev_version = t->version();
             if (const char* why = segtest::verify_synth(segtest::observed(*t), cap)) {
                 ++st.torn;
-                note(st, why, t->version);
+                note(st, why, t->version());
             }
         } else if (t.error() == tokenshm::Error::busy) {
             ++st.busy;
@@ -241,6 +241,6 @@ TEST_CASE("no torn read across processes under a writer publishing flat out", "[
     REQUIRE(h);
     auto t = h->get();
     REQUIRE(t);
-    CHECK(t->version == ws.last_version);
+    CHECK(t->version() == ws.last_version);
     CHECK(segtest::verify_synth(segtest::observed(*t), cap) == nullptr);
 }

@@ -73,16 +73,16 @@ TEST_CASE("no torn read across threads (TSan-clean)", "[torn][threads]") {
                     continue;
                 }
                 ++st.reads;
-                if (t->version != prev) ++st.new_versions;
-                if (t->version < prev && st.first_problem.empty())
+                if (t->version() != prev) ++st.new_versions;
+                if (t->version() < prev && st.first_problem.empty())
                     st.first_problem = "version went backwards";
-                if (t->version < prev) ++st.torn;
-                prev = t->version;
+                if (t->version() < prev) ++st.torn;
+                prev = t->version();
                 if (const char* why = segtest::verify_synth(segtest::observed(*t), cap)) {
                     ++st.torn;
                     if (st.first_problem.empty())
                         st.first_problem =
-                            std::string(why) + " at version " + std::to_string(t->version);
+                            std::string(why) + " at version " + std::to_string(t->version());
                 }
             }
         });
@@ -131,6 +131,6 @@ TEST_CASE("no torn read across threads (TSan-clean)", "[torn][threads]") {
     REQUIRE(h);
     auto t = h->get();
     REQUIRE(t);
-    CHECK(t->version == last);
+    CHECK(t->version() == last);
     CHECK(segtest::verify_synth(segtest::observed(*t), cap) == nullptr);
 }

@@ -79,7 +79,7 @@ TEST_CASE("wait wakes when another process publishes") {
     REQUIRE(h);
     auto t = h->get();
     REQUIRE(t);
-    REQUIRE(t->version == 1);
+    REQUIRE(t->version() == 1);
 
     const pid_t me = ::getpid();
     Pipe go;
@@ -100,8 +100,8 @@ TEST_CASE("wait wakes when another process publishes") {
     REQUIRE(writer.wait(30s));
     INFO("writer " << writer.describe() << ", wait took " << took << " ms");
     REQUIRE(woken);
-    CHECK(woken->version == 2);
-    CHECK(woken->token == "second");
+    CHECK(woken->version() == 2);
+    CHECK(woken->token() == "second");
     CHECK(took < 60'000);
     if (writer.exited_with(kBlockedUnknown))
         WARN("/proc/<pid>/syscall unreadable: could not confirm the reader was in futex(2)");
@@ -113,7 +113,7 @@ TEST_CASE("wait wakes when another process publishes") {
     // Already past the seen version: returns at once, no wait.
     auto now = h->wait(1, 0ms);
     REQUIRE(now);
-    CHECK(now->version == 2);
+    CHECK(now->version() == 2);
 }
 
 TEST_CASE("wait wakes when another process retires the credential") {

@@ -28,11 +28,17 @@
 // Cost. An 8-byte relaxed load is the widest well-defined lock-free load on
 // x86-64 (a 16-byte std::atomic goes through libatomic's cmpxchg16b, which
 // writes, and faults on a read-only mapping: never use one), and g++ 12 does
-// not vectorise relaxed atomic loads. So the copy moves 8 bytes per load where
-// memcpy moves 32 or 64: unrolled by eight words it runs at about 7x a hot
-// memcpy of 1 KiB on this project's Xeon (docs/PERFORMANCE.md). SSE loads in
-// an asm block would be ~2x, but leave the C++ memory model for the x86 one;
-// we keep the copy defined and pay that on the rare path (after a publish).
+// not vectorise relaxed atomic loads; nor does it fold them into SSE loads
+// (tried: as double, combined with unpcklpd or _mm256_set, all slower). So the
+// copy moves 8 bytes per load where memcpy moves 32 or 64, unrolled by eight
+// words, and is load- and store-bound: about 4-7x a memcpy of 1 KiB when both
+// run from this core's L1. That is not the case that happens: a reader copies
+// right after the writer, on another core, wrote the record, and then the
+// cache-line transfers dominate. There the copy plus get()'s validation and
+// decode run at about 1.3x a memcpy of the same fresh 1 KiB, because
+// LatchReader::prefetch() puts all the record's lines in flight at once
+// (bench/cross_core_bench.cpp; docs/PERFORMANCE.md). SSE loads in an asm block
+// would leave the C++ memory model for the x86 one; we keep the copy defined.
 #pragma once
 
 #include <atomic>
@@ -124,6 +130,19 @@ struct LatchReader {
     void load(std::uint64_t s, std::uint64_t* dst, std::size_t offset_words,
               std::size_t words) const noexcept {
         load_words(dst + offset_words, copy[s & 1] + offset_words, words);
+    }
+
+    // Asks the core to start fetching the first `bytes` of the copy that `s`
+    // directs to. A prefetch is a hint, not an access in the C++ memory model:
+    // it cannot race, fault or change what load() sees. It lets the loads of
+    // the fixed part and of the payload (whose length the fixed part gives)
+    // find their lines already on the way, instead of waiting for one
+    // cross-core transfer after another when the writer has just written them.
+    void prefetch(std::uint64_t s, std::size_t bytes) const noexcept {
+        const auto first = reinterpret_cast<std::uintptr_t>(copy[s & 1]) & ~std::uintptr_t{63};
+        const auto end = reinterpret_cast<std::uintptr_t>(copy[s & 1]) + bytes;
+        for (std::uintptr_t line = first; line < end; line += 64)
+            __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
     }
 
     // G then the second load: true when nothing copied since `current()` returned
