@@ -192,6 +192,41 @@ TEST_CASE("a Token is a view of its handle's copy") {
     CHECK(u->token() == t2->token());
 }
 
+TEST_CASE("the handle's copy sits half a page from the shared copies (no 4K aliasing)") {
+    // Mappings start on a page, so a copy's offset in the segment is its
+    // address modulo 4096 in the reader's mapping too.
+    for (std::uint32_t max_token : {128u, 1024u, 4096u, 5000u}) {
+        SegmentGuard g{unique_segment("place")};
+        auto w = shm::WriterSegment::create_or_attach(spec(g.name, max_token));
+        REQUIRE(w);
+        const std::uint32_t slot = *w->claim("c");
+        REQUIRE(w->publish(slot, valid_record(1, "tok", 60'000)) == shm::EncodeError::ok);
+        auto r = tokenshm::Reader::open(g.name);
+        REQUIRE(r);
+        auto h = *r->lookup("c");
+        auto t = h.get();
+        REQUIRE(t);
+        // The payload is type, scope, last_error, token, after the fixed part.
+        const char* buf = t->token().data() - TOKENSHM_REC_FIXED_SIZE - t->token_type().size() -
+                          t->scope().size() - t->last_error().size();
+        const shm::Geometry geo = w->geometry();
+        const auto page_offset = [](std::uintptr_t x) { return x % 4096; };
+        const std::uintptr_t mine = page_offset(reinterpret_cast<std::uintptr_t>(buf));
+        for (unsigned which = 0; which < 2; ++which) {
+            const std::uintptr_t theirs =
+                page_offset(TOKENSHM_HEADER_SIZE + std::uintptr_t{slot} * geo.slot_size() +
+                            TOKENSHM_SLOT_COPIES + which * geo.record_size());
+            const std::uintptr_t d = (mine + 4096 - theirs) % 4096;
+            const std::uintptr_t distance = d < 4096 - d ? d : 4096 - d;
+            INFO("max_token " << max_token << " copy " << which << " at " << theirs
+                              << ", handle's at " << mine);
+            // Two points on a 4096 circle leave a gap of at least 2048; its
+            // middle is at least 1024 from both.
+            CHECK(distance >= 1024 - 64);
+        }
+    }
+}
+
 TEST_CASE("lookup and removed slots") {
     SegmentGuard g{unique_segment("rm")};
     auto w = shm::WriterSegment::create_or_attach(spec(g.name));
