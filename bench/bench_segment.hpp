@@ -9,6 +9,7 @@
 // does last, so the reader sees a state the real writer also produces.
 #pragma once
 
+#include <tokenshm/reader.hpp>
 #include <tokenshm/shm/segment.hpp>
 
 #include <fcntl.h>
@@ -32,6 +33,40 @@ namespace tokenshm::bench {
 [[noreturn]] inline void die(const std::string& what) {
     std::fprintf(stderr, "bench: %s\n", what.c_str());
     std::exit(1);
+}
+
+// The enumerator's name, for the JSON reports.
+inline const char* error_name(tokenshm::Error e) {
+    using tokenshm::Error;
+    switch (e) {
+        case Error::no_segment:
+            return "no_segment";
+        case Error::incompatible:
+            return "incompatible";
+        case Error::untrusted:
+            return "untrusted";
+        case Error::no_such_credential:
+            return "no_such_credential";
+        case Error::empty:
+            return "empty";
+        case Error::expired:
+            return "expired";
+        case Error::expiring:
+            return "expiring";
+        case Error::reauth:
+            return "reauth";
+        case Error::timeout:
+            return "timeout";
+        case Error::busy:
+            return "busy";
+        case Error::invalid_argument:
+            return "invalid_argument";
+        case Error::buffer_too_small:
+            return "buffer_too_small";
+        case Error::system:
+            return "system";
+    }
+    return "other";
 }
 
 inline std::string unique_segment(const char* tag) {

@@ -311,7 +311,6 @@ std::vector<Step> make_schedule(std::size_t rounds, std::uint32_t seed) {
     return steps;
 }
 
-
 struct Samples {
     std::array<std::array<std::vector<std::uint64_t>, kOps>, kNSizes> ticks;
     std::array<std::array<std::uint64_t, 16>, kNSizes> errors_by_code{};  // by tokenshm::Error
@@ -467,39 +466,6 @@ Stats stats(std::vector<std::uint64_t>& v, double ticks_per_ns) {
     return s;
 }
 
-const char* error_name(unsigned code) {
-    using tokenshm::Error;
-    switch (static_cast<Error>(code)) {
-        case Error::no_segment:
-            return "no_segment";
-        case Error::incompatible:
-            return "incompatible";
-        case Error::untrusted:
-            return "untrusted";
-        case Error::no_such_credential:
-            return "no_such_credential";
-        case Error::empty:
-            return "empty";
-        case Error::expired:
-            return "expired";
-        case Error::expiring:
-            return "expiring";
-        case Error::reauth:
-            return "reauth";
-        case Error::timeout:
-            return "timeout";
-        case Error::busy:
-            return "busy";
-        case Error::invalid_argument:
-            return "invalid_argument";
-        case Error::buffer_too_small:
-            return "buffer_too_small";
-        case Error::system:
-            return "system";
-    }
-    return "other";
-}
-
 // "1.23" or "null" when the denominator is not positive.
 std::string ratio(double a, double b) {
     if (!(b > 0)) return "null";
@@ -534,8 +500,10 @@ std::uint64_t report(const Options& o, Samples& s, int reader_cpu, int writer_cp
         for (unsigned code = 0; code < 16; ++code) {
             if (s.errors_by_code[k][code] == 0) continue;
             errors += s.errors_by_code[k][code];
-            by_code += (by_code.empty() ? "\"" : ",\"") + std::string(error_name(code)) +
-                       "\":" + std::to_string(s.errors_by_code[k][code]);
+            by_code +=
+                (by_code.empty() ? "\"" : ",\"") +
+                std::string(tokenshm::bench::error_name(static_cast<tokenshm::Error>(code))) +
+                "\":" + std::to_string(s.errors_by_code[k][code]);
         }
         failed += errors;
         const double get = st[kGet].median, mc = st[kMemcpy].median, fl = st[kFloor].median,

@@ -285,39 +285,6 @@ Options parse(int argc, char** argv) {
     return o;
 }
 
-const char* error_name(tokenshm::Error e) {
-    using tokenshm::Error;
-    switch (e) {
-        case Error::no_segment:
-            return "no_segment";
-        case Error::incompatible:
-            return "incompatible";
-        case Error::untrusted:
-            return "untrusted";
-        case Error::no_such_credential:
-            return "no_such_credential";
-        case Error::empty:
-            return "empty";
-        case Error::expired:
-            return "expired";
-        case Error::expiring:
-            return "expiring";
-        case Error::reauth:
-            return "reauth";
-        case Error::timeout:
-            return "timeout";
-        case Error::busy:
-            return "busy";
-        case Error::invalid_argument:
-            return "invalid_argument";
-        case Error::buffer_too_small:
-            return "buffer_too_small";
-        case Error::system:
-            return "system";
-    }
-    return "other";
-}
-
 const char* to_string(WriterMode m) {
     switch (m) {
         case WriterMode::none:
@@ -400,7 +367,7 @@ int main(int argc, char** argv) {
         for (unsigned c = 0; c < 16; ++c) {
             if (r.errors_by_code[c] == 0) continue;
             by_code += by_code.empty() ? "\"" : ",\"";
-            by_code += error_name(static_cast<tokenshm::Error>(c));
+            by_code += tokenshm::bench::error_name(static_cast<tokenshm::Error>(c));
             by_code += "\":";
             by_code += std::to_string(r.errors_by_code[c]);
         }
