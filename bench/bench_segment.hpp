@@ -13,12 +13,15 @@
 #include <tokenshm/shm/segment.hpp>
 
 #include <fcntl.h>
+#include <sched.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <map>
 #include <optional>
 #include <string>
@@ -67,6 +70,26 @@ inline const char* error_name(tokenshm::Error e) {
             return "system";
     }
     return "other";
+}
+
+// The CPUs this process may run on.
+inline std::vector<int> allowed_cpus() {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    if (::sched_getaffinity(0, sizeof set, &set) != 0)
+        die(std::string("sched_getaffinity: ") + std::strerror(errno));
+    std::vector<int> out;
+    for (int c = 0; c < CPU_SETSIZE; ++c)
+        if (CPU_ISSET(c, &set)) out.push_back(c);
+    return out;
+}
+
+// Pins the calling thread to `cpu`; false, with errno set, when refused.
+inline bool pin_to(int cpu) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    CPU_SET(cpu, &set);
+    return ::sched_setaffinity(0, sizeof set, &set) == 0;
 }
 
 inline std::string unique_segment(const char* tag) {

@@ -171,23 +171,6 @@ inline std::uint64_t tsc_stop() noexcept {
     return __rdtsc();
 }
 
-std::vector<int> allowed_cpus() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    std::vector<int> out;
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) fail(errno_text("sched_getaffinity"));
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-        if (CPU_ISSET(c, &set)) out.push_back(c);
-    return out;
-}
-
-bool pin_to(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return ::sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
 // A private buffer placed so that its offset within a page is 2 KiB away from
 // `near`'s: a copy from `near` into it never has loads that falsely alias its
 // own pending stores (4 KiB aliasing), which would add a stall no reader needs.
@@ -222,7 +205,8 @@ class CopyBuffer {
     };
     if (::prctl(PR_SET_PDEATHSIG, SIGKILL) != 0) die(errno_text("prctl", "PR_SET_PDEATHSIG"));
     if (::getppid() != parent) ::_exit(1);  // the reader died before prctl
-    if (!pin_to(cpu)) die(errno_text("sched_setaffinity", "cpu " + std::to_string(cpu)));
+    if (!tokenshm::bench::pin_to(cpu))
+        die(errno_text("sched_setaffinity", "cpu " + std::to_string(cpu)));
 
     // 26 token texts per size, so consecutive versions differ in every byte.
     std::array<std::vector<std::string>, kNSizes> tokens;
@@ -595,7 +579,7 @@ Options parse(int argc, char** argv) {
 
 int main(int argc, char** argv) {
     const Options o = parse(argc, argv);
-    const std::vector<int> cpus = allowed_cpus();
+    const std::vector<int> cpus = tokenshm::bench::allowed_cpus();
     if (cpus.size() < 2) {
         std::fprintf(stderr,
                      "cross_core_bench: needs two CPUs (reader and writer on different cores), "
@@ -606,7 +590,7 @@ int main(int argc, char** argv) {
         return 0;
     }
     const int reader_cpu = cpus[0], writer_cpu = cpus[1];
-    if (!pin_to(reader_cpu))
+    if (!tokenshm::bench::pin_to(reader_cpu))
         fail(errno_text("sched_setaffinity", "cpu " + std::to_string(reader_cpu)));
 
     Setup setup = make_segment(tb::unique_segment("xcore"));

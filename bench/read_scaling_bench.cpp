@@ -113,23 +113,6 @@ struct Pipe {
     }
 };
 
-std::vector<int> allowed_cpus() {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    std::vector<int> out;
-    if (::sched_getaffinity(0, sizeof set, &set) != 0) return out;
-    for (int c = 0; c < CPU_SETSIZE; ++c)
-        if (CPU_ISSET(c, &set)) out.push_back(c);
-    return out;
-}
-
-bool pin_to(int cpu) {
-    cpu_set_t set;
-    CPU_ZERO(&set);
-    CPU_SET(cpu, &set);
-    return ::sched_setaffinity(0, sizeof set, &set) == 0;
-}
-
 void spin_until(std::int64_t t_ns) {
     while (clock_ns(CLOCK_MONOTONIC) < t_ns) {
     }
@@ -138,7 +121,7 @@ void spin_until(std::int64_t t_ns) {
 // The reader process: returns its exit status.
 int run_reader(const Options& o, const std::string& segment, int index, int cpu, int ready_fd,
                int go_fd, int result_fd) {
-    if (cpu >= 0 && !pin_to(cpu)) cpu = -1;
+    if (cpu >= 0 && !tokenshm::bench::pin_to(cpu)) cpu = -1;
     auto reader = tokenshm::Reader::open(segment);
     if (!reader) tb::die(reader.error().message);
     auto handle = reader->lookup(tb::slot_name(o.token_bytes));
@@ -309,7 +292,7 @@ int main(int argc, char** argv) {
     auto* stop = new (page) std::atomic<int>(0);
 
     Pipe ready, go, results, writer_go, writer_result;
-    const std::vector<int> cpus = allowed_cpus();
+    const std::vector<int> cpus = tokenshm::bench::allowed_cpus();
     std::vector<pid_t> children;
 
     pid_t writer = -1;

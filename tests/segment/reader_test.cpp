@@ -9,6 +9,7 @@
 
 #include <chrono>
 #include <limits>
+#include <optional>
 #include <string>
 #include <thread>
 
@@ -51,6 +52,30 @@ shm::SlotRecord valid_record(std::uint64_t version, std::string_view token, std:
     return r;
 }
 
+// A new segment with one claimed slot "c", a reader on it and a handle.
+struct OneSlot {
+    explicit OneSlot(const char* tag, std::uint32_t max_token_bytes = 8192)
+        : g{unique_segment(tag)} {
+        auto created = shm::WriterSegment::create_or_attach(spec(g.name, max_token_bytes));
+        REQUIRE(created);
+        w.emplace(std::move(*created));
+        const auto claimed = w->claim("c");
+        REQUIRE(claimed);
+        slot = *claimed;
+        auto opened = tokenshm::Reader::open(g.name);
+        REQUIRE(opened);
+        r.emplace(std::move(*opened));
+        auto looked_up = r->lookup("c");
+        REQUIRE(looked_up);
+        h.emplace(std::move(*looked_up));
+    }
+    SegmentGuard g;
+    std::optional<shm::WriterSegment> w;
+    std::uint32_t slot = 0;
+    std::optional<tokenshm::Reader> r;
+    std::optional<tokenshm::Handle> h;
+};
+
 }  // namespace
 
 TEST_CASE("a published token reads back with its record") {
@@ -92,13 +117,10 @@ TEST_CASE("a published token reads back with its record") {
 }
 
 TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
-    SegmentGuard g{unique_segment("exp")};
-    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE(w);
-    auto slot = *w->claim("c");
-    auto r = tokenshm::Reader::open(g.name);
-    REQUIRE(r);
-    auto h = *r->lookup("c");
+    OneSlot f{"exp"};
+    auto& w = f.w;
+    const std::uint32_t slot = f.slot;
+    tokenshm::Handle& h = *f.h;
 
     REQUIRE(w->publish(slot, valid_record(1, "t", 10'000)) == shm::EncodeError::ok);
     CHECK(h.get(5s));
@@ -122,13 +144,10 @@ TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
 }
 
 TEST_CASE("min_valid out of range and absurd deadlines never return an expired token") {
-    SegmentGuard g{unique_segment("edge")};
-    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE(w);
-    auto slot = *w->claim("c");
-    auto r = tokenshm::Reader::open(g.name);
-    REQUIRE(r);
-    auto h = *r->lookup("c");
+    OneSlot f{"edge"};
+    auto& w = f.w;
+    const std::uint32_t slot = f.slot;
+    tokenshm::Handle& h = *f.h;
     constexpr auto kI64Max = std::numeric_limits<std::int64_t>::max();
     constexpr auto kI64Min = std::numeric_limits<std::int64_t>::min();
 
@@ -162,13 +181,11 @@ TEST_CASE("min_valid out of range and absurd deadlines never return an expired t
 }
 
 TEST_CASE("a Token is a view of its handle's copy") {
-    SegmentGuard g{unique_segment("view")};
-    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE(w);
-    auto slot = *w->claim("c");
-    auto r = tokenshm::Reader::open(g.name);
-    REQUIRE(r);
-    auto h = *r->lookup("c");
+    OneSlot f{"view"};
+    auto& w = f.w;
+    const std::uint32_t slot = f.slot;
+    auto& r = f.r;
+    tokenshm::Handle& h = *f.h;
     REQUIRE(w->publish(slot, valid_record(1, "first", 60'000)) == shm::EncodeError::ok);
     auto t1 = h.get();
     REQUIRE(t1);
@@ -196,14 +213,11 @@ TEST_CASE("the handle's copy sits half a page from the shared copies (no 4K alia
     // Mappings start on a page, so a copy's offset in the segment is its
     // address modulo 4096 in the reader's mapping too.
     for (std::uint32_t max_token : {128u, 1024u, 4096u, 5000u}) {
-        SegmentGuard g{unique_segment("place")};
-        auto w = shm::WriterSegment::create_or_attach(spec(g.name, max_token));
-        REQUIRE(w);
-        const std::uint32_t slot = *w->claim("c");
+        OneSlot f{"place", max_token};
+        auto& w = f.w;
+        const std::uint32_t slot = f.slot;
+        tokenshm::Handle& h = *f.h;
         REQUIRE(w->publish(slot, valid_record(1, "tok", 60'000)) == shm::EncodeError::ok);
-        auto r = tokenshm::Reader::open(g.name);
-        REQUIRE(r);
-        auto h = *r->lookup("c");
         auto t = h.get();
         REQUIRE(t);
         // The payload is type, scope, last_error, token, after the fixed part.
@@ -266,13 +280,10 @@ TEST_CASE("no segment is a typed error") {
 }
 
 TEST_CASE("wait wakes on publish and times out on time") {
-    SegmentGuard g{unique_segment("wait")};
-    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE(w);
-    auto slot = *w->claim("c");
-    auto r = tokenshm::Reader::open(g.name);
-    REQUIRE(r);
-    auto h = *r->lookup("c");
+    OneSlot f{"wait"};
+    auto& w = f.w;
+    const std::uint32_t slot = f.slot;
+    tokenshm::Handle& h = *f.h;
 
     auto timed_out = h.wait(0, 30ms);
     REQUIRE_FALSE(timed_out);
