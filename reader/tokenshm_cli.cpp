@@ -12,6 +12,7 @@
 #include <cstdio>
 #include <cstring>
 #include <ctime>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -59,8 +60,21 @@ std::int64_t now_ms() {
 }
 
 // "3m12s", "1h02m", "45s", "-" for none.
+// a - b for times read from the segment, which may hold anything: clamped to
+// the int64 range instead of overflowing.
+std::int64_t ms_diff(std::int64_t a, std::int64_t b) {
+    std::int64_t d;
+    if (!__builtin_sub_overflow(a, b, &d)) return d;
+    return b < 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+}
+
 std::string human_duration(std::int64_t ms) {
-    if (ms < 0) return "-" + human_duration(-ms);
+    // -INT64_MIN does not fit in an int64; INT64_MAX reads the same.
+    if (ms < 0)
+        return "-" + human_duration(ms == std::numeric_limits<std::int64_t>::min()
+                                        ? std::numeric_limits<std::int64_t>::max()
+                                        : -ms);
     std::int64_t s = ms / 1000;
     char buf[48];
     if (s < 60)
@@ -197,7 +211,7 @@ int cmd_get(const std::vector<std::string_view>& args) {
         std::string msg = "'" + *name + "': " + tokenshm::to_string(tok.error());
         if (auto rec = handle->inspect(); rec) {
             if (tok.error() == Error::expiring)
-                msg += " (expires in " + human_duration(rec->expires_at_ms() - now_ms()) +
+                msg += " (expires in " + human_duration(ms_diff(rec->expires_at_ms(), now_ms())) +
                        ", wanted " + human_duration(min_valid.count()) + ")";
             if (!rec->last_error().empty())
                 msg += "; last error: " + std::string(rec->last_error());
@@ -243,8 +257,9 @@ int cmd_status(const std::vector<std::string_view>& args) {
     if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
     const tokenshm::WriterStatus w = reader->writer();
     const std::int64_t now = now_ms();
-    const std::int64_t hb_age = now - w.heartbeat_ms;
-    const bool alive = w.lock_held && hb_age < 3000;
+    const std::int64_t hb_age = ms_diff(now, w.heartbeat_ms);
+    const bool alive = w.lock_held && hb_age < tokenshm::Token::kWriterAliveWithinMs &&
+                       hb_age > -tokenshm::Token::kWriterAliveWithinMs;
     const char* liveness = alive ? "alive" : (w.lock_held ? "hung (no heartbeat)" : "not running");
 
     std::vector<Row> rows;
@@ -281,8 +296,9 @@ int cmd_status(const std::vector<std::string_view>& args) {
             o += ",\"state\":\"" + std::string(state) + "\"";
             o += ",\"version\":" + std::to_string(t.version());
             o += ",\"expires_at_ms\":" + std::to_string(t.expires_at_ms());
-            o += ",\"expires_in_ms\":" +
-                 std::to_string(t.state() == tokenshm::State::empty ? 0 : t.expires_at_ms() - now);
+            o += ",\"expires_in_ms\":" + std::to_string(t.state() == tokenshm::State::empty
+                                                            ? 0
+                                                            : ms_diff(t.expires_at_ms(), now));
             o += ",\"issued_at_ms\":" + std::to_string(t.issued_at_ms());
             o += ",\"next_refresh_ms\":" + std::to_string(t.next_refresh_ms());
             o += ",\"last_attempt_ms\":" + std::to_string(t.last_attempt_ms());
@@ -312,11 +328,13 @@ int cmd_status(const std::vector<std::string_view>& args) {
         const char* state = tokenshm::to_string(t.state());
         if (has_token && t.expires_at_ms() <= now && t.state() != tokenshm::State::reauth)
             state = "expired";
-        const std::string expires = has_token ? human_duration(t.expires_at_ms() - now) : "-";
+        const std::string expires =
+            has_token ? human_duration(ms_diff(t.expires_at_ms(), now)) : "-";
         const std::string last =
-            t.issued_at_ms() > 0 ? human_duration(now - t.issued_at_ms()) + " ago" : "-";
-        const std::string next =
-            t.next_refresh_ms() > 0 ? "in " + human_duration(t.next_refresh_ms() - now) : "-";
+            t.issued_at_ms() > 0 ? human_duration(ms_diff(now, t.issued_at_ms())) + " ago" : "-";
+        const std::string next = t.next_refresh_ms() > 0
+                                     ? "in " + human_duration(ms_diff(t.next_refresh_ms(), now))
+                                     : "-";
         std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(), state,
                     expires.c_str(), static_cast<unsigned long long>(t.version()), last.c_str(),
                     t.failures(), next.c_str(),
@@ -395,7 +413,7 @@ int cmd_watch(const std::vector<std::string_view>& args) {
         std::string line = utc_now() + " " + *name + " version=" + std::to_string(rec->version()) +
                            " state=" + state;
         if (rec->state() != tokenshm::State::empty)
-            line += " expires_in=" + human_duration(rec->expires_at_ms() - now);
+            line += " expires_in=" + human_duration(ms_diff(rec->expires_at_ms(), now));
         line += " failures=" + std::to_string(rec->failures());
         if (!rec->last_error().empty())
             line += " last_error=\"" + json_escape(rec->last_error()) + "\"";

@@ -12,6 +12,7 @@
 #include <catch2/catch.hpp>
 
 #include <cstdlib>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -380,6 +381,48 @@ TEST_CASE("corrupt records: lengths beyond their caps are incompatible from get"
         auto rec = h->inspect();
         REQUIRE(rec);
         CHECK(rec->version() >= 2);
+    }
+}
+
+TEST_CASE("absurd times in the header and the record never overflow a reader or the CLI") {
+    // Signed overflow is undefined; UBSan (CI) turns any into a failure here,
+    // in the library and in the tokenshm processes the test runs.
+    SegmentGuard g{segtest::unique_segment("htime")};
+    make_valid(g.name);
+    RawSegment raw(g.name);
+    REQUIRE(raw.ok());
+    const std::size_t rc = current_copy(raw, 0);
+    constexpr auto kMin = std::numeric_limits<std::int64_t>::min();
+    constexpr auto kMax = std::numeric_limits<std::int64_t>::max();
+    for (const std::int64_t v : {kMin, kMin + 1, std::int64_t{-1}, kMax - 1, kMax}) {
+        INFO("every time field = " << v);
+        raw.put<std::int64_t>(TOKENSHM_HDR_HEARTBEAT_MS, v);
+        for (std::size_t off : {TOKENSHM_REC_EXPIRES_AT_MS, TOKENSHM_REC_ISSUED_AT_MS,
+                                TOKENSHM_REC_NEXT_REFRESH_MS, TOKENSHM_REC_LAST_ATTEMPT_MS})
+            raw.put<std::int64_t>(rc + off, v);
+        auto reader = tokenshm::Reader::open(g.name);
+        REQUIRE(reader);
+        auto h = reader->lookup("c");
+        REQUIRE(h);
+        auto rec = h->inspect();
+        REQUIRE(rec);
+        CHECK(rec->expires_at_ms() == v);
+        // Far past or far future, a heartbeat like that is no live writer.
+        if (v < 0) CHECK(rec->heartbeat_age_ms() > 1'000'000'000);
+        if (v > 0) CHECK(rec->heartbeat_age_ms() < -1'000'000'000);
+        CHECK_FALSE(rec->writer_alive());
+        auto t = h->get(std::chrono::milliseconds(kMax));
+        if (v < 0) {
+            REQUIRE_FALSE(t);
+            CHECK(t.error() == Error::expired);
+        } else {
+            CHECK((t || t.error() == Error::expiring));
+        }
+        CHECK(cli_get_exit(g.name) == (v < 0 ? 5 : 0));
+        const CliResult status = run_cli({"status", "--segment", g.name});
+        CHECK(status.exit_code == 0);
+        const CliResult json = run_cli({"status", "--json", "--segment", g.name});
+        CHECK(json.exit_code == 0);
     }
 }
 

@@ -85,15 +85,23 @@ class Token {
     // Grows with every publish, across refresher restarts.
     std::uint64_t version() const noexcept { return d_->version; }
     State state() const noexcept { return d_->state; }
-    std::uint32_t failures() const noexcept {
-        return d_->failures;
-    }  // consecutive failed refreshes
+    // Consecutive failed refreshes.
+    std::uint32_t failures() const noexcept { return d_->failures; }
     // Since the refresher last said it was alive, as of the call that returned
-    // this token.
+    // this token; INT64_MAX for a heartbeat too far in the past to subtract.
     std::int64_t heartbeat_age_ms() const noexcept {
-        return now_ns_ / 1'000'000 - d_->heartbeat_ms->load(std::memory_order_relaxed);
+        std::int64_t age;
+        if (__builtin_sub_overflow(now_ns_ / 1'000'000,
+                                   d_->heartbeat_ms->load(std::memory_order_relaxed), &age))
+            return std::numeric_limits<std::int64_t>::max();
+        return age;
     }
-    bool writer_alive() const noexcept { return heartbeat_age_ms() < kWriterAliveWithinMs; }
+    // A heartbeat within the last 3 s. One more than 3 s in the future is a
+    // corrupt or foreign clock, not a live writer.
+    bool writer_alive() const noexcept {
+        const std::int64_t age = heartbeat_age_ms();
+        return age < kWriterAliveWithinMs && age > -kWriterAliveWithinMs;
+    }
 
     static constexpr std::int64_t kWriterAliveWithinMs = 3000;
 
