@@ -223,6 +223,27 @@ bool Daemon::all_attempted() const {
     return true;
 }
 
+bool Daemon::read_signals(int signal_fd) {
+    struct signalfd_siginfo si {};
+    for (;;) {
+        const ssize_t n = ::read(signal_fd, &si, sizeof si);
+        if (n != static_cast<ssize_t>(sizeof si)) {
+            if (n < 0 && errno != EAGAIN && errno != EINTR)
+                log_event(Level::error, "", "signalfd",
+                          std::string("read: ") + std::strerror(errno));
+            return false;
+        }
+        if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
+            log_event(Level::info, "", draining_ ? "stopping_now" : "stopping",
+                      std::string("signal ") + ::strsignal(static_cast<int>(si.ssi_signo)) +
+                          (draining_ ? "" : "; the segment and its tokens stay for readers"));
+            return true;  // what follows is for the drain to read
+        } else if (si.ssi_signo == SIGHUP && !draining_) {
+            reload_requested_ = true;
+        }
+    }
+}
+
 int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
@@ -231,31 +252,16 @@ int Daemon::run(int signal_fd, bool once) {
         step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
         if (once && all_attempted()) break;
         if (signal_fd < 0) continue;
-        struct signalfd_siginfo si {};
-        for (;;) {
-            const ssize_t n = ::read(signal_fd, &si, sizeof si);
-            if (n != static_cast<ssize_t>(sizeof si)) {
-                if (n < 0 && errno != EAGAIN && errno != EINTR)
-                    log_event(Level::error, "", "signalfd",
-                              std::string("read: ") + std::strerror(errno));
-                break;
-            }
-            if (si.ssi_signo == SIGTERM || si.ssi_signo == SIGINT) {
-                log_event(Level::info, "", "stopping",
-                          std::string("signal ") + ::strsignal(static_cast<int>(si.ssi_signo)) +
-                              "; the segment and its tokens stay for readers");
-                stop_ = true;
-            } else if (si.ssi_signo == SIGHUP) {
-                reload_requested_ = true;
-            }
-        }
+        if (read_signals(signal_fd)) stop_ = true;
         if (reload_requested_) {
             reload_requested_ = false;
             if (reload_) reload_();
         }
     }
     // Let requests in flight answer (bounded by their timeout): an answer may
-    // carry a rotated refresh token, and the old one is spent once sent.
+    // carry a rotated refresh token, and the old one is spent once sent. A
+    // second SIGTERM/SIGINT cuts the wait short: the operator asked twice.
+    bool abandoned = false;
     if (!failed_ && deps_.transport->in_flight() > 0) {
         std::int64_t longest = 0;
         for (const auto& [name, e] : entries_)
@@ -264,12 +270,22 @@ int Daemon::run(int signal_fd, bool once) {
         draining_ = true;
         stop_ = false;
         log_event(Level::info, "", "draining",
-                  std::to_string(deps_.transport->in_flight()) + " request(s) in flight");
-        while (deps_.transport->in_flight() > 0 && deps_.now_ms() < until && !failed_)
-            step(std::chrono::milliseconds(kMaxWaitMs), -1);
+                  std::to_string(deps_.transport->in_flight()) +
+                      " request(s) in flight; a second SIGTERM stops at once");
+        while (deps_.transport->in_flight() > 0 && deps_.now_ms() < until && !failed_) {
+            step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
+            if (signal_fd >= 0 && read_signals(signal_fd)) {
+                abandoned = true;
+                log_event(Level::warn, "", "abandoned",
+                          std::to_string(deps_.transport->in_flight()) +
+                              " request(s) left unanswered; a refresh token the server "
+                              "rotated in one of them is lost");
+                break;
+            }
+        }
         stop_ = true;
     }
-    bool ok = !failed_;
+    bool ok = !failed_ && !abandoned;
     for (auto& [name, e] : entries_) {
         if (!e.cred) continue;
         if (!e.cred->flush_refresh_token()) ok = false;

@@ -34,8 +34,10 @@ class Daemon {
     static Expected<std::unique_ptr<Daemon>, std::string> start(Config cfg, DaemonDeps deps);
 
     // Runs until SIGTERM/SIGINT arrive on `signal_fd` (a signalfd; -1 for none),
-    // or, with `once`, until every credential has made one attempt. Returns the
-    // exit code: 0, or 1 when `once` and any credential failed.
+    // or, with `once`, until every credential has made one attempt; then waits
+    // (bounded by the longest timeout_s) for requests in flight, unless a
+    // second SIGTERM/SIGINT says to stop at once. Returns the exit code: 0, or
+    // 1 when `once` and any credential failed, or requests were abandoned.
     int run(int signal_fd, bool once);
     // One pass of the loop (tests drive it step by step): starts due requests,
     // waits at most `max_wait` for responses, publishes what changed.
@@ -73,6 +75,8 @@ class Daemon {
     void set_aside_rejected(const std::string& name);
     void remove_entry(const std::string& name, Entry& e);
     void check_segment(std::int64_t now);
+    // Reads what arrived on the signalfd; true when SIGTERM or SIGINT did.
+    bool read_signals(int signal_fd);
     bool all_attempted() const;
 
     Config cfg_;

@@ -8,8 +8,11 @@
            config is refused and the running one kept.
   test_04: the segment unlinked under the refresher is recreated within ~2 s,
            versions continuing.
+  test_05: SIGTERM while a refresh is in flight waits for its answer; a
+           second SIGTERM stops at once, exit 1, saying what was abandoned.
 """
 
+import json
 import os
 import signal
 import time
@@ -158,6 +161,41 @@ class Lifecycle(IntegrationTest):
         self.assertEqual(st["refresher"]["pid"], r.pid)
         self.assertIn("event=segment_unlinked", r.log())
         self.assertTrue(r.alive())
+
+
+    def test_05_second_sigterm_stops_the_drain_at_once(self):
+        ws = self.ws
+        # The first refresh answers at once; the second is held for 60 s, far
+        # longer than the test, so only a signal can end the wait for it.
+        fs = ws.server("fault", ["--script", json.dumps([
+            {"ok": {"expires_in": 4}},
+            {"slow_ms": 60000, "then": {"ok": {"expires_in": 4}}},
+        ])])
+        c = {
+            "name": "slow",
+            "token_endpoint": fs.token_endpoint,
+            "grant": "client_credentials",
+            "client_id": "fault-client",
+            "client_secret_file": ws.secret_file("slow.secret", "fault-client-secret"),
+            "refresh_before_s": 2,
+            "min_interval_s": 1,
+            "timeout_s": 30,
+        }
+        r = ws.refresher(ws.config([c]))
+        ws.wait_state("slow", "valid", 15)
+        wait_for(lambda: fs.control_state()["requests"] >= 2, 10, "the held second request")
+        os.kill(r.pid, signal.SIGTERM)
+        wait_for(lambda: "event=draining" in r.log(), 5, "the refresher draining")
+        self.assertTrue(r.alive(), "the first SIGTERM did not wait for the answer in flight")
+        t0 = time.monotonic()
+        os.kill(r.pid, signal.SIGTERM)
+        self.assertEqual(r.proc.wait(5), 1, "a second SIGTERM did not stop the refresher with 1")
+        self.assertLess(time.monotonic() - t0, 3)
+        log = r.log()
+        self.assertIn("event=abandoned", log)
+        self.assertIn("1 request(s) left unanswered", log)
+        rc, _, err = ws.get("slow")
+        self.assertEqual(rc, 0, "the token published before the stop is gone: " + err)
 
 
 if __name__ == "__main__":

@@ -5,8 +5,10 @@
 
 #include <tokenshm/reader.hpp>
 
+#include <fcntl.h>
 #include <signal.h>
 #include <stdlib.h>
+#include <sys/signalfd.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,6 +17,7 @@
 #include <deque>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <map>
 
 using namespace tokenshm::refresher;
@@ -27,6 +30,7 @@ class FakeTransport : public Transport {
     std::map<std::uint64_t, HttpRequest> pending;  // started, not answered
     std::deque<std::pair<std::uint64_t, HttpResponse>> ready;
     int started = 0;
+    std::function<void()> on_poll;  // e.g. moves a fake clock on
 
     void start(std::uint64_t id, HttpRequest request) override {
         ++started;
@@ -34,6 +38,7 @@ class FakeTransport : public Transport {
     }
     std::vector<std::pair<std::uint64_t, HttpResponse>> poll(std::chrono::milliseconds,
                                                              int) override {
+        if (on_poll) on_poll();
         std::vector<std::pair<std::uint64_t, HttpResponse>> out(ready.begin(), ready.end());
         ready.clear();
         return out;
@@ -398,6 +403,30 @@ TEST_CASE("a segment with no slot left is an error at start, never another crede
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE_FALSE(d);
     CHECK_THAT(d.error(), Catch::Contains("no free slot"));
+}
+
+TEST_CASE("a second SIGTERM while answers are awaited stops at once, exit 1") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.in_flight() == 2);  // alpha's and beta's requests, never answered
+    // A pipe stands in for the signalfd: run() reads signalfd_siginfo records.
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_NONBLOCK | O_CLOEXEC) == 0);
+    struct signalfd_siginfo si {};
+    si.ssi_signo = SIGTERM;
+    REQUIRE(::write(fds[1], &si, sizeof si) == static_cast<ssize_t>(sizeof si));  // the first
+    REQUIRE(::write(fds[1], &si, sizeof si) == static_cast<ssize_t>(sizeof si));  // the second
+    // Each wait for answers moves the clock a second: unheard, the second
+    // signal would leave run() waiting out the drain's deadline and exit 0.
+    w.transport.on_poll = [&w] { w.now += 1000; };
+    const std::int64_t before = w.now;
+    CHECK((*d)->run(fds[0], false) == 1);
+    CHECK(w.now - before < 5'000);  // not the drain's deadline: timeout_s plus a second
+    CHECK(w.transport.in_flight() == 2);
+    ::close(fds[0]);
+    ::close(fds[1]);
 }
 
 TEST_CASE("stopping waits for the answer in flight and saves its rotated refresh token") {
