@@ -583,7 +583,28 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     const Members m(root, "", top_keys);
     Config cfg;
 
-    if (const Value* v = m.find("segment")) cfg.segment = expect_name(*v, "segment", 200);
+    // The segment: the config's `segment`, else $TOKENSHM_SEGMENT (the
+    // variable readers use), else "tokenshm".
+    std::optional<std::string> env_segment =
+        sources.getenv ? sources.getenv("TOKENSHM_SEGMENT") : std::nullopt;
+    if (env_segment && env_segment->empty()) env_segment.reset();
+    if (const Value* v = m.find("segment")) {
+        cfg.segment = expect_name(*v, "segment", 200);
+        if (env_segment && *env_segment != cfg.segment)
+            cfg.warnings.push_back("segment: the config names " + quote(cfg.segment) +
+                                   "; TOKENSHM_SEGMENT=" + quote(*env_segment) +
+                                   " is ignored, and readers that use it will not find these "
+                                   "tokens");
+    } else if (env_segment) {
+        const std::string& s = *env_segment;
+        if (s.size() > 200 || !std::all_of(s.begin(), s.end(), is_name_char) || s == "." ||
+            s == "..")
+            fail("TOKENSHM_SEGMENT (environment)",
+                 "expected 1 to 200 characters [A-Za-z0-9._-] other than \".\" and \"..\", "
+                 "found " +
+                     quote(s));
+        cfg.segment = s;
+    }
 
     if (const Value* v = m.find("mode")) {
         const auto s = expect_string(*v, "mode", "\"0600\" or \"0640\"");

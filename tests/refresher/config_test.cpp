@@ -372,6 +372,51 @@ TEST_CASE("a bad document reads no secret", "[config]") {
     CHECK(sys.files_read.empty());
 }
 
+TEST_CASE("the segment comes from the config, else TOKENSHM_SEGMENT, else tokenshm", "[config]") {
+    FakeSystem sys;
+    SECTION("the variable names it when the config does not") {
+        sys.env["TOKENSHM_SEGMENT"] = "team-a.tokens";
+        const auto r = parse_config(document(), sys.sources());
+        REQUIRE(r.has_value());
+        CHECK(r->segment == "team-a.tokens");
+        CHECK(r->control_socket == "/run/tokenshm/team-a.tokens.sock");
+        CHECK(r->warnings.empty());
+    }
+    SECTION("an empty variable is unset") {
+        sys.env["TOKENSHM_SEGMENT"] = "";
+        const auto r = parse_config(document(), sys.sources());
+        REQUIRE(r.has_value());
+        CHECK(r->segment == "tokenshm");
+    }
+    SECTION("the config wins; a different variable is a warning naming both") {
+        sys.env["TOKENSHM_SEGMENT"] = "other";
+        const auto r = parse_config(document(R"("segment": "mine", )"), sys.sources());
+        REQUIRE(r.has_value());
+        CHECK(r->segment == "mine");
+        REQUIRE(r->warnings.size() == 1);
+        CHECK(r->warnings[0].rfind("segment: ", 0) == 0);
+        CHECK(r->warnings[0].find("\"mine\"") != std::string::npos);
+        CHECK(r->warnings[0].find("\"other\"") != std::string::npos);
+    }
+    SECTION("the same name in both is no warning") {
+        sys.env["TOKENSHM_SEGMENT"] = "mine";
+        const auto r = parse_config(document(R"("segment": "mine", )"), sys.sources());
+        REQUIRE(r.has_value());
+        CHECK(r->warnings.empty());
+    }
+    SECTION("a bad variable is an error naming it") {
+        for (const std::string& bad :
+             std::vector<std::string>{"../etc", "a/b", "..", std::string(201, 'x'), "tab\there"}) {
+            INFO(bad);
+            sys.env["TOKENSHM_SEGMENT"] = bad;
+            const auto r = parse_config(document(), sys.sources());
+            REQUIRE_FALSE(r.has_value());
+            CHECK(r.error().rfind("TOKENSHM_SEGMENT (environment): expected 1 to 200", 0) == 0);
+            CHECK(r.error().find('\n') == std::string::npos);
+        }
+    }
+}
+
 TEST_CASE("a minimal configuration gets every default of SPEC.md", "[config]") {
     FakeSystem sys;
     const auto r = parse_config(document(), sys.sources());
