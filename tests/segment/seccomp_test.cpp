@@ -127,12 +127,13 @@ Child start_writer(shm::WriterSegment& w, std::uint32_t slot, int ready_fd) {
 
 TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp filter") {
     SegmentGuard g{segtest::unique_segment("seccomp")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
     segtest::SynthRecord first;
     segtest::make_synth(1, kTokenCap, first);
-    REQUIRE(w->publish(slot, first.rec) == shm::EncodeError::ok);
+    auto made = segtest::one_slot_writer(g.name, kTokenCap, &first.rec);
+    INFO(made.error);
+    REQUIRE(made.w);
+    auto& w = made.w;
+    const std::uint32_t slot = made.slot;
 
     Pipe writer_ready;
     Child writer = start_writer(*w, slot, writer_ready.wr());
@@ -221,12 +222,11 @@ TEST_CASE("get makes no syscall: a million reads under a kill-on-syscall seccomp
 
 TEST_CASE("negative control: one syscall after the filter kills the child by SIGSYS") {
     SegmentGuard g{segtest::unique_segment("seccompneg")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
     segtest::SynthRecord first;
     segtest::make_synth(1, kTokenCap, first);
-    REQUIRE(w->publish(slot, first.rec) == shm::EncodeError::ok);
+    auto made = segtest::one_slot_writer(g.name, kTokenCap, &first.rec);
+    INFO(made.error);
+    REQUIRE(made.w);
 
     SECTION("getpid") {
         Pipe result;
@@ -271,9 +271,6 @@ TEST_CASE("negative control: one syscall after the filter kills the child by SIG
 // too: it relies on the vDSO, which this test checks on the machine at hand.
 TEST_CASE("get makes no syscall near expiry either, where it reads the exact clock") {
     SegmentGuard g{segtest::unique_segment("seccomp-exact")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kTokenCap, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
     shm::SlotRecord rec;
     rec.version = 1;
     rec.state = shm::RecordState::valid;
@@ -281,7 +278,9 @@ TEST_CASE("get makes no syscall near expiry either, where it reads the exact clo
     rec.token_type = "Bearer";
     rec.expires_at_ms = shm::sys::realtime_ms() + 60'000;
     rec.issued_at_ms = shm::sys::realtime_ms();
-    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+    auto made = segtest::one_slot_writer(g.name, kTokenCap, &rec);
+    INFO(made.error);
+    REQUIRE(made.w);
 
     Pipe result;
     Child reader = Child::fork([&] {

@@ -26,6 +26,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <exception>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -94,6 +95,37 @@ inline shm::SegmentSpec spec(const std::string& name, std::uint32_t max_token_by
     s.max_token_bytes = max_token_bytes;
     s.slot_count = slot_count;
     return s;
+}
+
+// A new one-slot segment whose slot "c" holds `first` (when given). `w` is
+// empty and `error` says why when a step fails: test with REQUIRE(x.w).
+struct OneSlotWriter {
+    std::optional<shm::WriterSegment> w;
+    std::uint32_t slot = 0;
+    std::string error;
+};
+inline OneSlotWriter one_slot_writer(const std::string& name, std::uint32_t max_token_bytes,
+                                     const shm::SlotRecord* first = nullptr) {
+    OneSlotWriter out;
+    auto w = shm::WriterSegment::create_or_attach(spec(name, max_token_bytes, 1));
+    if (!w) {
+        out.error = w.error().message;
+        return out;
+    }
+    const auto slot = w->claim("c");
+    if (!slot) {
+        out.error = slot.error().message;
+        return out;
+    }
+    if (first != nullptr) {
+        if (const shm::EncodeError e = w->publish(*slot, *first); e != shm::EncodeError::ok) {
+            out.error = std::string("publish: ") + shm::to_string(e);
+            return out;
+        }
+    }
+    out.slot = *slot;
+    out.w.emplace(std::move(*w));
+    return out;
 }
 
 inline std::int64_t monotonic_ns() {

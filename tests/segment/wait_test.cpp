@@ -68,10 +68,12 @@ std::int64_t elapsed_ms(std::chrono::steady_clock::time_point since) {
 
 TEST_CASE("wait wakes when another process publishes") {
     SegmentGuard g{segtest::unique_segment("wait")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, 256, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
-    REQUIRE(w->publish(slot, record(1, "first")) == shm::EncodeError::ok);
+    const shm::SlotRecord first = record(1, "first");
+    auto made = segtest::one_slot_writer(g.name, 256, &first);
+    INFO(made.error);
+    REQUIRE(made.w);
+    auto& w = made.w;
+    const std::uint32_t slot = made.slot;
 
     auto reader = tokenshm::Reader::open(g.name);
     REQUIRE(reader);
@@ -118,10 +120,12 @@ TEST_CASE("wait wakes when another process publishes") {
 
 TEST_CASE("wait wakes when another process retires the credential") {
     SegmentGuard g{segtest::unique_segment("waitrm")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, 256, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
-    REQUIRE(w->publish(slot, record(1, "first")) == shm::EncodeError::ok);
+    const shm::SlotRecord first = record(1, "first");
+    auto made = segtest::one_slot_writer(g.name, 256, &first);
+    INFO(made.error);
+    REQUIRE(made.w);
+    auto& w = made.w;
+    const std::uint32_t slot = made.slot;
     auto reader = tokenshm::Reader::open(g.name);
     REQUIRE(reader);
     auto h = reader->lookup("c");
@@ -142,9 +146,11 @@ TEST_CASE("wait wakes when another process retires the credential") {
 
 TEST_CASE("wait times out no sooner than asked") {
     SegmentGuard g{segtest::unique_segment("waitto")};
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, 256, 1));
-    REQUIRE(w);
-    const std::uint32_t slot = *w->claim("c");
+    auto made = segtest::one_slot_writer(g.name, 256);
+    INFO(made.error);
+    REQUIRE(made.w);
+    auto& w = made.w;
+    const std::uint32_t slot = made.slot;
     auto reader = tokenshm::Reader::open(g.name);
     REQUIRE(reader);
     auto h = reader->lookup("c");
