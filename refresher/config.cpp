@@ -219,12 +219,16 @@ std::chrono::seconds seconds_member(const Members& m, std::string_view key, std:
 }
 
 // `[A-Za-z0-9._-]{1,max}`, and not "." or ".." (names may become file names).
+bool is_valid_name(std::string_view s, std::size_t max) {
+    return !s.empty() && s.size() <= max && std::all_of(s.begin(), s.end(), is_name_char) &&
+           s != "." && s != "..";
+}
+
 std::string expect_name(const Value& v, const std::string& path, std::size_t max) {
     const std::string what =
         "a string of 1 to " + std::to_string(max) + " characters [A-Za-z0-9._-]";
     const auto s = expect_string(v, path, what);
-    if (s.empty() || s.size() > max || !std::all_of(s.begin(), s.end(), is_name_char) || s == "." ||
-        s == "..") {
+    if (!is_valid_name(s, max)) {
         fail(path, "expected " + what + " other than \".\" and \"..\", found " + quote(s));
     }
     return std::string(s);
@@ -597,8 +601,7 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                                    "tokens");
     } else if (env_segment) {
         const std::string& s = *env_segment;
-        if (s.size() > 200 || !std::all_of(s.begin(), s.end(), is_name_char) || s == "." ||
-            s == "..")
+        if (!is_valid_name(s, 200))
             fail("TOKENSHM_SEGMENT (environment)",
                  "expected 1 to 200 characters [A-Za-z0-9._-] other than \".\" and \"..\", "
                  "found " +
