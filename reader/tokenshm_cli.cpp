@@ -1,7 +1,10 @@
 // `tokenshm`: the command-line reader. Only `get` prints a token, to stdout.
 // Every failure prints one line on stderr and exits with SPEC's code:
-// 0 ok, 2 usage, 3 no segment, 4 no such credential, 5 no valid token,
-// 6 incompatible or untrusted, 7 refresher unreachable.
+// 0 ok, 1 a system error (writing to stdout, a failing syscall), 2 usage,
+// 3 no segment, 4 no such credential, 5 no valid token (empty, expired,
+// expiring, reauth; also a wait that timed out or a writer busy through every
+// retry), 6 incompatible or untrusted. SPEC's 7 (refresher unreachable) is
+// for the commands that talk to the control socket, which do not exist yet.
 #include <tokenshm/reader.hpp>
 
 #include <unistd.h>
@@ -24,13 +27,16 @@ namespace {
 using namespace std::chrono_literals;
 using tokenshm::Error;
 
+constexpr int kExitSystem = 1;
 constexpr int kExitUsage = 2;
 
 const char* const kUsage =
     "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--segment SEG]\n"
     "       tokenshm status [--json] [--segment SEG]\n"
     "       tokenshm watch NAME [--count N] [--segment SEG]\n"
-    "       tokenshm --help | --version\n";
+    "       tokenshm --help | --version\n"
+    "exit codes: 0 ok, 1 system error, 2 usage, 3 no segment, 4 no such credential,\n"
+    "            5 no valid token, 6 segment incompatible or untrusted\n";
 
 int usage_error(const std::string& msg) {
     std::fprintf(stderr, "tokenshm: %s\n%s", msg.c_str(), kUsage);
@@ -151,85 +157,125 @@ std::optional<int> parse_duration_option(const std::vector<std::string_view>& ar
     return std::nullopt;
 }
 
-int cmd_get(const std::vector<std::string_view>& args) {
+struct GetOptions {
     std::optional<std::string> name;
     std::chrono::milliseconds min_valid{0};
-    std::chrono::milliseconds wait{-1};
+    std::chrono::milliseconds wait{-1};  // negative: do not wait
     bool header = false;
     std::string segment;
+};
+
+// Fills `o` from get's arguments; an exit code when they are wrong.
+std::optional<int> parse_get_args(const std::vector<std::string_view>& args, GetOptions& o) {
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string_view a = args[i];
         if (a == "--min-valid") {
-            if (auto rc = parse_duration_option(args, i, min_valid)) return *rc;
+            if (auto rc = parse_duration_option(args, i, o.min_valid)) return *rc;
         } else if (a == "--wait") {
-            if (auto rc = parse_duration_option(args, i, wait)) return *rc;
+            if (auto rc = parse_duration_option(args, i, o.wait)) return *rc;
         } else if (a == "--header") {
-            header = true;
+            o.header = true;
         } else if (a == "--segment") {
             auto v = option_value(args, i);
             if (!v) return usage_error("--segment needs a name");
-            segment = std::string(*v);
+            o.segment = std::string(*v);
         } else if (!a.empty() && a[0] == '-') {
             return usage_error("get: unknown option '" + std::string(a) + "'");
-        } else if (!name) {
-            name = std::string(a);
+        } else if (!o.name) {
+            o.name = std::string(a);
         } else {
             return usage_error("get: one credential name only ('" + std::string(a) + "' is extra)");
         }
     }
-    if (!name) return usage_error("get: which credential? (tokenshm get NAME)");
+    if (!o.name) return usage_error("get: which credential? (tokenshm get NAME)");
+    return std::nullopt;
+}
 
-    std::optional<std::int64_t> deadline;
-    if (wait.count() >= 0) deadline = now_ms() + wait.count();
-    auto reader = open_reader(segment, deadline);
-    if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
-
-    auto handle = reader->lookup(*name);
+// Looks the credential up, retrying until `deadline` when one is given (the
+// refresher may not have claimed its slot yet).
+tokenshm::Expected<tokenshm::Handle, tokenshm::Failure> lookup_handle(
+    tokenshm::Reader& reader, const std::string& name, std::optional<std::int64_t> deadline) {
+    auto handle = reader.lookup(name);
     while (!handle && deadline && handle.error().code == Error::no_such_credential &&
            now_ms() < *deadline) {
         std::this_thread::sleep_for(50ms);
-        handle = reader->lookup(*name);
+        handle = reader.lookup(name);
     }
-    if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
+    return handle;
+}
 
-    auto tok = handle->get(min_valid);
+bool no_valid_token(Error e) {
+    return e == Error::empty || e == Error::expired || e == Error::expiring || e == Error::reauth;
+}
+
+// get(), or while there is no valid token and `deadline` has not passed,
+// wait() for the next record and try again.
+tokenshm::Expected<tokenshm::Token, Error> get_token(tokenshm::Handle& handle,
+                                                     std::chrono::milliseconds min_valid,
+                                                     std::optional<std::int64_t> deadline) {
+    auto tok = handle.get(min_valid);
     std::uint64_t seen = 0;
-    while (!tok && deadline) {
-        if (tok.error() != Error::empty && tok.error() != Error::expired &&
-            tok.error() != Error::expiring && tok.error() != Error::reauth)
-            break;
+    while (!tok && deadline && no_valid_token(tok.error())) {
         const std::int64_t left = *deadline - now_ms();
         if (left <= 0) break;
-        if (auto rec = handle->inspect()) seen = rec->version();
-        tok = handle->wait(seen, std::chrono::milliseconds(left), min_valid);
-        if (!tok && tok.error() == Error::timeout) {
-            tok = handle->get(min_valid);
-            break;
-        }
+        if (auto rec = handle.inspect()) seen = rec->version();
+        tok = handle.wait(seen, std::chrono::milliseconds(left), min_valid);
+        if (!tok && tok.error() == Error::timeout) return handle.get(min_valid);
     }
-    if (!tok) {
-        std::string msg = "'" + *name + "': " + tokenshm::to_string(tok.error());
-        if (auto rec = handle->inspect(); rec) {
-            if (tok.error() == Error::expiring)
-                msg += " (expires in " + human_duration(ms_diff(rec->expires_at_ms(), now_ms())) +
-                       ", wanted " + human_duration(min_valid.count()) + ")";
-            if (!rec->last_error().empty())
-                msg += "; last error: " + std::string(rec->last_error());
-        }
-        return fail(tokenshm::exit_code(tok.error()), msg);
+    return tok;
+}
+
+// "'NAME': expiring (expires in 1m, wanted 5m); last error: ...": never the token.
+int fail_no_token(const std::string& name, tokenshm::Handle& handle, Error e,
+                  std::chrono::milliseconds min_valid) {
+    std::string msg = "'" + name + "': " + tokenshm::to_string(e);
+    if (auto rec = handle.inspect(); rec) {
+        if (e == Error::expiring)
+            msg += " (expires in " + human_duration(ms_diff(rec->expires_at_ms(), now_ms())) +
+                   ", wanted " + human_duration(min_valid.count()) + ")";
+        if (!rec->last_error().empty()) msg += "; last error: " + std::string(rec->last_error());
     }
+    return fail(tokenshm::exit_code(e), msg);
+}
+
+// The token (or "Authorization: <Type> <token>") and a newline on stdout; the
+// buffer is wiped afterwards.
+int print_token(const tokenshm::Token& tok, bool header) {
     std::string out;
     if (header) {
         out = "Authorization: ";
-        out += tok->token_type().empty() ? std::string_view("Bearer") : tok->token_type();
+        out += tok.token_type().empty() ? std::string_view("Bearer") : tok.token_type();
         out += ' ';
     }
-    out += tok->token();
+    out += tok.token();
     out += '\n';
     if (std::fwrite(out.data(), 1, out.size(), stdout) != out.size() || std::fflush(stdout) != 0)
-        return fail(1, std::string("writing to stdout: ") + std::strerror(errno));
+        return fail(kExitSystem, std::string("writing to stdout: ") + std::strerror(errno));
     ::explicit_bzero(out.data(), out.size());
     return 0;
+}
+
+int cmd_get(const std::vector<std::string_view>& args) {
+    GetOptions o;
+    if (auto rc = parse_get_args(args, o)) return *rc;
+    std::optional<std::int64_t> deadline;
+    if (o.wait.count() >= 0) deadline = now_ms() + o.wait.count();
+    auto reader = open_reader(o.segment, deadline);
+    if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
+    auto handle = lookup_handle(*reader, *o.name, deadline);
+    if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
+    auto tok = get_token(*handle, o.min_valid, deadline);
+    if (!tok) return fail_no_token(*o.name, *handle, tok.error(), o.min_valid);
+    return print_token(*tok, o.header);
+}
+
+// The state a person should see: a token past its expiry is "expired"
+// whatever the record says, except "reauth", which says more.
+const char* shown_state(const tokenshm::Token& t, std::int64_t now) {
+    if (t.state() != tokenshm::State::empty && t.expires_at_ms() <= now &&
+        t.state() != tokenshm::State::reauth)
+        return "expired";
+    return tokenshm::to_string(t.state());
 }
 
 struct Row {
@@ -237,6 +283,108 @@ struct Row {
     tokenshm::Handle handle;  // owns the copy `rec` points into
     tokenshm::Expected<tokenshm::Token, Error> rec;
 };
+
+// What `status` shows, read once: the refresher's liveness and every slot.
+struct StatusView {
+    std::string segment;
+    tokenshm::WriterStatus writer;
+    std::int64_t now = 0;
+    std::int64_t heartbeat_age = 0;
+    bool alive = false;
+    std::vector<Row> rows;
+};
+
+StatusView read_status(tokenshm::Reader& reader) {
+    StatusView v;
+    v.segment = reader.segment_name();
+    v.writer = reader.writer();
+    v.now = now_ms();
+    v.heartbeat_age = ms_diff(v.now, v.writer.heartbeat_ms);
+    v.alive = v.writer.lock_held && v.heartbeat_age < tokenshm::Token::kWriterAliveWithinMs &&
+              v.heartbeat_age > -tokenshm::Token::kWriterAliveWithinMs;
+    for (const std::string& n : reader.credentials()) {
+        auto h = reader.lookup(n);
+        if (!h) continue;  // removed between the listing and the lookup
+        v.rows.push_back(Row{n, std::move(*h), tokenshm::Unexpected{Error::empty}});
+        v.rows.back().rec = v.rows.back().handle.inspect();
+    }
+    return v;
+}
+
+std::string refresher_json(const StatusView& v) {
+    const tokenshm::WriterStatus& w = v.writer;
+    return "{\"pid\":" + std::to_string(w.pid) + ",\"alive\":" + (v.alive ? "true" : "false") +
+           ",\"lock_held\":" + (w.lock_held ? "true" : "false") +
+           ",\"heartbeat_age_ms\":" + std::to_string(v.heartbeat_age) +
+           ",\"started_at_ms\":" + std::to_string(w.start_ms) +
+           ",\"generation\":" + std::to_string(w.generation) + "}";
+}
+
+std::string row_json(const Row& r, std::int64_t now) {
+    std::string o = "{\"name\":\"" + json_escape(r.name) + "\"";
+    if (!r.rec)
+        return o + ",\"error\":\"" + json_escape(tokenshm::to_string(r.rec.error())) + "\"}";
+    const tokenshm::Token& t = *r.rec;
+    o += ",\"state\":\"" + std::string(shown_state(t, now)) + "\"";
+    o += ",\"version\":" + std::to_string(t.version());
+    o += ",\"expires_at_ms\":" + std::to_string(t.expires_at_ms());
+    o += ",\"expires_in_ms\":" +
+         std::to_string(t.state() == tokenshm::State::empty ? 0 : ms_diff(t.expires_at_ms(), now));
+    o += ",\"issued_at_ms\":" + std::to_string(t.issued_at_ms());
+    o += ",\"next_refresh_ms\":" + std::to_string(t.next_refresh_ms());
+    o += ",\"last_attempt_ms\":" + std::to_string(t.last_attempt_ms());
+    o += ",\"failures\":" + std::to_string(t.failures());
+    o += ",\"token_type\":\"" + json_escape(t.token_type()) + "\"";
+    o += ",\"scope\":\"" + json_escape(t.scope()) + "\"";
+    o += ",\"last_error\":\"" + json_escape(t.last_error()) + "\"}";
+    return o;
+}
+
+void print_status_json(const StatusView& v) {
+    std::string o = "{\"segment\":\"" + json_escape(v.segment) + "\"";
+    o += ",\"refresher\":" + refresher_json(v);
+    o += ",\"credentials\":[";
+    bool first = true;
+    for (const Row& r : v.rows) {
+        if (!first) o += ',';
+        first = false;
+        o += row_json(r, v.now);
+    }
+    o += "]}\n";
+    std::fputs(o.c_str(), stdout);
+}
+
+void print_status_row(const Row& r, std::int64_t now) {
+    if (!r.rec) {
+        std::printf("%-20s %s\n", r.name.c_str(), tokenshm::to_string(r.rec.error()));
+        return;
+    }
+    const tokenshm::Token& t = *r.rec;
+    const bool has_token = t.state() != tokenshm::State::empty;
+    const std::string expires = has_token ? human_duration(ms_diff(t.expires_at_ms(), now)) : "-";
+    const std::string last =
+        t.issued_at_ms() > 0 ? human_duration(ms_diff(now, t.issued_at_ms())) + " ago" : "-";
+    const std::string next =
+        t.next_refresh_ms() > 0 ? "in " + human_duration(ms_diff(t.next_refresh_ms(), now)) : "-";
+    std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(),
+                shown_state(t, now), expires.c_str(), static_cast<unsigned long long>(t.version()),
+                last.c_str(), t.failures(), next.c_str(),
+                t.last_error().empty() ? "-" : std::string(t.last_error()).c_str());
+}
+
+void print_status_table(const StatusView& v) {
+    const tokenshm::WriterStatus& w = v.writer;
+    const char* liveness =
+        v.alive ? "alive" : (w.lock_held ? "hung (no heartbeat)" : "not running");
+    std::printf("segment %s: refresher pid %lld %s (heartbeat %s ago, generation %llu)\n",
+                v.segment.c_str(), static_cast<long long>(w.pid), liveness,
+                w.heartbeat_ms > 0 ? human_duration(v.heartbeat_age).c_str() : "never",
+                static_cast<unsigned long long>(w.generation));
+    std::printf("%-20s %-8s %-10s %-8s %-13s %-8s %-12s %s\n", "CREDENTIAL", "STATE", "EXPIRES IN",
+                "VERSION", "LAST REFRESH", "FAILURES", "NEXT REFRESH", "LAST ERROR");
+    for (const Row& r : v.rows)
+        print_status_row(r, v.now);
+}
 
 int cmd_status(const std::vector<std::string_view>& args) {
     bool json = false;
@@ -255,91 +403,11 @@ int cmd_status(const std::vector<std::string_view>& args) {
     }
     auto reader = tokenshm::Reader::open(segment);
     if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
-    const tokenshm::WriterStatus w = reader->writer();
-    const std::int64_t now = now_ms();
-    const std::int64_t hb_age = ms_diff(now, w.heartbeat_ms);
-    const bool alive = w.lock_held && hb_age < tokenshm::Token::kWriterAliveWithinMs &&
-                       hb_age > -tokenshm::Token::kWriterAliveWithinMs;
-    const char* liveness = alive ? "alive" : (w.lock_held ? "hung (no heartbeat)" : "not running");
-
-    std::vector<Row> rows;
-    for (const std::string& n : reader->credentials()) {
-        auto h = reader->lookup(n);
-        if (!h) continue;  // removed between the listing and the lookup
-        rows.push_back(Row{n, std::move(*h), tokenshm::Unexpected{Error::empty}});
-        rows.back().rec = rows.back().handle.inspect();
-    }
-
-    if (json) {
-        std::string o = "{\"segment\":\"" + json_escape(reader->segment_name()) + "\"";
-        o += ",\"refresher\":{\"pid\":" + std::to_string(w.pid) +
-             ",\"alive\":" + (alive ? "true" : "false") +
-             ",\"lock_held\":" + (w.lock_held ? "true" : "false") +
-             ",\"heartbeat_age_ms\":" + std::to_string(hb_age) +
-             ",\"started_at_ms\":" + std::to_string(w.start_ms) +
-             ",\"generation\":" + std::to_string(w.generation) + "}";
-        o += ",\"credentials\":[";
-        bool first = true;
-        for (const Row& r : rows) {
-            if (!first) o += ',';
-            first = false;
-            o += "{\"name\":\"" + json_escape(r.name) + "\"";
-            if (!r.rec) {
-                o += ",\"error\":\"" + json_escape(tokenshm::to_string(r.rec.error())) + "\"}";
-                continue;
-            }
-            const tokenshm::Token& t = *r.rec;
-            const char* state = tokenshm::to_string(t.state());
-            if (t.state() != tokenshm::State::empty && t.expires_at_ms() <= now &&
-                t.state() != tokenshm::State::reauth)
-                state = "expired";
-            o += ",\"state\":\"" + std::string(state) + "\"";
-            o += ",\"version\":" + std::to_string(t.version());
-            o += ",\"expires_at_ms\":" + std::to_string(t.expires_at_ms());
-            o += ",\"expires_in_ms\":" + std::to_string(t.state() == tokenshm::State::empty
-                                                            ? 0
-                                                            : ms_diff(t.expires_at_ms(), now));
-            o += ",\"issued_at_ms\":" + std::to_string(t.issued_at_ms());
-            o += ",\"next_refresh_ms\":" + std::to_string(t.next_refresh_ms());
-            o += ",\"last_attempt_ms\":" + std::to_string(t.last_attempt_ms());
-            o += ",\"failures\":" + std::to_string(t.failures());
-            o += ",\"token_type\":\"" + json_escape(t.token_type()) + "\"";
-            o += ",\"scope\":\"" + json_escape(t.scope()) + "\"";
-            o += ",\"last_error\":\"" + json_escape(t.last_error()) + "\"}";
-        }
-        o += "]}\n";
-        std::fputs(o.c_str(), stdout);
-        return 0;
-    }
-
-    std::printf("segment %s: refresher pid %lld %s (heartbeat %s ago, generation %llu)\n",
-                reader->segment_name().c_str(), static_cast<long long>(w.pid), liveness,
-                w.heartbeat_ms > 0 ? human_duration(hb_age).c_str() : "never",
-                static_cast<unsigned long long>(w.generation));
-    std::printf("%-20s %-8s %-10s %-8s %-13s %-8s %-12s %s\n", "CREDENTIAL", "STATE", "EXPIRES IN",
-                "VERSION", "LAST REFRESH", "FAILURES", "NEXT REFRESH", "LAST ERROR");
-    for (const Row& r : rows) {
-        if (!r.rec) {
-            std::printf("%-20s %s\n", r.name.c_str(), tokenshm::to_string(r.rec.error()));
-            continue;
-        }
-        const tokenshm::Token& t = *r.rec;
-        const bool has_token = t.state() != tokenshm::State::empty;
-        const char* state = tokenshm::to_string(t.state());
-        if (has_token && t.expires_at_ms() <= now && t.state() != tokenshm::State::reauth)
-            state = "expired";
-        const std::string expires =
-            has_token ? human_duration(ms_diff(t.expires_at_ms(), now)) : "-";
-        const std::string last =
-            t.issued_at_ms() > 0 ? human_duration(ms_diff(now, t.issued_at_ms())) + " ago" : "-";
-        const std::string next = t.next_refresh_ms() > 0
-                                     ? "in " + human_duration(ms_diff(t.next_refresh_ms(), now))
-                                     : "-";
-        std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(), state,
-                    expires.c_str(), static_cast<unsigned long long>(t.version()), last.c_str(),
-                    t.failures(), next.c_str(),
-                    t.last_error().empty() ? "-" : std::string(t.last_error()).c_str());
-    }
+    const StatusView view = read_status(*reader);
+    if (json)
+        print_status_json(view);
+    else
+        print_status_table(view);
     return 0;
 }
 
@@ -356,17 +424,20 @@ std::string utc_now() {
     return buf;
 }
 
-// One line per change of the credential's record; never the token.
-int cmd_watch(const std::vector<std::string_view>& args) {
+struct WatchOptions {
     std::optional<std::string> name;
     std::string segment;
-    long long count = -1;
+    long long count = -1;  // negative: forever
+};
+
+// Fills `o` from watch's arguments; an exit code when they are wrong.
+std::optional<int> parse_watch_args(const std::vector<std::string_view>& args, WatchOptions& o) {
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string_view a = args[i];
         if (a == "--segment") {
             auto v = option_value(args, i);
             if (!v) return usage_error("--segment needs a name");
-            segment = std::string(*v);
+            o.segment = std::string(*v);
         } else if (a == "--count") {
             auto v = option_value(args, i);
             long long n = 0;
@@ -374,30 +445,49 @@ int cmd_watch(const std::vector<std::string_view>& args) {
                 std::from_chars(v->data(), v->data() + v->size(), n).ptr != v->data() + v->size() ||
                 n < 1)
                 return usage_error("--count needs a whole number of lines, at least 1");
-            count = n;
+            o.count = n;
         } else if (!a.empty() && a[0] == '-') {
             return usage_error("watch: unknown option '" + std::string(a) + "'");
-        } else if (!name) {
-            name = std::string(a);
+        } else if (!o.name) {
+            o.name = std::string(a);
         } else {
             return usage_error("watch: one credential name only");
         }
     }
-    if (!name) return usage_error("watch: which credential? (tokenshm watch NAME)");
-    auto reader = tokenshm::Reader::open(segment);
+    if (!o.name) return usage_error("watch: which credential? (tokenshm watch NAME)");
+    return std::nullopt;
+}
+
+// "<time> NAME version=V state=S expires_in=D failures=N last_error=\"...\"\n"
+std::string watch_line(const std::string& name, const tokenshm::Token& rec) {
+    const std::int64_t now = now_ms();
+    std::string line = utc_now() + " " + name + " version=" + std::to_string(rec.version()) +
+                       " state=" + shown_state(rec, now);
+    if (rec.state() != tokenshm::State::empty)
+        line += " expires_in=" + human_duration(ms_diff(rec.expires_at_ms(), now));
+    line += " failures=" + std::to_string(rec.failures());
+    if (!rec.last_error().empty()) line += " last_error=\"" + json_escape(rec.last_error()) + "\"";
+    line += '\n';
+    return line;
+}
+
+// One line per change of the credential's record; never the token.
+int cmd_watch(const std::vector<std::string_view>& args) {
+    WatchOptions o;
+    if (auto rc = parse_watch_args(args, o)) return *rc;
+    auto reader = tokenshm::Reader::open(o.segment);
     if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
-    auto handle = reader->lookup(*name);
+    auto handle = reader->lookup(*o.name);
     if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
 
     std::uint64_t seen = 0;
     bool first = true;
-    for (long long printed = 0; count < 0 || printed < count;) {
+    for (long long printed = 0; o.count < 0 || printed < o.count;) {
         if (!first) {
             auto r = handle->wait(seen, std::chrono::milliseconds(-1));
             if (!r && r.error() == Error::no_such_credential)
-                return fail(4, "'" + *name + "' was removed from the refresher's configuration");
-            if (!r && r.error() != Error::empty && r.error() != Error::expired &&
-                r.error() != Error::expiring && r.error() != Error::reauth)
+                return fail(4, "'" + *o.name + "' was removed from the refresher's configuration");
+            if (!r && !no_valid_token(r.error()))
                 return fail(tokenshm::exit_code(r.error()), tokenshm::to_string(r.error()));
         }
         first = false;
@@ -405,21 +495,9 @@ int cmd_watch(const std::vector<std::string_view>& args) {
         if (!rec) return fail(tokenshm::exit_code(rec.error()), tokenshm::to_string(rec.error()));
         if (rec->version() <= seen && printed > 0) continue;
         seen = rec->version();
-        const std::int64_t now = now_ms();
-        const char* state = tokenshm::to_string(rec->state());
-        if (rec->state() != tokenshm::State::empty && rec->expires_at_ms() <= now &&
-            rec->state() != tokenshm::State::reauth)
-            state = "expired";
-        std::string line = utc_now() + " " + *name + " version=" + std::to_string(rec->version()) +
-                           " state=" + state;
-        if (rec->state() != tokenshm::State::empty)
-            line += " expires_in=" + human_duration(ms_diff(rec->expires_at_ms(), now));
-        line += " failures=" + std::to_string(rec->failures());
-        if (!rec->last_error().empty())
-            line += " last_error=\"" + json_escape(rec->last_error()) + "\"";
-        line += '\n';
+        const std::string line = watch_line(*o.name, *rec);
         if (std::fputs(line.c_str(), stdout) < 0 || std::fflush(stdout) != 0)
-            return fail(1, std::string("writing to stdout: ") + std::strerror(errno));
+            return fail(kExitSystem, std::string("writing to stdout: ") + std::strerror(errno));
         ++printed;
     }
     return 0;
