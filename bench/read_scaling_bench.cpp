@@ -118,6 +118,52 @@ void spin_until(std::int64_t t_ns) {
     }
 }
 
+// The measured loop of Handle::get(), until end_ns; fills gets, changes, errors.
+// Returns the clock's last reading.
+std::int64_t loop_get(tokenshm::Handle& handle, std::int64_t end_ns, ReaderResult& r) {
+    std::uint64_t last = 0;
+    std::int64_t now = 0;
+    do {
+        for (int k = 0; k < kBatch; ++k) {
+            const auto t = handle.get();
+            if (t) [[likely]] {
+                if (t->version() != last) {
+                    ++r.changes;
+                    last = t->version();
+                }
+            } else {
+                ++r.errors;
+                ++r.errors_by_code[static_cast<unsigned>(t.error()) & 15];
+            }
+        }
+        r.gets += kBatch;
+        now = clock_ns(CLOCK_MONOTONIC);
+    } while (now < end_ns);
+    return now;
+}
+
+// The floor: one relaxed load of the slot's seq plus the coarse clock, until end_ns.
+std::int64_t loop_floor(const std::atomic<std::uint64_t>& seq, std::int64_t end_ns,
+                        ReaderResult& r) {
+    std::uint64_t last = 0;
+    std::int64_t now = 0;
+    do {
+        for (int k = 0; k < kBatch; ++k) {
+            const std::uint64_t s = seq.load(std::memory_order_relaxed);
+            struct timespec ts;
+            ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
+            asm volatile("" : : "r"(ts.tv_nsec) : "memory");
+            if (s != last) {
+                ++r.changes;
+                last = s;
+            }
+        }
+        r.gets += kBatch;
+        now = clock_ns(CLOCK_MONOTONIC);
+    } while (now < end_ns);
+    return now;
+}
+
 // The reader process: returns its exit status.
 int run_reader(const Options& o, const std::string& segment, int index, int cpu, int ready_fd,
                int go_fd, int result_fd) {
@@ -140,43 +186,10 @@ int run_reader(const Options& o, const std::string& segment, int index, int cpu,
     ReaderResult r{};
     r.cpu = cpu;
     r.index = index;
-    std::uint64_t last = 0;
     spin_until(start_ns);
     const std::int64_t cpu0 = clock_ns(CLOCK_THREAD_CPUTIME_ID);
-    std::int64_t now = 0;
-    if (o.loop == Loop::get) {
-        do {
-            for (int k = 0; k < kBatch; ++k) {
-                const auto t = handle->get();
-                if (t) [[likely]] {
-                    if (t->version() != last) {
-                        ++r.changes;
-                        last = t->version();
-                    }
-                } else {
-                    ++r.errors;
-                    ++r.errors_by_code[static_cast<unsigned>(t.error()) & 15];
-                }
-            }
-            r.gets += kBatch;
-            now = clock_ns(CLOCK_MONOTONIC);
-        } while (now < end_ns);
-    } else {
-        do {
-            for (int k = 0; k < kBatch; ++k) {
-                const std::uint64_t s = seq.load(std::memory_order_relaxed);
-                struct timespec ts;
-                ::clock_gettime(CLOCK_REALTIME_COARSE, &ts);
-                asm volatile("" : : "r"(ts.tv_nsec) : "memory");
-                if (s != last) {
-                    ++r.changes;
-                    last = s;
-                }
-            }
-            r.gets += kBatch;
-            now = clock_ns(CLOCK_MONOTONIC);
-        } while (now < end_ns);
-    }
+    const std::int64_t now =
+        o.loop == Loop::get ? loop_get(*handle, end_ns, r) : loop_floor(seq, end_ns, r);
     r.cpu_ns = clock_ns(CLOCK_THREAD_CPUTIME_ID) - cpu0;
     r.elapsed_ns = now - start_ns;
     write_all(result_fd, &r, sizeof r);
@@ -280,90 +293,111 @@ const char* to_string(WriterMode m) {
     return "?";
 }
 
-}  // namespace
-
-int main(int argc, char** argv) {
-    const Options o = parse(argc, argv);
-    ::signal(SIGPIPE, SIG_IGN);
-    tb::BenchSegment seg(tb::unique_segment("scale"), {o.token_bytes});
-
-    void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (page == MAP_FAILED) tb::die(std::string("mmap: ") + std::strerror(errno));
-    auto* stop = new (page) std::atomic<int>(0);
-
+// The pipes between the parent, the readers and the writer.
+struct Pipes {
     Pipe ready, go, results, writer_go, writer_result;
-    const std::vector<int> cpus = tokenshm::bench::allowed_cpus();
-    std::vector<pid_t> children;
+};
 
+// Forks the writer (unless --writer=none) and the readers; returns the
+// writer's pid (-1 for none) and appends every child to `children`.
+pid_t fork_children(const Options& o, tb::BenchSegment& seg, const std::atomic<int>& stop, Pipes& p,
+                    std::vector<pid_t>& children) {
+    const std::vector<int> cpus = tokenshm::bench::allowed_cpus();
     pid_t writer = -1;
     if (o.writer != WriterMode::none) {
         writer = ::fork();
         if (writer < 0) tb::die(std::string("fork: ") + std::strerror(errno));
-        if (writer == 0) ::_exit(run_writer(o, seg, *stop, writer_go.rd, writer_result.wr));
+        if (writer == 0) ::_exit(run_writer(o, seg, stop, p.writer_go.rd, p.writer_result.wr));
         children.push_back(writer);
     }
     for (int i = 0; i < o.readers; ++i) {
         const int cpu =
             o.pin && !cpus.empty() ? cpus[static_cast<std::size_t>(i) % cpus.size()] : -1;
-        const pid_t p = ::fork();
-        if (p < 0) tb::die(std::string("fork: ") + std::strerror(errno));
-        if (p == 0) ::_exit(run_reader(o, seg.name(), i, cpu, ready.wr, go.rd, results.wr));
-        children.push_back(p);
+        const pid_t c = ::fork();
+        if (c < 0) tb::die(std::string("fork: ") + std::strerror(errno));
+        if (c == 0) ::_exit(run_reader(o, seg.name(), i, cpu, p.ready.wr, p.go.rd, p.results.wr));
+        children.push_back(c);
     }
-    ::close(ready.wr);
-    ::close(results.wr);
-    ::close(writer_result.wr);
+    ::close(p.ready.wr);
+    ::close(p.results.wr);
+    ::close(p.writer_result.wr);
+    return writer;
+}
 
+// Waits until every reader is ready, then gives all a common start time 20 ms
+// ahead. False when a reader died first.
+bool start_run(const Options& o, tb::BenchSegment& seg, pid_t writer, Pipes& p) {
     bool ok = true;
     for (int i = 0; i < o.readers && ok; ++i) {
         char c;
-        ok = read_all(ready.rd, &c, 1);
+        ok = read_all(p.ready.rd, &c, 1);
     }
     seg.unlink();  // every process has mapped it now
     const std::int64_t start_ns = clock_ns(CLOCK_MONOTONIC) + 20'000'000;
     for (int i = 0; i < o.readers && ok; ++i)
-        write_all(go.wr, &start_ns, sizeof start_ns);
-    if (writer > 0 && ok) write_all(writer_go.wr, &start_ns, sizeof start_ns);
+        write_all(p.go.wr, &start_ns, sizeof start_ns);
+    if (writer > 0 && ok) write_all(p.writer_go.wr, &start_ns, sizeof start_ns);
+    return ok;
+}
 
-    std::vector<ReaderResult> rs(static_cast<std::size_t>(o.readers));
+// Reads every reader's result, stops the writer, reads its result and reaps
+// every child. False when any of them failed.
+bool collect_results(const Options& o, pid_t writer, std::atomic<int>& stop, Pipes& p,
+                     const std::vector<pid_t>& children, std::vector<ReaderResult>& rs,
+                     WriterResult& wr, bool ok) {
+    rs.resize(static_cast<std::size_t>(o.readers));
     for (int i = 0; i < o.readers && ok; ++i)
-        ok = read_all(results.rd, &rs[i], sizeof rs[i]);
-    stop->store(1, std::memory_order_relaxed);
-    ::close(go.wr);
-    ::close(writer_go.wr);
-    WriterResult wr{};
-    if (writer > 0 && ok) ok = read_all(writer_result.rd, &wr, sizeof wr);
-    for (pid_t p : children) {
+        ok = read_all(p.results.rd, &rs[static_cast<std::size_t>(i)], sizeof rs[0]);
+    stop.store(1, std::memory_order_relaxed);
+    ::close(p.go.wr);
+    ::close(p.writer_go.wr);
+    if (writer > 0 && ok) ok = read_all(p.writer_result.rd, &wr, sizeof wr);
+    for (pid_t c : children) {
         int status = 0;
-        while (::waitpid(p, &status, 0) < 0 && errno == EINTR) {
+        while (::waitpid(c, &status, 0) < 0 && errno == EINTR) {
         }
         if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) ok = false;
     }
-    if (!ok) tb::die("a reader or the writer failed");
+    return ok;
+}
 
+// {"busy":3,...}: which errors get() returned, by name.
+std::string errors_by_code_json(const ReaderResult& r) {
+    std::string by_code;
+    for (unsigned c = 0; c < 16; ++c) {
+        if (r.errors_by_code[c] == 0) continue;
+        by_code += by_code.empty() ? "\"" : ",\"";
+        by_code += tokenshm::bench::error_name(static_cast<tokenshm::Error>(c));
+        by_code += "\":";
+        by_code += std::to_string(r.errors_by_code[c]);
+    }
+    return by_code;
+}
+
+double reads_per_s(const ReaderResult& r) {
+    return static_cast<double>(r.gets) * 1e9 / static_cast<double>(r.elapsed_ns);
+}
+
+std::string reader_json(const ReaderResult& r) {
+    char buf[512];
+    std::snprintf(
+        buf, sizeof buf,
+        "{\"index\":%d,\"cpu\":%d,\"gets\":%llu,\"changes\":%llu,\"errors\":%llu,"
+        "\"errors_by_code\":{%s},\"elapsed_ns\":%lld,\"cpu_ns\":%lld,\"reads_per_s\":%.0f}",
+        r.index, r.cpu, static_cast<unsigned long long>(r.gets),
+        static_cast<unsigned long long>(r.changes), static_cast<unsigned long long>(r.errors),
+        errors_by_code_json(r).c_str(), static_cast<long long>(r.elapsed_ns),
+        static_cast<long long>(r.cpu_ns), reads_per_s(r));
+    return buf;
+}
+
+void print_report(const Options& o, const std::vector<ReaderResult>& rs, const WriterResult& wr) {
     double total_rate = 0;
     std::string per_reader;
     for (const ReaderResult& r : rs) {
-        const double rate = static_cast<double>(r.gets) * 1e9 / static_cast<double>(r.elapsed_ns);
-        total_rate += rate;
-        std::string by_code;  // {"busy":3,...}: which errors get() returned
-        for (unsigned c = 0; c < 16; ++c) {
-            if (r.errors_by_code[c] == 0) continue;
-            by_code += by_code.empty() ? "\"" : ",\"";
-            by_code += tokenshm::bench::error_name(static_cast<tokenshm::Error>(c));
-            by_code += "\":";
-            by_code += std::to_string(r.errors_by_code[c]);
-        }
-        char buf[512];
-        std::snprintf(
-            buf, sizeof buf,
-            "%s{\"index\":%d,\"cpu\":%d,\"gets\":%llu,\"changes\":%llu,\"errors\":%llu,"
-            "\"errors_by_code\":{%s},\"elapsed_ns\":%lld,\"cpu_ns\":%lld,\"reads_per_s\":%.0f}",
-            per_reader.empty() ? "" : ",", r.index, r.cpu, static_cast<unsigned long long>(r.gets),
-            static_cast<unsigned long long>(r.changes), static_cast<unsigned long long>(r.errors),
-            by_code.c_str(), static_cast<long long>(r.elapsed_ns), static_cast<long long>(r.cpu_ns),
-            rate);
-        per_reader += buf;
+        total_rate += reads_per_s(r);
+        if (!per_reader.empty()) per_reader += ',';
+        per_reader += reader_json(r);
     }
     std::printf(
         "{\"writer\":\"%s\",\"readers\":%d,\"token_bytes\":%zu,\"loop\":\"%s\",\"seconds\":%g,"
@@ -371,5 +405,28 @@ int main(int argc, char** argv) {
         to_string(o.writer), o.readers, o.token_bytes, o.loop == Loop::get ? "get" : "floor",
         o.seconds, o.pin ? "true" : "false", static_cast<unsigned long long>(wr.publishes),
         total_rate, per_reader.c_str());
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    const Options o = parse(argc, argv);
+    ::signal(SIGPIPE, SIG_IGN);
+    tb::BenchSegment seg(tb::unique_segment("scale"), {o.token_bytes});
+
+    // The stop flag is shared with the forked writer.
+    void* page = ::mmap(nullptr, 4096, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) tb::die(std::string("mmap: ") + std::strerror(errno));
+    auto* stop = new (page) std::atomic<int>(0);
+
+    Pipes pipes;
+    std::vector<pid_t> children;
+    const pid_t writer = fork_children(o, seg, *stop, pipes, children);
+    const bool started = start_run(o, seg, writer, pipes);
+    std::vector<ReaderResult> rs;
+    WriterResult wr{};
+    if (!collect_results(o, writer, *stop, pipes, children, rs, wr, started))
+        tb::die("a reader or the writer failed");
+    print_report(o, rs, wr);
     return 0;
 }
