@@ -586,6 +586,10 @@ def _find_binaries(argv):
 
 
 def _skip(msg):
+    """Exits 77 (meson: skipped), or 1 under TOKENSHM_CI=1: a skip is no pass."""
+    if os.environ.get("TOKENSHM_CI") == "1":
+        print(f"FAIL: cannot run here, and TOKENSHM_CI=1 makes that a failure: {msg}")
+        sys.exit(1)
     print(f"SKIP: {msg}")
     sys.exit(77)
 
@@ -620,6 +624,9 @@ def main():
     try:
         prog = unittest.main(module="__main__", argv=[sys.argv[0], "-v", *rest], exit=False)
         ok = prog.result.wasSuccessful()
+        if prog.result.testsRun == 0:
+            print("FAIL: no test ran (a filter that matched nothing is no pass)")
+            ok = False
         signal.alarm(0)
     except _Abort as e:
         print(f"FAIL: aborted: {e}")

@@ -188,8 +188,7 @@ class CliTest(unittest.TestCase):
             cli = subprocess.Popen([CLI, "get", "storage", "--wait", "60", "--segment", p.segment],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                blocked = pyutil.in_futex(cli.pid, 20)
-                self.assertIsNot(blocked, False, "tokenshm get --wait never blocked in futex")
+                pyutil.assert_blocked_in_futex(self, cli.pid, "tokenshm get --wait")
                 start = time.monotonic()
                 p.publish_now()
                 out, err = cli.communicate(timeout=60)
@@ -206,8 +205,7 @@ class CliTest(unittest.TestCase):
             w = subprocess.Popen([CLI, "watch", "storage", "--count", "2", "--segment", p.segment],
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             try:
-                blocked = pyutil.in_futex(w.pid, 20)
-                self.assertIsNot(blocked, False, "tokenshm watch never blocked in futex")
+                pyutil.assert_blocked_in_futex(self, w.pid, "tokenshm watch")
                 p.publish_now()
                 out, err = w.communicate(timeout=60)
             finally:
@@ -253,6 +251,9 @@ def main():
         return 2
     CLI, PUBLISHER = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
     prog = unittest.main(argv=[sys.argv[0], "-v"], exit=False)
+    if prog.result.testsRun == 0:
+        print("cli_test: no test ran, which is no pass", file=sys.stderr)
+        return 1
     return 0 if prog.result.wasSuccessful() else 1
 
 

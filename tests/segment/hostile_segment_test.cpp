@@ -2,6 +2,7 @@
 // the reader API and as `tokenshm get`'s exit code, never a crash (run it under
 // ASan+UBSan). Each case starts from a valid segment and corrupts it through a
 // second read-write mapping, or writes /dev/shm/<name> directly.
+#include "ci_skip.hpp"
 #include "test_support.hpp"
 
 #include <tokenshm/reader.hpp>
@@ -462,13 +463,11 @@ TEST_CASE("corrupt slot control: bad status or unterminated name is never found"
 
 TEST_CASE("owner: another uid is untrusted unless TOKENSHM_TRUSTED_UID names it") {
     if (::geteuid() != 0) {
-        WARN("not root: cannot create a segment as another user; skipped");
-        return;
+        SKIP_OR_FAIL_UNDER_CI("not root: cannot create a segment as another user");
     }
     struct passwd* nobody = ::getpwnam("nobody");
     if (nobody == nullptr || ::access("/usr/bin/setpriv", X_OK) != 0) {
-        WARN("no user 'nobody' or no setpriv; skipped");
-        return;
+        SKIP_OR_FAIL_UNDER_CI("no user 'nobody' or no /usr/bin/setpriv");
     }
     const uid_t nobody_uid = nobody->pw_uid;
     SegmentGuard g{segtest::unique_segment("howner")};
@@ -553,8 +552,7 @@ TEST_CASE("owner: another uid is untrusted unless TOKENSHM_TRUSTED_UID names it"
 
 TEST_CASE("a writer never adopts a segment owned by another uid") {
     if (::geteuid() != 0) {
-        WARN("not root: cannot chown; skipped");
-        return;
+        SKIP_OR_FAIL_UNDER_CI("not root: cannot chown the segment to another uid");
     }
     SegmentGuard g{segtest::unique_segment("hadopt")};
     make_valid(g.name);

@@ -6,6 +6,7 @@ import os
 import select
 import signal
 import subprocess
+import sys
 import time
 
 _counter = itertools.count()
@@ -82,6 +83,23 @@ class Publisher:
         finally:
             unlink_segment(self.segment)
         return False
+
+
+def under_ci():
+    """True under TOKENSHM_CI=1 (.ci/run), where a check that cannot run fails."""
+    return os.environ.get("TOKENSHM_CI") == "1"
+
+
+def assert_blocked_in_futex(test, pid, what, timeout=20):
+    """Fails `test` unless /proc shows `pid` blocked in futex(2) within
+    `timeout`; where /proc does not tell, warns (fails under TOKENSHM_CI=1)."""
+    blocked = in_futex(pid, timeout)
+    test.assertIsNot(blocked, False, f"{what} never blocked in futex")
+    if blocked is None:
+        if under_ci():
+            test.fail(f"/proc/{pid}/syscall does not tell whether {what} blocked in futex "
+                      "(TOKENSHM_CI=1 makes that a failure)")
+        print(f"warning: could not confirm that {what} blocked in futex", file=sys.stderr)
 
 
 def in_futex(pid, timeout):
