@@ -1,4 +1,7 @@
-// Shared bits of the test servers: lifetime management and the ready line.
+// Shared bits of the test servers: lifetime management, the ready line and
+// the record of every secret they hand out.
+
+import fs from 'node:fs';
 
 // Stop on SIGTERM/SIGINT, and when the parent dies (we get re-parented, so
 // process.ppid changes: to 1, or to a subreaper). `cleanup` runs first.
@@ -32,6 +35,34 @@ export function consoleToStderr() {
     // eslint-disable-next-line no-console
     console[name] = (...args) => console.error(...args);
   }
+}
+
+// --issued-log FILE: every secret a server issues or knows (access, refresh,
+// ID tokens, authorization codes, client secrets) as one JSON line
+// {"kind","value"}, written before the client can see it, in a file created
+// with mode 0600 (and never through a symlink). The integration harness's
+// no-secrets scan loads it, so it knows values the tests never saw. Kind
+// "client_id" marks a public value: part of a secret that also occurs in one
+// is no evidence of a leak. Returns record(kind, value); a no-op without FILE.
+export function openIssuedLog(name, path) {
+  if (!path) return () => {};
+  let fd;
+  try {
+    const { O_WRONLY, O_APPEND, O_CREAT, O_NOFOLLOW } = fs.constants;
+    fd = fs.openSync(path, O_WRONLY | O_APPEND | O_CREAT | O_NOFOLLOW, 0o600);
+    fs.fchmodSync(fd, 0o600);
+  } catch (e) {
+    process.stderr.write(`${name}: cannot open --issued-log ${path}: ${e.message}\n`);
+    process.exit(2);
+  }
+  const recorded = new Set();
+  return (kind, value) => {
+    if (typeof value !== 'string' || value === '') return;
+    const key = `${kind}\u0000${value}`;
+    if (recorded.has(key)) return;
+    recorded.add(key);
+    fs.writeSync(fd, `${JSON.stringify({ kind, value })}\n`);
+  };
 }
 
 export function printReady(fields) {

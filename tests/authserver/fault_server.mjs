@@ -14,12 +14,12 @@ import { pipeline } from 'node:stream/promises';
 import { parseArgs } from 'node:util';
 
 import {
-  consoleToStderr, hostForUrl, printReady, serve,
+  consoleToStderr, hostForUrl, openIssuedLog, printReady, serve,
 } from './common.mjs';
 
 consoleToStderr();
 
-const USAGE = 'usage: fault_server.mjs [--port N] [--host ADDR] [--script JSON]';
+const USAGE = 'usage: fault_server.mjs [--port N] [--host ADDR] [--script JSON] [--issued-log FILE]';
 
 function die(msg) {
   process.stderr.write(`fault_server: ${msg}\n${USAGE}\n`);
@@ -33,6 +33,7 @@ try {
       port: { type: 'string', default: '0' },
       host: { type: 'string', default: '127.0.0.1' },
       script: { type: 'string' },
+      'issued-log': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -47,6 +48,8 @@ if (args.help) {
 }
 const port = Number(args.port);
 if (!Number.isInteger(port) || port < 0 || port > 65535) die('--port must be 0..65535');
+
+const recordIssued = openIssuedLog('fault_server', args['issued-log']);
 
 const MAX_BODY = 1024 * 1024;
 const MAX_LOG = 100000;
@@ -140,6 +143,8 @@ async function perform(step, req, res) {
     }
     if (ok.scope !== undefined) out.scope = ok.scope;
     Object.assign(out, ok.extra ?? {});
+    recordIssued('access_token', out.access_token);
+    recordIssued('refresh_token', out.refresh_token);
     sendJson(res, 200, out, ok.headers ?? {});
     return facts;
   }

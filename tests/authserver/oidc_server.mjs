@@ -13,7 +13,7 @@ import { parseArgs } from 'node:util';
 import Provider, { errors } from 'oidc-provider';
 
 import {
-  consoleToStderr, hostForUrl, printReady, serve,
+  consoleToStderr, hostForUrl, openIssuedLog, printReady, serve,
 } from './common.mjs';
 import MemoryAdapter from './memory_adapter.mjs';
 
@@ -23,7 +23,7 @@ const USAGE = `usage: oidc_server.mjs [--port N] [--host ADDR] [--tls-cert FILE 
   [--access-ttl S] [--refresh-ttl S] [--issuer-url URL] [--clients FILE]
   [--mint-refresh-token CLIENT_ID --refresh-token-out FILE]... [--mint-scope SCOPE]
   [--mint-resource URI]
-  [--access-token-format opaque|jwt] [--log FILE]`;
+  [--access-token-format opaque|jwt] [--log FILE] [--issued-log FILE]`;
 
 function die(msg) {
   process.stderr.write(`oidc_server: ${msg}\n${USAGE}\n`);
@@ -48,6 +48,7 @@ try {
       'mint-resource': { type: 'string' },
       'access-token-format': { type: 'string', default: 'opaque' },
       log: { type: 'string' },
+      'issued-log': { type: 'string' },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -141,6 +142,11 @@ function toMetadata(c) {
 }
 
 const clientList = loadClients();
+const recordIssued = openIssuedLog('oidc_server', args['issued-log']);
+for (const c of clientList) {
+  recordIssued('client_id', c.client_id);
+  recordIssued('client_secret', c.client_secret);
+}
 const clients = clientList.map(toMetadata);
 const registeredMethod = new Map(clients.map((c) => [c.client_id, c.token_endpoint_auth_method]));
 for (const id of args['mint-refresh-token']) {
@@ -286,6 +292,17 @@ provider.on('server_error', (ctx, err) => {
   logLine({ event: 'server_error', path: ctx?.path, message: String(err?.message ?? err) });
 });
 
+// An authorization code leaves in the Location of the redirect to the client.
+function recordAuthorizationCode(ctx) {
+  const location = ctx.response.get('location');
+  if (!location) return;
+  try {
+    recordIssued('authorization_code', new URL(location, issuer).searchParams.get('code') ?? '');
+  } catch {
+    // not a URL: no code in it
+  }
+}
+
 provider.use(async (ctx, next) => {
   const isToken = ctx.method === 'POST' && ctx.path === '/token';
   const authz = ctx.headers.authorization;
@@ -294,6 +311,7 @@ provider.use(async (ctx, next) => {
     grantRevoked: false,
   };
   await reqInfo.run(info, next);
+  recordAuthorizationCode(ctx);
   if (!isToken) return;
   let oidc;
   try {
@@ -307,6 +325,9 @@ provider.use(async (ctx, next) => {
   if (ctx.status === 400 && body.error === 'invalid_request'
       && body.error_description === 'requested grant type is not allowed for this client') {
     body.error = 'unauthorized_client';
+  }
+  if (ctx.status === 200) {
+    for (const kind of ['access_token', 'refresh_token', 'id_token']) recordIssued(kind, body[kind]);
   }
   const entities = oidc?.entities ?? {};
   logLine({
@@ -375,6 +396,7 @@ for (let i = 0; i < args['mint-refresh-token'].length; i += 1) {
   const clientId = args['mint-refresh-token'][i];
   const out = args['refresh-token-out'][i];
   const value = await mintRefreshToken(clientId, args['mint-scope'], args['mint-resource']);
+  recordIssued('refresh_token', value);
   try {
     fs.rmSync(out, { force: true });
     const fd = fs.openSync(out, 'wx', 0o600);

@@ -4,8 +4,10 @@ Each test file is one meson test: `python3 test_x.py REFRESHER TOKENSHM`
 (or the paths in TOKENSHM_REFRESHER / TOKENSHM_CLI, else under
 TOKENSHM_BUILD_DIR). It calls harness.main(), which runs the file's unittest
 cases under a global deadline, then scans every log the file produced for
-every secret and token it saw (`zz_secrets_never_logged`), then stops every
-process it started and unlinks every segment it named.
+every secret and token it saw and every one the test servers issued (their
+--issued-log files), in any 12-character piece, form-encoded or Base64
+(`zz_secrets_never_logged`), then stops every process it started and unlinks
+every segment it named.
 
 Secrets and tokens are kept in SECRETS and never printed: tests compare
 values, and failure messages name what differs, not the values.
@@ -45,6 +47,7 @@ _KEEP = os.environ.get("TOKENSHM_IT_KEEP") == "1"
 # ---------------------------------------------------------------- secrets
 
 SECRETS = set()          # every secret / token value a test used or saw
+PUBLIC = set()           # values that are no secret (client ids), see scan_logs
 _secrets_lock = threading.Lock()
 
 
@@ -208,6 +211,9 @@ class Server:
             argv += ["--tls-cert", c["server"], "--tls-key", c["server_key"]]
         if self.log_file:
             argv += ["--log", self.log_file]
+        self.issued_log = os.path.join(ws.secrets, f"issued-{n}.jsonl")
+        argv += ["--issued-log", self.issued_log]
+        _issued_logs.append(self.issued_log)
         argv += list(args)
         with open(self.stderr_path, "ab") as err:
             self.proc = spawn(argv, subprocess.PIPE, err)
@@ -390,6 +396,9 @@ class Workspace:
         return s
 
     def config(self, credentials, name="config.json", **top):
+        for c in credentials:
+            if isinstance(c.get("client_id"), str):
+                PUBLIC.add(c["client_id"])
         cfg = {"segment": self.segment, "state_dir": self.state_dir,
                "control_socket": os.path.join(self.dir, "ctl.sock"),
                "credentials": credentials}
@@ -509,63 +518,234 @@ class IntegrationTest(unittest.TestCase):
 
 
 # ---------------------------------------------------------------- scan
+#
+# The scan looks for every value in SECRETS and every value the test servers
+# recorded in their --issued-log files (tokens the tests never saw included),
+# in each form a leak could take: the value, its form encoding
+# (application/x-www-form-urlencoded) and its Base64 (standard and URL-safe)
+# at each of the three offsets it could start at inside a longer encoded text.
+# Any 12-character window of any form is a hit, so a truncated or wrapped
+# secret is found too; a window that also occurs in a public value (a client
+# id) is no evidence and is left out. Hits name the file, the recorded item
+# (source, index, kind) and the form, never the value.
+
+WINDOW = 12
+MIN_SCANNABLE = 6
+_issued_logs = []        # every --issued-log a server was started with
 
 
-def scan_logs():
-    """Fails on any secret or token in any file the tests wrote, except the
-    secret files themselves, the state directories and the test PKI."""
-    files = 0
+def _base64_cores(raw):
+    """For each offset (0, 1, 2) at which `raw` may start inside a longer
+    plaintext, the Base64 characters that depend on `raw` alone."""
+    cores = []
+    for a in range(3):
+        enc = base64.b64encode(b"\0" * a + raw).decode()
+        first = (a + 2) // 3                 # the first 3-byte group wholly inside raw
+        last = (a + len(raw)) // 3           # one past the last whole group
+        if last > first:
+            cores.append((a, enc[4 * first:4 * last]))
+    return cores
+
+
+def _forms(value):
+    """(form name, text) for every encoding of `value` the scan looks for."""
+    form = urllib.parse.quote_plus(value, safe="")
+    out = [("raw", value)]
+    if form != value:
+        out.append(("form-encoded", form))
+    for label, text in (("", value), ("form-encoded ", form)):
+        if label and form == value:
+            continue
+        for a, core in _base64_cores(text.encode()):
+            out.append((f"{label}base64@{a}", core))
+            url = core.replace("+", "-").replace("/", "_")
+            if url != core:
+                out.append((f"{label}base64url@{a}", url))
+    return out
+
+
+def _load_issued():
+    """(items, public values, problems): items are (source, index, kind, value)
+    from every issued log of every workspace."""
+    items, public, problems = [], [], []
+    paths = set(_issued_logs)
+    for root in _workspaces:
+        d = os.path.join(root, "secrets")
+        if os.path.isdir(d):
+            paths.update(os.path.join(d, n) for n in os.listdir(d)
+                         if n.startswith("issued-") and n.endswith(".jsonl"))
+    for path in sorted(paths):
+        source = os.path.relpath(path, "/tmp")
+        try:
+            with open(path) as f:
+                lines = f.read().splitlines()
+        except OSError as e:
+            problems.append(f"{source}: unreadable ({e.strerror})")
+            continue
+        for i, line in enumerate(lines):
+            try:
+                o = json.loads(line)
+                kind, value = o["kind"], o["value"]
+            except (ValueError, KeyError, TypeError):
+                problems.append(f"{source} line {i + 1}: not a {{kind, value}} object")
+                continue
+            if kind == "client_id":
+                public.append(value)
+            else:
+                items.append((source, i, kind, value))
+    return items, public, problems
+
+
+def _windows(text):
+    return (text[k:k + WINDOW] for k in range(len(text) - WINDOW + 1))
+
+
+def _patterns():
+    """{window: what}, [(short text, what)], problems and the number of values;
+    `what` names the item and the form."""
+    items, public, problems = _load_issued()
+    items += [("remembered", i, "secret", v) for i, v in enumerate(sorted(SECRETS))]
+    public_texts = [text for p in set(public) | PUBLIC for _, text in _forms(p)]
+    public_windows = {w for text in public_texts for w in _windows(text)}
+    windows, short = {}, []
+    unscannable = 0
+    for source, index, kind, value in items:
+        for form, text in _forms(value):
+            what = f"{source} item {index} ({kind}), {form}"
+            if len(text) < MIN_SCANNABLE:
+                unscannable += form == "raw"
+                continue
+            if len(text) < WINDOW:
+                if not any(text in p for p in public_texts):
+                    short.append((text, what))
+                continue
+            for w in _windows(text):
+                if w not in windows and w not in public_windows:
+                    windows[w] = what
+    if unscannable:
+        print(f"(the scan cannot look for {unscannable} value(s) shorter than "
+              f"{MIN_SCANNABLE} characters) ", end="")
+    return windows, short, problems, len(items)
+
+
+def _hits_in(data, windows, short, limit=3):
     hits = []
-    roots = list(_workspaces)
+    for k in range(len(data) - WINDOW + 1):
+        what = windows.get(data[k:k + WINDOW])
+        if what and what not in hits:
+            hits.append(what)
+            if len(hits) >= limit:
+                return hits
+    for text, what in short:
+        if text in data and what not in hits:
+            hits.append(what)
+    return hits
+
+
+def _scanned_files(roots):
+    """Every regular file under `roots`, except the secret files themselves,
+    the state directories and the test PKI."""
     for root in roots:
         for dirpath, dirnames, filenames in os.walk(root):
-            rel = os.path.relpath(dirpath, root)
-            top = rel.split(os.sep)[0]
+            top = os.path.relpath(dirpath, root).split(os.sep)[0]
             if top in ("secrets", "state"):
                 dirnames[:] = []
                 continue
             for fn in filenames:
                 p = os.path.join(dirpath, fn)
-                if os.path.islink(p) or not os.path.isfile(p):
-                    continue
-                try:
-                    with open(p, "rb") as f:
-                        data = f.read().decode("utf-8", "replace")
-                except OSError:
-                    continue
-                files += 1
-                for s in SECRETS:
-                    if s in data:
-                        hits.append(os.path.relpath(p, "/tmp"))
-                        break
-    return files, hits
+                if not os.path.islink(p) and os.path.isfile(p):
+                    yield p
+
+
+def scan_logs():
+    """(files scanned, {file: [what matched]}, problems loading the lists,
+    number of values looked for)."""
+    windows, short, problems, values = _patterns()
+    files, hits = 0, {}
+    for p in _scanned_files(list(_workspaces)):
+        try:
+            with open(p, "rb") as f:
+                data = f.read().decode("utf-8", "replace")
+        except OSError:
+            continue
+        files += 1
+        found = _hits_in(data, windows, short)
+        if found:
+            hits[os.path.relpath(p, "/tmp")] = found
+    return files, hits, problems, values
+
+
+def _plant_probes():
+    """A probe workspace with an issued log of one value and files holding a
+    12-character piece of it, its form encoding and its Base64 at each offset.
+    Returns (dir, {file name: the form that must be found in it})."""
+    d = tempfile.mkdtemp(prefix="tokenshm-it-probe-")
+    os.mkdir(os.path.join(d, "secrets"), 0o700)
+    # '/' every 4 characters: no 12-character window of the raw value survives
+    # form encoding, so the form-encoded probe proves the form-encoded match.
+    chunks = [base64.b32encode(os.urandom(5)).decode()[:4] for _ in range(10)]
+    value = "/".join(chunks)
+    with open(os.path.join(d, "secrets", "issued-probe.jsonl"), "w") as f:
+        f.write(json.dumps({"kind": "access_token", "value": value}) + "\n")
+    plants = {"probe-piece.log": ("raw", "x " + value[9:9 + WINDOW] + " y\n"),
+              "probe-form.log": ("form-encoded", "body=a&token=" +
+                                 urllib.parse.quote_plus(value, safe="") + "&z=1\n")}
+    for a in range(3):
+        text = base64.b64encode(b"u:" + b"p" * a + value.encode()).decode()
+        plants[f"probe-base64-{a}.log"] = (f"base64@{(2 + a) % 3}", "Basic " + text + "\n")
+    expect = {}
+    for name, (form, text) in plants.items():
+        with open(os.path.join(d, name), "w") as f:
+            f.write(text)
+        expect[name] = form
+    return d, expect
+
+
+def _probe_verdict(hits, probe_dir, expect):
+    """Problems with the scan's answer on the probes (empty when each was found
+    as the form it was planted in)."""
+    rel = os.path.relpath(probe_dir, "/tmp")
+    bad = []
+    for name, form in expect.items():
+        found = hits.get(os.path.join(rel, name), [])
+        if not any(w.endswith(", " + form) for w in found):
+            bad.append(f"{name} (planted as {form}; matched {found or 'nothing'})")
+    return bad
 
 
 def _run_scan():
     print("zz_secrets_never_logged ... ", end="", flush=True)
-    if not SECRETS:
+    missing = [os.path.relpath(p, "/tmp") for p in _issued_logs if not os.path.exists(p)]
+    if missing:
+        print(f"FAIL: a test server wrote no --issued-log: {missing}")
+        return False
+    # The scan must be able to find something: plant values and look.
+    probe_dir, expect = _plant_probes()
+    _workspaces.append(probe_dir)
+    try:
+        files, hits, problems, values = scan_logs()
+    finally:
+        _workspaces.remove(probe_dir)
+        shutil.rmtree(probe_dir, ignore_errors=True)
+    rel = os.path.relpath(probe_dir, "/tmp") + os.sep
+    bad_probes = _probe_verdict(hits, probe_dir, expect)
+    hits = {f: w for f, w in hits.items() if not f.startswith(rel)}
+    if problems:
+        print(f"FAIL: the issued logs cannot be read: {problems}")
+        return False
+    if values <= 1:  # the probe's own value
         print("FAIL: no secret or token was recorded, nothing to scan for")
         return False
-    # The scan must be able to find something: plant one and look.
-    probe_dir = tempfile.mkdtemp(prefix="tokenshm-it-probe-")
-    probe = "probe-" + base64.b32encode(os.urandom(10)).decode()
-    with open(os.path.join(probe_dir, "probe.log"), "w") as f:
-        f.write("x " + probe + " y\n")
-    _workspaces.append(probe_dir)
-    SECRETS.add(probe)
-    files, hits = scan_logs()
-    SECRETS.discard(probe)
-    _workspaces.remove(probe_dir)
-    shutil.rmtree(probe_dir, ignore_errors=True)
-    probe_hits = [h for h in hits if "tokenshm-it-probe-" in h]
-    hits = [h for h in hits if "tokenshm-it-probe-" not in h]
-    if not probe_hits:
-        print("FAIL: the scan did not find a planted value")
+    if bad_probes:
+        print(f"FAIL: the scan missed planted values: {bad_probes}")
         return False
     if hits:
-        print(f"FAIL: secrets or tokens found in {len(hits)} file(s): {sorted(set(hits))}")
+        print(f"FAIL: secrets or tokens found in {len(hits)} file(s):")
+        for f, what in sorted(hits.items()):
+            print(f"  {f}: {'; '.join(what)}")
         return False
-    print(f"ok ({len(SECRETS)} values, {files - 1} files)")
+    print(f"ok ({values - 1} values: {len(SECRETS)} remembered, the rest issued; "
+          f"{files - len(expect)} files)")
     return True
 
 
