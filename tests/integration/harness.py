@@ -453,6 +453,24 @@ class Workspace:
                 remember(tok)
         return r.returncode, tok, r.stderr.decode(errors="replace").strip()
 
+    def heartbeat_ms(self):
+        """The refresher's last heartbeat (Unix ms), from `status --json`."""
+        t0 = time.time()
+        st = self.status()
+        t1 = time.time()
+        return int((t0 + t1) * 500) - st["refresher"]["heartbeat_age_ms"]
+
+    def refresher_ran_for(self, seconds, what):
+        """Waits until the refresher's heartbeat has moved `seconds` past its
+        value now: evidence that its loop ran through the whole window, which a
+        fixed sleep on a loaded machine is not. Bounded (generously); returns
+        the wall-clock seconds the window took."""
+        t0 = time.monotonic()
+        start = self.heartbeat_ms()
+        wait_for(lambda: self.heartbeat_ms() - start >= seconds * 1000, seconds * 4 + 30,
+                 f"the refresher's heartbeat to advance {seconds}s ({what})")
+        return time.monotonic() - t0
+
     def wait_state(self, name, states, timeout_s, what=None):
         if isinstance(states, str):
             states = (states,)

@@ -180,7 +180,7 @@ class Faults(IntegrationTest):
         self.assertIn("HTTP 401", c["last_error"])
         self.assertIn("client_id", c["last_error"])
         n = fs.control_state()["requests"]
-        time.sleep(3)
+        ws.refresher_ran_for(3, "a window in which a retry would show")
         self.assertEqual(fs.control_state()["requests"], n, "requests after reauth")
         rc, tok, _ = ws.get("f")
         self.assertEqual(rc, 0, "the unexpired token is not served in reauth")
@@ -193,7 +193,7 @@ class Faults(IntegrationTest):
                               c["last_error"] else None)(ws.cred("f")), 10, "reauth on HTTP 403")
         self.assertIn("client_id", c["last_error"])
         n = fs.control_state()["requests"]
-        time.sleep(2)
+        ws.refresher_ran_for(2, "a window in which a retry would show")
         self.assertEqual(fs.control_state()["requests"], n, "requests after reauth")
         self.assertTrue(r.alive())
         ws.remember_state()

@@ -1,13 +1,17 @@
 // The reader against a segment written in-process: publish, read, every typed
 // error of the read path, the version cache, wait().
+#include "ci_skip.hpp"
+
 #include <tokenshm/reader.hpp>
 #include <tokenshm/shm/segment.hpp>
 
+#include <sys/syscall.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 
 #include <chrono>
+#include <fstream>
 #include <limits>
 #include <optional>
 #include <string>
@@ -38,6 +42,29 @@ shm::SegmentSpec spec(const std::string& name, std::uint32_t max_token_bytes = 8
 
 std::int64_t now_ms() {
     return shm::sys::realtime_ms();
+}
+
+enum class Blocked { in_futex, not_seen, unknown };
+
+// Polls (bounded) until thread `tid` of this process sleeps ('S' in its stat)
+// inside futex(2) (the syscall number first in /proc/self/task/<tid>/syscall).
+// `unknown` when /proc does not say.
+Blocked wait_until_in_futex(pid_t tid, std::chrono::milliseconds timeout) {
+    const std::string task = "/proc/self/task/" + std::to_string(tid);
+    const auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (std::chrono::steady_clock::now() < deadline) {
+        std::ifstream syscall_file(task + "/syscall");
+        std::string nr;
+        if (!(syscall_file >> nr)) return Blocked::unknown;
+        std::ifstream stat_file(task + "/stat");
+        std::string stat;
+        if (!std::getline(stat_file, stat)) return Blocked::unknown;
+        const std::size_t paren = stat.rfind(')');  // "pid (comm) S ...": comm may hold spaces
+        const char state = paren + 2 < stat.size() ? stat[paren + 2] : '?';
+        if (nr == std::to_string(SYS_futex) && state == 'S') return Blocked::in_futex;
+        std::this_thread::sleep_for(200us);
+    }
+    return Blocked::not_seen;
 }
 
 shm::SlotRecord valid_record(std::uint64_t version, std::string_view token, std::int64_t ttl_ms) {
@@ -289,13 +316,25 @@ TEST_CASE("wait wakes on publish and times out on time") {
     REQUIRE_FALSE(timed_out);
     CHECK(timed_out.error() == Error::timeout);
 
-    // The writer publishes only after the reader has been seen waiting on the futex.
+    // The writer publishes only after the reader has been seen asleep in
+    // futex(2), so the wake-up below comes through the futex; it publishes
+    // after 20 s in any case, so a wait that never blocks still ends.
+    const pid_t reader_tid = ::gettid();
+    Blocked seen = Blocked::unknown;
+    shm::EncodeError published = shm::EncodeError::ok;
     std::thread writer([&] {
-        std::this_thread::yield();
-        REQUIRE(w->publish(slot, valid_record(7, "woken", 60'000)) == shm::EncodeError::ok);
+        seen = wait_until_in_futex(reader_tid, 20s);
+        published = w->publish(slot, valid_record(7, "woken", 60'000));
     });
-    auto t = h.wait(0, 10s);
+    auto t = h.wait(0, 60s);
     writer.join();
+    REQUIRE(published == shm::EncodeError::ok);
+    if (seen == Blocked::unknown)
+        WARN_OR_FAIL_UNDER_CI(
+            "/proc/self/task/<tid> does not say whether the reader slept in "
+            "futex(2)");
+    else
+        CHECK(seen == Blocked::in_futex);
     REQUIRE(t);
     CHECK(t->version() == 7);
     CHECK(t->token() == "woken");
