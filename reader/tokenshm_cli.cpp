@@ -65,7 +65,6 @@ std::int64_t now_ms() {
         .count();
 }
 
-// "3m12s", "1h02m", "45s", "-" for none.
 // a - b for times read from the segment, which may hold anything: clamped to
 // the int64 range instead of overflowing.
 std::int64_t ms_diff(std::int64_t a, std::int64_t b) {
@@ -75,6 +74,7 @@ std::int64_t ms_diff(std::int64_t a, std::int64_t b) {
                  : std::numeric_limits<std::int64_t>::min();
 }
 
+// "45s", "3m12s", "1h02m", "2d03h"; a negative duration gets a leading "-".
 std::string human_duration(std::int64_t ms) {
     // -INT64_MIN does not fit in an int64; INT64_MAX reads the same.
     if (ms < 0)
