@@ -6,6 +6,9 @@
 // validated, so a typo never touches a secret file.
 #include "config.hpp"
 
+#include <tokenshm/layout.h>
+#include <tokenshm/shm/segment.hpp>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -56,7 +59,8 @@ constexpr std::size_t max_credentials = 4096;
 constexpr std::size_t max_file_bytes = 1024 * 1024;
 constexpr std::size_t max_path_bytes = 4095;
 constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_path) - 1
-constexpr std::size_t max_scope_bytes = 1024;
+// libshm's valid_segment_name allows this many; only messages need the number.
+constexpr std::size_t max_segment_name = 200;
 
 // Thrown only inside this file; parse_config turns it into its error value.
 // Exceptions keep the many validation steps readable; none escapes.
@@ -218,17 +222,23 @@ std::chrono::seconds seconds_member(const Members& m, std::string_view key, std:
     return v == nullptr ? fallback : std::chrono::seconds(expect_int(*v, m.path(key), lo, hi));
 }
 
-// `[A-Za-z0-9._-]{1,max}`, and not "." or ".." (names may become file names).
-bool is_valid_name(std::string_view s, std::size_t max) {
-    return !s.empty() && s.size() <= max && std::all_of(s.begin(), s.end(), is_name_char) &&
-           s != "." && s != "..";
+// A segment or credential name: libshm's rule (shm::valid_segment_name,
+// shm::valid_slot_name), which the message states.
+enum class NameKind { segment, credential };
+
+std::size_t name_max(NameKind k) {
+    return k == NameKind::segment ? max_segment_name : TOKENSHM_SLOT_NAME_CAP - 1;
 }
 
-std::string expect_name(const Value& v, const std::string& path, std::size_t max) {
+bool valid_name(NameKind k, std::string_view s) {
+    return k == NameKind::segment ? shm::valid_segment_name(s) : shm::valid_slot_name(s);
+}
+
+std::string expect_name(const Value& v, const std::string& path, NameKind k) {
     const std::string what =
-        "a string of 1 to " + std::to_string(max) + " characters [A-Za-z0-9._-]";
+        "a string of 1 to " + std::to_string(name_max(k)) + " characters [A-Za-z0-9._-]";
     const auto s = expect_string(v, path, what);
-    if (!is_valid_name(s, max)) {
+    if (!valid_name(k, s)) {
         fail(path, "expected " + what + " other than \".\" and \"..\", found " + quote(s));
     }
     return std::string(s);
@@ -411,7 +421,7 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
     const Members m(v, path, credential_keys, credential_key_hint);
     CredentialConfig c;
 
-    c.name = expect_name(m.require("name"), m.path("name"), 63);
+    c.name = expect_name(m.require("name"), m.path("name"), NameKind::credential);
     c.grant = expect_enum(
         m.require("grant"), m.path("grant"),
         std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
@@ -493,12 +503,13 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
     }
 
     if (const Value* s = m.find_nullable("scope")) {
-        const std::string what =
-            "a string of 1 to " + std::to_string(max_scope_bytes) + " printable ASCII characters";
+        const std::string what = "a string of 1 to " +
+                                 std::to_string(std::size_t{TOKENSHM_SCOPE_CAP}) +
+                                 " printable ASCII characters";
         const auto scope = expect_string(*s, m.path("scope"), what);
         const bool printable = std::all_of(scope.begin(), scope.end(),
                                            [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
-        if (scope.empty() || scope.size() > max_scope_bytes) {
+        if (scope.empty() || scope.size() > std::size_t{TOKENSHM_SCOPE_CAP}) {
             fail(m.path("scope"),
                  "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
         }
@@ -593,7 +604,7 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         sources.getenv ? sources.getenv("TOKENSHM_SEGMENT") : std::nullopt;
     if (env_segment && env_segment->empty()) env_segment.reset();
     if (const Value* v = m.find("segment")) {
-        cfg.segment = expect_name(*v, "segment", 200);
+        cfg.segment = expect_name(*v, "segment", NameKind::segment);
         if (env_segment && *env_segment != cfg.segment)
             cfg.warnings.push_back("segment: the config names " + quote(cfg.segment) +
                                    "; TOKENSHM_SEGMENT=" + quote(*env_segment) +
@@ -601,11 +612,10 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                                    "tokens");
     } else if (env_segment) {
         const std::string& s = *env_segment;
-        if (!is_valid_name(s, 200))
+        if (!shm::valid_segment_name(s))
             fail("TOKENSHM_SEGMENT (environment)",
-                 "expected 1 to 200 characters [A-Za-z0-9._-] other than \".\" and \"..\", "
-                 "found " +
-                     quote(s));
+                 "expected 1 to " + std::to_string(max_segment_name) +
+                     " characters [A-Za-z0-9._-] other than \".\" and \"..\", found " + quote(s));
         cfg.segment = s;
     }
 
@@ -654,8 +664,8 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     }
 
     if (const Value* v = m.find("max_token_bytes")) {
-        cfg.max_token_bytes =
-            static_cast<std::uint32_t>(expect_int(*v, "max_token_bytes", 64, 1 << 20));
+        cfg.max_token_bytes = static_cast<std::uint32_t>(expect_int(
+            *v, "max_token_bytes", TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));
     }
 
     const Value& creds = m.require("credentials");

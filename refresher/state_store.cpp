@@ -2,6 +2,9 @@
 
 #include "log.hpp"
 
+#include <tokenshm/layout.h>
+#include <tokenshm/shm/segment.hpp>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -160,8 +163,9 @@ std::string quoted_name(std::string_view name) {
 }
 
 std::string invalid_name(std::string_view name) {
-    return "credential name " + quoted_name(name) +
-           " is not 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    return "credential name " + quoted_name(name) + " is not 1 to " +
+           std::to_string(TOKENSHM_SLOT_NAME_CAP - 1) +
+           " characters of A-Z, a-z, 0-9, '.', '_', '-'";
 }
 
 // A Secret holding a + b, built so no unwiped copy of the bytes is left behind.
@@ -262,14 +266,6 @@ std::string parent_of(const std::string& dir) {
 
 }  // namespace
 
-bool valid_credential_name(std::string_view name) noexcept {
-    if (name.empty() || name.size() > 63) return false;
-    return std::all_of(name.begin(), name.end(), [](char c) {
-        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-               c == '.' || c == '_' || c == '-';
-    });
-}
-
 // ---------------------------------------------------------------- StateStore
 
 StateStore::StateStore(FileSystem& fs, std::string dir, StateWarningSink warn)
@@ -327,13 +323,13 @@ Expected<Done, std::string> StateStore::prepare() {
 }
 
 Expected<std::optional<Secret>, std::string> StateStore::load(std::string_view credential_name) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+    if (!shm::valid_slot_name(credential_name)) return Unexpected{invalid_name(credential_name)};
     return read_token_file(fs_, token_path(credential_name), O_NOFOLLOW, warn_, credential_name);
 }
 
 Expected<Done, std::string> StateStore::save(std::string_view credential_name,
                                              const Secret& refresh_token) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+    if (!shm::valid_slot_name(credential_name)) return Unexpected{invalid_name(credential_name)};
     const std::string name(credential_name);
     const std::string final_path = token_path(name);
     const std::string temp_path = final_path + std::string(temp_suffix);
@@ -387,7 +383,7 @@ Expected<Done, std::string> StateStore::save(std::string_view credential_name,
 }
 
 Expected<bool, std::string> StateStore::set_aside(std::string_view credential_name) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+    if (!shm::valid_slot_name(credential_name)) return Unexpected{invalid_name(credential_name)};
     const std::string from = token_path(credential_name);
     const std::string to = from + ".rejected";
     if (auto r = fs_.rename(from, to); !r) {

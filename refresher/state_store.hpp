@@ -84,11 +84,9 @@ class PosixFileSystem : public FileSystem {
 // ones. Messages name files and modes, never contents.
 using StateWarningSink = std::function<void(std::string_view cred, std::string_view message)>;
 
-// Credential names as the config allows them: [A-Za-z0-9._-]{1,63}.
-bool valid_credential_name(std::string_view name) noexcept;
-
 // The state directory: one `<name>.refresh_token` file (0600) per credential
-// in a directory (0700) owned by this process's effective uid.
+// in a directory (0700) owned by this process's effective uid. Names follow
+// libshm's credential name rule (shm::valid_slot_name); others are refused.
 class StateStore {
   public:
     // Largest accepted refresh token, in bytes (a trailing newline is extra).

@@ -6,6 +6,8 @@
 // checks that a message leaks no content use a marker that is not a token.
 #include "state_store.hpp"
 
+#include <tokenshm/shm/segment.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -183,17 +185,18 @@ class FaultyFileSystem final : public FileSystem {
 
 // ------------------------------------------------------------------ names
 
-TEST_CASE("credential names are [A-Za-z0-9._-]{1,63}", "[state_store]") {
-    CHECK(valid_credential_name("storage"));
-    CHECK(valid_credential_name("A-z_0.9"));
-    CHECK(valid_credential_name(std::string(63, 'a')));
-    CHECK_FALSE(valid_credential_name(""));
-    CHECK_FALSE(valid_credential_name(std::string(64, 'a')));
-    CHECK_FALSE(valid_credential_name("a/b"));
-    CHECK_FALSE(valid_credential_name("../etc/passwd"));
-    CHECK_FALSE(valid_credential_name("a b"));
-    CHECK_FALSE(valid_credential_name(std::string("a\0b", 3)));
-    CHECK_FALSE(valid_credential_name("caf\xc3\xa9"));
+TEST_CASE("the state store takes libshm's credential names: [A-Za-z0-9._-]{1,63}",
+          "[state_store]") {
+    CHECK(tokenshm::shm::valid_slot_name("storage"));
+    CHECK(tokenshm::shm::valid_slot_name("A-z_0.9"));
+    CHECK(tokenshm::shm::valid_slot_name(std::string(63, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(""));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string(64, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("a/b"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("../etc/passwd"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("a b"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string("a\0b", 3)));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("caf\xc3\xa9"));
 }
 
 TEST_CASE("save and load reject bad credential names and touch nothing", "[state_store]") {
