@@ -200,7 +200,7 @@ long clamp_ms(std::chrono::milliseconds ms) {
 std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
     auto* t = static_cast<CurlTransfer*>(user);
     const std::size_t len = size * count;
-    std::string& body = t->response.body;
+    WipedString& body = t->response.body;
     const std::size_t room = HttpResponse::kMaxBody - body.size();
     if (len > room) {
         body.append(data, room);

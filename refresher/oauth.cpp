@@ -88,7 +88,7 @@ std::string media_type(std::string_view content_type) {
 bool looks_like_html(const HttpResponse& r) {
     const std::string mt = media_type(r.content_type);
     if (mt == "text/html" || mt == "application/xhtml+xml") return true;
-    std::string_view b = r.body;
+    std::string_view b = r.body.view();
     while (!b.empty() &&
            (b.front() == ' ' || b.front() == '\t' || b.front() == '\r' || b.front() == '\n'))
         b.remove_prefix(1);
@@ -103,7 +103,7 @@ bool blank(std::string_view s) {
 // Parses without recursion (a body of a million '[' must not blow the stack)
 // and rejects invalid UTF-8. On failure, `why` says what and where, and
 // never quotes the body.
-bool parse_json(const std::string& body, rapidjson::Document& doc, std::string& why) {
+bool parse_json(std::string_view body, rapidjson::Document& doc, std::string& why) {
     doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
                                                                                       body.size());
     if (!doc.HasParseError()) return true;
@@ -661,7 +661,7 @@ Expected<std::string, std::string> parse_discovery(const HttpResponse& response,
         return E{"discovery returned an HTML page, not JSON metadata (check issuer)"};
     rapidjson::Document doc;
     std::string why;
-    if (!parse_json(response.body, doc, why))
+    if (!parse_json(response.body.view(), doc, why))
         return E{"discovery response is not valid JSON (" + why + ")"};
     if (!doc.IsObject()) return E{"discovery response is not a JSON object"};
 
@@ -702,12 +702,13 @@ TokenOutcome parse_token_response(const HttpResponse& response,
     const bool html = looks_like_html(response);
     rapidjson::Document doc;
     std::string why;
-    const bool json = !html && !blank(response.body) && parse_json(response.body, doc, why);
+    const bool json =
+        !html && !blank(response.body.view()) && parse_json(response.body.view(), doc, why);
 
     if (status == 200) {
         const std::string head = "HTTP 200 token response: ";
         if (html) return retry(200, head + "an HTML page, not JSON (check token_endpoint)");
-        if (blank(response.body)) return retry(200, head + "empty body");
+        if (blank(response.body.view())) return retry(200, head + "empty body");
         if (!json) {
             const std::string mt = media_type(response.content_type);
             std::string msg = head + "not valid JSON (" + why + ")";

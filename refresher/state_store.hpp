@@ -111,7 +111,9 @@ class StateStore {
     // Replaces the persisted refresh token atomically and durably. On error
     // before the rename the old file is untouched and no temp file remains;
     // an error after it (directory fsync) means the new token is in place but
-    // may not survive a crash. Either way: do not publish, retry the save.
+    // may not survive a crash. Either way the caller (CredentialRefresher)
+    // keeps the new token in memory, retries the save every second, and still
+    // publishes the access token (see the top of this file for why).
     Expected<Done, std::string> save(std::string_view credential_name, const Secret& refresh_token);
 
     // Renames <name>.refresh_token to <name>.refresh_token.rejected after the

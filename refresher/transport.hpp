@@ -40,7 +40,8 @@ struct HttpResponse {
     std::string content_type;
     std::optional<std::string> retry_after;  // raw Retry-After header value
     // The body, at most kMaxBody bytes; `too_large` when the server sent more.
-    std::string body;
+    // It may hold tokens: wiped when the response goes.
+    WipedString body;
     bool too_large = false;
     static constexpr std::size_t kMaxBody = 1 << 20;
 };
