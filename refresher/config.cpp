@@ -271,115 +271,12 @@ E expect_enum(const Value& v, const std::string& path,
     fail(path, "expected " + expected + ", found " + describe(v));
 }
 
-bool is_ipv4_loopback(std::string_view host) {
-    int parts = 0;
-    int first = -1;
-    std::size_t i = 0;
-    while (i <= host.size()) {
-        const std::size_t end = std::min(host.find('.', i), host.size());
-        const auto part = host.substr(i, end - i);
-        if (part.empty() || part.size() > 3 ||
-            !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-            return false;
-        }
-        const int n = std::atoi(std::string(part).c_str());
-        if (n > 255) return false;
-        if (parts == 0) first = n;
-        ++parts;
-        i = end + 1;
-    }
-    return parts == 4 && first == 127;
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), [](char c) {
-        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    });
-    return out;
-}
-
-// https://host[:port][/path][?query]; http:// only for a loopback host.
-// No user info (it would carry a password into logs), no fragment, and for an
-// issuer (RFC 8414 §2) no query either.
-std::string expect_url(const Value& v, const std::string& path, bool allow_query) {
-    const auto url = expect_string(v, path, "an https:// URL");
-    // What messages may show of it: never user info, never a query (some
-    // endpoints carry a key there, e.g. ?code=).
-    auto shown = [&]() -> std::string {
-        if (url.find('@') != std::string_view::npos) return kind(v);
-        const auto q = url.find('?');
-        return q == std::string_view::npos ? quote(url)
-                                           : quote(url.substr(0, q)) + " (query not shown)";
-    };
-    const auto scheme_end = url.find("://");
-    const std::string scheme = lower(url.substr(0, scheme_end));
-    if (scheme_end == std::string_view::npos || (scheme != "https" && scheme != "http")) {
-        fail(path, "expected an https:// URL, found " + shown());
-    }
-    if (std::any_of(url.begin(), url.end(), [](char c) {
-            const auto u = static_cast<unsigned char>(c);
-            return u <= 0x20 || u >= 0x7f;
-        })) {
-        fail(path, "URL contains a space, control or non-ASCII character");
-    }
-    const auto rest = url.substr(scheme_end + 3);
-    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
-    if (authority.find('@') != std::string_view::npos) {
-        fail(path, "URL must not contain user info (user:password@)");
-    }
-    if (url.find('#') != std::string_view::npos) fail(path, "URL must not have a fragment (#...)");
-    if (!allow_query && url.find('?') != std::string_view::npos) {
-        fail(path, "an issuer URL must not have a query (?...), found " + shown());
-    }
-    std::string_view host = authority;
-    std::string_view port;
-    bool has_port = false;
-    if (!authority.empty() && authority.front() == '[') {
-        const auto close = authority.find(']');
-        if (close == std::string_view::npos) fail(path, "URL has an unterminated [IPv6] host");
-        host = authority.substr(0, close + 1);
-        const auto inner = host.substr(1, host.size() - 2);
-        if (inner.empty() || !std::all_of(inner.begin(), inner.end(), [](char c) {
-                return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
-            })) {
-            fail(path, "URL has an invalid [IPv6] host");
-        }
-        const auto after = authority.substr(close + 1);
-        if (!after.empty()) {
-            if (after.front() != ':') fail(path, "URL has junk after the [IPv6] host");
-            port = after.substr(1);
-            has_port = true;
-        }
-    } else {
-        const auto colon = authority.find(':');
-        if (colon != std::string_view::npos) {
-            host = authority.substr(0, colon);
-            port = authority.substr(colon + 1);
-            has_port = true;
-        }
-        if (!std::all_of(host.begin(), host.end(), [](char c) { return is_name_char(c); })) {
-            fail(path, "URL has an invalid host name");
-        }
-    }
-    if (host.empty()) fail(path, "URL has no host, found " + shown());
-    if (has_port) {
-        const bool digits =
-            !port.empty() && port.size() <= 5 &&
-            std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
-        const int n = digits ? std::atoi(std::string(port).c_str()) : 0;
-        if (n < 1 || n > 65535) fail(path, "URL has an invalid port, found " + shown());
-    }
-    if (scheme == "http") {
-        const std::string h = lower(host);
-        if (h != "localhost" && h != "[::1]" && !is_ipv4_loopback(h)) {
-            fail(path,
-                 "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
-                 "[::1]); use https://, found " +
-                     shown());
-        }
-    }
-    return std::string(url);
+// An issuer or endpoint URL, checked by EndpointUrl (the one URL rule).
+EndpointUrl expect_url(const Value& v, const std::string& path, EndpointUrl::Role role) {
+    const auto text = expect_string(v, path, "an https:// URL");
+    auto url = EndpointUrl::parse(text, role);
+    if (!url) fail(path, url.error().message);
+    return std::move(*url);
 }
 
 constexpr std::array<std::string_view, 7> top_keys = {
@@ -470,9 +367,11 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
     if (issuer != nullptr && endpoint != nullptr) {
         fail(m.path("token_endpoint"), "give either issuer or token_endpoint, not both");
     }
-    if (issuer != nullptr) c.issuer = expect_url(*issuer, m.path("issuer"), false);
+    if (issuer != nullptr)
+        c.issuer = expect_url(*issuer, m.path("issuer"), EndpointUrl::Role::issuer);
     if (endpoint != nullptr) {
-        c.token_endpoint = expect_url(*endpoint, m.path("token_endpoint"), true);
+        c.token_endpoint =
+            expect_url(*endpoint, m.path("token_endpoint"), EndpointUrl::Role::endpoint);
     }
 
     if (const Value* a = m.find("auth_method")) {

@@ -3,6 +3,7 @@
 //   credentials[1].grant: expected "refresh_token" or "client_credentials"
 #pragma once
 
+#include "endpoint_url.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -28,9 +29,9 @@ const char* to_string(Grant g) noexcept;
 const char* to_string(AuthMethod m) noexcept;
 
 struct CredentialConfig {
-    std::string name;                           // [A-Za-z0-9._-]{1,63}, unique
-    std::optional<std::string> issuer;          // exactly one of issuer and
-    std::optional<std::string> token_endpoint;  // token_endpoint
+    std::string name;                           // shm::valid_slot_name, unique
+    std::optional<EndpointUrl> issuer;          // exactly one of issuer and
+    std::optional<EndpointUrl> token_endpoint;  // token_endpoint
     Grant grant = Grant::refresh_token;
     std::string client_id;
     Secret client_secret;

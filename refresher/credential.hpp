@@ -117,7 +117,7 @@ class CredentialRefresher {
     std::function<double()> random01_;
     Backoff backoff_;
 
-    std::optional<std::string> token_endpoint_;  // configured or discovered
+    std::optional<EndpointUrl> token_endpoint_;  // configured or discovered
     std::size_t discovery_index_ = 0;
     Request in_flight_ = Request::none;
     std::int64_t sent_at_ms_ = 0;

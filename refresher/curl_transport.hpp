@@ -5,9 +5,9 @@
 // Policy, applied to every request whatever the caller asks:
 // - certificates are always verified (peer and host name, TLS 1.2 or later);
 //   a request's `ca_file` is trusted in addition to the system's CAs;
-// - only https:// and http:// are spoken, and plain http:// only to loopback
-//   addresses (127.0.0.0/8, localhost, [::1]): any other URL is refused before
-//   a single packet leaves the machine;
+// - a request's URL is an EndpointUrl, so it is https://, or http:// to a
+//   loopback address, by construction; libcurl's own parse of it must agree
+//   on scheme and host, or the request is refused before a packet leaves;
 // - no redirects are followed, no proxy is used for loopback;
 // - response bodies are capped at HttpResponse::kMaxBody before anyone parses
 //   them.
@@ -70,6 +70,8 @@ class CurlTransport final : public Transport {
   private:
     using Completed = std::vector<std::pair<std::uint64_t, HttpResponse>>;
     void fail_now(std::uint64_t id, std::string message);
+    // Sets every option of `easy` for `t`'s request; the first failure, by name.
+    std::string configure(CURL* easy, detail::CurlTransfer& t) const;
     bool perform();
     void collect(Completed& done);
     void finish(CURL* easy, CURLcode result, Completed& done);
@@ -84,11 +86,5 @@ class CurlTransport final : public Transport {
     // Requests that completed without reaching libcurl (refused, setup failed).
     Completed ready_;
 };
-
-namespace detail {
-// True for the hosts plain http:// may go to: an IPv4 address in 127.0.0.0/8,
-// "localhost" (any case) and the IPv6 loopback, bracketed as in a URL ("[::1]").
-bool is_loopback_host(std::string_view host);
-}  // namespace detail
 
 }  // namespace tokenshm::refresher

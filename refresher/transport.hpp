@@ -3,6 +3,7 @@
 // delays another); tests inject a fake that answers from a script.
 #pragma once
 
+#include "endpoint_url.hpp"
 #include "secret.hpp"
 
 #include <chrono>
@@ -15,7 +16,10 @@
 namespace tokenshm::refresher {
 
 struct HttpRequest {
-    std::string url;
+    explicit HttpRequest(EndpointUrl target) : url(std::move(target)) {}
+
+    // Checked when it was made: https, or http to a loopback host.
+    EndpointUrl url;
     std::string method = "POST";  // "POST" or "GET"
     // Non-secret headers, "Name: value".
     std::vector<std::string> headers;

@@ -48,7 +48,7 @@ class FakeTransport : public Transport {
     // Answers the pending request whose URL contains `url_part`.
     bool answer(const std::string& url_part, HttpResponse r) {
         for (auto it = pending.begin(); it != pending.end(); ++it) {
-            if (it->second.url.find(url_part) == std::string::npos) continue;
+            if (it->second.url.text().find(url_part) == std::string::npos) continue;
             ready.emplace_back(it->first, std::move(r));
             pending.erase(it);
             return true;
@@ -57,7 +57,8 @@ class FakeTransport : public Transport {
     }
     std::string body_for(const std::string& url_part) const {
         for (const auto& [id, r] : pending)
-            if (r.url.find(url_part) != std::string::npos) return std::string(r.body.reveal());
+            if (r.url.text().find(url_part) != std::string::npos)
+                return std::string(r.body.reveal());
         return {};
     }
 };
@@ -86,7 +87,7 @@ struct TempDir {
 CredentialConfig cred(const std::string& name) {
     CredentialConfig c;
     c.name = name;
-    c.token_endpoint = "https://" + name + ".example.test/token";
+    c.token_endpoint = EndpointUrl::parse("https://" + name + ".example.test/token").value();
     c.client_id = name + "-client";
     c.client_secret = Secret("secret-" + name);
     return c;
