@@ -62,8 +62,10 @@ constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_p
 // libshm's valid_segment_name allows this many; only messages need the number.
 constexpr std::size_t max_segment_name = 200;
 
-// Thrown only inside this file; parse_config turns it into its error value.
-// Exceptions keep the many validation steps readable; none escapes.
+// Thrown only inside this file; parse_config catches it and returns a config
+// RefresherError. The one exception to error.hpp's rule, and it never leaves
+// this file: it keeps the many small validation steps readable (each check
+// is one line, with no error to pass up by hand).
 struct ConfigError {
     std::string line;
 };
@@ -684,32 +686,39 @@ ConfigSources ConfigSources::system() {
     return ConfigSources{system_getenv, system_read_file, system_group_id};
 }
 
-Expected<Config, std::string> parse_config(std::string_view json, const ConfigSources& sources) {
+Expected<Config, RefresherError> parse_config(std::string_view json, const ConfigSources& sources) {
+    const auto error = [](std::string line) {
+        return Unexpected{RefresherError::config_error(std::move(line))};
+    };
     // RapidJSON treats a NUL byte as the end of input; refuse it outright.
     if (const auto nul = json.find('\0'); nul != std::string_view::npos) {
-        return Unexpected{position(json, nul) + ": NUL byte in the configuration"};
+        return error(position(json, nul) + ": NUL byte in the configuration");
     }
     rapidjson::Document doc;
     doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(json.data(),
                                                                                       json.size());
     if (doc.HasParseError()) {
-        return Unexpected{position(json, doc.GetErrorOffset()) + ": " +
-                          rapidjson::GetParseError_En(doc.GetParseError())};
+        return error(position(json, doc.GetErrorOffset()) + ": " +
+                     rapidjson::GetParseError_En(doc.GetParseError()));
     }
     try {
         return parse_document(doc, sources);
     } catch (ConfigError& e) {
-        return Unexpected{std::move(e.line)};
+        return error(std::move(e.line));
     }
 }
 
-Expected<Config, std::string> load_config(const std::string& path, const ConfigSources& sources) {
-    if (!sources.read_file) return Unexpected{path + ": no way to read files here"};
+Expected<Config, RefresherError> load_config(const std::string& path,
+                                             const ConfigSources& sources) {
+    const auto error = [](std::string line) {
+        return Unexpected{RefresherError::config_error(std::move(line))};
+    };
+    if (!sources.read_file) return error(path + ": no way to read files here");
     bool loose = false;  // the configuration holds no secret: its mode does not matter
     auto text = sources.read_file(path, loose);
-    if (!text) return Unexpected{text.error()};
+    if (!text) return error(text.error());
     auto cfg = parse_config(*text, sources);
-    if (!cfg) return Unexpected{path + ": " + cfg.error()};
+    if (!cfg) return error(path + ": " + cfg.error().message);
     return cfg;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "endpoint_url.hpp"
+#include "error.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -77,10 +78,11 @@ struct ConfigSources {
     static ConfigSources system();
 };
 
-// Parses and validates. The error is one line naming the key's path.
-Expected<Config, std::string> parse_config(std::string_view json,
-                                           const ConfigSources& sources = ConfigSources::system());
-Expected<Config, std::string> load_config(const std::string& path,
-                                          const ConfigSources& sources = ConfigSources::system());
+// Parses and validates. The error is a config error: one line naming the
+// key's path (load_config: the file's path first).
+Expected<Config, RefresherError> parse_config(
+    std::string_view json, const ConfigSources& sources = ConfigSources::system());
+Expected<Config, RefresherError> load_config(
+    const std::string& path, const ConfigSources& sources = ConfigSources::system());
 
 }  // namespace tokenshm::refresher

@@ -15,7 +15,6 @@
 #include <limits>
 #include <memory>
 #include <optional>
-#include <stdexcept>
 #include <utility>
 
 namespace tokenshm::refresher {
@@ -57,11 +56,9 @@ constexpr std::size_t kMaxHeaderValue = 256;
 constexpr std::size_t kMaxErrorText = 300;
 
 // libcurl's global state, initialised once per process (thread-safe static).
-void global_init() {
+CURLcode global_init() {
     static const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (rc != CURLE_OK) {
-        throw std::runtime_error(std::string("curl_global_init: ") + curl_easy_strerror(rc));
-    }
+    return rc;
 }
 
 std::string_view trim(std::string_view s) {
@@ -274,13 +271,23 @@ bool readable_now(int fd) {
 
 }  // namespace
 
-CurlTransport::CurlTransport() : CurlTransport(Options{}) {}
+Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create() {
+    return create(Options{});
+}
 
-CurlTransport::CurlTransport(Options options) : options_(std::move(options)) {
-    global_init();
+Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create(Options options) {
+    if (const CURLcode rc = global_init(); rc != CURLE_OK)
+        return Unexpected{RefresherError::runtime_error(std::string("curl_global_init: ") +
+                                                        curl_easy_strerror(rc))};
+    CURLM* multi = curl_multi_init();
+    if (multi == nullptr)
+        return Unexpected{RefresherError::runtime_error("curl_multi_init failed")};
+    return std::unique_ptr<CurlTransport>(new CurlTransport(std::move(options), multi));
+}
+
+CurlTransport::CurlTransport(Options options, CURLM* multi)
+    : options_(std::move(options)), multi_(multi) {
     system_ca_path_ = options_.system_ca_path.empty() ? builtin_ca_path() : options_.system_ca_path;
-    multi_ = curl_multi_init();
-    if (multi_ == nullptr) throw std::runtime_error("curl_multi_init failed");
 }
 
 CurlTransport::~CurlTransport() {

@@ -19,6 +19,7 @@
 // so nothing set for one request, such as a ca_file, leaks into the next.
 #pragma once
 
+#include "error.hpp"
 #include "transport.hpp"
 
 #include <curl/curl.h>
@@ -48,9 +49,9 @@ class CurlTransport final : public Transport {
         std::size_t max_idle_per_endpoint = 4;
     };
 
-    CurlTransport();
-    // Throws std::runtime_error when libcurl cannot be initialised.
-    explicit CurlTransport(Options options);
+    // A transport, or why libcurl could not be initialised (a runtime error).
+    static Expected<std::unique_ptr<CurlTransport>, RefresherError> create();
+    static Expected<std::unique_ptr<CurlTransport>, RefresherError> create(Options options);
     ~CurlTransport() override;
     CurlTransport(const CurlTransport&) = delete;
     CurlTransport& operator=(const CurlTransport&) = delete;
@@ -69,6 +70,7 @@ class CurlTransport final : public Transport {
 
   private:
     using Completed = std::vector<std::pair<std::uint64_t, HttpResponse>>;
+    CurlTransport(Options options, CURLM* multi);
     void fail_now(std::uint64_t id, std::string message);
     // Sets every option of `easy` for `t`'s request; the first failure, by name.
     std::string configure(CURL* easy, detail::CurlTransfer& t) const;

@@ -33,17 +33,20 @@ shm::SegmentSpec segment_spec(const Config& c) {
 
 Daemon::Daemon(Config cfg, DaemonDeps deps) : cfg_(std::move(cfg)), deps_(std::move(deps)) {}
 
-Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonDeps deps) {
+Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, DaemonDeps deps) {
+    const auto failed = [](std::string m) {
+        return Unexpected{RefresherError::runtime_error(std::move(m))};
+    };
     std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(deps)));
     d->store_ = std::make_unique<StateStore>(*d->deps_.fs, d->cfg_.state_dir,
                                              [](std::string_view cred, std::string_view msg) {
                                                  log_event(Level::warn, cred, "state_dir", msg);
                                              });
-    if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
+    if (auto r = d->store_->prepare(); !r) return failed(r.error());
 
     std::vector<std::string> repaired;
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_), &repaired);
-    if (!seg) return Unexpected{seg.error().message};
+    if (!seg) return failed(seg.error().message);
     d->seg_.emplace(std::move(*seg));
     log_event(Level::info, "", d->seg_->created() ? "segment_created" : "segment_attached",
               "segment=" + d->cfg_.segment + " pid=" + std::to_string(::getpid()));
@@ -63,11 +66,11 @@ Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonD
 
     for (const auto& c : d->cfg_.credentials) {
         auto cred = d->make_credential(c, std::nullopt);
-        if (!cred) return Unexpected{std::move(cred).error()};
+        if (!cred) return failed(std::move(cred).error());
         Entry& e = d->entries_[c.name];
         e.cred = std::move(*cred);
         if (auto err = d->attach_entry(e, c.name, true))
-            return Unexpected{*err + " (remove the segment and restart to make it larger)"};
+            return failed(*err + " (remove the segment and restart to make it larger)");
     }
     d->publish_changed();
     return d;

@@ -39,5 +39,8 @@ constexpr int exit_code(RefresherError::Kind kind) noexcept {
     }
     return 1;
 }
+static_assert(exit_code(RefresherError::Kind::usage) == 2);
+static_assert(exit_code(RefresherError::Kind::config) == 2);
+static_assert(exit_code(RefresherError::Kind::runtime) == 1);
 
 }  // namespace tokenshm::refresher

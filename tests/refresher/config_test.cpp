@@ -353,7 +353,8 @@ TEST_CASE("every bad configuration gets one line naming the key's path", "[confi
         const auto r = parse_config(c.json, sys.sources());
         INFO(c.what);
         REQUIRE_FALSE(r.has_value());
-        const std::string& e = r.error();
+        const std::string& e = r.error().message;
+        CHECK(r.error().kind == RefresherError::Kind::config);
         INFO(e);
         CHECK(e.rfind(c.path + ": ", 0) == 0);
         CHECK(e.find(c.gist) != std::string::npos);
@@ -411,8 +412,9 @@ TEST_CASE("the segment comes from the config, else TOKENSHM_SEGMENT, else tokens
             sys.env["TOKENSHM_SEGMENT"] = bad;
             const auto r = parse_config(document(), sys.sources());
             REQUIRE_FALSE(r.has_value());
-            CHECK(r.error().rfind("TOKENSHM_SEGMENT (environment): expected 1 to 200", 0) == 0);
-            CHECK(r.error().find('\n') == std::string::npos);
+            CHECK(r.error().message.rfind("TOKENSHM_SEGMENT (environment): expected 1 to 200", 0) ==
+                  0);
+            CHECK(r.error().message.find('\n') == std::string::npos);
         }
     }
 }
@@ -681,30 +683,30 @@ TEST_CASE("load_config reads a real file and a real 0644 secret file", "[config]
         const std::string bad = dir.write("bad.json", document(R"("mode": "0777", )"), 0644);
         const auto e = load_config(bad, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == bad + R"(: mode: expected "0600" or "0640", found "0777")");
+        CHECK(e.error().message == bad + R"(: mode: expected "0600" or "0640", found "0777")");
     }
     SECTION("a missing file says so with strerror") {
         const auto e = load_config(dir.path + "/nope.json", ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == dir.path + "/nope.json: " + std::strerror(ENOENT));
+        CHECK(e.error().message == dir.path + "/nope.json: " + std::strerror(ENOENT));
     }
     SECTION("a missing secret file names the key and the file") {
         REQUIRE(::unlink(secret.c_str()) == 0);
         const auto e = load_config(config, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == config + ": credentials[0].client_secret_file: " + secret + ": " +
-                               std::strerror(ENOENT));
+        CHECK(e.error().message == config + ": credentials[0].client_secret_file: " + secret +
+                                       ": " + std::strerror(ENOENT));
     }
     SECTION("a file over 1 MiB is refused") {
         const std::string big = dir.write("big.json", std::string((1 << 20) + 1, ' '), 0600);
         const auto e = load_config(big, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == big + ": larger than 1 MiB");
+        CHECK(e.error().message == big + ": larger than 1 MiB");
     }
     SECTION("a directory is not a config file") {
         const auto e = load_config(dir.path, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error().rfind(dir.path + ": ", 0) == 0);
+        CHECK(e.error().message.rfind(dir.path + ": ", 0) == 0);
     }
 }
 
@@ -727,7 +729,7 @@ TEST_CASE("a URL's query is never quoted in an error (it may carry a key)", "[co
                                 {"issuer"})),
         sys.sources());
     REQUIRE_FALSE(r.has_value());
-    CHECK(r.error().rfind("credentials[0].token_endpoint: ", 0) == 0);
-    CHECK(r.error().find("k3y-s3cr3t") == std::string::npos);
-    CHECK(r.error().find("query not shown") != std::string::npos);
+    CHECK(r.error().message.rfind("credentials[0].token_endpoint: ", 0) == 0);
+    CHECK(r.error().message.find("k3y-s3cr3t") == std::string::npos);
+    CHECK(r.error().message.find("query not shown") != std::string::npos);
 }

@@ -318,6 +318,12 @@ EndpointUrl checked_url(const std::string& text) {
     return std::move(*u);
 }
 
+std::unique_ptr<CurlTransport> make_transport(CurlTransport::Options options = {}) {
+    auto t = CurlTransport::create(std::move(options));
+    REQUIRE(t.has_value());
+    return std::move(*t);
+}
+
 HttpRequest post(const std::string& url, std::string body = "grant_type=client_credentials") {
     HttpRequest r(checked_url(url));
     r.body = Secret(std::move(body));
@@ -377,7 +383,8 @@ TEST_CASE("a response carries status, body, Content-Type and Retry-After", "[cur
         r.headers = {"content-TYPE:   application/json; charset=utf-8  ", "Retry-After: 7"};
         return r;
     });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     SECTION("200") {
         transport.start(1, post(server.url()));
@@ -415,7 +422,8 @@ TEST_CASE("a response carries status, body, Content-Type and Retry-After", "[cur
 
 TEST_CASE("requests to one endpoint reuse one connection", "[curl_transport]") {
     LoopbackServer server([](const RecordedRequest&) { return json_reply(); });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     SECTION("sequential requests: one TCP connection") {
         for (std::uint64_t id = 1; id <= 3; ++id) {
@@ -454,7 +462,8 @@ TEST_CASE("a slow server does not delay a fast one", "[curl_transport]") {
         return r;
     });
     LoopbackServer fast([](const RecordedRequest&) { return json_reply(); });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     transport.start(1, post(slow.url()));
     transport.start(2, post(fast.url()));
@@ -483,7 +492,8 @@ TEST_CASE("response bodies are capped at kMaxBody", "[curl_transport]") {
         r.body.assign(body_size, 'x');
         return r;
     });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     SECTION("over the cap: too_large, body cut at the cap") {
         body_size = HttpResponse::kMaxBody + 4096;
@@ -503,7 +513,8 @@ TEST_CASE("response bodies are capped at kMaxBody", "[curl_transport]") {
 }
 
 TEST_CASE("transport failures are classified by whether the request left", "[curl_transport]") {
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     SECTION("connection refused: not_sent") {
         const int port = closed_port();
@@ -533,7 +544,8 @@ TEST_CASE("transport failures are classified by whether the request left", "[cur
 
 TEST_CASE("requests the transport cannot send safely are refused before any connection",
           "[curl_transport]") {
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
     std::vector<std::string> logged;
     tokenshm::refresher::set_log_sink([&logged](std::string_view l) { logged.emplace_back(l); });
 
@@ -580,7 +592,8 @@ TEST_CASE("requests the transport cannot send safely are refused before any conn
 
 TEST_CASE("loopback by name is allowed", "[curl_transport]") {
     LoopbackServer server([](const RecordedRequest&) { return json_reply(); });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
     const HttpResponse r =
         one(transport, post("http://localhost:" + std::to_string(server.port()) + "/token"));
     CHECK(r.outcome == Outcome::response);
@@ -589,7 +602,8 @@ TEST_CASE("loopback by name is allowed", "[curl_transport]") {
 
 TEST_CASE("the request arrives exactly as given", "[curl_transport]") {
     LoopbackServer server([](const RecordedRequest&) { return json_reply(); });
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
 
     SECTION("POST with a body and an Authorization header") {
         const std::string body("grant_type=refresh_token&refresh_token=rt%2Fa%3D%3D&x=\0y", 55);
@@ -632,7 +646,8 @@ TEST_CASE("the request arrives exactly as given", "[curl_transport]") {
 }
 
 TEST_CASE("poll returns promptly when the wake fd becomes readable", "[curl_transport]") {
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
     Fd wake(::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK));
     REQUIRE(wake.get() >= 0);
     const auto signal_wake = [&wake] {
@@ -673,7 +688,8 @@ TEST_CASE("poll returns promptly when the wake fd becomes readable", "[curl_tran
 }
 
 TEST_CASE("poll with nothing in flight waits max_wait and returns nothing", "[curl_transport]") {
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
     const auto t0 = Clock::now();
     CHECK(transport.poll(0ms, -1).empty());
     CHECK(transport.poll(50ms, -1).empty());
@@ -858,7 +874,8 @@ TEST_CASE("HTTPS verifies certificates; ca_file adds a CA", "[curl_transport][tl
 
     PythonTlsServer server_a(dir.file("server_a.pem"), dir.file("server_a.key"));
     PythonTlsServer server_b(dir.file("server_b.pem"), dir.file("server_b.key"));
-    CurlTransport transport(CurlTransport::Options{system_dir, 4});
+    const auto transport_owner = make_transport(CurlTransport::Options{system_dir, 4});
+    CurlTransport& transport = *transport_owner;
     const auto request = [&](const std::string& url, const std::string& ca_file) {
         HttpRequest req = post(url);
         req.ca_file = ca_file;
@@ -909,7 +926,8 @@ TEST_CASE("HTTPS verifies certificates; ca_file adds a CA", "[curl_transport][tl
 
 TEST_CASE("the default transport trusts libcurl's CA directory and a request's ca_file",
           "[curl_transport][tls]") {
-    CurlTransport transport;
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
     struct stat st {};
     if (::stat("/etc/ssl/certs", &st) == 0 && S_ISDIR(st.st_mode)) {
         CHECK_FALSE(transport.system_ca_path().empty());

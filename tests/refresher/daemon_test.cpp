@@ -286,7 +286,7 @@ TEST_CASE("a second daemon on the same segment is refused, naming the first one'
     REQUIRE(d);
     auto d2 = Daemon::start(w.cfg, w.deps());
     REQUIRE_FALSE(d2);
-    CHECK_THAT(d2.error(), Catch::Contains("pid " + std::to_string(::getpid())));
+    CHECK_THAT(d2.error().message, Catch::Contains("pid " + std::to_string(::getpid())));
 }
 
 TEST_CASE(
@@ -403,7 +403,7 @@ TEST_CASE("a segment with no slot left is an error at start, never another crede
     }  // a previous refresher made it with room for one credential
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE_FALSE(d);
-    CHECK_THAT(d.error(), Catch::Contains("no free slot"));
+    CHECK_THAT(d.error().message, Catch::Contains("no free slot"));
 }
 
 TEST_CASE("a second SIGTERM while answers are awaited stops at once, exit 1") {
