@@ -314,24 +314,17 @@ struct SecretSource {
     std::string where;  // the path or the variable name
 };
 
-CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
-                                  std::vector<std::string>& warnings) {
-    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
-    const Members m(v, path, credential_keys, credential_key_hint);
-    CredentialConfig c;
-
-    c.name = expect_name(m.require("name"), m.path("name"), NameKind::credential);
-    c.grant = expect_enum(
-        m.require("grant"), m.path("grant"),
-        std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
-                   std::pair{std::string_view("client_credentials"), Grant::client_credentials}});
-
+std::string parse_client_id(const Members& m) {
     const auto client_id =
         expect_string(m.require("client_id"), m.path("client_id"), "a non-empty string");
     if (client_id.empty()) fail(m.path("client_id"), "expected a non-empty string, found \"\"");
     if (has_control(client_id)) fail(m.path("client_id"), "contains a control character");
-    c.client_id = std::string(client_id);
+    return std::string(client_id);
+}
 
+// client_secret_file or client_secret_env (exactly one); the secret itself is
+// read later, by read_secret.
+SecretSource parse_secret_source(const Members& m) {
     const Value* secret_file = m.find_nullable("client_secret_file");
     const Value* secret_env = m.find_nullable("client_secret_env");
     if (secret_file == nullptr && secret_env == nullptr) {
@@ -343,24 +336,24 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
              "give either client_secret_file or client_secret_env, not both");
     }
     if (secret_file != nullptr) {
-        secret = {m.path("client_secret_file"), true,
-                  expect_path(*secret_file, m.path("client_secret_file"), false)};
-        c.client_secret_source = "file " + secret.where;
-    } else {
-        const auto name =
-            expect_string(*secret_env, m.path("client_secret_env"), "an environment variable name");
-        const bool valid =
-            !name.empty() && name.size() <= 255 && !(name.front() >= '0' && name.front() <= '9') &&
-            std::all_of(name.begin(), name.end(),
-                        [](char ch) { return is_name_char(ch) && ch != '.' && ch != '-'; });
-        if (!valid) {
-            fail(m.path("client_secret_env"),
-                 "expected an environment variable name [A-Za-z_][A-Za-z0-9_]*");
-        }
-        secret = {m.path("client_secret_env"), false, std::string(name)};
-        c.client_secret_source = "env " + secret.where;
+        return {m.path("client_secret_file"), true,
+                expect_path(*secret_file, m.path("client_secret_file"), false)};
     }
+    const auto name =
+        expect_string(*secret_env, m.path("client_secret_env"), "an environment variable name");
+    const bool valid =
+        !name.empty() && name.size() <= 255 && !(name.front() >= '0' && name.front() <= '9') &&
+        std::all_of(name.begin(), name.end(),
+                    [](char ch) { return is_name_char(ch) && ch != '.' && ch != '-'; });
+    if (!valid) {
+        fail(m.path("client_secret_env"),
+             "expected an environment variable name [A-Za-z_][A-Za-z0-9_]*");
+    }
+    return {m.path("client_secret_env"), false, std::string(name)};
+}
 
+// issuer or token_endpoint (exactly one).
+void parse_endpoint(const Members& m, CredentialConfig& c) {
     const Value* issuer = m.find_nullable("issuer");
     const Value* endpoint = m.find_nullable("token_endpoint");
     if (issuer == nullptr && endpoint == nullptr) {
@@ -375,7 +368,10 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
         c.token_endpoint =
             expect_url(*endpoint, m.path("token_endpoint"), EndpointUrl::Role::endpoint);
     }
+}
 
+// auth_method and basic_encoding.
+void parse_client_auth(const Members& m, CredentialConfig& c, std::vector<std::string>& warnings) {
     if (const Value* a = m.find("auth_method")) {
         c.auth_method = expect_enum(
             *a, m.path("auth_method"),
@@ -393,51 +389,64 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
                                ": ignored, auth_method is \"client_secret_post\"");
         }
     }
+}
 
-    if (const Value* r = m.find_nullable("refresh_token_file")) {
-        if (c.grant != Grant::refresh_token) {
-            fail(m.path("refresh_token_file"),
-                 "only allowed with grant \"refresh_token\", this credential uses \"" +
-                     std::string(to_string(c.grant)) + "\"");
-        }
-        c.refresh_token_file = expect_path(*r, m.path("refresh_token_file"), false);
+std::optional<std::string> parse_refresh_token_file(const Members& m, Grant grant) {
+    const Value* r = m.find_nullable("refresh_token_file");
+    if (r == nullptr) return std::nullopt;
+    if (grant != Grant::refresh_token) {
+        fail(m.path("refresh_token_file"),
+             "only allowed with grant \"refresh_token\", this credential uses \"" +
+                 std::string(to_string(grant)) + "\"");
     }
+    return expect_path(*r, m.path("refresh_token_file"), false);
+}
 
-    if (const Value* s = m.find_nullable("scope")) {
-        const std::string what = "a string of 1 to " +
-                                 std::to_string(std::size_t{TOKENSHM_SCOPE_CAP}) +
-                                 " printable ASCII characters";
-        const auto scope = expect_string(*s, m.path("scope"), what);
-        const bool printable = std::all_of(scope.begin(), scope.end(),
-                                           [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
-        if (scope.empty() || scope.size() > std::size_t{TOKENSHM_SCOPE_CAP}) {
-            fail(m.path("scope"),
-                 "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
-        }
-        if (!printable) fail(m.path("scope"), "expected " + what + ", found another character");
-        c.scope = std::string(scope);
+// At most the record's scope capacity, printable ASCII.
+std::optional<std::string> parse_scope(const Members& m) {
+    const Value* s = m.find_nullable("scope");
+    if (s == nullptr) return std::nullopt;
+    constexpr std::size_t cap = TOKENSHM_SCOPE_CAP;
+    const std::string what =
+        "a string of 1 to " + std::to_string(cap) + " printable ASCII characters";
+    const auto scope = expect_string(*s, m.path("scope"), what);
+    const bool printable =
+        std::all_of(scope.begin(), scope.end(), [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
+    if (scope.empty() || scope.size() > cap) {
+        fail(m.path("scope"),
+             "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
     }
+    if (!printable) fail(m.path("scope"), "expected " + what + ", found another character");
+    return std::string(scope);
+}
 
-    if (const Value* x = m.find_nullable("extra_params")) {
-        const std::string xpath = m.path("extra_params");
-        if (!x->IsObject()) fail(xpath, "expected an object of string values, found " + kind(*x));
-        std::set<std::string, std::less<>> seen;
-        for (auto it = x->MemberBegin(); it != x->MemberEnd(); ++it) {
-            const auto key = text_of(it->name);
-            const std::string kpath = member_path(xpath, key);
-            if (key.empty() || has_control(key)) {
-                fail(kpath, "expected a parameter name without control characters");
-            }
-            if (!seen.emplace(key).second) fail(kpath, "key appears twice");
-            if (std::find(reserved_params.begin(), reserved_params.end(), key) !=
-                reserved_params.end()) {
-                fail(kpath, "reserved: tokenshm sets this parameter itself");
-            }
-            const auto value = expect_string(it->value, kpath, "a string");
-            c.extra_params.emplace_back(std::string(key), std::string(value));
+// String values, in file order; no duplicate and no parameter tokenshm sets.
+std::vector<std::pair<std::string, std::string>> parse_extra_params(const Members& m) {
+    std::vector<std::pair<std::string, std::string>> params;
+    const Value* x = m.find_nullable("extra_params");
+    if (x == nullptr) return params;
+    const std::string xpath = m.path("extra_params");
+    if (!x->IsObject()) fail(xpath, "expected an object of string values, found " + kind(*x));
+    std::set<std::string, std::less<>> seen;
+    for (auto it = x->MemberBegin(); it != x->MemberEnd(); ++it) {
+        const auto key = text_of(it->name);
+        const std::string kpath = member_path(xpath, key);
+        if (key.empty() || has_control(key)) {
+            fail(kpath, "expected a parameter name without control characters");
         }
+        if (!seen.emplace(key).second) fail(kpath, "key appears twice");
+        if (std::find(reserved_params.begin(), reserved_params.end(), key) !=
+            reserved_params.end()) {
+            fail(kpath, "reserved: tokenshm sets this parameter itself");
+        }
+        const auto value = expect_string(it->value, kpath, "a string");
+        params.emplace_back(std::string(key), std::string(value));
     }
+    return params;
+}
 
+// Lifetime, schedule, backoff and timeout, in seconds.
+void parse_timings(const Members& m, CredentialConfig& c) {
     c.default_lifetime = seconds_member(m, "default_lifetime_s", 1, 31'536'000, c.default_lifetime);
     c.refresh_before = seconds_member(m, "refresh_before_s", 0, 86'400, c.refresh_before);
     c.min_interval = seconds_member(m, "min_interval_s", 0, 86'400, c.min_interval);
@@ -449,7 +458,29 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
                                           std::to_string(c.max_backoff.count()));
     }
     c.timeout = seconds_member(m, "timeout_s", 1, 600, c.timeout);
+}
 
+// One credential, in the order a reader of the file meets its keys' rules.
+// Where its secret comes from goes to `secret`; it is read later.
+CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
+                                  std::vector<std::string>& warnings) {
+    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
+    const Members m(v, path, credential_keys, credential_key_hint);
+    CredentialConfig c;
+    c.name = expect_name(m.require("name"), m.path("name"), NameKind::credential);
+    c.grant = expect_enum(
+        m.require("grant"), m.path("grant"),
+        std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
+                   std::pair{std::string_view("client_credentials"), Grant::client_credentials}});
+    c.client_id = parse_client_id(m);
+    secret = parse_secret_source(m);
+    c.client_secret_source = (secret.from_file ? "file " : "env ") + secret.where;
+    parse_endpoint(m, c);
+    parse_client_auth(m, c, warnings);
+    c.refresh_token_file = parse_refresh_token_file(m, c.grant);
+    c.scope = parse_scope(m);
+    c.extra_params = parse_extra_params(m);
+    parse_timings(m, c);
     if (const Value* ca = m.find_nullable("ca_file")) {
         c.ca_file = expect_path(*ca, m.path("ca_file"), false);
     }
@@ -494,13 +525,9 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
     return Secret(std::string(s));
 }
 
-Config parse_document(const Value& root, const ConfigSources& sources) {
-    if (!root.IsObject()) fail("(top level)", "expected a JSON object, found " + kind(root));
-    const Members m(root, "", top_keys);
-    Config cfg;
-
-    // The segment: the config's `segment`, else $TOKENSHM_SEGMENT (the
-    // variable readers use), else "tokenshm".
+// The segment: the config's `segment`, else $TOKENSHM_SEGMENT (the variable
+// readers use), else "tokenshm".
+void parse_segment(const Members& m, const ConfigSources& sources, Config& cfg) {
     std::optional<std::string> env_segment =
         sources.getenv ? sources.getenv("TOKENSHM_SEGMENT") : std::nullopt;
     if (env_segment && env_segment->empty()) env_segment.reset();
@@ -519,7 +546,10 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                      " characters [A-Za-z0-9._-] other than \".\" and \"..\", found " + quote(s));
         cfg.segment = s;
     }
+}
 
+// mode ("0600" or "0640") and the group that 0640 needs.
+void parse_access(const Members& m, Config& cfg) {
     if (const Value* v = m.find("mode")) {
         const auto s = expect_string(*v, "mode", "\"0600\" or \"0640\"");
         const bool octal =
@@ -531,7 +561,6 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         }
         cfg.mode = static_cast<mode_t>(n);
     }
-
     if (const Value* v = m.find_nullable("group")) {
         const auto s = expect_string(*v, "group", "a group name or null");
         if (s.empty() || s.size() > 256 || has_control(s)) {
@@ -546,29 +575,28 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         cfg.warnings.push_back("group: the segment's mode is \"0600\", so group " +
                                quote(*cfg.group) + " gets no access; set mode \"0640\"");
     }
+}
 
-    if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
-
+// control_socket, or its default under /run/tokenshm, within a socket path's limit.
+void parse_control_socket(const Members& m, Config& cfg) {
     if (const Value* v = m.find("control_socket")) {
         cfg.control_socket = expect_path(*v, "control_socket", true);
         if (cfg.control_socket.size() > max_socket_path_bytes) {
             fail("control_socket", "longer than " + std::to_string(max_socket_path_bytes) +
                                        " bytes, the limit of a Unix socket path");
         }
-    } else {
-        cfg.control_socket = "/run/tokenshm/" + cfg.segment + ".sock";
-        if (cfg.control_socket.size() > max_socket_path_bytes) {
-            fail("control_socket", "the default /run/tokenshm/<segment>.sock is longer than " +
-                                       std::to_string(max_socket_path_bytes) +
-                                       " bytes (a Unix socket path's limit); set control_socket");
-        }
+        return;
     }
-
-    if (const Value* v = m.find("max_token_bytes")) {
-        cfg.max_token_bytes = static_cast<std::uint32_t>(expect_int(
-            *v, "max_token_bytes", TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));
+    cfg.control_socket = "/run/tokenshm/" + cfg.segment + ".sock";
+    if (cfg.control_socket.size() > max_socket_path_bytes) {
+        fail("control_socket", "the default /run/tokenshm/<segment>.sock is longer than " +
+                                   std::to_string(max_socket_path_bytes) +
+                                   " bytes (a Unix socket path's limit); set control_socket");
     }
+}
 
+// Every credential, names unique; where each secret comes from goes to `secrets`.
+void parse_credentials(const Members& m, Config& cfg, std::vector<SecretSource>& secrets) {
     const Value& creds = m.require("credentials");
     if (!creds.IsArray() || creds.Empty()) {
         fail("credentials",
@@ -578,7 +606,7 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         fail("credentials", "at most " + std::to_string(max_credentials) + " credentials, found " +
                                 std::to_string(creds.Size()));
     }
-    std::vector<SecretSource> secrets(creds.Size());
+    secrets.resize(creds.Size());
     std::map<std::string, std::size_t, std::less<>> first_use;
     for (rapidjson::SizeType i = 0; i < creds.Size(); ++i) {
         const std::string path = index_path("credentials", i);
@@ -589,8 +617,12 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                                      index_path("credentials", it->second) + ")");
         }
     }
+}
 
-    // Only now, with the whole document valid, touch the system.
+// What needs the system: the group's id and the client secrets. Called only
+// once the whole document is valid.
+void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
+                         const ConfigSources& sources) {
     if (cfg.group) {
         std::optional<gid_t> gid = sources.group_id ? sources.group_id(*cfg.group) : std::nullopt;
         if (!gid) fail("group", "no such group " + quote(*cfg.group));
@@ -599,6 +631,23 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     for (std::size_t i = 0; i < secrets.size(); ++i) {
         cfg.credentials[i].client_secret = read_secret(secrets[i], sources, cfg.warnings);
     }
+}
+
+Config parse_document(const Value& root, const ConfigSources& sources) {
+    if (!root.IsObject()) fail("(top level)", "expected a JSON object, found " + kind(root));
+    const Members m(root, "", top_keys);
+    Config cfg;
+    parse_segment(m, sources, cfg);
+    parse_access(m, cfg);
+    if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
+    parse_control_socket(m, cfg);
+    if (const Value* v = m.find("max_token_bytes")) {
+        cfg.max_token_bytes = static_cast<std::uint32_t>(expect_int(
+            *v, "max_token_bytes", TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));
+    }
+    std::vector<SecretSource> secrets;
+    parse_credentials(m, cfg, secrets);
+    resolve_from_system(cfg, secrets, sources);
     return cfg;
 }
 
