@@ -157,7 +157,7 @@ bool CredentialRefresher::adopt_refresh_token(Secret token, std::int64_t now_ms)
     // is spent, and using it again would make the server revoke the grant.
     if (auto r = persist_(cfg_.name, token); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
-                  "could not save the rotated refresh token (" + r.error() +
+                  "could not save the rotated refresh token (" + r.error().message +
                       "); keeping it in memory and retrying every second");
         unpersisted_ = token;
         next_persist_ms_ = now_ms + kPersistRetryMs;
@@ -173,7 +173,7 @@ bool CredentialRefresher::flush_refresh_token() {
     if (!unpersisted_) return true;
     if (auto r = persist_(cfg_.name, *unpersisted_); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
-                  "the rotated refresh token is still not saved (" + r.error() +
+                  "the rotated refresh token is still not saved (" + r.error().message +
                       "); it is lost when this process ends");
         return false;
     }

@@ -45,7 +45,7 @@ struct Published {
 
 // Where rotated refresh tokens go; the daemon passes the StateStore.
 using PersistRefreshToken =
-    std::function<Expected<Done, std::string>(std::string_view name, const Secret& token)>;
+    std::function<Expected<Done, RefresherError>(std::string_view name, const Secret& token)>;
 
 class CredentialRefresher {
   public:

@@ -42,7 +42,7 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
                                              [](std::string_view cred, std::string_view msg) {
                                                  log_event(Level::warn, cred, "state_dir", msg);
                                              });
-    if (auto r = d->store_->prepare(); !r) return failed(r.error());
+    if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
 
     std::vector<std::string> repaired;
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_), &repaired);
@@ -81,7 +81,7 @@ Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credent
     std::optional<Secret> rt = carried;
     if (!rt && c.grant == Grant::refresh_token) {
         auto loaded = initial_refresh_token(*store_, *deps_.fs, c.name, c.refresh_token_file);
-        if (!loaded) return Unexpected{loaded.error()};
+        if (!loaded) return Unexpected{loaded.error().message};
         rt = std::move(*loaded);
     }
     StateStore* store = store_.get();
@@ -305,7 +305,7 @@ void Daemon::remove_entry(const std::string& name, Entry& e) {
 void Daemon::set_aside_rejected(const std::string& name) {
     auto moved = store_->set_aside(name);
     if (!moved) {
-        log_event(Level::error, name, "set_aside_failed", moved.error());
+        log_event(Level::error, name, "set_aside_failed", moved.error().message);
         return;
     }
     log_event(Level::error, name, "action_needed",

@@ -111,7 +111,7 @@ Expected<Done, RefresherError> check_refresh_tokens(const Config& cfg, FileSyste
     for (const auto& c : cfg.credentials) {
         if (c.grant != Grant::refresh_token) continue;
         auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
-        if (!rt) return Unexpected{RefresherError::config_error(rt.error())};
+        if (!rt) return Unexpected{RefresherError::config_error(rt.error().message)};
     }
     return Done{};
 }

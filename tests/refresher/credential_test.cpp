@@ -60,8 +60,10 @@ struct Harness {
     explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
         : cred(
               std::move(c), 8192, Secret("rt-test-1"),
-              [this](std::string_view, const Secret& t) -> tokenshm::Expected<Done, std::string> {
-                  if (persist_fails) return tokenshm::Unexpected{std::string("disk full")};
+              [this](std::string_view,
+                     const Secret& t) -> tokenshm::Expected<Done, RefresherError> {
+                  if (persist_fails)
+                      return tokenshm::Unexpected{RefresherError::runtime_error("disk full")};
                   persisted.emplace_back(t.reveal());
                   return Done{};
               },
@@ -331,7 +333,7 @@ TEST_CASE("client_credentials needs no refresh token") {
     c.auth_method = AuthMethod::client_secret_post;
     CredentialRefresher cred(
         c, 8192, std::nullopt,
-        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, std::string> {
+        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, RefresherError> {
             return Done{};
         },
         [] { return 0.5; });
