@@ -11,6 +11,7 @@
 #include <algorithm>
 #include <cctype>
 #include <climits>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <memory>
@@ -111,6 +112,18 @@ std::string url_error(const char* what, CURLUcode rc) {
 #endif
 }
 
+// Equal host names, or IPv6 literals naming the same address (libcurl
+// normalises "[::0:1]" to "[::1]").
+bool same_host(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    const auto ipv6 = [](const std::string& h, in6_addr& out) {
+        return h.size() > 2 && h.front() == '[' && h.back() == ']' &&
+               ::inet_pton(AF_INET6, h.substr(1, h.size() - 2).c_str(), &out) == 1;
+    };
+    in6_addr x{}, y{};
+    return ipv6(a, x) && ipv6(b, y) && std::memcmp(&x, &y, sizeof x) == 0;
+}
+
 // Defence in depth: the URL passed EndpointUrl's checks, and libcurl, which
 // will connect, must read the same scheme and host from it (a parser
 // disagreement could send a plain-http request elsewhere). Empty when it does.
@@ -123,7 +136,7 @@ std::string curl_disagrees(const EndpointUrl& url) {
     if (!scheme) return url_error("scheme", rc);
     const auto host = url_part(u.get(), CURLUPART_HOST, rc);
     if (!host) return url_error("host", rc);
-    if (*scheme != url.scheme() || *host != url.host())
+    if (*scheme != url.scheme() || !same_host(*host, url.host()))
         return "libcurl reads the URL as " + one_line(*scheme) + "://" + one_line(*host) +
                ", refused";
     return {};

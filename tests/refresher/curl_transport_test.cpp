@@ -580,6 +580,12 @@ TEST_CASE("requests the transport cannot send safely are refused before any conn
         req.authorization = Secret("Basic s3cr3t\r\nHost: evil");
         CHECK_THAT(refused(std::move(req)), Catch::Contains("line break"));
     }
+    SECTION("a host libcurl would read differently") {
+        // EndpointUrl takes 0x7f000001 for a host name; libcurl reads 127.0.0.1.
+        HttpRequest req = post("https://0x7f000001:1/token", "client_secret=s3cr3t-body");
+        CHECK_THAT(refused(std::move(req)),
+                   Catch::Contains("libcurl reads the URL as https://127.0.0.1"));
+    }
     SECTION("a method other than POST and GET") {
         HttpRequest req = post("http://localhost:1/token", "client_secret=s3cr3t-body");
         req.method = "PUT";
@@ -598,6 +604,18 @@ TEST_CASE("loopback by name is allowed", "[curl_transport]") {
         one(transport, post("http://localhost:" + std::to_string(server.port()) + "/token"));
     CHECK(r.outcome == Outcome::response);
     CHECK(r.status == 200);
+}
+
+TEST_CASE("an IPv6 literal libcurl spells differently is the same host", "[curl_transport]") {
+    const auto transport_owner = make_transport();
+    CurlTransport& transport = *transport_owner;
+    // Nothing listens on [::1]:1, so the request fails to connect; what
+    // matters is that it got as far as libcurl instead of being refused.
+    transport.start(1, post("http://[0:0:0:0:0:0:0:1]:1/token"));
+    const Completed done = wait_for(transport, 1);
+    REQUIRE(done.size() == 1);
+    CHECK(done[0].second.outcome == Outcome::not_sent);
+    CHECK_THAT(done[0].second.transport_error, !Catch::Contains("libcurl reads the URL as"));
 }
 
 TEST_CASE("the request arrives exactly as given", "[curl_transport]") {
