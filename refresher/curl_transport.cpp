@@ -124,22 +124,26 @@ bool same_host(const std::string& a, const std::string& b) {
     return ipv6(a, x) && ipv6(b, y) && std::memcmp(&x, &y, sizeof x) == 0;
 }
 
+Unexpected<RefresherError> refused(std::string why) {
+    return Unexpected{RefresherError::runtime_error(std::move(why))};
+}
+
 // Defence in depth: the URL passed EndpointUrl's checks, and libcurl, which
 // will connect, must read the same scheme and host from it (a parser
-// disagreement could send a plain-http request elsewhere). Empty when it does.
-std::string curl_disagrees(const EndpointUrl& url) {
+// disagreement could send a plain-http request elsewhere).
+Expected<Done, RefresherError> libcurl_agrees(const EndpointUrl& url) {
     std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), &curl_url_cleanup);
-    if (!u) return "curl_url: out of memory";
+    if (!u) return refused("curl_url: out of memory");
     CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.text().c_str(), 0);
-    if (rc != CURLUE_OK) return url_error("curl_url_set", rc);
+    if (rc != CURLUE_OK) return refused(url_error("curl_url_set", rc));
     const auto scheme = url_part(u.get(), CURLUPART_SCHEME, rc);
-    if (!scheme) return url_error("scheme", rc);
+    if (!scheme) return refused(url_error("scheme", rc));
     const auto host = url_part(u.get(), CURLUPART_HOST, rc);
-    if (!host) return url_error("host", rc);
+    if (!host) return refused(url_error("host", rc));
     if (*scheme != url.scheme() || !same_host(*host, url.host()))
-        return "libcurl reads the URL as " + one_line(*scheme) + "://" + one_line(*host) +
-               ", refused";
-    return {};
+        return refused("libcurl reads the URL as " + one_line(*scheme) + "://" + one_line(*host) +
+                       ", refused");
+    return Done{};
 }
 
 // Sets options on an easy handle; remembers the first failure, by name.
@@ -349,15 +353,14 @@ void CurlTransport::return_handle(const std::string& endpoint, CURL* easy) {
 
 namespace {
 
-// Why the transport will not send `request` (empty when it will): what the
-// request's type cannot rule out.
-std::string refusal(const HttpRequest& request) {
+// Whether the transport may send `request`: what its type cannot rule out.
+Expected<Done, RefresherError> sendable(const HttpRequest& request) {
     if (request.method != "POST" && request.method != "GET")
-        return "method \"" + one_line(request.method) + "\" not supported (POST or GET)";
+        return refused("method \"" + one_line(request.method) + "\" not supported (POST or GET)");
     if (has_line_break(request.authorization.reveal()) ||
         std::any_of(request.headers.begin(), request.headers.end(), has_line_break))
-        return "a request header contains a line break";
-    return curl_disagrees(request.url);
+        return refused("a request header contains a line break");
+    return libcurl_agrees(request.url);
 }
 
 // The transfer's header list. curl_slist_append copies each string;
@@ -419,7 +422,7 @@ void set_policy_options(EasyOptions& o, const HttpRequest& req, const std::strin
 
 }  // namespace
 
-std::string CurlTransport::configure(CURL* easy, CurlTransfer& t) const {
+Expected<Done, RefresherError> CurlTransport::configure(CURL* easy, CurlTransfer& t) const {
     const HttpRequest& req = t.request;
     EasyOptions o(easy);
     o.set(CURLOPT_ERRORBUFFER, t.errbuf, "CURLOPT_ERRORBUFFER");
@@ -438,12 +441,13 @@ std::string CurlTransport::configure(CURL* easy, CurlTransfer& t) const {
     o.set(CURLOPT_WRITEDATA, static_cast<void*>(&t), "CURLOPT_WRITEDATA");
     o.set(CURLOPT_HEADERFUNCTION, &on_header, "CURLOPT_HEADERFUNCTION");
     o.set(CURLOPT_HEADERDATA, static_cast<void*>(&t), "CURLOPT_HEADERDATA");
-    return o.error();
+    if (!o.error().empty()) return refused(o.error());
+    return Done{};
 }
 
 void CurlTransport::start(std::uint64_t id, HttpRequest request) {
     const std::string label = request.url.host() + ":" + std::to_string(request.url.port());
-    if (auto why = refusal(request); !why.empty()) return fail_now(id, label + ": " + why);
+    if (auto ok = sendable(request); !ok) return fail_now(id, label + ": " + ok.error().message);
 
     const std::string endpoint = request.url.scheme() + "://" + label;
     auto t = std::make_unique<CurlTransfer>(std::move(request));
@@ -454,9 +458,9 @@ void CurlTransport::start(std::uint64_t id, HttpRequest request) {
 
     CURL* easy = take_handle(t->endpoint);
     if (easy == nullptr) return fail_now(id, label + ": curl_easy_init failed");
-    if (auto error = configure(easy, *t); !error.empty()) {
+    if (auto configured = configure(easy, *t); !configured) {
         curl_easy_cleanup(easy);  // while t's buffers still exist
-        return fail_now(id, label + ": " + error);
+        return fail_now(id, label + ": " + configured.error().message);
     }
     transfers_.emplace(easy, std::move(t));
     const CURLMcode mc = curl_multi_add_handle(multi_, easy);

@@ -73,7 +73,7 @@ class CurlTransport final : public Transport {
     CurlTransport(Options options, CURLM* multi);
     void fail_now(std::uint64_t id, std::string message);
     // Sets every option of `easy` for `t`'s request; the first failure, by name.
-    std::string configure(CURL* easy, detail::CurlTransfer& t) const;
+    Expected<Done, RefresherError> configure(CURL* easy, detail::CurlTransfer& t) const;
     bool perform();
     void collect(Completed& done);
     void finish(CURL* easy, CURLcode result, Completed& done);

@@ -5,7 +5,6 @@
 
 #include <algorithm>
 #include <cstdio>
-#include <optional>
 
 namespace tokenshm::refresher {
 
@@ -133,21 +132,25 @@ Expected<std::string, UrlError> scheme_of(std::string_view url) {
     return scheme;
 }
 
-// Characters, user info, fragment and query: the rules that need no parsing.
-std::optional<UrlError> check_text(std::string_view url, std::string_view authority,
-                                   EndpointUrl::Role role) {
+// The authority (host[:port]) of a URL whose scheme ends at `scheme_size`,
+// after the rules that need no parsing: characters, user info, fragment and
+// query.
+Expected<std::string_view, UrlError> authority_of(std::string_view url, std::size_t scheme_size,
+                                                  EndpointUrl::Role role) {
     if (std::any_of(url.begin(), url.end(), [](char c) {
             const auto u = static_cast<unsigned char>(c);
             return u <= 0x20 || u >= 0x7f;
         }))
-        return UrlError{"URL contains spaces, control or non-ASCII characters"};
+        return refuse("URL contains spaces, control or non-ASCII characters");
+    const auto rest = url.substr(scheme_size + 3);
+    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
     if (authority.find('@') != std::string_view::npos)
-        return UrlError{"URL must not contain user info (user:password@)"};
+        return refuse("URL must not contain user info (user:password@)");
     if (url.find('#') != std::string_view::npos)
-        return UrlError{"URL must not have a fragment (#...)"};
+        return refuse("URL must not have a fragment (#...)");
     if (role == EndpointUrl::Role::issuer && url.find('?') != std::string_view::npos)
-        return UrlError{"an issuer URL must not have a query (?...), found " + shown(url)};
-    return std::nullopt;
+        return refuse("an issuer URL must not have a query (?...), found " + shown(url));
+    return authority;
 }
 
 }  // namespace
@@ -170,10 +173,9 @@ bool is_loopback_host(std::string_view host) {
 Expected<EndpointUrl, UrlError> EndpointUrl::parse(std::string_view text, Role role) {
     auto scheme = scheme_of(text);
     if (!scheme) return Unexpected{scheme.error()};
-    const auto rest = text.substr(scheme->size() + 3);
-    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
-    if (auto bad = check_text(text, authority, role)) return Unexpected{std::move(*bad)};
-    const auto hp = split_authority(authority, text);
+    const auto authority = authority_of(text, scheme->size(), role);
+    if (!authority) return Unexpected{authority.error()};
+    const auto hp = split_authority(*authority, text);
     if (!hp) return Unexpected{hp.error()};
     const bool https = *scheme == "https";
     const auto port = port_number(*hp, https, text);

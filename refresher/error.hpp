@@ -9,10 +9,15 @@
 //    exit_code() below.
 #pragma once
 
+#include <tokenshm/shm/posix.hpp>
+
 #include <string>
 #include <utility>
 
 namespace tokenshm::refresher {
+
+// The value of an Expected that has nothing to return but success.
+using Done = shm::Done;
 
 struct RefresherError {
     enum class Kind {

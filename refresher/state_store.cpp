@@ -184,19 +184,22 @@ Secret secret_of(std::string_view a, std::string_view b = {}) {
     return Secret(std::move(s));
 }
 
-// Why `token` cannot be a refresh token, or empty if it can. `what` names
-// where it came from; the token itself never appears.
-std::string token_problem(std::string_view token, const std::string& what) {
-    if (token.empty()) return what + " is empty";
+// Whether `token` can be a refresh token; if not, why. `what` names where it
+// came from; the token itself never appears.
+Expected<Done, RefresherError> check_refresh_token(std::string_view token,
+                                                   const std::string& what) {
+    if (token.empty()) return state_error(what + " is empty");
     if (token.size() > StateStore::max_token_bytes)
-        return what + " is larger than " + std::to_string(StateStore::max_token_bytes) + " bytes";
+        return state_error(what + " is larger than " + std::to_string(StateStore::max_token_bytes) +
+                           " bytes");
     for (const char c : token) {
         const auto u = static_cast<unsigned char>(c);
         if (u < 0x20 || u == 0x7f)
-            return what + " contains a NUL or control character (a refresh token is one line of " +
-                   "printable text)";
+            return state_error(what +
+                               " contains a NUL or control character (a refresh token is one "
+                               "line of printable text)");
     }
-    return {};
+    return Done{};
 }
 
 // Releases a descriptor on paths that are already reporting another error.
@@ -255,7 +258,7 @@ Expected<std::optional<Secret>, RefresherError> read_token_file(FileSystem& fs,
 
     std::string_view token = raw->reveal();
     if (!token.empty() && token.back() == '\n') token.remove_suffix(1);
-    if (auto problem = token_problem(token, path); !problem.empty()) return state_error(problem);
+    if (auto ok = check_refresh_token(token, path); !ok) return Unexpected{ok.error()};
 
     if ((st->st_mode & 077) != 0)
         warn_to(warn, cred,
@@ -343,9 +346,8 @@ Expected<Done, RefresherError> StateStore::save(std::string_view credential_name
     const std::string context = "saving the refresh token of " + name + ": ";
 
     // Refuse what load() would refuse: persisting it would strand the next start.
-    if (auto problem = token_problem(refresh_token.reveal(), "the new refresh token");
-        !problem.empty())
-        return state_error(context + problem + "; " + final_path + " is unchanged");
+    if (auto ok = check_refresh_token(refresh_token.reveal(), "the new refresh token"); !ok)
+        return state_error(context + ok.error().message + "; " + final_path + " is unchanged");
 
     // Before the rename: remove the temp file, report the failed step.
     auto failed = [&](const FsError& e, std::optional<FsError> close_error = std::nullopt) {

@@ -32,7 +32,6 @@
 
 namespace tokenshm::refresher {
 
-using Done = shm::Done;
 // Names the call, the path and the errno: "rename(/a.tmp -> /a): No space left on device".
 using FsError = shm::SysError;
 template <class T>
