@@ -496,7 +496,7 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         if (!sources.read_file) fail(src.key_path, "no way to read files here");
         bool loose = false;
         auto r = sources.read_file(src.where, loose);
-        if (!r) fail(src.key_path, r.error());
+        if (!r) fail(src.key_path, r.error().message);
         value = std::move(*r);
         if (loose) {
             warnings.push_back(src.key_path + ": " + src.where +
@@ -667,10 +667,11 @@ std::optional<std::string> system_getenv(const std::string& name) {
     return std::string(v);
 }
 
-Expected<std::string, std::string> system_read_file(const std::string& path, bool& loose_mode) {
-    const auto sys_error = [&path](int err) {
-        return Unexpected{path + ": " + std::strerror(err)};
+Expected<std::string, RefresherError> system_read_file(const std::string& path, bool& loose_mode) {
+    const auto unreadable = [&path](std::string why) {
+        return Unexpected{RefresherError::config_error(path + ": " + why)};
     };
+    const auto sys_error = [&unreadable](int err) { return unreadable(std::strerror(err)); };
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) return sys_error(errno);
     struct FdCloser {
@@ -679,9 +680,9 @@ Expected<std::string, std::string> system_read_file(const std::string& path, boo
     } closer{fd};
     struct stat st {};
     if (::fstat(fd, &st) != 0) return sys_error(errno);
-    if (!S_ISREG(st.st_mode)) return Unexpected{path + ": not a regular file"};
+    if (!S_ISREG(st.st_mode)) return unreadable("not a regular file");
     if (static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
-        return Unexpected{path + ": larger than 1 MiB"};
+        return unreadable("larger than 1 MiB");
     }
     loose_mode = (st.st_mode & 077) != 0;
     std::string out;
@@ -701,7 +702,7 @@ Expected<std::string, std::string> system_read_file(const std::string& path, boo
     }
     if (got > max_file_bytes) {
         explicit_bzero(out.data(), got);
-        return Unexpected{path + ": larger than 1 MiB"};
+        return unreadable("larger than 1 MiB");
     }
     out.resize(got);
     out.shrink_to_fit();
@@ -765,7 +766,7 @@ Expected<Config, RefresherError> load_config(const std::string& path,
     if (!sources.read_file) return error(path + ": no way to read files here");
     bool loose = false;  // the configuration holds no secret: its mode does not matter
     auto text = sources.read_file(path, loose);
-    if (!text) return error(text.error());
+    if (!text) return Unexpected{text.error()};
     auto cfg = parse_config(*text, sources);
     if (!cfg) return error(path + ": " + cfg.error().message);
     return cfg;

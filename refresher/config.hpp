@@ -70,9 +70,9 @@ struct Config {
 // Where configuration reads come from; tests substitute both.
 struct ConfigSources {
     std::function<std::optional<std::string>(const std::string& name)> getenv;
-    // Returns the file's contents, or an error line ("open(/x): No such file").
-    // `loose_mode` is set when the file is readable by group or others.
-    std::function<Expected<std::string, std::string>(const std::string& path, bool& loose_mode)>
+    // Returns the file's contents, or a config error ("/x: No such file or
+    // directory"). `loose_mode` is set when the file is readable by group or others.
+    std::function<Expected<std::string, RefresherError>(const std::string& path, bool& loose_mode)>
         read_file;
     std::function<std::optional<gid_t>(const std::string& group)> group_id;
     static ConfigSources system();

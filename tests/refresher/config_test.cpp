@@ -47,11 +47,12 @@ struct FakeSystem {
             return it->second;
         };
         s.read_file = [this](const std::string& path,
-                             bool& loose) -> tokenshm::Expected<std::string, std::string> {
+                             bool& loose) -> tokenshm::Expected<std::string, RefresherError> {
             files_read.push_back(path);
             const auto it = files.find(path);
             if (it == files.end()) {
-                return tokenshm::Unexpected{path + ": No such file or directory"};
+                return tokenshm::Unexpected{
+                    RefresherError::config_error(path + ": No such file or directory")};
             }
             loose = it->second.loose;
             return it->second.content;
