@@ -704,9 +704,11 @@ Expected<std::string, RefresherError> system_read_file(const std::string& path, 
         explicit_bzero(out.data(), got);
         return unreadable("larger than 1 MiB");
     }
-    out.resize(got);
-    out.shrink_to_fit();
-    return out;
+    // A right-sized copy; the read buffer (it may hold a client secret) is
+    // wiped before it is freed.
+    std::string exact(out, 0, got);
+    explicit_bzero(out.data(), got);
+    return exact;
 }
 
 std::optional<gid_t> system_group_id(const std::string& name) {

@@ -8,13 +8,15 @@
 //  - every Secret, when it is destroyed, assigned over or moved from;
 //  - an HTTP response body (a WipedString) and the curl transport's copy of
 //    the Authorization header, when the response or request goes;
-//  - a refresh token file's bytes as read (state_store.cpp) and a client
-//    secret file's bytes (config.cpp), on every path.
+//  - the read buffers of a refresh token file (state_store.cpp) and of a
+//    client secret file (config.cpp), on every path.
 // Not wiped: RapidJSON's parse of a response (its strings are copied into a
-// Secret, then the document is freed unwiped), libcurl's and OpenSSL's own
-// buffers (the request body on the socket, TLS records), and the shared
+// Secret, then the document is freed unwiped); the process environment a
+// client_secret_env comes from; the few bytes a short std::string leaves in
+// its inline buffer when it is moved into a Secret; libcurl's and OpenSSL's
+// own buffers (the request body on the socket, TLS records); and the shared
 // segment, which holds the access token for readers by design and is never
-// cleared by the refresher (it is MADV_DONTDUMP and mode 0600/0640).
+// cleared by the refresher (it is mapped MADV_DONTDUMP, mode 0600 or 0640).
 #pragma once
 
 #include <string.h>
