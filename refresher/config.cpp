@@ -6,6 +6,9 @@
 // validated, so a typo never touches a secret file.
 #include "config.hpp"
 
+#include <tokenshm/layout.h>
+#include <tokenshm/shm/segment.hpp>
+
 #include <errno.h>
 #include <fcntl.h>
 #include <grp.h>
@@ -56,10 +59,13 @@ constexpr std::size_t max_credentials = 4096;
 constexpr std::size_t max_file_bytes = 1024 * 1024;
 constexpr std::size_t max_path_bytes = 4095;
 constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_path) - 1
-constexpr std::size_t max_scope_bytes = 1024;
+// libshm's valid_segment_name allows this many; only messages need the number.
+constexpr std::size_t max_segment_name = 200;
 
-// Thrown only inside this file; parse_config turns it into its error value.
-// Exceptions keep the many validation steps readable; none escapes.
+// Thrown only inside this file; parse_config catches it and returns a config
+// RefresherError. The one exception to error.hpp's rule, and it never leaves
+// this file: it keeps the many small validation steps readable (each check
+// is one line, with no error to pass up by hand).
 struct ConfigError {
     std::string line;
 };
@@ -218,17 +224,23 @@ std::chrono::seconds seconds_member(const Members& m, std::string_view key, std:
     return v == nullptr ? fallback : std::chrono::seconds(expect_int(*v, m.path(key), lo, hi));
 }
 
-// `[A-Za-z0-9._-]{1,max}`, and not "." or ".." (names may become file names).
-bool is_valid_name(std::string_view s, std::size_t max) {
-    return !s.empty() && s.size() <= max && std::all_of(s.begin(), s.end(), is_name_char) &&
-           s != "." && s != "..";
+// A segment or credential name: libshm's rule (shm::valid_segment_name,
+// shm::valid_slot_name), which the message states.
+enum class NameKind { segment, credential };
+
+std::size_t name_max(NameKind k) {
+    return k == NameKind::segment ? max_segment_name : TOKENSHM_SLOT_NAME_CAP - 1;
 }
 
-std::string expect_name(const Value& v, const std::string& path, std::size_t max) {
+bool valid_name(NameKind k, std::string_view s) {
+    return k == NameKind::segment ? shm::valid_segment_name(s) : shm::valid_slot_name(s);
+}
+
+std::string expect_name(const Value& v, const std::string& path, NameKind k) {
     const std::string what =
-        "a string of 1 to " + std::to_string(max) + " characters [A-Za-z0-9._-]";
+        "a string of 1 to " + std::to_string(name_max(k)) + " characters [A-Za-z0-9._-]";
     const auto s = expect_string(v, path, what);
-    if (!is_valid_name(s, max)) {
+    if (!valid_name(k, s)) {
         fail(path, "expected " + what + " other than \".\" and \"..\", found " + quote(s));
     }
     return std::string(s);
@@ -261,115 +273,12 @@ E expect_enum(const Value& v, const std::string& path,
     fail(path, "expected " + expected + ", found " + describe(v));
 }
 
-bool is_ipv4_loopback(std::string_view host) {
-    int parts = 0;
-    int first = -1;
-    std::size_t i = 0;
-    while (i <= host.size()) {
-        const std::size_t end = std::min(host.find('.', i), host.size());
-        const auto part = host.substr(i, end - i);
-        if (part.empty() || part.size() > 3 ||
-            !std::all_of(part.begin(), part.end(), [](char c) { return c >= '0' && c <= '9'; })) {
-            return false;
-        }
-        const int n = std::atoi(std::string(part).c_str());
-        if (n > 255) return false;
-        if (parts == 0) first = n;
-        ++parts;
-        i = end + 1;
-    }
-    return parts == 4 && first == 127;
-}
-
-std::string lower(std::string_view s) {
-    std::string out(s);
-    std::transform(out.begin(), out.end(), out.begin(), [](char c) {
-        return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
-    });
-    return out;
-}
-
-// https://host[:port][/path][?query]; http:// only for a loopback host.
-// No user info (it would carry a password into logs), no fragment, and for an
-// issuer (RFC 8414 §2) no query either.
-std::string expect_url(const Value& v, const std::string& path, bool allow_query) {
-    const auto url = expect_string(v, path, "an https:// URL");
-    // What messages may show of it: never user info, never a query (some
-    // endpoints carry a key there, e.g. ?code=).
-    auto shown = [&]() -> std::string {
-        if (url.find('@') != std::string_view::npos) return kind(v);
-        const auto q = url.find('?');
-        return q == std::string_view::npos ? quote(url)
-                                           : quote(url.substr(0, q)) + " (query not shown)";
-    };
-    const auto scheme_end = url.find("://");
-    const std::string scheme = lower(url.substr(0, scheme_end));
-    if (scheme_end == std::string_view::npos || (scheme != "https" && scheme != "http")) {
-        fail(path, "expected an https:// URL, found " + shown());
-    }
-    if (std::any_of(url.begin(), url.end(), [](char c) {
-            const auto u = static_cast<unsigned char>(c);
-            return u <= 0x20 || u >= 0x7f;
-        })) {
-        fail(path, "URL contains a space, control or non-ASCII character");
-    }
-    const auto rest = url.substr(scheme_end + 3);
-    const auto authority = rest.substr(0, rest.find_first_of("/?#"));
-    if (authority.find('@') != std::string_view::npos) {
-        fail(path, "URL must not contain user info (user:password@)");
-    }
-    if (url.find('#') != std::string_view::npos) fail(path, "URL must not have a fragment (#...)");
-    if (!allow_query && url.find('?') != std::string_view::npos) {
-        fail(path, "an issuer URL must not have a query (?...), found " + shown());
-    }
-    std::string_view host = authority;
-    std::string_view port;
-    bool has_port = false;
-    if (!authority.empty() && authority.front() == '[') {
-        const auto close = authority.find(']');
-        if (close == std::string_view::npos) fail(path, "URL has an unterminated [IPv6] host");
-        host = authority.substr(0, close + 1);
-        const auto inner = host.substr(1, host.size() - 2);
-        if (inner.empty() || !std::all_of(inner.begin(), inner.end(), [](char c) {
-                return std::isxdigit(static_cast<unsigned char>(c)) || c == ':' || c == '.';
-            })) {
-            fail(path, "URL has an invalid [IPv6] host");
-        }
-        const auto after = authority.substr(close + 1);
-        if (!after.empty()) {
-            if (after.front() != ':') fail(path, "URL has junk after the [IPv6] host");
-            port = after.substr(1);
-            has_port = true;
-        }
-    } else {
-        const auto colon = authority.find(':');
-        if (colon != std::string_view::npos) {
-            host = authority.substr(0, colon);
-            port = authority.substr(colon + 1);
-            has_port = true;
-        }
-        if (!std::all_of(host.begin(), host.end(), [](char c) { return is_name_char(c); })) {
-            fail(path, "URL has an invalid host name");
-        }
-    }
-    if (host.empty()) fail(path, "URL has no host, found " + shown());
-    if (has_port) {
-        const bool digits =
-            !port.empty() && port.size() <= 5 &&
-            std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; });
-        const int n = digits ? std::atoi(std::string(port).c_str()) : 0;
-        if (n < 1 || n > 65535) fail(path, "URL has an invalid port, found " + shown());
-    }
-    if (scheme == "http") {
-        const std::string h = lower(host);
-        if (h != "localhost" && h != "[::1]" && !is_ipv4_loopback(h)) {
-            fail(path,
-                 "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
-                 "[::1]); use https://, found " +
-                     shown());
-        }
-    }
-    return std::string(url);
+// An issuer or endpoint URL, checked by EndpointUrl (the one URL rule).
+EndpointUrl expect_url(const Value& v, const std::string& path, EndpointUrl::Role role) {
+    const auto text = expect_string(v, path, "an https:// URL");
+    auto url = EndpointUrl::parse(text, role);
+    if (!url) fail(path, url.error().message);
+    return std::move(*url);
 }
 
 constexpr std::array<std::string_view, 7> top_keys = {
@@ -405,24 +314,17 @@ struct SecretSource {
     std::string where;  // the path or the variable name
 };
 
-CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
-                                  std::vector<std::string>& warnings) {
-    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
-    const Members m(v, path, credential_keys, credential_key_hint);
-    CredentialConfig c;
-
-    c.name = expect_name(m.require("name"), m.path("name"), 63);
-    c.grant = expect_enum(
-        m.require("grant"), m.path("grant"),
-        std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
-                   std::pair{std::string_view("client_credentials"), Grant::client_credentials}});
-
+std::string parse_client_id(const Members& m) {
     const auto client_id =
         expect_string(m.require("client_id"), m.path("client_id"), "a non-empty string");
     if (client_id.empty()) fail(m.path("client_id"), "expected a non-empty string, found \"\"");
     if (has_control(client_id)) fail(m.path("client_id"), "contains a control character");
-    c.client_id = std::string(client_id);
+    return std::string(client_id);
+}
 
+// client_secret_file or client_secret_env (exactly one); the secret itself is
+// read later, by read_secret.
+SecretSource parse_secret_source(const Members& m) {
     const Value* secret_file = m.find_nullable("client_secret_file");
     const Value* secret_env = m.find_nullable("client_secret_env");
     if (secret_file == nullptr && secret_env == nullptr) {
@@ -434,24 +336,24 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
              "give either client_secret_file or client_secret_env, not both");
     }
     if (secret_file != nullptr) {
-        secret = {m.path("client_secret_file"), true,
-                  expect_path(*secret_file, m.path("client_secret_file"), false)};
-        c.client_secret_source = "file " + secret.where;
-    } else {
-        const auto name =
-            expect_string(*secret_env, m.path("client_secret_env"), "an environment variable name");
-        const bool valid =
-            !name.empty() && name.size() <= 255 && !(name.front() >= '0' && name.front() <= '9') &&
-            std::all_of(name.begin(), name.end(),
-                        [](char ch) { return is_name_char(ch) && ch != '.' && ch != '-'; });
-        if (!valid) {
-            fail(m.path("client_secret_env"),
-                 "expected an environment variable name [A-Za-z_][A-Za-z0-9_]*");
-        }
-        secret = {m.path("client_secret_env"), false, std::string(name)};
-        c.client_secret_source = "env " + secret.where;
+        return {m.path("client_secret_file"), true,
+                expect_path(*secret_file, m.path("client_secret_file"), false)};
     }
+    const auto name =
+        expect_string(*secret_env, m.path("client_secret_env"), "an environment variable name");
+    const bool valid =
+        !name.empty() && name.size() <= 255 && !(name.front() >= '0' && name.front() <= '9') &&
+        std::all_of(name.begin(), name.end(),
+                    [](char ch) { return is_name_char(ch) && ch != '.' && ch != '-'; });
+    if (!valid) {
+        fail(m.path("client_secret_env"),
+             "expected an environment variable name [A-Za-z_][A-Za-z0-9_]*");
+    }
+    return {m.path("client_secret_env"), false, std::string(name)};
+}
 
+// issuer or token_endpoint (exactly one).
+void parse_endpoint(const Members& m, CredentialConfig& c) {
     const Value* issuer = m.find_nullable("issuer");
     const Value* endpoint = m.find_nullable("token_endpoint");
     if (issuer == nullptr && endpoint == nullptr) {
@@ -460,11 +362,16 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
     if (issuer != nullptr && endpoint != nullptr) {
         fail(m.path("token_endpoint"), "give either issuer or token_endpoint, not both");
     }
-    if (issuer != nullptr) c.issuer = expect_url(*issuer, m.path("issuer"), false);
+    if (issuer != nullptr)
+        c.issuer = expect_url(*issuer, m.path("issuer"), EndpointUrl::Role::issuer);
     if (endpoint != nullptr) {
-        c.token_endpoint = expect_url(*endpoint, m.path("token_endpoint"), true);
+        c.token_endpoint =
+            expect_url(*endpoint, m.path("token_endpoint"), EndpointUrl::Role::endpoint);
     }
+}
 
+// auth_method and basic_encoding.
+void parse_client_auth(const Members& m, CredentialConfig& c, std::vector<std::string>& warnings) {
     if (const Value* a = m.find("auth_method")) {
         c.auth_method = expect_enum(
             *a, m.path("auth_method"),
@@ -482,50 +389,64 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
                                ": ignored, auth_method is \"client_secret_post\"");
         }
     }
+}
 
-    if (const Value* r = m.find_nullable("refresh_token_file")) {
-        if (c.grant != Grant::refresh_token) {
-            fail(m.path("refresh_token_file"),
-                 "only allowed with grant \"refresh_token\", this credential uses \"" +
-                     std::string(to_string(c.grant)) + "\"");
-        }
-        c.refresh_token_file = expect_path(*r, m.path("refresh_token_file"), false);
+std::optional<std::string> parse_refresh_token_file(const Members& m, Grant grant) {
+    const Value* r = m.find_nullable("refresh_token_file");
+    if (r == nullptr) return std::nullopt;
+    if (grant != Grant::refresh_token) {
+        fail(m.path("refresh_token_file"),
+             "only allowed with grant \"refresh_token\", this credential uses \"" +
+                 std::string(to_string(grant)) + "\"");
     }
+    return expect_path(*r, m.path("refresh_token_file"), false);
+}
 
-    if (const Value* s = m.find_nullable("scope")) {
-        const std::string what =
-            "a string of 1 to " + std::to_string(max_scope_bytes) + " printable ASCII characters";
-        const auto scope = expect_string(*s, m.path("scope"), what);
-        const bool printable = std::all_of(scope.begin(), scope.end(),
-                                           [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
-        if (scope.empty() || scope.size() > max_scope_bytes) {
-            fail(m.path("scope"),
-                 "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
-        }
-        if (!printable) fail(m.path("scope"), "expected " + what + ", found another character");
-        c.scope = std::string(scope);
+// At most the record's scope capacity, printable ASCII.
+std::optional<std::string> parse_scope(const Members& m) {
+    const Value* s = m.find_nullable("scope");
+    if (s == nullptr) return std::nullopt;
+    constexpr std::size_t cap = TOKENSHM_SCOPE_CAP;
+    const std::string what =
+        "a string of 1 to " + std::to_string(cap) + " printable ASCII characters";
+    const auto scope = expect_string(*s, m.path("scope"), what);
+    const bool printable =
+        std::all_of(scope.begin(), scope.end(), [](char ch) { return ch >= 0x20 && ch <= 0x7e; });
+    if (scope.empty() || scope.size() > cap) {
+        fail(m.path("scope"),
+             "expected " + what + ", found " + std::to_string(scope.size()) + " bytes");
     }
+    if (!printable) fail(m.path("scope"), "expected " + what + ", found another character");
+    return std::string(scope);
+}
 
-    if (const Value* x = m.find_nullable("extra_params")) {
-        const std::string xpath = m.path("extra_params");
-        if (!x->IsObject()) fail(xpath, "expected an object of string values, found " + kind(*x));
-        std::set<std::string, std::less<>> seen;
-        for (auto it = x->MemberBegin(); it != x->MemberEnd(); ++it) {
-            const auto key = text_of(it->name);
-            const std::string kpath = member_path(xpath, key);
-            if (key.empty() || has_control(key)) {
-                fail(kpath, "expected a parameter name without control characters");
-            }
-            if (!seen.emplace(key).second) fail(kpath, "key appears twice");
-            if (std::find(reserved_params.begin(), reserved_params.end(), key) !=
-                reserved_params.end()) {
-                fail(kpath, "reserved: tokenshm sets this parameter itself");
-            }
-            const auto value = expect_string(it->value, kpath, "a string");
-            c.extra_params.emplace_back(std::string(key), std::string(value));
+// String values, in file order; no duplicate and no parameter tokenshm sets.
+std::vector<std::pair<std::string, std::string>> parse_extra_params(const Members& m) {
+    std::vector<std::pair<std::string, std::string>> params;
+    const Value* x = m.find_nullable("extra_params");
+    if (x == nullptr) return params;
+    const std::string xpath = m.path("extra_params");
+    if (!x->IsObject()) fail(xpath, "expected an object of string values, found " + kind(*x));
+    std::set<std::string, std::less<>> seen;
+    for (auto it = x->MemberBegin(); it != x->MemberEnd(); ++it) {
+        const auto key = text_of(it->name);
+        const std::string kpath = member_path(xpath, key);
+        if (key.empty() || has_control(key)) {
+            fail(kpath, "expected a parameter name without control characters");
         }
+        if (!seen.emplace(key).second) fail(kpath, "key appears twice");
+        if (std::find(reserved_params.begin(), reserved_params.end(), key) !=
+            reserved_params.end()) {
+            fail(kpath, "reserved: tokenshm sets this parameter itself");
+        }
+        const auto value = expect_string(it->value, kpath, "a string");
+        params.emplace_back(std::string(key), std::string(value));
     }
+    return params;
+}
 
+// Lifetime, schedule, backoff and timeout, in seconds.
+void parse_timings(const Members& m, CredentialConfig& c) {
     c.default_lifetime = seconds_member(m, "default_lifetime_s", 1, 31'536'000, c.default_lifetime);
     c.refresh_before = seconds_member(m, "refresh_before_s", 0, 86'400, c.refresh_before);
     c.min_interval = seconds_member(m, "min_interval_s", 0, 86'400, c.min_interval);
@@ -537,7 +458,29 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
                                           std::to_string(c.max_backoff.count()));
     }
     c.timeout = seconds_member(m, "timeout_s", 1, 600, c.timeout);
+}
 
+// One credential, in the order a reader of the file meets its keys' rules.
+// Where its secret comes from goes to `secret`; it is read later.
+CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
+                                  std::vector<std::string>& warnings) {
+    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
+    const Members m(v, path, credential_keys, credential_key_hint);
+    CredentialConfig c;
+    c.name = expect_name(m.require("name"), m.path("name"), NameKind::credential);
+    c.grant = expect_enum(
+        m.require("grant"), m.path("grant"),
+        std::array{std::pair{std::string_view("refresh_token"), Grant::refresh_token},
+                   std::pair{std::string_view("client_credentials"), Grant::client_credentials}});
+    c.client_id = parse_client_id(m);
+    secret = parse_secret_source(m);
+    c.client_secret_source = (secret.from_file ? "file " : "env ") + secret.where;
+    parse_endpoint(m, c);
+    parse_client_auth(m, c, warnings);
+    c.refresh_token_file = parse_refresh_token_file(m, c.grant);
+    c.scope = parse_scope(m);
+    c.extra_params = parse_extra_params(m);
+    parse_timings(m, c);
     if (const Value* ca = m.find_nullable("ca_file")) {
         c.ca_file = expect_path(*ca, m.path("ca_file"), false);
     }
@@ -553,7 +496,7 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         if (!sources.read_file) fail(src.key_path, "no way to read files here");
         bool loose = false;
         auto r = sources.read_file(src.where, loose);
-        if (!r) fail(src.key_path, r.error());
+        if (!r) fail(src.key_path, r.error().message);
         value = std::move(*r);
         if (loose) {
             warnings.push_back(src.key_path + ": " + src.where +
@@ -582,18 +525,14 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
     return Secret(std::string(s));
 }
 
-Config parse_document(const Value& root, const ConfigSources& sources) {
-    if (!root.IsObject()) fail("(top level)", "expected a JSON object, found " + kind(root));
-    const Members m(root, "", top_keys);
-    Config cfg;
-
-    // The segment: the config's `segment`, else $TOKENSHM_SEGMENT (the
-    // variable readers use), else "tokenshm".
+// The segment: the config's `segment`, else $TOKENSHM_SEGMENT (the variable
+// readers use), else "tokenshm".
+void parse_segment(const Members& m, const ConfigSources& sources, Config& cfg) {
     std::optional<std::string> env_segment =
         sources.getenv ? sources.getenv("TOKENSHM_SEGMENT") : std::nullopt;
     if (env_segment && env_segment->empty()) env_segment.reset();
     if (const Value* v = m.find("segment")) {
-        cfg.segment = expect_name(*v, "segment", 200);
+        cfg.segment = expect_name(*v, "segment", NameKind::segment);
         if (env_segment && *env_segment != cfg.segment)
             cfg.warnings.push_back("segment: the config names " + quote(cfg.segment) +
                                    "; TOKENSHM_SEGMENT=" + quote(*env_segment) +
@@ -601,14 +540,16 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                                    "tokens");
     } else if (env_segment) {
         const std::string& s = *env_segment;
-        if (!is_valid_name(s, 200))
+        if (!shm::valid_segment_name(s))
             fail("TOKENSHM_SEGMENT (environment)",
-                 "expected 1 to 200 characters [A-Za-z0-9._-] other than \".\" and \"..\", "
-                 "found " +
-                     quote(s));
+                 "expected 1 to " + std::to_string(max_segment_name) +
+                     " characters [A-Za-z0-9._-] other than \".\" and \"..\", found " + quote(s));
         cfg.segment = s;
     }
+}
 
+// mode ("0600" or "0640") and the group that 0640 needs.
+void parse_access(const Members& m, Config& cfg) {
     if (const Value* v = m.find("mode")) {
         const auto s = expect_string(*v, "mode", "\"0600\" or \"0640\"");
         const bool octal =
@@ -620,7 +561,6 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         }
         cfg.mode = static_cast<mode_t>(n);
     }
-
     if (const Value* v = m.find_nullable("group")) {
         const auto s = expect_string(*v, "group", "a group name or null");
         if (s.empty() || s.size() > 256 || has_control(s)) {
@@ -635,29 +575,28 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         cfg.warnings.push_back("group: the segment's mode is \"0600\", so group " +
                                quote(*cfg.group) + " gets no access; set mode \"0640\"");
     }
+}
 
-    if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
-
+// control_socket, or its default under /run/tokenshm, within a socket path's limit.
+void parse_control_socket(const Members& m, Config& cfg) {
     if (const Value* v = m.find("control_socket")) {
         cfg.control_socket = expect_path(*v, "control_socket", true);
         if (cfg.control_socket.size() > max_socket_path_bytes) {
             fail("control_socket", "longer than " + std::to_string(max_socket_path_bytes) +
                                        " bytes, the limit of a Unix socket path");
         }
-    } else {
-        cfg.control_socket = "/run/tokenshm/" + cfg.segment + ".sock";
-        if (cfg.control_socket.size() > max_socket_path_bytes) {
-            fail("control_socket", "the default /run/tokenshm/<segment>.sock is longer than " +
-                                       std::to_string(max_socket_path_bytes) +
-                                       " bytes (a Unix socket path's limit); set control_socket");
-        }
+        return;
     }
-
-    if (const Value* v = m.find("max_token_bytes")) {
-        cfg.max_token_bytes =
-            static_cast<std::uint32_t>(expect_int(*v, "max_token_bytes", 64, 1 << 20));
+    cfg.control_socket = "/run/tokenshm/" + cfg.segment + ".sock";
+    if (cfg.control_socket.size() > max_socket_path_bytes) {
+        fail("control_socket", "the default /run/tokenshm/<segment>.sock is longer than " +
+                                   std::to_string(max_socket_path_bytes) +
+                                   " bytes (a Unix socket path's limit); set control_socket");
     }
+}
 
+// Every credential, names unique; where each secret comes from goes to `secrets`.
+void parse_credentials(const Members& m, Config& cfg, std::vector<SecretSource>& secrets) {
     const Value& creds = m.require("credentials");
     if (!creds.IsArray() || creds.Empty()) {
         fail("credentials",
@@ -667,7 +606,7 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
         fail("credentials", "at most " + std::to_string(max_credentials) + " credentials, found " +
                                 std::to_string(creds.Size()));
     }
-    std::vector<SecretSource> secrets(creds.Size());
+    secrets.resize(creds.Size());
     std::map<std::string, std::size_t, std::less<>> first_use;
     for (rapidjson::SizeType i = 0; i < creds.Size(); ++i) {
         const std::string path = index_path("credentials", i);
@@ -678,8 +617,12 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
                                      index_path("credentials", it->second) + ")");
         }
     }
+}
 
-    // Only now, with the whole document valid, touch the system.
+// What needs the system: the group's id and the client secrets. Called only
+// once the whole document is valid.
+void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
+                         const ConfigSources& sources) {
     if (cfg.group) {
         std::optional<gid_t> gid = sources.group_id ? sources.group_id(*cfg.group) : std::nullopt;
         if (!gid) fail("group", "no such group " + quote(*cfg.group));
@@ -688,6 +631,23 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     for (std::size_t i = 0; i < secrets.size(); ++i) {
         cfg.credentials[i].client_secret = read_secret(secrets[i], sources, cfg.warnings);
     }
+}
+
+Config parse_document(const Value& root, const ConfigSources& sources) {
+    if (!root.IsObject()) fail("(top level)", "expected a JSON object, found " + kind(root));
+    const Members m(root, "", top_keys);
+    Config cfg;
+    parse_segment(m, sources, cfg);
+    parse_access(m, cfg);
+    if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
+    parse_control_socket(m, cfg);
+    if (const Value* v = m.find("max_token_bytes")) {
+        cfg.max_token_bytes = static_cast<std::uint32_t>(expect_int(
+            *v, "max_token_bytes", TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));
+    }
+    std::vector<SecretSource> secrets;
+    parse_credentials(m, cfg, secrets);
+    resolve_from_system(cfg, secrets, sources);
     return cfg;
 }
 
@@ -707,10 +667,11 @@ std::optional<std::string> system_getenv(const std::string& name) {
     return std::string(v);
 }
 
-Expected<std::string, std::string> system_read_file(const std::string& path, bool& loose_mode) {
-    const auto sys_error = [&path](int err) {
-        return Unexpected{path + ": " + std::strerror(err)};
+Expected<std::string, RefresherError> system_read_file(const std::string& path, bool& loose_mode) {
+    const auto unreadable = [&path](std::string why) {
+        return Unexpected{RefresherError::config_error(path + ": " + why)};
     };
+    const auto sys_error = [&unreadable](int err) { return unreadable(std::strerror(err)); };
     const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
     if (fd < 0) return sys_error(errno);
     struct FdCloser {
@@ -719,9 +680,9 @@ Expected<std::string, std::string> system_read_file(const std::string& path, boo
     } closer{fd};
     struct stat st {};
     if (::fstat(fd, &st) != 0) return sys_error(errno);
-    if (!S_ISREG(st.st_mode)) return Unexpected{path + ": not a regular file"};
+    if (!S_ISREG(st.st_mode)) return unreadable("not a regular file");
     if (static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
-        return Unexpected{path + ": larger than 1 MiB"};
+        return unreadable("larger than 1 MiB");
     }
     loose_mode = (st.st_mode & 077) != 0;
     std::string out;
@@ -741,11 +702,13 @@ Expected<std::string, std::string> system_read_file(const std::string& path, boo
     }
     if (got > max_file_bytes) {
         explicit_bzero(out.data(), got);
-        return Unexpected{path + ": larger than 1 MiB"};
+        return unreadable("larger than 1 MiB");
     }
-    out.resize(got);
-    out.shrink_to_fit();
-    return out;
+    // A right-sized copy; the read buffer (it may hold a client secret) is
+    // wiped before it is freed.
+    std::string exact(out, 0, got);
+    explicit_bzero(out.data(), got);
+    return exact;
 }
 
 std::optional<gid_t> system_group_id(const std::string& name) {
@@ -775,32 +738,39 @@ ConfigSources ConfigSources::system() {
     return ConfigSources{system_getenv, system_read_file, system_group_id};
 }
 
-Expected<Config, std::string> parse_config(std::string_view json, const ConfigSources& sources) {
+Expected<Config, RefresherError> parse_config(std::string_view json, const ConfigSources& sources) {
+    const auto error = [](std::string line) {
+        return Unexpected{RefresherError::config_error(std::move(line))};
+    };
     // RapidJSON treats a NUL byte as the end of input; refuse it outright.
     if (const auto nul = json.find('\0'); nul != std::string_view::npos) {
-        return Unexpected{position(json, nul) + ": NUL byte in the configuration"};
+        return error(position(json, nul) + ": NUL byte in the configuration");
     }
     rapidjson::Document doc;
     doc.Parse<rapidjson::kParseValidateEncodingFlag | rapidjson::kParseIterativeFlag>(json.data(),
                                                                                       json.size());
     if (doc.HasParseError()) {
-        return Unexpected{position(json, doc.GetErrorOffset()) + ": " +
-                          rapidjson::GetParseError_En(doc.GetParseError())};
+        return error(position(json, doc.GetErrorOffset()) + ": " +
+                     rapidjson::GetParseError_En(doc.GetParseError()));
     }
     try {
         return parse_document(doc, sources);
     } catch (ConfigError& e) {
-        return Unexpected{std::move(e.line)};
+        return error(std::move(e.line));
     }
 }
 
-Expected<Config, std::string> load_config(const std::string& path, const ConfigSources& sources) {
-    if (!sources.read_file) return Unexpected{path + ": no way to read files here"};
+Expected<Config, RefresherError> load_config(const std::string& path,
+                                             const ConfigSources& sources) {
+    const auto error = [](std::string line) {
+        return Unexpected{RefresherError::config_error(std::move(line))};
+    };
+    if (!sources.read_file) return error(path + ": no way to read files here");
     bool loose = false;  // the configuration holds no secret: its mode does not matter
     auto text = sources.read_file(path, loose);
     if (!text) return Unexpected{text.error()};
     auto cfg = parse_config(*text, sources);
-    if (!cfg) return Unexpected{path + ": " + cfg.error()};
+    if (!cfg) return error(path + ": " + cfg.error().message);
     return cfg;
 }
 

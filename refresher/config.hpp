@@ -3,6 +3,8 @@
 //   credentials[1].grant: expected "refresh_token" or "client_credentials"
 #pragma once
 
+#include "endpoint_url.hpp"
+#include "error.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -28,9 +30,9 @@ const char* to_string(Grant g) noexcept;
 const char* to_string(AuthMethod m) noexcept;
 
 struct CredentialConfig {
-    std::string name;                           // [A-Za-z0-9._-]{1,63}, unique
-    std::optional<std::string> issuer;          // exactly one of issuer and
-    std::optional<std::string> token_endpoint;  // token_endpoint
+    std::string name;                           // shm::valid_slot_name, unique
+    std::optional<EndpointUrl> issuer;          // exactly one of issuer and
+    std::optional<EndpointUrl> token_endpoint;  // token_endpoint
     Grant grant = Grant::refresh_token;
     std::string client_id;
     Secret client_secret;
@@ -68,18 +70,19 @@ struct Config {
 // Where configuration reads come from; tests substitute both.
 struct ConfigSources {
     std::function<std::optional<std::string>(const std::string& name)> getenv;
-    // Returns the file's contents, or an error line ("open(/x): No such file").
-    // `loose_mode` is set when the file is readable by group or others.
-    std::function<Expected<std::string, std::string>(const std::string& path, bool& loose_mode)>
+    // Returns the file's contents, or a config error ("/x: No such file or
+    // directory"). `loose_mode` is set when the file is readable by group or others.
+    std::function<Expected<std::string, RefresherError>(const std::string& path, bool& loose_mode)>
         read_file;
     std::function<std::optional<gid_t>(const std::string& group)> group_id;
     static ConfigSources system();
 };
 
-// Parses and validates. The error is one line naming the key's path.
-Expected<Config, std::string> parse_config(std::string_view json,
-                                           const ConfigSources& sources = ConfigSources::system());
-Expected<Config, std::string> load_config(const std::string& path,
-                                          const ConfigSources& sources = ConfigSources::system());
+// Parses and validates. The error is a config error: one line naming the
+// key's path (load_config: the file's path first).
+Expected<Config, RefresherError> parse_config(
+    std::string_view json, const ConfigSources& sources = ConfigSources::system());
+Expected<Config, RefresherError> load_config(
+    const std::string& path, const ConfigSources& sources = ConfigSources::system());
 
 }  // namespace tokenshm::refresher

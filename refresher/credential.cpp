@@ -101,9 +101,15 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
         in_flight_ = Request::discovery;
         return build_discovery_request(urls[discovery_index_ % urls.size()], cfg_);
     }
+    auto request =
+        build_token_request(cfg_, *token_endpoint_, refresh_token_ ? &*refresh_token_ : nullptr);
+    if (!request) {
+        fail(now_ms, FailureKind::reauth, request.error().message, std::nullopt, "reauth");
+        return std::nullopt;
+    }
     in_flight_ = Request::token;
     last_sent_ms_ = now_ms;
-    return build_token_request(cfg_, *token_endpoint_, refresh_token_ ? &*refresh_token_ : nullptr);
+    return std::move(*request);
 }
 
 void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t now_ms) {
@@ -113,7 +119,7 @@ void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t
         if (ep) {
             token_endpoint_ = *ep;
             discovery_index_ = 0;
-            log_event(Level::info, cfg_.name, "discovered", "token_endpoint=" + *ep);
+            log_event(Level::info, cfg_.name, "discovered", "token_endpoint=" + ep->text());
             next_attempt_ms_ = now_ms;  // go straight on to the token request
             return;
         }
@@ -121,11 +127,11 @@ void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t
         ++discovery_index_;
         if (discovery_index_ % urls.size() != 0) {
             // Try the other well-known document before counting a failure.
-            log_event(Level::info, cfg_.name, "discovery_next", ep.error());
+            log_event(Level::info, cfg_.name, "discovery_next", ep.error().message);
             next_attempt_ms_ = now_ms;
             return;
         }
-        fail(now_ms, FailureKind::retry, "discovery failed: " + ep.error(), std::nullopt,
+        fail(now_ms, FailureKind::retry, "discovery failed: " + ep.error().message, std::nullopt,
              "discovery_failed");
         return;
     }
@@ -151,7 +157,7 @@ bool CredentialRefresher::adopt_refresh_token(Secret token, std::int64_t now_ms)
     // is spent, and using it again would make the server revoke the grant.
     if (auto r = persist_(cfg_.name, token); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
-                  "could not save the rotated refresh token (" + r.error() +
+                  "could not save the rotated refresh token (" + r.error().message +
                       "); keeping it in memory and retrying every second");
         unpersisted_ = token;
         next_persist_ms_ = now_ms + kPersistRetryMs;
@@ -167,7 +173,7 @@ bool CredentialRefresher::flush_refresh_token() {
     if (!unpersisted_) return true;
     if (auto r = persist_(cfg_.name, *unpersisted_); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
-                  "the rotated refresh token is still not saved (" + r.error() +
+                  "the rotated refresh token is still not saved (" + r.error().message +
                       "); it is lost when this process ends");
         return false;
     }

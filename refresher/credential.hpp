@@ -45,7 +45,7 @@ struct Published {
 
 // Where rotated refresh tokens go; the daemon passes the StateStore.
 using PersistRefreshToken =
-    std::function<Expected<Done, std::string>(std::string_view name, const Secret& token)>;
+    std::function<Expected<Done, RefresherError>(std::string_view name, const Secret& token)>;
 
 class CredentialRefresher {
   public:
@@ -117,7 +117,7 @@ class CredentialRefresher {
     std::function<double()> random01_;
     Backoff backoff_;
 
-    std::optional<std::string> token_endpoint_;  // configured or discovered
+    std::optional<EndpointUrl> token_endpoint_;  // configured or discovered
     std::size_t discovery_index_ = 0;
     Request in_flight_ = Request::none;
     std::int64_t sent_at_ms_ = 0;

@@ -11,11 +11,11 @@
 #include <algorithm>
 #include <cctype>
 #include <climits>
+#include <cstring>
 #include <iterator>
 #include <limits>
 #include <memory>
 #include <optional>
-#include <stdexcept>
 #include <utility>
 
 namespace tokenshm::refresher {
@@ -33,7 +33,7 @@ struct CurlTransfer {
     HttpResponse response;
     char errbuf[CURL_ERROR_SIZE] = {};
 
-    CurlTransfer() = default;
+    explicit CurlTransfer(HttpRequest r) : request(std::move(r)) {}
     CurlTransfer(const CurlTransfer&) = delete;
     CurlTransfer& operator=(const CurlTransfer&) = delete;
     // The header list holds a copy of the Authorization value: wipe it.
@@ -44,23 +44,6 @@ struct CurlTransfer {
         curl_slist_free_all(headers);
     }
 };
-
-bool is_loopback_host(std::string_view host) {
-    const auto lower = [](unsigned char c) { return static_cast<char>(std::tolower(c)); };
-    std::string h;
-    std::transform(host.begin(), host.end(), std::back_inserter(h), lower);
-    if (h == "localhost") return true;
-    if (h.size() >= 2 && h.front() == '[' && h.back() == ']') {
-        const std::string inner = h.substr(1, h.size() - 2);
-        in6_addr a6{};
-        if (::inet_pton(AF_INET6, inner.c_str(), &a6) != 1) return false;
-        if (IN6_IS_ADDR_LOOPBACK(&a6)) return true;
-        return IN6_IS_ADDR_V4MAPPED(&a6) && a6.s6_addr[12] == 127;
-    }
-    in_addr a4{};
-    if (::inet_pton(AF_INET, h.c_str(), &a4) != 1) return false;
-    return (ntohl(a4.s_addr) >> 24) == 127;
-}
 
 }  // namespace detail
 
@@ -74,11 +57,9 @@ constexpr std::size_t kMaxHeaderValue = 256;
 constexpr std::size_t kMaxErrorText = 300;
 
 // libcurl's global state, initialised once per process (thread-safe static).
-void global_init() {
+CURLcode global_init() {
     static const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
-    if (rc != CURLE_OK) {
-        throw std::runtime_error(std::string("curl_global_init: ") + curl_easy_strerror(rc));
-    }
+    return rc;
 }
 
 std::string_view trim(std::string_view s) {
@@ -112,19 +93,14 @@ std::string one_line(std::string_view s) {
     return out;
 }
 
-// Where a URL points, as libcurl itself will parse it.
-struct Target {
-    std::string scheme;
-    std::string host;  // IPv6 in brackets
-    std::string port;
-};
-
-std::optional<std::string> url_part(CURLU* u, CURLUPart part, unsigned flags, CURLUcode& rc) {
+std::optional<std::string> url_part(CURLU* u, CURLUPart part, CURLUcode& rc) {
     char* value = nullptr;
-    rc = curl_url_get(u, part, &value, flags);
+    rc = curl_url_get(u, part, &value, 0);
     if (rc != CURLUE_OK) return std::nullopt;
     std::string out = value;
     curl_free(value);
+    for (char& c : out)
+        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     return out;
 }
 
@@ -136,43 +112,38 @@ std::string url_error(const char* what, CURLUcode rc) {
 #endif
 }
 
-// Parses `url`; on failure `error` says why without repeating the URL.
-std::optional<Target> parse_target(const std::string& url, std::string& error) {
+// Equal host names, or IPv6 literals naming the same address (libcurl
+// normalises "[::0:1]" to "[::1]").
+bool same_host(const std::string& a, const std::string& b) {
+    if (a == b) return true;
+    const auto ipv6 = [](const std::string& h, in6_addr& out) {
+        return h.size() > 2 && h.front() == '[' && h.back() == ']' &&
+               ::inet_pton(AF_INET6, h.substr(1, h.size() - 2).c_str(), &out) == 1;
+    };
+    in6_addr x{}, y{};
+    return ipv6(a, x) && ipv6(b, y) && std::memcmp(&x, &y, sizeof x) == 0;
+}
+
+Unexpected<RefresherError> refused(std::string why) {
+    return Unexpected{RefresherError::runtime_error(std::move(why))};
+}
+
+// Defence in depth: the URL passed EndpointUrl's checks, and libcurl, which
+// will connect, must read the same scheme and host from it (a parser
+// disagreement could send a plain-http request elsewhere).
+Expected<Done, RefresherError> libcurl_agrees(const EndpointUrl& url) {
     std::unique_ptr<CURLU, decltype(&curl_url_cleanup)> u(curl_url(), &curl_url_cleanup);
-    if (!u) {
-        error = "curl_url: out of memory";
-        return std::nullopt;
-    }
-    CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.c_str(), 0);
-    if (rc != CURLUE_OK) {
-        error = url_error("curl_url_set", rc);
-        return std::nullopt;
-    }
-    auto scheme = url_part(u.get(), CURLUPART_SCHEME, 0, rc);
-    if (!scheme) {
-        error = url_error("scheme", rc);
-        return std::nullopt;
-    }
-    for (char& c : *scheme)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    if (*scheme != "https" && *scheme != "http") {
-        error =
-            "scheme \"" + one_line(*scheme) + "\" refused (https only; http to loopback addresses)";
-        return std::nullopt;
-    }
-    auto host = url_part(u.get(), CURLUPART_HOST, 0, rc);
-    if (!host) {
-        error = url_error("host", rc);
-        return std::nullopt;
-    }
-    auto port = url_part(u.get(), CURLUPART_PORT, CURLU_DEFAULT_PORT, rc);
-    if (!port) {
-        error = url_error("port", rc);
-        return std::nullopt;
-    }
-    for (char& c : *host)
-        c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
-    return Target{std::move(*scheme), std::move(*host), std::move(*port)};
+    if (!u) return refused("curl_url: out of memory");
+    CURLUcode rc = curl_url_set(u.get(), CURLUPART_URL, url.text().c_str(), 0);
+    if (rc != CURLUE_OK) return refused(url_error("curl_url_set", rc));
+    const auto scheme = url_part(u.get(), CURLUPART_SCHEME, rc);
+    if (!scheme) return refused(url_error("scheme", rc));
+    const auto host = url_part(u.get(), CURLUPART_HOST, rc);
+    if (!host) return refused(url_error("host", rc));
+    if (*scheme != url.scheme() || !same_host(*host, url.host()))
+        return refused("libcurl reads the URL as " + one_line(*scheme) + "://" + one_line(*host) +
+                       ", refused");
+    return Done{};
 }
 
 // Sets options on an easy handle; remembers the first failure, by name.
@@ -200,7 +171,7 @@ long clamp_ms(std::chrono::milliseconds ms) {
 std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user) {
     auto* t = static_cast<CurlTransfer*>(user);
     const std::size_t len = size * count;
-    std::string& body = t->response.body;
+    WipedString& body = t->response.body;
     const std::size_t room = HttpResponse::kMaxBody - body.size();
     if (len > room) {
         body.append(data, room);
@@ -317,13 +288,23 @@ bool readable_now(int fd) {
 
 }  // namespace
 
-CurlTransport::CurlTransport() : CurlTransport(Options{}) {}
+Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create() {
+    return create(Options{});
+}
 
-CurlTransport::CurlTransport(Options options) : options_(std::move(options)) {
-    global_init();
+Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create(Options options) {
+    if (const CURLcode rc = global_init(); rc != CURLE_OK)
+        return Unexpected{RefresherError::runtime_error(std::string("curl_global_init: ") +
+                                                        curl_easy_strerror(rc))};
+    CURLM* multi = curl_multi_init();
+    if (multi == nullptr)
+        return Unexpected{RefresherError::runtime_error("curl_multi_init failed")};
+    return std::unique_ptr<CurlTransport>(new CurlTransport(std::move(options), multi));
+}
+
+CurlTransport::CurlTransport(Options options, CURLM* multi)
+    : options_(std::move(options)), multi_(multi) {
     system_ca_path_ = options_.system_ca_path.empty() ? builtin_ca_path() : options_.system_ca_path;
-    multi_ = curl_multi_init();
-    if (multi_ == nullptr) throw std::runtime_error("curl_multi_init failed");
 }
 
 CurlTransport::~CurlTransport() {
@@ -370,67 +351,52 @@ void CurlTransport::return_handle(const std::string& endpoint, CURL* easy) {
     handles.push_back(easy);
 }
 
-void CurlTransport::start(std::uint64_t id, HttpRequest request) {
-    std::string error;
-    const std::optional<Target> target = parse_target(request.url, error);
-    if (!target) return fail_now(id, error);
-    const std::string label = target->host + ":" + target->port;
-    const bool loopback = detail::is_loopback_host(target->host);
-    if (target->scheme == "http" && !loopback) {
-        return fail_now(id, label + ": plain http refused for a non-loopback address (use https)");
-    }
-    const bool post = request.method == "POST";
-    if (!post && request.method != "GET") {
-        return fail_now(id, label + ": method \"" + one_line(request.method) +
-                                "\" not supported (POST or GET)");
-    }
+namespace {
+
+// Whether the transport may send `request`: what its type cannot rule out.
+Expected<Done, RefresherError> sendable(const HttpRequest& request) {
+    if (request.method != "POST" && request.method != "GET")
+        return refused("method \"" + one_line(request.method) + "\" not supported (POST or GET)");
     if (has_line_break(request.authorization.reveal()) ||
-        std::any_of(request.headers.begin(), request.headers.end(), has_line_break)) {
-        return fail_now(id, label + ": a request header contains a line break");
-    }
+        std::any_of(request.headers.begin(), request.headers.end(), has_line_break))
+        return refused("a request header contains a line break");
+    return libcurl_agrees(request.url);
+}
 
-    auto t = std::make_unique<CurlTransfer>();
-    t->id = id;
-    t->endpoint = target->scheme + "://" + target->host + ":" + target->port;
-    t->label = label;
-    t->request = std::move(request);
-    const HttpRequest& req = t->request;
-
-    // Header list. curl_slist_append copies each string; ~CurlTransfer wipes
-    // the copies.
-    bool headers_ok = true;
+// The transfer's header list. curl_slist_append copies each string;
+// ~CurlTransfer wipes the copies. False when out of memory.
+bool build_headers(CurlTransfer& t) {
+    bool ok = true;
     const auto append = [&](const char* line) {
-        curl_slist* next = curl_slist_append(t->headers, line);
+        curl_slist* next = curl_slist_append(t.headers, line);
         if (next == nullptr) {
-            headers_ok = false;
+            ok = false;
         } else {
-            t->headers = next;
+            t.headers = next;
         }
     };
-    for (const std::string& h : req.headers)
+    for (const std::string& h : t.request.headers)
         append(h.c_str());
     append("Expect:");  // no 100-continue round trip (and no wait on servers that ignore it)
-    if (!req.authorization.empty()) {
+    if (!t.request.authorization.empty()) {
         constexpr std::string_view prefix = "Authorization: ";
         std::string line;
-        line.reserve(prefix.size() + req.authorization.size());  // one buffer, wiped below
-        line.append(prefix).append(req.authorization.reveal());
+        line.reserve(prefix.size() + t.request.authorization.size());  // one buffer, wiped below
+        line.append(prefix).append(t.request.authorization.reveal());
         const Secret wiped_on_scope_exit{std::move(line)};
         append(wiped_on_scope_exit.reveal().data());  // reveal(): to curl; NUL-terminated
     }
-    if (!headers_ok) return fail_now(id, label + ": curl_slist_append: out of memory");
+    return ok;
+}
 
-    CURL* easy = take_handle(t->endpoint);
-    if (easy == nullptr) return fail_now(id, label + ": curl_easy_init failed");
-
-    EasyOptions o(easy);
-    o.set(CURLOPT_ERRORBUFFER, t->errbuf, "CURLOPT_ERRORBUFFER");
-    o.set(CURLOPT_URL, req.url.c_str(), "CURLOPT_URL");
+// Certificates always verified, TLS 1.2 or later, only the URL's protocol,
+// no redirects, bounded times.
+void set_policy_options(EasyOptions& o, const HttpRequest& req, const std::string& system_ca_path) {
 #if LIBCURL_VERSION_NUM >= 0x075500
-    o.set(CURLOPT_PROTOCOLS_STR, target->scheme.c_str(), "CURLOPT_PROTOCOLS_STR");
+    o.set(CURLOPT_PROTOCOLS_STR, req.url.scheme().c_str(), "CURLOPT_PROTOCOLS_STR");
     o.set(CURLOPT_REDIR_PROTOCOLS_STR, "https", "CURLOPT_REDIR_PROTOCOLS_STR");
 #else
-    const long protocol = target->scheme == "https" ? CURLPROTO_HTTPS : CURLPROTO_HTTP;
+    const long protocol = req.url.scheme() == "https" ? CURLPROTO_HTTPS : CURLPROTO_HTTP;
     o.set(CURLOPT_PROTOCOLS, protocol, "CURLOPT_PROTOCOLS");
     o.set(CURLOPT_REDIR_PROTOCOLS, static_cast<long>(CURLPROTO_HTTPS), "CURLOPT_REDIR_PROTOCOLS");
 #endif
@@ -448,14 +414,22 @@ void CurlTransport::start(std::uint64_t id, HttpRequest request) {
         // searched as well: the system's CAs stay trusted through the path.
         o.set(CURLOPT_CAINFO, req.ca_file.c_str(), "CURLOPT_CAINFO");
     }
-    if (!system_ca_path_.empty()) {
-        o.set(CURLOPT_CAPATH, system_ca_path_.c_str(), "CURLOPT_CAPATH");
-    }
-    if (loopback) {
+    if (!system_ca_path.empty()) o.set(CURLOPT_CAPATH, system_ca_path.c_str(), "CURLOPT_CAPATH");
+    if (req.url.loopback()) {
         o.set(CURLOPT_PROXY, "", "CURLOPT_PROXY");  // "" overrides *_proxy variables
     }
-    o.set(CURLOPT_HTTPHEADER, t->headers, "CURLOPT_HTTPHEADER");
-    if (post) {
+}
+
+}  // namespace
+
+Expected<Done, RefresherError> CurlTransport::configure(CURL* easy, CurlTransfer& t) const {
+    const HttpRequest& req = t.request;
+    EasyOptions o(easy);
+    o.set(CURLOPT_ERRORBUFFER, t.errbuf, "CURLOPT_ERRORBUFFER");
+    o.set(CURLOPT_URL, req.url.text().c_str(), "CURLOPT_URL");
+    set_policy_options(o, req, system_ca_path_);
+    o.set(CURLOPT_HTTPHEADER, t.headers, "CURLOPT_HTTPHEADER");
+    if (req.method == "POST") {
         const std::string_view body = req.body.reveal();  // reveal(): to curl, not copied
         o.set(CURLOPT_POSTFIELDSIZE_LARGE, static_cast<curl_off_t>(body.size()),
               "CURLOPT_POSTFIELDSIZE_LARGE");
@@ -464,14 +438,30 @@ void CurlTransport::start(std::uint64_t id, HttpRequest request) {
         o.set(CURLOPT_HTTPGET, 1L, "CURLOPT_HTTPGET");
     }
     o.set(CURLOPT_WRITEFUNCTION, &on_body, "CURLOPT_WRITEFUNCTION");
-    o.set(CURLOPT_WRITEDATA, static_cast<void*>(t.get()), "CURLOPT_WRITEDATA");
+    o.set(CURLOPT_WRITEDATA, static_cast<void*>(&t), "CURLOPT_WRITEDATA");
     o.set(CURLOPT_HEADERFUNCTION, &on_header, "CURLOPT_HEADERFUNCTION");
-    o.set(CURLOPT_HEADERDATA, static_cast<void*>(t.get()), "CURLOPT_HEADERDATA");
-    if (!o.error().empty()) {
-        curl_easy_cleanup(easy);  // while t's buffers still exist
-        return fail_now(id, label + ": " + o.error());
-    }
+    o.set(CURLOPT_HEADERDATA, static_cast<void*>(&t), "CURLOPT_HEADERDATA");
+    if (!o.error().empty()) return refused(o.error());
+    return Done{};
+}
 
+void CurlTransport::start(std::uint64_t id, HttpRequest request) {
+    const std::string label = request.url.host() + ":" + std::to_string(request.url.port());
+    if (auto ok = sendable(request); !ok) return fail_now(id, label + ": " + ok.error().message);
+
+    const std::string endpoint = request.url.scheme() + "://" + label;
+    auto t = std::make_unique<CurlTransfer>(std::move(request));
+    t->id = id;
+    t->endpoint = endpoint;
+    t->label = label;
+    if (!build_headers(*t)) return fail_now(id, label + ": curl_slist_append: out of memory");
+
+    CURL* easy = take_handle(t->endpoint);
+    if (easy == nullptr) return fail_now(id, label + ": curl_easy_init failed");
+    if (auto configured = configure(easy, *t); !configured) {
+        curl_easy_cleanup(easy);  // while t's buffers still exist
+        return fail_now(id, label + ": " + configured.error().message);
+    }
     transfers_.emplace(easy, std::move(t));
     const CURLMcode mc = curl_multi_add_handle(multi_, easy);
     if (mc != CURLM_OK) {

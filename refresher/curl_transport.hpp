@@ -5,9 +5,9 @@
 // Policy, applied to every request whatever the caller asks:
 // - certificates are always verified (peer and host name, TLS 1.2 or later);
 //   a request's `ca_file` is trusted in addition to the system's CAs;
-// - only https:// and http:// are spoken, and plain http:// only to loopback
-//   addresses (127.0.0.0/8, localhost, [::1]): any other URL is refused before
-//   a single packet leaves the machine;
+// - a request's URL is an EndpointUrl, so it is https://, or http:// to a
+//   loopback address, by construction; libcurl's own parse of it must agree
+//   on scheme and host, or the request is refused before a packet leaves;
 // - no redirects are followed, no proxy is used for loopback;
 // - response bodies are capped at HttpResponse::kMaxBody before anyone parses
 //   them.
@@ -19,6 +19,7 @@
 // so nothing set for one request, such as a ca_file, leaks into the next.
 #pragma once
 
+#include "error.hpp"
 #include "transport.hpp"
 
 #include <curl/curl.h>
@@ -48,9 +49,9 @@ class CurlTransport final : public Transport {
         std::size_t max_idle_per_endpoint = 4;
     };
 
-    CurlTransport();
-    // Throws std::runtime_error when libcurl cannot be initialised.
-    explicit CurlTransport(Options options);
+    // A transport, or why libcurl could not be initialised (a runtime error).
+    static Expected<std::unique_ptr<CurlTransport>, RefresherError> create();
+    static Expected<std::unique_ptr<CurlTransport>, RefresherError> create(Options options);
     ~CurlTransport() override;
     CurlTransport(const CurlTransport&) = delete;
     CurlTransport& operator=(const CurlTransport&) = delete;
@@ -69,7 +70,10 @@ class CurlTransport final : public Transport {
 
   private:
     using Completed = std::vector<std::pair<std::uint64_t, HttpResponse>>;
+    CurlTransport(Options options, CURLM* multi);
     void fail_now(std::uint64_t id, std::string message);
+    // Sets every option of `easy` for `t`'s request; the first failure, by name.
+    Expected<Done, RefresherError> configure(CURL* easy, detail::CurlTransfer& t) const;
     bool perform();
     void collect(Completed& done);
     void finish(CURL* easy, CURLcode result, Completed& done);
@@ -84,11 +88,5 @@ class CurlTransport final : public Transport {
     // Requests that completed without reaching libcurl (refused, setup failed).
     Completed ready_;
 };
-
-namespace detail {
-// True for the hosts plain http:// may go to: an IPv4 address in 127.0.0.0/8,
-// "localhost" (any case) and the IPv6 loopback, bracketed as in a URL ("[::1]").
-bool is_loopback_host(std::string_view host);
-}  // namespace detail
 
 }  // namespace tokenshm::refresher

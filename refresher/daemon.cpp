@@ -33,7 +33,10 @@ shm::SegmentSpec segment_spec(const Config& c) {
 
 Daemon::Daemon(Config cfg, DaemonDeps deps) : cfg_(std::move(cfg)), deps_(std::move(deps)) {}
 
-Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonDeps deps) {
+Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, DaemonDeps deps) {
+    const auto failed = [](std::string m) {
+        return Unexpected{RefresherError::runtime_error(std::move(m))};
+    };
     std::unique_ptr<Daemon> d(new Daemon(std::move(cfg), std::move(deps)));
     d->store_ = std::make_unique<StateStore>(*d->deps_.fs, d->cfg_.state_dir,
                                              [](std::string_view cred, std::string_view msg) {
@@ -43,7 +46,7 @@ Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonD
 
     std::vector<std::string> repaired;
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_), &repaired);
-    if (!seg) return Unexpected{seg.error().message};
+    if (!seg) return failed(seg.error().message);
     d->seg_.emplace(std::move(*seg));
     log_event(Level::info, "", d->seg_->created() ? "segment_created" : "segment_attached",
               "segment=" + d->cfg_.segment + " pid=" + std::to_string(::getpid()));
@@ -63,11 +66,11 @@ Expected<std::unique_ptr<Daemon>, std::string> Daemon::start(Config cfg, DaemonD
 
     for (const auto& c : d->cfg_.credentials) {
         auto cred = d->make_credential(c, std::nullopt);
-        if (!cred) return Unexpected{std::move(cred).error()};
+        if (!cred) return failed(std::move(cred).error());
         Entry& e = d->entries_[c.name];
         e.cred = std::move(*cred);
         if (auto err = d->attach_entry(e, c.name, true))
-            return Unexpected{*err + " (remove the segment and restart to make it larger)"};
+            return failed(*err + " (remove the segment and restart to make it larger)");
     }
     d->publish_changed();
     return d;
@@ -78,7 +81,7 @@ Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credent
     std::optional<Secret> rt = carried;
     if (!rt && c.grant == Grant::refresh_token) {
         auto loaded = initial_refresh_token(*store_, *deps_.fs, c.name, c.refresh_token_file);
-        if (!loaded) return Unexpected{loaded.error()};
+        if (!loaded) return Unexpected{loaded.error().message};
         rt = std::move(*loaded);
     }
     StateStore* store = store_.get();
@@ -302,7 +305,7 @@ void Daemon::remove_entry(const std::string& name, Entry& e) {
 void Daemon::set_aside_rejected(const std::string& name) {
     auto moved = store_->set_aside(name);
     if (!moved) {
-        log_event(Level::error, name, "set_aside_failed", moved.error());
+        log_event(Level::error, name, "set_aside_failed", moved.error().message);
         return;
     }
     log_event(Level::error, name, "action_needed",

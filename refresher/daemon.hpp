@@ -5,6 +5,7 @@
 
 #include "config.hpp"
 #include "credential.hpp"
+#include "error.hpp"
 #include "state_store.hpp"
 #include "transport.hpp"
 
@@ -30,8 +31,9 @@ struct DaemonDeps {
 class Daemon {
   public:
     // Prepares the state directory, attaches to (or creates) the segment,
-    // loads refresh tokens, and resumes what a previous refresher left.
-    static Expected<std::unique_ptr<Daemon>, std::string> start(Config cfg, DaemonDeps deps);
+    // loads refresh tokens, and resumes what a previous refresher left. Every
+    // failure is a runtime error.
+    static Expected<std::unique_ptr<Daemon>, RefresherError> start(Config cfg, DaemonDeps deps);
 
     // Runs until SIGTERM/SIGINT arrive on `signal_fd` (a signalfd; -1 for none),
     // or, with `once`, until every credential has made one attempt; then waits

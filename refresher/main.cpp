@@ -1,15 +1,21 @@
 // tokenshm-refresher --config FILE [--check-config | --once] [--log-level L]
 // Exit codes: 0 ok, 1 runtime failure (segment held by another refresher,
 // state_dir unusable, a --once refresh failed), 2 usage or configuration error.
+//
+// Errors: every step below returns Expected<T, RefresherError> (error.hpp);
+// fail() is the one place that prints an error and turns its kind into the
+// exit code. Nothing here throws.
 #include "config.hpp"
 #include "curl_transport.hpp"
 #include "daemon.hpp"
+#include "error.hpp"
 #include "log.hpp"
 #include "state_store.hpp"
 
 #include <sys/signalfd.h>
 #include <unistd.h>
 
+#include <cerrno>
 #include <chrono>
 #include <csignal>
 #include <cstdio>
@@ -19,6 +25,8 @@
 #include <string_view>
 
 using namespace tokenshm::refresher;
+using tokenshm::Expected;
+using tokenshm::Unexpected;
 
 namespace {
 
@@ -26,9 +34,104 @@ const char* const kUsage =
     "usage: tokenshm-refresher --config FILE [--check-config | --once] [--log-level "
     "debug|info|warn|error]\n";
 
-int usage(const std::string& msg) {
-    std::fprintf(stderr, "tokenshm-refresher: %s\n%s", msg.c_str(), kUsage);
-    return 2;
+// Prints `e` as one line (and the usage after a usage error); the exit code.
+int fail(const RefresherError& e) {
+    std::fprintf(stderr, "tokenshm-refresher: %s\n", e.message.c_str());
+    if (e.kind == RefresherError::Kind::usage) std::fputs(kUsage, stderr);
+    return exit_code(e.kind);
+}
+
+struct Arguments {
+    std::string config_path;
+    bool check_only = false;
+    bool once = false;
+    bool help = false;
+    bool version = false;
+};
+
+Unexpected<RefresherError> usage_error(std::string message) {
+    return Unexpected{RefresherError::usage_error(std::move(message))};
+}
+
+Expected<Level, RefresherError> parse_level(std::string_view l) {
+    if (l == "debug") return Level::debug;
+    if (l == "info") return Level::info;
+    if (l == "warn") return Level::warn;
+    if (l == "error") return Level::error;
+    return usage_error("--log-level: expected debug, info, warn or error, got '" + std::string(l) +
+                       "'");
+}
+
+// Reads the command line; sets the log level as it goes.
+Expected<Arguments, RefresherError> parse_arguments(int argc, char** argv) {
+    Arguments args;
+    for (int i = 1; i < argc; ++i) {
+        const std::string_view a = argv[i];
+        if (a == "--config") {
+            if (i + 1 >= argc) return usage_error("--config needs a file");
+            args.config_path = argv[++i];
+        } else if (a == "--check-config") {
+            args.check_only = true;
+        } else if (a == "--once") {
+            args.once = true;
+        } else if (a == "--log-level") {
+            if (i + 1 >= argc) return usage_error("--log-level needs a level");
+            const auto level = parse_level(argv[++i]);
+            if (!level) return Unexpected{level.error()};
+            set_log_level(*level);
+        } else if (a == "--help" || a == "-h") {
+            args.help = true;
+            return args;
+        } else if (a == "--version") {
+            args.version = true;
+            return args;
+        } else {
+            return usage_error("unknown argument '" + std::string(a) + "'");
+        }
+    }
+    if (args.config_path.empty()) return usage_error("--config FILE is required");
+    if (args.check_only && args.once)
+        return usage_error("--check-config and --once do not go together");
+    return args;
+}
+
+Expected<Config, RefresherError> load_and_warn(const std::string& path) {
+    auto cfg = load_config(path);
+    if (cfg) {
+        for (const std::string& w : cfg->warnings)
+            log_event(Level::warn, "", "config", w);
+    }
+    return cfg;
+}
+
+// --check-config: the refresh tokens must be reachable too (state_dir, else
+// refresh_token_file). A missing one is a configuration error.
+Expected<Done, RefresherError> check_refresh_tokens(const Config& cfg, FileSystem& fs) {
+    StateStore store(fs, cfg.state_dir);
+    for (const auto& c : cfg.credentials) {
+        if (c.grant != Grant::refresh_token) continue;
+        auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
+        if (!rt) return Unexpected{RefresherError::config_error(rt.error().message)};
+    }
+    return Done{};
+}
+
+// Signals arrive on a signalfd that the loop polls: no work in handlers.
+Expected<int, RefresherError> open_signal_fd() {
+    const auto sys_error = [](const char* call) {
+        return Unexpected{
+            RefresherError::runtime_error(std::string(call) + ": " + std::strerror(errno))};
+    };
+    sigset_t mask;
+    sigemptyset(&mask);
+    sigaddset(&mask, SIGTERM);
+    sigaddset(&mask, SIGINT);
+    sigaddset(&mask, SIGHUP);
+    if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) return sys_error("sigprocmask");
+    const int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    if (sfd < 0) return sys_error("signalfd");
+    std::signal(SIGPIPE, SIG_IGN);
+    return sfd;
 }
 
 std::int64_t realtime_ms() {
@@ -37,116 +140,60 @@ std::int64_t realtime_ms() {
         .count();
 }
 
+// Starts the daemon and runs it until it stops; its exit code.
+Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, FileSystem& fs) {
+    const auto sfd = open_signal_fd();
+    if (!sfd) return Unexpected{sfd.error()};
+    auto transport = CurlTransport::create();
+    if (!transport) return Unexpected{transport.error()};
+    std::mt19937_64 rng(std::random_device{}());
+    std::uniform_real_distribution<double> unit(0.0, 1.0);
+    DaemonDeps deps{transport->get(), &fs, realtime_ms, [&] { return unit(rng); }};
+
+    auto daemon = Daemon::start(std::move(cfg), deps);
+    if (!daemon) return Unexpected{daemon.error()};
+    Daemon& d = **daemon;
+    d.set_reload_handler([&] {
+        auto next = load_and_warn(args.config_path);
+        if (!next) {
+            log_event(Level::error, "", "reload_failed",
+                      next.error().message + "; keeping the running configuration");
+            return;
+        }
+        log_event(Level::info, "", "reload", args.config_path);
+        d.reload(std::move(*next));
+    });
+    log_event(Level::info, "", "started", args.once ? "mode=once" : "mode=daemon");
+    const int rc = d.run(*sfd, args.once);
+    log_event(Level::info, "", "stopped", "exit=" + std::to_string(rc));
+    ::close(*sfd);
+    return rc;
+}
+
+Expected<int, RefresherError> run(const Arguments& args) {
+    auto cfg = load_and_warn(args.config_path);
+    if (!cfg) return Unexpected{cfg.error()};
+    PosixFileSystem fs;
+    if (!args.check_only) return run_daemon(std::move(*cfg), args, fs);
+    if (auto ok = check_refresh_tokens(*cfg, fs); !ok) return Unexpected{ok.error()};
+    std::printf("%s: OK, %zu credential(s), segment '%s'\n", args.config_path.c_str(),
+                cfg->credentials.size(), cfg->segment.c_str());
+    return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
-    std::string config_path;
-    bool check_only = false;
-    bool once = false;
-    for (int i = 1; i < argc; ++i) {
-        const std::string_view a = argv[i];
-        if (a == "--config") {
-            if (i + 1 >= argc) return usage("--config needs a file");
-            config_path = argv[++i];
-        } else if (a == "--check-config") {
-            check_only = true;
-        } else if (a == "--once") {
-            once = true;
-        } else if (a == "--log-level") {
-            if (i + 1 >= argc) return usage("--log-level needs a level");
-            const std::string_view l = argv[++i];
-            if (l == "debug")
-                set_log_level(Level::debug);
-            else if (l == "info")
-                set_log_level(Level::info);
-            else if (l == "warn")
-                set_log_level(Level::warn);
-            else if (l == "error")
-                set_log_level(Level::error);
-            else
-                return usage("--log-level: expected debug, info, warn or error, got '" +
-                             std::string(l) + "'");
-        } else if (a == "--help" || a == "-h") {
-            std::fputs(kUsage, stdout);
-            return 0;
-        } else if (a == "--version") {
-            std::puts("tokenshm-refresher " TOKENSHM_VERSION);
-            return 0;
-        } else {
-            return usage("unknown argument '" + std::string(a) + "'");
-        }
-    }
-    if (config_path.empty()) return usage("--config FILE is required");
-    if (check_only && once) return usage("--check-config and --once do not go together");
-
-    auto cfg = load_config(config_path);
-    if (!cfg) {
-        std::fprintf(stderr, "tokenshm-refresher: %s\n", cfg.error().c_str());
-        return 2;
-    }
-    for (const std::string& w : cfg->warnings)
-        log_event(Level::warn, "", "config", w);
-
-    PosixFileSystem fs;
-    if (check_only) {
-        // The refresh tokens must be reachable too (state_dir, else refresh_token_file).
-        StateStore store(fs, cfg->state_dir);
-        for (const auto& c : cfg->credentials) {
-            if (c.grant != Grant::refresh_token) continue;
-            auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
-            if (!rt) {
-                std::fprintf(stderr, "tokenshm-refresher: %s\n", rt.error().c_str());
-                return 2;
-            }
-        }
-        std::printf("%s: OK, %zu credential(s), segment '%s'\n", config_path.c_str(),
-                    cfg->credentials.size(), cfg->segment.c_str());
+    const auto args = parse_arguments(argc, argv);
+    if (!args) return fail(args.error());
+    if (args->help) {
+        std::fputs(kUsage, stdout);
         return 0;
     }
-
-    // Signals arrive on a signalfd that the loop polls: no work in handlers.
-    sigset_t mask;
-    sigemptyset(&mask);
-    sigaddset(&mask, SIGTERM);
-    sigaddset(&mask, SIGINT);
-    sigaddset(&mask, SIGHUP);
-    if (sigprocmask(SIG_BLOCK, &mask, nullptr) != 0) {
-        std::fprintf(stderr, "tokenshm-refresher: sigprocmask: %s\n", std::strerror(errno));
-        return 1;
+    if (args->version) {
+        std::puts("tokenshm-refresher " TOKENSHM_VERSION);
+        return 0;
     }
-    const int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
-    if (sfd < 0) {
-        std::fprintf(stderr, "tokenshm-refresher: signalfd: %s\n", std::strerror(errno));
-        return 1;
-    }
-    std::signal(SIGPIPE, SIG_IGN);
-
-    CurlTransport transport;
-    std::mt19937_64 rng(std::random_device{}());
-    std::uniform_real_distribution<double> unit(0.0, 1.0);
-    DaemonDeps deps{&transport, &fs, realtime_ms, [&] { return unit(rng); }};
-
-    auto daemon = Daemon::start(std::move(*cfg), deps);
-    if (!daemon) {
-        std::fprintf(stderr, "tokenshm-refresher: %s\n", daemon.error().c_str());
-        return 1;
-    }
-    Daemon& d = **daemon;
-    d.set_reload_handler([&] {
-        auto next = load_config(config_path);
-        if (!next) {
-            log_event(Level::error, "", "reload_failed",
-                      next.error() + "; keeping the running configuration");
-            return;
-        }
-        for (const std::string& w : next->warnings)
-            log_event(Level::warn, "", "config", w);
-        log_event(Level::info, "", "reload", config_path);
-        d.reload(std::move(*next));
-    });
-    log_event(Level::info, "", "started", once ? "mode=once" : "mode=daemon");
-    const int rc = d.run(sfd, once);
-    log_event(Level::info, "", "stopped", "exit=" + std::to_string(rc));
-    ::close(sfd);
-    return rc;
+    const auto rc = run(*args);
+    return rc ? *rc : fail(rc.error());
 }

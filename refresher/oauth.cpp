@@ -11,7 +11,6 @@
 #include <array>
 #include <cmath>
 #include <limits>
-#include <stdexcept>
 
 namespace tokenshm::refresher {
 
@@ -88,7 +87,7 @@ std::string media_type(std::string_view content_type) {
 bool looks_like_html(const HttpResponse& r) {
     const std::string mt = media_type(r.content_type);
     if (mt == "text/html" || mt == "application/xhtml+xml") return true;
-    std::string_view b = r.body;
+    std::string_view b = r.body.view();
     while (!b.empty() &&
            (b.front() == ' ' || b.front() == '\t' || b.front() == '\r' || b.front() == '\n'))
         b.remove_prefix(1);
@@ -103,7 +102,7 @@ bool blank(std::string_view s) {
 // Parses without recursion (a body of a million '[' must not blow the stack)
 // and rejects invalid UTF-8. On failure, `why` says what and where, and
 // never quotes the body.
-bool parse_json(const std::string& body, rapidjson::Document& doc, std::string& why) {
+bool parse_json(std::string_view body, rapidjson::Document& doc, std::string& why) {
     doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
                                                                                       body.size());
     if (!doc.HasParseError()) return true;
@@ -134,25 +133,6 @@ std::string_view str(const rapidjson::Value& v) {
 std::string strip_one_slash(std::string_view s) {
     if (!s.empty() && s.back() == '/') s.remove_suffix(1);
     return std::string(s);
-}
-
-bool is_loopback_host(std::string_view host) {
-    if (iequals(host, "localhost") || host == "[::1]") return true;
-    // 127.0.0.0/8 in dotted-quad decimal.
-    int parts = 0;
-    std::string_view rest = host;
-    while (true) {
-        const std::size_t dot = rest.find('.');
-        const std::string_view part = rest.substr(0, dot);
-        if (part.empty() || part.size() > 3 || !all_of(part, is_digit)) return false;
-        const int value = std::stoi(std::string(part));
-        if (value > 255) return false;
-        if (parts == 0 && value != 127) return false;
-        ++parts;
-        if (dot == std::string_view::npos) break;
-        rest.remove_prefix(dot + 1);
-    }
-    return parts == 4;
 }
 
 // ---- token responses ----
@@ -527,10 +507,13 @@ void apply_common(HttpRequest& r, const CredentialConfig& c) {
 
 }  // namespace
 
-HttpRequest build_token_request(const CredentialConfig& c, const std::string& token_endpoint,
-                                const Secret* refresh_token) {
-    HttpRequest r;
-    r.url = token_endpoint;
+Expected<HttpRequest, RefresherError> build_token_request(const CredentialConfig& c,
+                                                          const EndpointUrl& token_endpoint,
+                                                          const Secret* refresh_token) {
+    if (c.grant == Grant::refresh_token && refresh_token == nullptr)
+        return Unexpected{RefresherError::runtime_error(
+            "no token request: the refresh_token grant needs a refresh token")};
+    HttpRequest r(token_endpoint);
     r.method = "POST";
     r.headers.push_back("Content-Type: application/x-www-form-urlencoded");
     apply_common(r, c);
@@ -543,10 +526,6 @@ HttpRequest build_token_request(const CredentialConfig& c, const std::string& to
         body += form_urlencode(value);
     };
     if (c.grant == Grant::refresh_token) {
-        if (refresh_token == nullptr)
-            throw std::invalid_argument(
-                "build_token_request: refresh_token grant without a "
-                "refresh token");
         add("grant_type", "refresh_token");
         add("refresh_token", refresh_token->reveal());
     } else {
@@ -565,8 +544,8 @@ HttpRequest build_token_request(const CredentialConfig& c, const std::string& to
     return r;
 }
 
-std::vector<std::string> discovery_urls(const std::string& issuer) {
-    std::string_view base = issuer;
+std::vector<EndpointUrl> discovery_urls(const EndpointUrl& issuer) {
+    std::string_view base = issuer.text();
     while (!base.empty() && base.back() == '/')
         base.remove_suffix(1);
     const std::size_t scheme_end = base.find("://");
@@ -575,113 +554,79 @@ std::vector<std::string> discovery_urls(const std::string& issuer) {
     const std::string_view origin = base.substr(0, path_start);
     const std::string_view path =
         path_start == std::string_view::npos ? std::string_view{} : base.substr(path_start);
-    return {std::string(base) + "/.well-known/openid-configuration",
-            std::string(origin) + "/.well-known/oauth-authorization-server" + std::string(path)};
+    // A URL-safe path added to a checked issuer (no query, no fragment) is a
+    // valid endpoint; parse() checks it all the same rather than assume so.
+    std::vector<EndpointUrl> out;
+    for (const std::string& url :
+         {std::string(base) + "/.well-known/openid-configuration",
+          std::string(origin) + "/.well-known/oauth-authorization-server" + std::string(path)}) {
+        if (auto u = EndpointUrl::parse(url)) out.push_back(std::move(*u));
+    }
+    return out;
 }
 
-HttpRequest build_discovery_request(const std::string& url, const CredentialConfig& c) {
-    HttpRequest r;
-    r.url = url;
+HttpRequest build_discovery_request(const EndpointUrl& url, const CredentialConfig& c) {
+    HttpRequest r(url);
     r.method = "GET";
     apply_common(r, c);
     return r;
 }
 
-std::optional<std::string> check_endpoint_url(std::string_view url) {
-    if (url.empty()) return "the URL is empty";
-    if (!all_of(url, is_visible)) return "the URL contains spaces or control characters";
-    const std::size_t sep = url.find("://");
-    if (sep == std::string_view::npos) return "the URL is not absolute (https://host/path)";
-    const std::string_view scheme = url.substr(0, sep);
-    const bool https = iequals(scheme, "https");
-    if (!https && !iequals(scheme, "http"))
-        return "the URL must start with https:// (or http:// for a loopback host)";
-    if (url.find('#') != std::string_view::npos) return "the URL must not contain a fragment";
-    const std::string_view rest = url.substr(sep + 3);
-    const std::string_view authority = rest.substr(0, rest.find_first_of("/?"));
-    if (authority.find('@') != std::string_view::npos)
-        return "the URL must not contain user info (user@host)";
-    std::string_view host = authority;
-    std::string_view port;
-    if (!authority.empty() && authority.front() == '[') {
-        const std::size_t close = authority.find(']');
-        if (close == std::string_view::npos) return "the URL has an unterminated [IPv6] host";
-        host = authority.substr(0, close + 1);
-        const std::string_view after = authority.substr(close + 1);
-        if (!after.empty()) {
-            if (after.front() != ':') return "the URL has garbage after its [IPv6] host";
-            port = after.substr(1);
-            if (port.empty()) return "the URL has an empty port";
-        }
-        const std::string_view inside = host.substr(1, host.size() - 2);
-        if (inside.empty() || !all_of(inside, [](char ch) {
-                return is_digit(ch) || (ascii_lower(ch) >= 'a' && ascii_lower(ch) <= 'f') ||
-                       ch == ':' || ch == '.';
-            }))
-            return "the URL has an invalid [IPv6] host";
-    } else {
-        const std::size_t colon = authority.rfind(':');
-        if (colon != std::string_view::npos) {
-            host = authority.substr(0, colon);
-            port = authority.substr(colon + 1);
-            if (port.empty()) return "the URL has an empty port";
-        }
-        if (host.empty()) return "the URL has no host";
-        if (!all_of(host, [](char ch) {
-                return is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.' || ch == '_';
-            }))
-            return "the URL has an invalid host";
-    }
-    if (!port.empty() &&
-        (port.size() > 5 || !all_of(port, is_digit) || std::stoi(std::string(port)) == 0 ||
-         std::stoi(std::string(port)) > 65535))
-        return "the URL has an invalid port";
-    if (!https && !is_loopback_host(host))
-        return "plain http:// is allowed only for a loopback host (127.0.0.0/8, localhost, "
-               "[::1]); use https://";
-    return std::nullopt;
+namespace {
+
+Unexpected<RefresherError> discovery_error(std::string message) {
+    return Unexpected{RefresherError::runtime_error(std::move(message))};
 }
 
-Expected<std::string, std::string> parse_discovery(const HttpResponse& response,
-                                                   const std::string& issuer) {
-    using E = Unexpected<std::string>;
+// The metadata document of a discovery response, or why there is none.
+Expected<rapidjson::Document, RefresherError> discovery_document(const HttpResponse& response) {
     switch (response.outcome) {
         case HttpResponse::Outcome::not_sent:
-            return E{"discovery request not sent: " + sanitize(response.transport_error, 200)};
+            return discovery_error("discovery request not sent: " +
+                                   sanitize(response.transport_error, 200));
         case HttpResponse::Outcome::sent_no_response:
-            return E{"discovery request got no response: " +
-                     sanitize(response.transport_error, 200)};
+            return discovery_error("discovery request got no response: " +
+                                   sanitize(response.transport_error, 200));
         case HttpResponse::Outcome::response:
             break;
     }
-    if (response.too_large) return E{"discovery response body larger than 1 MiB"};
+    if (response.too_large) return discovery_error("discovery response body larger than 1 MiB");
     if (response.status != 200)
-        return E{"discovery returned " + http(response.status) + " (expected 200)"};
+        return discovery_error("discovery returned " + http(response.status) + " (expected 200)");
     if (looks_like_html(response))
-        return E{"discovery returned an HTML page, not JSON metadata (check issuer)"};
+        return discovery_error("discovery returned an HTML page, not JSON metadata (check issuer)");
     rapidjson::Document doc;
     std::string why;
-    if (!parse_json(response.body, doc, why))
-        return E{"discovery response is not valid JSON (" + why + ")"};
-    if (!doc.IsObject()) return E{"discovery response is not a JSON object"};
+    if (!parse_json(response.body.view(), doc, why))
+        return discovery_error("discovery response is not valid JSON (" + why + ")");
+    if (!doc.IsObject()) return discovery_error("discovery response is not a JSON object");
+    return doc;
+}
 
+}  // namespace
+
+Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& response,
+                                                      const EndpointUrl& issuer) {
+    auto doc = discovery_document(response);
+    if (!doc) return Unexpected{doc.error()};
     bool dup = false;
-    const rapidjson::Value* iss = member(doc, "issuer", dup);
-    if (dup) return E{"discovery metadata has issuer more than once"};
+    const rapidjson::Value* iss = member(*doc, "issuer", dup);
+    if (dup) return discovery_error("discovery metadata has issuer more than once");
     if (iss && !iss->IsNull()) {
-        if (!iss->IsString()) return E{"discovery metadata: issuer is not a string"};
-        if (strip_one_slash(str(*iss)) != strip_one_slash(issuer))
-            return E{"discovery metadata names issuer " + quoted(str(*iss), 100) +
-                     ", not the configured " + quoted(issuer, 100)};
+        if (!iss->IsString()) return discovery_error("discovery metadata: issuer is not a string");
+        if (strip_one_slash(str(*iss)) != strip_one_slash(issuer.text()))
+            return discovery_error("discovery metadata names issuer " + quoted(str(*iss), 100) +
+                                   ", not the configured " + quoted(issuer.text(), 100));
     }
-    const rapidjson::Value* te = member(doc, "token_endpoint", dup);
-    if (dup) return E{"discovery metadata has token_endpoint more than once"};
-    if (!te || te->IsNull()) return E{"discovery metadata has no token_endpoint"};
-    if (!te->IsString()) return E{"discovery metadata: token_endpoint is not a string"};
-    const std::string endpoint(str(*te));
-    if (auto bad = check_endpoint_url(endpoint))
-        return E{"discovery metadata: token_endpoint " + quoted(endpoint, 100) + ": " + *bad};
-    return endpoint;
+    const rapidjson::Value* te = member(*doc, "token_endpoint", dup);
+    if (dup) return discovery_error("discovery metadata has token_endpoint more than once");
+    if (!te || te->IsNull()) return discovery_error("discovery metadata has no token_endpoint");
+    if (!te->IsString())
+        return discovery_error("discovery metadata: token_endpoint is not a string");
+    auto endpoint = EndpointUrl::parse(str(*te));
+    if (!endpoint)
+        return discovery_error("discovery metadata: token_endpoint: " + endpoint.error().message);
+    return std::move(*endpoint);
 }
 
 TokenOutcome parse_token_response(const HttpResponse& response,
@@ -702,12 +647,13 @@ TokenOutcome parse_token_response(const HttpResponse& response,
     const bool html = looks_like_html(response);
     rapidjson::Document doc;
     std::string why;
-    const bool json = !html && !blank(response.body) && parse_json(response.body, doc, why);
+    const bool json =
+        !html && !blank(response.body.view()) && parse_json(response.body.view(), doc, why);
 
     if (status == 200) {
         const std::string head = "HTTP 200 token response: ";
         if (html) return retry(200, head + "an HTML page, not JSON (check token_endpoint)");
-        if (blank(response.body)) return retry(200, head + "empty body");
+        if (blank(response.body.view())) return retry(200, head + "empty body");
         if (!json) {
             const std::string mt = media_type(response.content_type);
             std::string msg = head + "not valid JSON (" + why + ")";

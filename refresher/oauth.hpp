@@ -10,6 +10,8 @@
 #pragma once
 
 #include "config.hpp"
+#include "endpoint_url.hpp"
+#include "error.hpp"
 #include "secret.hpp"
 #include "transport.hpp"
 
@@ -45,11 +47,12 @@ Secret basic_authorization(std::string_view client_id, const Secret& client_secr
 // `token_endpoint`. Body: grant_type, the refresh token (refresh_token grant
 // only), scope when configured, then extra_params in file order, then, for
 // client_secret_post, client_id and client_secret. For client_secret_basic
-// the credentials go only into `authorization`. `refresh_token` must not be
-// null for the refresh_token grant (std::invalid_argument: a caller bug) and
-// is ignored for client_credentials.
-HttpRequest build_token_request(const CredentialConfig& c, const std::string& token_endpoint,
-                                const Secret* refresh_token);
+// the credentials go only into `authorization`. `refresh_token` is
+// ignored for client_credentials; for the refresh_token grant a null one is
+// an error (a runtime RefresherError: no request can be built).
+Expected<HttpRequest, RefresherError> build_token_request(const CredentialConfig& c,
+                                                          const EndpointUrl& token_endpoint,
+                                                          const Secret* refresh_token);
 
 // Discovery candidates for an issuer, in the order to try them:
 //   OpenID:   <issuer>/.well-known/openid-configuration   (appended)
@@ -57,25 +60,20 @@ HttpRequest build_token_request(const CredentialConfig& c, const std::string& to
 // RFC 8414 §3.1 inserts the well-known segment between host and path, while
 // OpenID Discovery appends it; servers implement one or the other, so both
 // are tried. A trailing slash on the issuer never yields "//".
-std::vector<std::string> discovery_urls(const std::string& issuer);
+std::vector<EndpointUrl> discovery_urls(const EndpointUrl& issuer);
 
 // A GET for one discovery URL, with the credential's timeouts and CA; it
 // carries no credentials (metadata is public).
-HttpRequest build_discovery_request(const std::string& url, const CredentialConfig& c);
-
-// nullopt when `url` may receive credentials: absolute https://, or http://
-// only on a loopback host (127.0.0.0/8, localhost, [::1]), because anything
-// else would send secrets in clear text; no userinfo, no fragment (RFC 6749
-// §3.2), no whitespace or control characters. Otherwise a one-line reason.
-std::optional<std::string> check_endpoint_url(std::string_view url);
+HttpRequest build_discovery_request(const EndpointUrl& url, const CredentialConfig& c);
 
 // The token_endpoint from a discovery response. The metadata's `issuer`, when
 // present, must equal the configured issuer (one trailing slash ignored):
 // RFC 8414 §3.3 makes this the defence against a metadata document that
 // speaks for some other server. Errors are one line and quote nothing of the
-// body except the offending field's name.
-Expected<std::string, std::string> parse_discovery(const HttpResponse& response,
-                                                   const std::string& issuer);
+// body except the offending field's name. The token_endpoint must pass
+// EndpointUrl's checks like a configured one. Errors are runtime errors.
+Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& response,
+                                                      const EndpointUrl& issuer);
 
 // What a token response means for the credential.
 enum class FailureKind {

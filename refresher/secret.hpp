@@ -1,12 +1,27 @@
 // Secret: a string that cannot be printed. Client secrets, refresh tokens and
-// access tokens live in this type from the moment they are read until the
-// moment they go on the wire or into the segment; the only way out is
-// reveal(), which is easy to grep for. There is no operator<<, no implicit
-// conversion, and formatting one is a compile error.
+// access tokens are held in this type once the refresher has picked them out
+// of what it read; the only way out is reveal(), which is easy to grep for.
+// There is no operator<<, no implicit conversion, and formatting one is a
+// compile error.
+//
+// What is wiped (explicit_bzero) and what is not:
+//  - every Secret, when it is destroyed, assigned over or moved from;
+//  - an HTTP response body (a WipedString) and the curl transport's copy of
+//    the Authorization header, when the response or request goes;
+//  - the read buffers of a refresh token file (state_store.cpp) and of a
+//    client secret file (config.cpp), on every path.
+// Not wiped: RapidJSON's parse of a response (its strings are copied into a
+// Secret, then the document is freed unwiped); the process environment a
+// client_secret_env comes from; the few bytes a short std::string leaves in
+// its inline buffer when it is moved into a Secret; libcurl's and OpenSSL's
+// own buffers (the request body on the socket, TLS records); and the shared
+// segment, which holds the access token for readers by design and is never
+// cleared by the refresher (it is mapped MADV_DONTDUMP, mode 0600 or 0640).
 #pragma once
 
 #include <string.h>
 
+#include <algorithm>
 #include <ostream>
 #include <string>
 #include <string_view>
@@ -56,5 +71,53 @@ class Secret {
 };
 
 std::ostream& operator<<(std::ostream&, const Secret&) = delete;
+
+// WipedString: bytes that may hold a secret but must be parsed (an HTTP
+// response body). Readable, unlike Secret, and wiped when destroyed, assigned
+// over or cleared; growing it wipes the buffer it leaves.
+class WipedString {
+  public:
+    WipedString() = default;
+    WipedString(std::string value) : v_(std::move(value)) {}  // NOLINT: implicit on purpose
+    WipedString(const char* value) : v_(value) {}             // NOLINT
+    WipedString(const WipedString&) = default;
+    WipedString(WipedString&& o) noexcept : v_(std::move(o.v_)) { o.clear(); }
+    WipedString& operator=(WipedString o) noexcept {
+        clear();
+        v_.swap(o.v_);
+        return *this;
+    }
+    ~WipedString() { clear(); }
+
+    std::string_view view() const noexcept { return v_; }
+    const char* data() const noexcept { return v_.data(); }
+    std::size_t size() const noexcept { return v_.size(); }
+    bool empty() const noexcept { return v_.empty(); }
+    void reserve(std::size_t n) { v_.reserve(n); }
+    void append(const char* data, std::size_t n) {
+        if (n > v_.capacity() - v_.size()) {
+            std::string bigger;
+            bigger.reserve(std::max(v_.capacity() * 2, v_.size() + n));
+            bigger.append(v_);
+            clear();
+            v_.swap(bigger);
+        }
+        v_.append(data, n);
+    }
+    void assign(std::size_t n, char c) {
+        clear();
+        v_.assign(n, c);
+    }
+    void clear() noexcept {
+        if (!v_.empty()) ::explicit_bzero(v_.data(), v_.size());
+        v_.clear();
+    }
+    friend bool operator==(const WipedString& a, std::string_view b) noexcept {
+        return a.view() == b;
+    }
+
+  private:
+    std::string v_;
+};
 
 }  // namespace tokenshm::refresher

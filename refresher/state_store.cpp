@@ -2,6 +2,9 @@
 
 #include "log.hpp"
 
+#include <tokenshm/layout.h>
+#include <tokenshm/shm/segment.hpp>
+
 #include <fcntl.h>
 #include <unistd.h>
 
@@ -132,6 +135,13 @@ FsResult<Done> PosixFileSystem::unlink(const std::string& path) {
 
 namespace {
 
+// Every state store error is a runtime error: the directory or a file is
+// unusable. (main reports a missing refresh token under --check-config as a
+// configuration error.)
+Unexpected<RefresherError> state_error(std::string message) {
+    return Unexpected{RefresherError::runtime_error(std::move(message))};
+}
+
 constexpr std::string_view token_suffix = ".refresh_token";
 constexpr std::string_view temp_suffix = ".tmp";
 
@@ -160,8 +170,9 @@ std::string quoted_name(std::string_view name) {
 }
 
 std::string invalid_name(std::string_view name) {
-    return "credential name " + quoted_name(name) +
-           " is not 1 to 63 characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    return "credential name " + quoted_name(name) + " is not 1 to " +
+           std::to_string(TOKENSHM_SLOT_NAME_CAP - 1) +
+           " characters of A-Z, a-z, 0-9, '.', '_', '-'";
 }
 
 // A Secret holding a + b, built so no unwiped copy of the bytes is left behind.
@@ -173,19 +184,22 @@ Secret secret_of(std::string_view a, std::string_view b = {}) {
     return Secret(std::move(s));
 }
 
-// Why `token` cannot be a refresh token, or empty if it can. `what` names
-// where it came from; the token itself never appears.
-std::string token_problem(std::string_view token, const std::string& what) {
-    if (token.empty()) return what + " is empty";
+// Whether `token` can be a refresh token; if not, why. `what` names where it
+// came from; the token itself never appears.
+Expected<Done, RefresherError> check_refresh_token(std::string_view token,
+                                                   const std::string& what) {
+    if (token.empty()) return state_error(what + " is empty");
     if (token.size() > StateStore::max_token_bytes)
-        return what + " is larger than " + std::to_string(StateStore::max_token_bytes) + " bytes";
+        return state_error(what + " is larger than " + std::to_string(StateStore::max_token_bytes) +
+                           " bytes");
     for (const char c : token) {
         const auto u = static_cast<unsigned char>(c);
         if (u < 0x20 || u == 0x7f)
-            return what + " contains a NUL or control character (a refresh token is one line of " +
-                   "printable text)";
+            return state_error(what +
+                               " contains a NUL or control character (a refresh token is one "
+                               "line of printable text)");
     }
-    return {};
+    return Done{};
 }
 
 // Releases a descriptor on paths that are already reporting another error.
@@ -216,35 +230,35 @@ void warn_to(const StateWarningSink& sink, std::string_view cred, std::string_vi
 }
 
 // Reads and validates one refresh token file. nullopt when it does not exist.
-Expected<std::optional<Secret>, std::string> read_token_file(FileSystem& fs,
-                                                             const std::string& path,
-                                                             int extra_flags,
-                                                             const StateWarningSink& warn,
-                                                             std::string_view cred) {
+Expected<std::optional<Secret>, RefresherError> read_token_file(FileSystem& fs,
+                                                                const std::string& path,
+                                                                int extra_flags,
+                                                                const StateWarningSink& warn,
+                                                                std::string_view cred) {
     // O_NONBLOCK: a FIFO put in the file's place must not hang the refresher.
     auto opened = fs.open(path, O_RDONLY | O_CLOEXEC | O_NONBLOCK | extra_flags, 0);
     if (!opened) {
         if (opened.error().err == ENOENT) return std::optional<Secret>{};
-        return Unexpected{opened.error().message()};
+        return state_error(opened.error().message());
     }
     OpenFd fd(fs, *opened, path);
 
     auto st = fs.fstat(fd.get(), path);
-    if (!st) return Unexpected{st.error().message()};
-    if (!S_ISREG(st->st_mode)) return Unexpected{path + " is not a regular file"};
+    if (!st) return state_error(st.error().message());
+    if (!S_ISREG(st->st_mode)) return state_error(path + " is not a regular file");
     // A trailing newline is allowed on top of the maximum.
     if (static_cast<std::uintmax_t>(st->st_size) > StateStore::max_token_bytes + 1)
-        return Unexpected{path + " is larger than " + std::to_string(StateStore::max_token_bytes) +
-                          " bytes"};
+        return state_error(path + " is larger than " + std::to_string(StateStore::max_token_bytes) +
+                           " bytes");
 
     auto raw = fs.read_all(fd.get(), StateStore::max_token_bytes + 2, path);
-    if (!raw) return Unexpected{raw.error().message()};
+    if (!raw) return state_error(raw.error().message());
     if (auto closed = fd.close(); !closed)
         warn_to(warn, cred, closed.error().message() + " (ignored: the file was read completely)");
 
     std::string_view token = raw->reveal();
     if (!token.empty() && token.back() == '\n') token.remove_suffix(1);
-    if (auto problem = token_problem(token, path); !problem.empty()) return Unexpected{problem};
+    if (auto ok = check_refresh_token(token, path); !ok) return Unexpected{ok.error()};
 
     if ((st->st_mode & 077) != 0)
         warn_to(warn, cred,
@@ -262,14 +276,6 @@ std::string parent_of(const std::string& dir) {
 
 }  // namespace
 
-bool valid_credential_name(std::string_view name) noexcept {
-    if (name.empty() || name.size() > 63) return false;
-    return std::all_of(name.begin(), name.end(), [](char c) {
-        return (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
-               c == '.' || c == '_' || c == '-';
-    });
-}
-
 // ---------------------------------------------------------------- StateStore
 
 StateStore::StateStore(FileSystem& fs, std::string dir, StateWarningSink warn)
@@ -286,36 +292,36 @@ std::string StateStore::token_path(std::string_view credential_name) const {
     return p;
 }
 
-Expected<Done, std::string> StateStore::prepare() {
-    if (dir_.empty()) return Unexpected{std::string("state_dir is empty")};
+Expected<Done, RefresherError> StateStore::prepare() {
+    if (dir_.empty()) return state_error(std::string("state_dir is empty"));
 
     bool created = false;
     auto st = fs_.stat(dir_);
     if (!st && st.error().err == ENOENT) {
         if (auto made = fs_.mkdir(dir_, 0700); !made) {
             if (made.error().err == ENOENT)
-                return Unexpected{"state_dir " + dir_ + ": its parent directory " +
-                                  parent_of(dir_) + " does not exist (" + made.error().message() +
-                                  ")"};
+                return state_error("state_dir " + dir_ + ": its parent directory " +
+                                   parent_of(dir_) + " does not exist (" + made.error().message() +
+                                   ")");
             // EEXIST: created meanwhile (another refresher or `tokenshm login`); check it below.
             if (made.error().err != EEXIST)
-                return Unexpected{"state_dir: " + made.error().message()};
+                return state_error("state_dir: " + made.error().message());
         } else {
             created = true;
         }
         st = fs_.stat(dir_);
     }
-    if (!st) return Unexpected{"state_dir: " + st.error().message()};
-    if (!S_ISDIR(st->st_mode)) return Unexpected{"state_dir " + dir_ + " is not a directory"};
+    if (!st) return state_error("state_dir: " + st.error().message());
+    if (!S_ISDIR(st->st_mode)) return state_error("state_dir " + dir_ + " is not a directory");
     const uid_t euid = ::geteuid();
     if (st->st_uid != euid)
-        return Unexpected{"state_dir " + dir_ + " is owned by uid " + std::to_string(st->st_uid) +
-                          ", but the refresher runs as uid " + std::to_string(euid)};
+        return state_error("state_dir " + dir_ + " is owned by uid " + std::to_string(st->st_uid) +
+                           ", but the refresher runs as uid " + std::to_string(euid));
 
     const mode_t perm = st->st_mode & 07777;
     if (perm != 0700) {
         if (auto changed = fs_.chmod(dir_, 0700); !changed)
-            return Unexpected{"state_dir: " + changed.error().message()};
+            return state_error("state_dir: " + changed.error().message());
         // A directory we just made only differs by umask; say nothing about it.
         if (!created)
             warn_to(warn_, {},
@@ -326,23 +332,22 @@ Expected<Done, std::string> StateStore::prepare() {
     return Done{};
 }
 
-Expected<std::optional<Secret>, std::string> StateStore::load(std::string_view credential_name) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+Expected<std::optional<Secret>, RefresherError> StateStore::load(std::string_view credential_name) {
+    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
     return read_token_file(fs_, token_path(credential_name), O_NOFOLLOW, warn_, credential_name);
 }
 
-Expected<Done, std::string> StateStore::save(std::string_view credential_name,
-                                             const Secret& refresh_token) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+Expected<Done, RefresherError> StateStore::save(std::string_view credential_name,
+                                                const Secret& refresh_token) {
+    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
     const std::string name(credential_name);
     const std::string final_path = token_path(name);
     const std::string temp_path = final_path + std::string(temp_suffix);
     const std::string context = "saving the refresh token of " + name + ": ";
 
     // Refuse what load() would refuse: persisting it would strand the next start.
-    if (auto problem = token_problem(refresh_token.reveal(), "the new refresh token");
-        !problem.empty())
-        return Unexpected{context + problem + "; " + final_path + " is unchanged"};
+    if (auto ok = check_refresh_token(refresh_token.reveal(), "the new refresh token"); !ok)
+        return state_error(context + ok.error().message + "; " + final_path + " is unchanged");
 
     // Before the rename: remove the temp file, report the failed step.
     auto failed = [&](const FsError& e, std::optional<FsError> close_error = std::nullopt) {
@@ -351,7 +356,7 @@ Expected<Done, std::string> StateStore::save(std::string_view credential_name,
         if (auto removed = fs_.unlink(temp_path); !removed && removed.error().err != ENOENT)
             msg += "; cleaning up: " + removed.error().message();
         msg += "; " + final_path + " is unchanged";
-        return Unexpected{std::move(msg)};
+        return state_error(std::move(msg));
     };
 
     auto opened = fs_.open(temp_path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC | O_NOFOLLOW, 0600);
@@ -372,8 +377,8 @@ Expected<Done, std::string> StateStore::save(std::string_view credential_name,
     // After the rename the new token is the file's content, but until the
     // directory is synced a crash may bring the old one back.
     auto not_durable = [&](const FsError& e) {
-        return Unexpected{context + e.message() + "; " + final_path +
-                          " holds the new refresh token but may not survive a crash"};
+        return state_error(context + e.message() + "; " + final_path +
+                           " holds the new refresh token but may not survive a crash");
     };
     auto dir_fd = fs_.open_directory(dir_);
     if (!dir_fd) return not_durable(dir_fd.error());
@@ -386,52 +391,54 @@ Expected<Done, std::string> StateStore::save(std::string_view credential_name,
     return Done{};
 }
 
-Expected<bool, std::string> StateStore::set_aside(std::string_view credential_name) {
-    if (!valid_credential_name(credential_name)) return Unexpected{invalid_name(credential_name)};
+Expected<bool, RefresherError> StateStore::set_aside(std::string_view credential_name) {
+    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
     const std::string from = token_path(credential_name);
     const std::string to = from + ".rejected";
     if (auto r = fs_.rename(from, to); !r) {
         if (r.error().err == ENOENT) return false;
-        return Unexpected{"setting aside a rejected refresh token: " + r.error().message()};
+        return state_error("setting aside a rejected refresh token: " + r.error().message());
     }
     auto dir_fd = fs_.open_directory(dir_);
     if (!dir_fd)
-        return Unexpected{"setting aside a rejected refresh token: " + dir_fd.error().message()};
+        return state_error("setting aside a rejected refresh token: " + dir_fd.error().message());
     auto synced = fs_.fsync(*dir_fd, dir_);
     (void)fs_.close(*dir_fd, dir_);
     if (!synced)
-        return Unexpected{"setting aside a rejected refresh token: " + synced.error().message()};
+        return state_error("setting aside a rejected refresh token: " + synced.error().message());
     return true;
 }
 
-Expected<Secret, std::string> StateStore::read_secret_file(FileSystem& fs, const std::string& path,
-                                                           const StateWarningSink& warn,
-                                                           std::string_view cred) {
+Expected<Secret, RefresherError> StateStore::read_secret_file(FileSystem& fs,
+                                                              const std::string& path,
+                                                              const StateWarningSink& warn,
+                                                              std::string_view cred) {
     auto read = read_token_file(fs, path, 0, warn, cred);
     if (!read) return Unexpected{std::move(read).error()};
-    if (!*read) return Unexpected{FsError{"open", ENOENT, path}.message()};
+    if (!*read) return state_error(FsError{"open", ENOENT, path}.message());
     return std::move(**read);
 }
 
-Expected<Secret, std::string> initial_refresh_token(
+Expected<Secret, RefresherError> initial_refresh_token(
     StateStore& store, FileSystem& fs, std::string_view name,
     const std::optional<std::string>& refresh_token_file) {
     const std::string prefix = "credentials: " + std::string(name) + ": ";
     auto stored = store.load(name);
-    if (!stored) return Unexpected{prefix + stored.error()};
+    if (!stored) return state_error(prefix + stored.error().message);
     if (*stored) return std::move(**stored);
 
     const std::string state_file = store.token_path(name);
     if (!refresh_token_file)
-        return Unexpected{prefix + "no refresh token: neither " + state_file +
-                          " nor refresh_token_file exists (run tokenshm login or set "
-                          "refresh_token_file)"};
+        return state_error(prefix + "no refresh token: neither " + state_file +
+                           " nor refresh_token_file exists (run tokenshm login or set "
+                           "refresh_token_file)");
     auto configured = read_token_file(fs, *refresh_token_file, 0, store.warning_sink(), name);
-    if (!configured) return Unexpected{prefix + "refresh_token_file: " + configured.error()};
+    if (!configured)
+        return state_error(prefix + "refresh_token_file: " + configured.error().message);
     if (!*configured)
-        return Unexpected{prefix + "no refresh token: neither " + state_file +
-                          " nor refresh_token_file " + *refresh_token_file +
-                          " exists (run tokenshm login or fix refresh_token_file)"};
+        return state_error(prefix + "no refresh token: neither " + state_file +
+                           " nor refresh_token_file " + *refresh_token_file +
+                           " exists (run tokenshm login or fix refresh_token_file)");
     return std::move(**configured);
 }
 

@@ -11,8 +11,11 @@
 // would not make the successor any safer, only let readers' token run out.
 //
 // The filesystem is passed in so every step can be made to fail in tests.
+// Its calls fail with an FsError (call, path, errno); the store's own
+// functions with a runtime RefresherError whose message names the file.
 #pragma once
 
+#include "error.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -29,7 +32,6 @@
 
 namespace tokenshm::refresher {
 
-using Done = shm::Done;
 // Names the call, the path and the errno: "rename(/a.tmp -> /a): No space left on device".
 using FsError = shm::SysError;
 template <class T>
@@ -84,11 +86,9 @@ class PosixFileSystem : public FileSystem {
 // ones. Messages name files and modes, never contents.
 using StateWarningSink = std::function<void(std::string_view cred, std::string_view message)>;
 
-// Credential names as the config allows them: [A-Za-z0-9._-]{1,63}.
-bool valid_credential_name(std::string_view name) noexcept;
-
 // The state directory: one `<name>.refresh_token` file (0600) per credential
-// in a directory (0700) owned by this process's effective uid.
+// in a directory (0700) owned by this process's effective uid. Names follow
+// libshm's credential name rule (shm::valid_slot_name); others are refused.
 class StateStore {
   public:
     // Largest accepted refresh token, in bytes (a trailing newline is extra).
@@ -104,30 +104,34 @@ class StateStore {
 
     // Creates the directory (mode 0700; its parent must exist) or checks it: a
     // directory owned by our euid. Group/other access is removed with a warning.
-    Expected<Done, std::string> prepare();
+    Expected<Done, RefresherError> prepare();
 
     // The persisted refresh token, or nullopt when there is none. A file
     // readable by group or others is loaded with a warning.
-    Expected<std::optional<Secret>, std::string> load(std::string_view credential_name);
+    Expected<std::optional<Secret>, RefresherError> load(std::string_view credential_name);
 
     // Replaces the persisted refresh token atomically and durably. On error
     // before the rename the old file is untouched and no temp file remains;
     // an error after it (directory fsync) means the new token is in place but
-    // may not survive a crash. Either way: do not publish, retry the save.
-    Expected<Done, std::string> save(std::string_view credential_name, const Secret& refresh_token);
+    // may not survive a crash. Either way the caller (CredentialRefresher)
+    // keeps the new token in memory, retries the save every second, and still
+    // publishes the access token (see the top of this file for why).
+    Expected<Done, RefresherError> save(std::string_view credential_name,
+                                        const Secret& refresh_token);
 
     // Renames <name>.refresh_token to <name>.refresh_token.rejected after the
     // server rejected it, so the next start (or reload) falls back to
     // refresh_token_file, where a person puts a new one. True when a file was
     // moved, false when there was none.
-    Expected<bool, std::string> set_aside(std::string_view credential_name);
+    Expected<bool, RefresherError> set_aside(std::string_view credential_name);
 
     // A refresh token file named by the config (`refresh_token_file`): same
     // validation as load(); symbolic links are followed; a missing file is an
     // error naming it.
-    static Expected<Secret, std::string> read_secret_file(FileSystem& fs, const std::string& path,
-                                                          const StateWarningSink& warn = {},
-                                                          std::string_view cred = {});
+    static Expected<Secret, RefresherError> read_secret_file(FileSystem& fs,
+                                                             const std::string& path,
+                                                             const StateWarningSink& warn = {},
+                                                             std::string_view cred = {});
 
   private:
     FileSystem& fs_;
@@ -138,7 +142,7 @@ class StateStore {
 // The refresh token a starting refresher uses for `name`: the state directory's
 // if present, else the one in `refresh_token_file`, else an error telling the
 // operator what to do.
-Expected<Secret, std::string> initial_refresh_token(
+Expected<Secret, RefresherError> initial_refresh_token(
     StateStore& store, FileSystem& fs, std::string_view name,
     const std::optional<std::string>& refresh_token_file);
 

@@ -3,6 +3,7 @@
 // delays another); tests inject a fake that answers from a script.
 #pragma once
 
+#include "endpoint_url.hpp"
 #include "secret.hpp"
 
 #include <chrono>
@@ -15,7 +16,10 @@
 namespace tokenshm::refresher {
 
 struct HttpRequest {
-    std::string url;
+    explicit HttpRequest(EndpointUrl target) : url(std::move(target)) {}
+
+    // Checked when it was made: https, or http to a loopback host.
+    EndpointUrl url;
     std::string method = "POST";  // "POST" or "GET"
     // Non-secret headers, "Name: value".
     std::vector<std::string> headers;
@@ -40,7 +44,8 @@ struct HttpResponse {
     std::string content_type;
     std::optional<std::string> retry_after;  // raw Retry-After header value
     // The body, at most kMaxBody bytes; `too_large` when the server sent more.
-    std::string body;
+    // It may hold tokens: wiped when the response goes.
+    WipedString body;
     bool too_large = false;
     static constexpr std::size_t kMaxBody = 1 << 20;
 };

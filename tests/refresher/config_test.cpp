@@ -47,11 +47,12 @@ struct FakeSystem {
             return it->second;
         };
         s.read_file = [this](const std::string& path,
-                             bool& loose) -> tokenshm::Expected<std::string, std::string> {
+                             bool& loose) -> tokenshm::Expected<std::string, RefresherError> {
             files_read.push_back(path);
             const auto it = files.find(path);
             if (it == files.end()) {
-                return tokenshm::Unexpected{path + ": No such file or directory"};
+                return tokenshm::Unexpected{
+                    RefresherError::config_error(path + ": No such file or directory")};
             }
             loose = it->second.loose;
             return it->second.content;
@@ -353,7 +354,8 @@ TEST_CASE("every bad configuration gets one line naming the key's path", "[confi
         const auto r = parse_config(c.json, sys.sources());
         INFO(c.what);
         REQUIRE_FALSE(r.has_value());
-        const std::string& e = r.error();
+        const std::string& e = r.error().message;
+        CHECK(r.error().kind == RefresherError::Kind::config);
         INFO(e);
         CHECK(e.rfind(c.path + ": ", 0) == 0);
         CHECK(e.find(c.gist) != std::string::npos);
@@ -411,8 +413,9 @@ TEST_CASE("the segment comes from the config, else TOKENSHM_SEGMENT, else tokens
             sys.env["TOKENSHM_SEGMENT"] = bad;
             const auto r = parse_config(document(), sys.sources());
             REQUIRE_FALSE(r.has_value());
-            CHECK(r.error().rfind("TOKENSHM_SEGMENT (environment): expected 1 to 200", 0) == 0);
-            CHECK(r.error().find('\n') == std::string::npos);
+            CHECK(r.error().message.rfind("TOKENSHM_SEGMENT (environment): expected 1 to 200", 0) ==
+                  0);
+            CHECK(r.error().message.find('\n') == std::string::npos);
         }
     }
 }
@@ -438,7 +441,7 @@ TEST_CASE("a minimal configuration gets every default of SPEC.md", "[config]") {
     CHECK(c.client_secret == Secret(kSecret));
     CHECK(c.client_secret_source == "env STORAGE_SECRET");
     CHECK_FALSE(c.issuer.has_value());
-    CHECK(c.token_endpoint == "https://id.example.com/token");
+    CHECK(c.token_endpoint->text() == "https://id.example.com/token");
     CHECK(c.auth_method == AuthMethod::client_secret_basic);
     CHECK(c.basic_encoding == BasicEncoding::form);
     CHECK_FALSE(c.refresh_token_file.has_value());
@@ -518,7 +521,7 @@ TEST_CASE("every field of the SPEC example is parsed", "[config]") {
 
     const CredentialConfig& a = cfg.credentials[0];
     CHECK(a.name == "storage");
-    CHECK(a.issuer == "https://id.example.com");
+    CHECK(a.issuer->text() == "https://id.example.com");
     CHECK_FALSE(a.token_endpoint.has_value());
     CHECK(a.grant == Grant::refresh_token);
     CHECK(a.client_id == "uploader");
@@ -543,7 +546,7 @@ TEST_CASE("every field of the SPEC example is parsed", "[config]") {
 
     const CredentialConfig& b = cfg.credentials[1];
     CHECK(b.name == "Queue_2");
-    CHECK(b.token_endpoint == "https://id.example.com/oauth2/token?tenant=q");
+    CHECK(b.token_endpoint->text() == "https://id.example.com/oauth2/token?tenant=q");
     CHECK(b.grant == Grant::client_credentials);
     CHECK(b.client_secret == Secret(kSecret));
     CHECK_FALSE(b.scope.has_value());
@@ -566,7 +569,7 @@ TEST_CASE("plain http is accepted for loopback hosts only", "[config]") {
             sys.sources());
         INFO(url);
         REQUIRE(r.has_value());
-        CHECK(r->credentials[0].token_endpoint == url);
+        CHECK(r->credentials[0].token_endpoint->text() == url);
     }
 }
 
@@ -681,30 +684,30 @@ TEST_CASE("load_config reads a real file and a real 0644 secret file", "[config]
         const std::string bad = dir.write("bad.json", document(R"("mode": "0777", )"), 0644);
         const auto e = load_config(bad, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == bad + R"(: mode: expected "0600" or "0640", found "0777")");
+        CHECK(e.error().message == bad + R"(: mode: expected "0600" or "0640", found "0777")");
     }
     SECTION("a missing file says so with strerror") {
         const auto e = load_config(dir.path + "/nope.json", ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == dir.path + "/nope.json: " + std::strerror(ENOENT));
+        CHECK(e.error().message == dir.path + "/nope.json: " + std::strerror(ENOENT));
     }
     SECTION("a missing secret file names the key and the file") {
         REQUIRE(::unlink(secret.c_str()) == 0);
         const auto e = load_config(config, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == config + ": credentials[0].client_secret_file: " + secret + ": " +
-                               std::strerror(ENOENT));
+        CHECK(e.error().message == config + ": credentials[0].client_secret_file: " + secret +
+                                       ": " + std::strerror(ENOENT));
     }
     SECTION("a file over 1 MiB is refused") {
         const std::string big = dir.write("big.json", std::string((1 << 20) + 1, ' '), 0600);
         const auto e = load_config(big, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error() == big + ": larger than 1 MiB");
+        CHECK(e.error().message == big + ": larger than 1 MiB");
     }
     SECTION("a directory is not a config file") {
         const auto e = load_config(dir.path, ConfigSources::system());
         REQUIRE_FALSE(e.has_value());
-        CHECK(e.error().rfind(dir.path + ": ", 0) == 0);
+        CHECK(e.error().message.rfind(dir.path + ": ", 0) == 0);
     }
 }
 
@@ -727,7 +730,7 @@ TEST_CASE("a URL's query is never quoted in an error (it may carry a key)", "[co
                                 {"issuer"})),
         sys.sources());
     REQUIRE_FALSE(r.has_value());
-    CHECK(r.error().rfind("credentials[0].token_endpoint: ", 0) == 0);
-    CHECK(r.error().find("k3y-s3cr3t") == std::string::npos);
-    CHECK(r.error().find("query not shown") != std::string::npos);
+    CHECK(r.error().message.rfind("credentials[0].token_endpoint: ", 0) == 0);
+    CHECK(r.error().message.find("k3y-s3cr3t") == std::string::npos);
+    CHECK(r.error().message.find("query not shown") != std::string::npos);
 }

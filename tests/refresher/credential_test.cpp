@@ -13,10 +13,17 @@ using tokenshm::shm::RecordState;
 
 namespace {
 
+// A URL the test knows to be valid, as the config would have checked it.
+EndpointUrl checked_url(const std::string& text) {
+    auto u = EndpointUrl::parse(text);
+    REQUIRE(u.has_value());
+    return std::move(*u);
+}
+
 CredentialConfig base_config() {
     CredentialConfig c;
     c.name = "storage";
-    c.token_endpoint = "https://id.example.test/token";
+    c.token_endpoint = checked_url("https://id.example.test/token");
     c.grant = Grant::refresh_token;
     c.client_id = "uploader";
     c.client_secret = Secret("client-secret-test");
@@ -53,8 +60,10 @@ struct Harness {
     explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
         : cred(
               std::move(c), 8192, Secret("rt-test-1"),
-              [this](std::string_view, const Secret& t) -> tokenshm::Expected<Done, std::string> {
-                  if (persist_fails) return tokenshm::Unexpected{std::string("disk full")};
+              [this](std::string_view,
+                     const Secret& t) -> tokenshm::Expected<Done, RefresherError> {
+                  if (persist_fails)
+                      return tokenshm::Unexpected{RefresherError::runtime_error("disk full")};
                   persisted.emplace_back(t.reveal());
                   return Done{};
               },
@@ -91,7 +100,7 @@ TEST_CASE("a fresh credential refreshes at once and publishes a valid token") {
     CHECK(h.cred.published().state == RecordState::empty);
     auto req = h.cred.poll(1'000);
     REQUIRE(req);
-    CHECK(req->url == "https://id.example.test/token");
+    CHECK(req->url.text() == "https://id.example.test/token");
     CHECK(h.body_has(*req, "grant_type=refresh_token"));
     CHECK(h.body_has(*req, "refresh_token=rt-test-1"));
     CHECK_FALSE(h.cred.poll(1'000));  // one request at a time
@@ -237,22 +246,22 @@ TEST_CASE("discovery finds the token endpoint, trying both well-known documents"
     QuietLogs quiet;
     CredentialConfig c = base_config();
     c.token_endpoint.reset();
-    c.issuer = "https://id.example.test";
+    c.issuer = checked_url("https://id.example.test");
     Harness h(c);
     auto d1 = h.cred.poll(0);
     REQUIRE(d1);
     CHECK(d1->method == "GET");
-    CHECK(d1->url == "https://id.example.test/.well-known/openid-configuration");
+    CHECK(d1->url.text() == "https://id.example.test/.well-known/openid-configuration");
     h.cred.on_response(json_response(404, ""), 10);
     auto d2 = h.cred.poll(10);
     REQUIRE(d2);
-    CHECK(d2->url == "https://id.example.test/.well-known/oauth-authorization-server");
+    CHECK(d2->url.text() == "https://id.example.test/.well-known/oauth-authorization-server");
     h.cred.on_response(json_response(200, R"({"issuer":"https://id.example.test",
         "token_endpoint":"https://id.example.test/oauth/token"})"),
                        20);
     auto t = h.cred.poll(20);
     REQUIRE(t);
-    CHECK(t->url == "https://id.example.test/oauth/token");
+    CHECK(t->url.text() == "https://id.example.test/oauth/token");
     CHECK(t->method == "POST");
 
     // After repeated failures the endpoint is looked up again.
@@ -324,7 +333,7 @@ TEST_CASE("client_credentials needs no refresh token") {
     c.auth_method = AuthMethod::client_secret_post;
     CredentialRefresher cred(
         c, 8192, std::nullopt,
-        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, std::string> {
+        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, RefresherError> {
             return Done{};
         },
         [] { return 0.5; });

@@ -48,7 +48,7 @@ class FakeTransport : public Transport {
     // Answers the pending request whose URL contains `url_part`.
     bool answer(const std::string& url_part, HttpResponse r) {
         for (auto it = pending.begin(); it != pending.end(); ++it) {
-            if (it->second.url.find(url_part) == std::string::npos) continue;
+            if (it->second.url.text().find(url_part) == std::string::npos) continue;
             ready.emplace_back(it->first, std::move(r));
             pending.erase(it);
             return true;
@@ -57,7 +57,8 @@ class FakeTransport : public Transport {
     }
     std::string body_for(const std::string& url_part) const {
         for (const auto& [id, r] : pending)
-            if (r.url.find(url_part) != std::string::npos) return std::string(r.body.reveal());
+            if (r.url.text().find(url_part) != std::string::npos)
+                return std::string(r.body.reveal());
         return {};
     }
 };
@@ -86,7 +87,7 @@ struct TempDir {
 CredentialConfig cred(const std::string& name) {
     CredentialConfig c;
     c.name = name;
-    c.token_endpoint = "https://" + name + ".example.test/token";
+    c.token_endpoint = EndpointUrl::parse("https://" + name + ".example.test/token").value();
     c.client_id = name + "-client";
     c.client_secret = Secret("secret-" + name);
     return c;
@@ -285,7 +286,7 @@ TEST_CASE("a second daemon on the same segment is refused, naming the first one'
     REQUIRE(d);
     auto d2 = Daemon::start(w.cfg, w.deps());
     REQUIRE_FALSE(d2);
-    CHECK_THAT(d2.error(), Catch::Contains("pid " + std::to_string(::getpid())));
+    CHECK_THAT(d2.error().message, Catch::Contains("pid " + std::to_string(::getpid())));
 }
 
 TEST_CASE(
@@ -402,7 +403,7 @@ TEST_CASE("a segment with no slot left is an error at start, never another crede
     }  // a previous refresher made it with room for one credential
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE_FALSE(d);
-    CHECK_THAT(d.error(), Catch::Contains("no free slot"));
+    CHECK_THAT(d.error().message, Catch::Contains("no free slot"));
 }
 
 TEST_CASE("a second SIGTERM while answers are awaited stops at once, exit 1") {

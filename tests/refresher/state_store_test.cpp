@@ -6,6 +6,8 @@
 // checks that a message leaks no content use a marker that is not a token.
 #include "state_store.hpp"
 
+#include <tokenshm/shm/segment.hpp>
+
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
@@ -183,17 +185,18 @@ class FaultyFileSystem final : public FileSystem {
 
 // ------------------------------------------------------------------ names
 
-TEST_CASE("credential names are [A-Za-z0-9._-]{1,63}", "[state_store]") {
-    CHECK(valid_credential_name("storage"));
-    CHECK(valid_credential_name("A-z_0.9"));
-    CHECK(valid_credential_name(std::string(63, 'a')));
-    CHECK_FALSE(valid_credential_name(""));
-    CHECK_FALSE(valid_credential_name(std::string(64, 'a')));
-    CHECK_FALSE(valid_credential_name("a/b"));
-    CHECK_FALSE(valid_credential_name("../etc/passwd"));
-    CHECK_FALSE(valid_credential_name("a b"));
-    CHECK_FALSE(valid_credential_name(std::string("a\0b", 3)));
-    CHECK_FALSE(valid_credential_name("caf\xc3\xa9"));
+TEST_CASE("the state store takes libshm's credential names: [A-Za-z0-9._-]{1,63}",
+          "[state_store]") {
+    CHECK(tokenshm::shm::valid_slot_name("storage"));
+    CHECK(tokenshm::shm::valid_slot_name("A-z_0.9"));
+    CHECK(tokenshm::shm::valid_slot_name(std::string(63, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(""));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string(64, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("a/b"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("../etc/passwd"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("a b"));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string("a\0b", 3)));
+    CHECK_FALSE(tokenshm::shm::valid_slot_name("caf\xc3\xa9"));
 }
 
 TEST_CASE("save and load reject bad credential names and touch nothing", "[state_store]") {
@@ -206,11 +209,11 @@ TEST_CASE("save and load reject bad credential names and touch nothing", "[state
         INFO("name of " << bad.size() << " bytes");
         auto saved = store.save(bad, Secret("rt-test-1"));
         REQUIRE_FALSE(saved);
-        CHECK(saved.error().find("credential name") != std::string::npos);
-        CHECK(saved.error().find('\n') == std::string::npos);
+        CHECK(saved.error().message.find("credential name") != std::string::npos);
+        CHECK(saved.error().message.find('\n') == std::string::npos);
         auto loaded = store.load(bad);
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error().find("credential name") != std::string::npos);
+        CHECK(loaded.error().message.find("credential name") != std::string::npos);
     }
     CHECK(entries(tmp.path()).empty());
     CHECK(entries(stdfs::path(tmp.path()).parent_path()).count("x.refresh_token") == 0);
@@ -242,9 +245,10 @@ TEST_CASE("prepare says so when the parent directory is missing", "[state_store]
     StateStore store(fs, tmp.path() + "/missing/state");
     auto prepared = store.prepare();
     REQUIRE_FALSE(prepared);
-    CHECK(prepared.error() == "state_dir " + tmp.path() + "/missing/state: its parent directory " +
-                                  tmp.path() + "/missing does not exist (mkdir(" + tmp.path() +
-                                  "/missing/state): No such file or directory)");
+    CHECK(prepared.error().message == "state_dir " + tmp.path() +
+                                          "/missing/state: its parent directory " + tmp.path() +
+                                          "/missing does not exist (mkdir(" + tmp.path() +
+                                          "/missing/state): No such file or directory)");
     CHECK_FALSE(exists(tmp.path() + "/missing"));
 }
 
@@ -255,7 +259,8 @@ TEST_CASE("prepare rejects a state_dir that is not a directory", "[state_store]"
     StateStore store(fs, tmp.path() + "/file");
     auto prepared = store.prepare();
     REQUIRE_FALSE(prepared);
-    CHECK(prepared.error() == "state_dir " + tmp.path() + "/file is not a directory");
+    CHECK(prepared.error().message == "state_dir " + tmp.path() + "/file is not a directory");
+    CHECK(prepared.error().kind == RefresherError::Kind::runtime);
 }
 
 TEST_CASE("prepare tightens a 0755 directory to 0700 and warns", "[state_store]") {
@@ -279,9 +284,9 @@ TEST_CASE("prepare refuses a directory owned by another uid", "[state_store]") {
     StateStore store(fs, tmp.path());
     auto prepared = store.prepare();
     REQUIRE_FALSE(prepared);
-    CHECK(prepared.error() == "state_dir " + tmp.path() + " is owned by uid " +
-                                  std::to_string(::geteuid() + 1) +
-                                  ", but the refresher runs as uid " + std::to_string(::geteuid()));
+    CHECK(prepared.error().message ==
+          "state_dir " + tmp.path() + " is owned by uid " + std::to_string(::geteuid() + 1) +
+              ", but the refresher runs as uid " + std::to_string(::geteuid()));
 }
 
 TEST_CASE("prepare names the failing call", "[state_store]") {
@@ -292,7 +297,7 @@ TEST_CASE("prepare names the failing call", "[state_store]") {
         StateStore store(fs, tmp.path());
         auto prepared = store.prepare();
         REQUIRE_FALSE(prepared);
-        CHECK(prepared.error() == "state_dir: stat(" + tmp.path() + "): Permission denied");
+        CHECK(prepared.error().message == "state_dir: stat(" + tmp.path() + "): Permission denied");
     }
     SECTION("mkdir") {
         FaultyFileSystem fs;
@@ -300,7 +305,7 @@ TEST_CASE("prepare names the failing call", "[state_store]") {
         StateStore store(fs, tmp.path() + "/state");
         auto prepared = store.prepare();
         REQUIRE_FALSE(prepared);
-        CHECK(prepared.error() ==
+        CHECK(prepared.error().message ==
               "state_dir: mkdir(" + tmp.path() + "/state): No space left on device");
     }
     SECTION("chmod") {
@@ -310,7 +315,8 @@ TEST_CASE("prepare names the failing call", "[state_store]") {
         StateStore store(fs, tmp.path());
         auto prepared = store.prepare();
         REQUIRE_FALSE(prepared);
-        CHECK(prepared.error() == "state_dir: chmod(" + tmp.path() + "): Operation not permitted");
+        CHECK(prepared.error().message ==
+              "state_dir: chmod(" + tmp.path() + "): Operation not permitted");
         CHECK(mode_of(tmp.path()) == 0750);
     }
 }
@@ -377,10 +383,10 @@ TEST_CASE("save refuses a value load would refuse, keeping the old file", "[stat
         INFO("value of " << bad.size() << " bytes");
         auto saved = store.save("storage", Secret(bad));
         REQUIRE_FALSE(saved);
-        CHECK(saved.error().rfind("saving the refresh token of storage: the new refresh token ",
-                                  0) == 0);
-        CHECK(saved.error().find("LEAKMARKER") == std::string::npos);
-        CHECK(saved.error().find("LLLL") == std::string::npos);
+        CHECK(saved.error().message.rfind(
+                  "saving the refresh token of storage: the new refresh token ", 0) == 0);
+        CHECK(saved.error().message.find("LEAKMARKER") == std::string::npos);
+        CHECK(saved.error().message.find("LLLL") == std::string::npos);
         CHECK(read_file(file) == "rt-test-1\n");
         CHECK(entries(tmp.path()) == std::set<std::string>{"storage.refresh_token"});
     }
@@ -399,9 +405,9 @@ TEST_CASE("save does not follow a symbolic link at the temp path", "[state_store
 
     auto saved = store.save("storage", Secret("rt-test-1"));
     REQUIRE_FALSE(saved);
-    CHECK(saved.error() == "saving the refresh token of storage: open(" + temp +
-                               "): Too many levels of symbolic links; " + dir +
-                               "/storage.refresh_token is unchanged");
+    CHECK(saved.error().message == "saving the refresh token of storage: open(" + temp +
+                                       "): Too many levels of symbolic links; " + dir +
+                                       "/storage.refresh_token is unchanged");
     CHECK(read_file(victim) == "untouched");
     CHECK_FALSE(exists(temp));  // the link was removed, so the next save works
 
@@ -441,7 +447,7 @@ TEST_CASE("load strips exactly one trailing newline", "[state_store]") {
     write_file(file, "rt-test-1\n\n", 0600);
     loaded = store.load("storage");
     REQUIRE_FALSE(loaded);
-    CHECK(loaded.error().find("control character") != std::string::npos);
+    CHECK(loaded.error().message.find("control character") != std::string::npos);
 }
 
 TEST_CASE("a token file readable by others loads with a warning", "[state_store]") {
@@ -497,7 +503,7 @@ TEST_CASE("load rejects bad contents without quoting them", "[state_store]") {
         write_file(file, cases[i].content, 0600);
         auto loaded = store.load("storage");
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error() == cases[i].error);
+        CHECK(loaded.error().message == cases[i].error);
     }
 
     // The largest accepted token, with and without its newline.
@@ -519,19 +525,19 @@ TEST_CASE("load refuses links, directories and FIFOs in the token file's place",
         REQUIRE(::symlink("elsewhere", file.c_str()) == 0);
         auto loaded = store.load("storage");
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error() == "open(" + file + "): Too many levels of symbolic links");
+        CHECK(loaded.error().message == "open(" + file + "): Too many levels of symbolic links");
     }
     SECTION("directory") {
         REQUIRE(::mkdir(file.c_str(), 0700) == 0);
         auto loaded = store.load("storage");
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error() == file + " is not a regular file");
+        CHECK(loaded.error().message == file + " is not a regular file");
     }
     SECTION("FIFO, without blocking") {
         REQUIRE(::mkfifo(file.c_str(), 0600) == 0);
         auto loaded = store.load("storage");
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error() == file + " is not a regular file");
+        CHECK(loaded.error().message == file + " is not a regular file");
     }
 }
 
@@ -560,7 +566,7 @@ TEST_CASE("load names the failing call and leaks no descriptor", "[state_store]"
         StateStore store(fs, tmp.path());
         auto loaded = store.load("storage");
         REQUIRE_FALSE(loaded);
-        CHECK(loaded.error() == message);
+        CHECK(loaded.error().message == message);
         CHECK(open_fds() == fds);
     }
 
@@ -636,12 +642,12 @@ TEST_CASE("save survives the failure of each of its operations", "[state_store]"
         REQUIRE(loaded->has_value());
         if (k <= 6) {  // up to and including the rename: the old token, intact
             REQUIRE_FALSE(saved);
-            CHECK(saved.error() == expected[k - 1]);
+            CHECK(saved.error().message == expected[k - 1]);
             CHECK((*loaded)->reveal() == "rt-test-old");
             CHECK(read_file(file) == "rt-test-old\n");
         } else if (k <= 8) {  // after the rename, directory not synced: an error, new token on disk
             REQUIRE_FALSE(saved);
-            CHECK(saved.error() == expected[k - 1]);
+            CHECK(saved.error().message == expected[k - 1]);
             CHECK((*loaded)->reveal() == "rt-test-new");
         } else {
             REQUIRE(saved);
@@ -680,9 +686,10 @@ TEST_CASE("a failed cleanup is named too", "[state_store]") {
     StateStore store(fs, tmp.path());
     auto saved = store.save("storage", Secret("rt-test-1"));
     REQUIRE_FALSE(saved);
-    CHECK(saved.error() == "saving the refresh token of storage: rename(" + file + ".tmp -> " +
-                               file + "): Is a directory; cleaning up: unlink(" + file +
-                               ".tmp): Input/output error; " + file + " is unchanged");
+    CHECK(saved.error().message == "saving the refresh token of storage: rename(" + file +
+                                       ".tmp -> " + file +
+                                       "): Is a directory; cleaning up: unlink(" + file +
+                                       ".tmp): Input/output error; " + file + " is unchanged");
 }
 
 // ------------------------------------------------------------------ refresh_token_file
@@ -695,12 +702,12 @@ TEST_CASE("read_secret_file validates like load and names a missing file", "[sta
 
     auto missing = StateStore::read_secret_file(fs, file, w.sink());
     REQUIRE_FALSE(missing);
-    CHECK(missing.error() == "open(" + file + "): No such file or directory");
+    CHECK(missing.error().message == "open(" + file + "): No such file or directory");
 
     write_file(file, "", 0600);
     auto empty = StateStore::read_secret_file(fs, file, w.sink());
     REQUIRE_FALSE(empty);
-    CHECK(empty.error() == file + " is empty");
+    CHECK(empty.error().message == file + " is empty");
 
     // Symbolic links are followed here (secrets mounted by an orchestrator often are links).
     write_file(tmp.path() + "/target", "rt-test-cfg\n", 0640);
@@ -744,30 +751,33 @@ TEST_CASE("initial_refresh_token prefers the state directory, then the config fi
     SECTION("neither, and no refresh_token_file configured") {
         auto rt = initial_refresh_token(store, fs, "storage", std::nullopt);
         REQUIRE_FALSE(rt);
-        CHECK(rt.error() == "credentials: storage: no refresh token: neither " + dir +
-                                "/storage.refresh_token nor refresh_token_file exists (run "
-                                "tokenshm login or set refresh_token_file)");
+        CHECK(rt.error().message == "credentials: storage: no refresh token: neither " + dir +
+                                        "/storage.refresh_token nor refresh_token_file exists (run "
+                                        "tokenshm login or set refresh_token_file)");
     }
     SECTION("neither, and refresh_token_file missing") {
         auto rt = initial_refresh_token(store, fs, "storage", tmp.path() + "/gone");
         REQUIRE_FALSE(rt);
-        CHECK(rt.error() == "credentials: storage: no refresh token: neither " + dir +
-                                "/storage.refresh_token nor refresh_token_file " + tmp.path() +
-                                "/gone exists (run tokenshm login or fix refresh_token_file)");
+        CHECK(rt.error().message ==
+              "credentials: storage: no refresh token: neither " + dir +
+                  "/storage.refresh_token nor refresh_token_file " + tmp.path() +
+                  "/gone exists (run tokenshm login or fix refresh_token_file)");
     }
     SECTION("a broken state file is an error, not a silent fallback to an older token") {
         write_file(dir + "/storage.refresh_token", "", 0600);
         auto rt = initial_refresh_token(store, fs, "storage", cfg);
         REQUIRE_FALSE(rt);
-        CHECK(rt.error() == "credentials: storage: " + dir + "/storage.refresh_token is empty");
+        CHECK(rt.error().message ==
+              "credentials: storage: " + dir + "/storage.refresh_token is empty");
     }
     SECTION("a broken refresh_token_file") {
         write_file(cfg, "LEAKMARKER\x02", 0600);
         auto rt = initial_refresh_token(store, fs, "storage", cfg);
         REQUIRE_FALSE(rt);
-        CHECK(rt.error() == "credentials: storage: refresh_token_file: " + cfg +
-                                " contains a NUL or control character (a refresh token is one "
-                                "line of printable text)");
+        CHECK(rt.error().message ==
+              "credentials: storage: refresh_token_file: " + cfg +
+                  " contains a NUL or control character (a refresh token is one "
+                  "line of printable text)");
     }
     CHECK(w.seen.empty());
 }
