@@ -153,8 +153,8 @@ std::string http(long status) {
 // What a person must do when the server rejected the credentials, by code.
 const char* reauth_advice(std::string_view code) {
     if (code == "invalid_grant")
-        return "the refresh token was rejected: run `tokenshm login` or put a new refresh token "
-               "in refresh_token_file";
+        return "the refresh token was rejected: put a new refresh token in "
+               "refresh_token_file, then send SIGHUP";
     if (code == "invalid_client")
         return "the client id or secret was rejected: check client_id and "
                "client_secret_file/env";

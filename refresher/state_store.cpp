@@ -430,15 +430,15 @@ Expected<Secret, RefresherError> initial_refresh_token(
     const std::string state_file = store.token_path(name);
     if (!refresh_token_file)
         return state_error(prefix + "no refresh token: neither " + state_file +
-                           " nor refresh_token_file exists (run tokenshm login or set "
-                           "refresh_token_file)");
+                           " nor refresh_token_file exists (set refresh_token_file to a "
+                           "file holding one)");
     auto configured = read_token_file(fs, *refresh_token_file, 0, store.warning_sink(), name);
     if (!configured)
         return state_error(prefix + "refresh_token_file: " + configured.error().message);
     if (!*configured)
         return state_error(prefix + "no refresh token: neither " + state_file +
                            " nor refresh_token_file " + *refresh_token_file +
-                           " exists (run tokenshm login or fix refresh_token_file)");
+                           " exists (put a refresh token there)");
     return std::move(**configured);
 }
 

@@ -188,11 +188,12 @@ class Rotation(IntegrationTest):
         srv2 = ws.server("oidc", ["--access-ttl", "4"], port=port, name="oidc-restarted")
         c = ws.wait_state("forgot", "reauth", 20)
         self.assertIn("invalid_grant", c["last_error"])
-        self.assertIn("tokenshm login", c["last_error"], "last_error does not say what to do")
+        self.assertIn("SIGHUP", c["last_error"], "last_error does not say what to do")
         self.assertIn("refresh_token_file", c["last_error"])
         lines = r.log_lines("reauth", cred="forgot")
         self.assertEqual(len(lines), 1, "expected one reauth log line")
-        self.assertIn("tokenshm login", lines[0])
+        self.assertIn("refresh_token_file", lines[0])
+        self.assertIn("SIGHUP", lines[0])
 
         # No hot loop: count the new server's token requests over 8 s of the
         # refresher's running (its heartbeat, not a sleep, measures the window).

@@ -752,16 +752,15 @@ TEST_CASE("initial_refresh_token prefers the state directory, then the config fi
         auto rt = initial_refresh_token(store, fs, "storage", std::nullopt);
         REQUIRE_FALSE(rt);
         CHECK(rt.error().message == "credentials: storage: no refresh token: neither " + dir +
-                                        "/storage.refresh_token nor refresh_token_file exists (run "
-                                        "tokenshm login or set refresh_token_file)");
+                                        "/storage.refresh_token nor refresh_token_file exists (set "
+                                        "refresh_token_file to a file holding one)");
     }
     SECTION("neither, and refresh_token_file missing") {
         auto rt = initial_refresh_token(store, fs, "storage", tmp.path() + "/gone");
         REQUIRE_FALSE(rt);
-        CHECK(rt.error().message ==
-              "credentials: storage: no refresh token: neither " + dir +
-                  "/storage.refresh_token nor refresh_token_file " + tmp.path() +
-                  "/gone exists (run tokenshm login or fix refresh_token_file)");
+        CHECK(rt.error().message == "credentials: storage: no refresh token: neither " + dir +
+                                        "/storage.refresh_token nor refresh_token_file " +
+                                        tmp.path() + "/gone exists (put a refresh token there)");
     }
     SECTION("a broken state file is an error, not a silent fallback to an older token") {
         write_file(dir + "/storage.refresh_token", "", 0600);
