@@ -12,8 +12,6 @@
 
 namespace tokenshm::shm {
 
-void (*g_mid_publish_hook)() = nullptr;
-
 namespace {
 
 bool name_chars_ok(std::string_view n) noexcept {
@@ -223,6 +221,7 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
         return fail(SegmentErrc::invalid,
                     seg + ": mode " + octal(spec.mode) + " must allow no more than 0640");
     w.geo_ = Geometry{spec.max_token_bytes, spec.slot_count};
+    w.step_hook_ = spec.step_hook;
 
     for (int attempt = 0; attempt < 3; ++attempt) {
         auto fd = sys::shm_open(path, O_RDWR, 0);
@@ -303,6 +302,7 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
         h.record_size = static_cast<std::uint32_t>(w.geo_.record_size());
         h.total_size = total;
         h.created_ms = sys::realtime_ms();
+        w.step(WriterStep::header_init);
     } else {
         if (st->st_uid != ::geteuid())
             return fail(SegmentErrc::untrusted, seg + " is owned by uid " +
@@ -401,6 +401,7 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
     SlotControl* s = slot_ptr(*free_slot);
     std::memset(s->name, 0, sizeof s->name);
     std::memcpy(s->name, n.data(), n.size());
+    step(WriterStep::slot_claim);
     // The name must be visible before any reader can find the slot active.
     s->status.store(TOKENSHM_SLOT_ACTIVE, std::memory_order_release);
     return *free_slot;
@@ -409,6 +410,7 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
 void WriterSegment::retire(std::uint32_t slot) {
     SlotControl* s = slot_ptr(slot);
     s->status.store(TOKENSHM_SLOT_REMOVED, std::memory_order_release);
+    step(WriterStep::retire);
     s->futex.fetch_add(1, std::memory_order_release);
     sys::futex_wake_all(&s->futex);
 }
@@ -429,7 +431,7 @@ EncodeError WriterSegment::publish(std::uint32_t slot, const SlotRecord& rec) {
     SlotControl* s = slot_ptr(slot);
     const LatchWriter latch{&s->seq,
                             {copy_at(s, geo_.record_size(), 0), copy_at(s, geo_.record_size(), 1)}};
-    latch.publish(image_.data(), image_.size());
+    latch.publish(image_.data(), image_.size(), [this] { step(WriterStep::mid_copy); });
     s->futex.fetch_add(1, std::memory_order_release);
     sys::futex_wake_all(&s->futex);
     return EncodeError::ok;

@@ -29,6 +29,9 @@ struct HandleState : HandleFast {
     std::size_t buf_words;
     std::shared_ptr<const Segment> seg;  // keeps the mapping alive
     std::string name;
+    // Copies the writer invalidated (tests read it through copy_retries()).
+    // Relaxed, and touched on the retry path only.
+    std::atomic<std::uint64_t> copy_retries{0};
 };
 
 }  // namespace detail
@@ -130,38 +133,41 @@ inline void fill(detail::HandleState& h, const shm::RecordView& view) noexcept {
 }
 
 // Copies the record published as `s` (or a later one) into the handle.
-Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
+Error copy_record(detail::HandleState& h, shm::LatchSeq s) noexcept {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
     for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
-        // Records of a credential keep about the same size: fetch as much as
-        // the last one had, and the payload loads need not wait for its length.
-        h.latch.prefetch(s, h.prefetch_bytes);
-        h.latch.load(s, h.buf, 0, kFixedWords);
         // Only the lengths, each at its own width: a memcpy of the whole fixed
         // part loads 16 bytes across two of the 8-byte stores just made, which
-        // the core cannot forward, and stalls until they reach the cache.
-        shm::RecordFixed fixed{};
-        const char* head = reinterpret_cast<const char*>(h.buf);
-        std::memcpy(&fixed.token_len, head + TOKENSHM_REC_TOKEN_LEN, sizeof fixed.token_len);
-        std::memcpy(&fixed.type_len, head + TOKENSHM_REC_TYPE_LEN, sizeof fixed.type_len);
-        std::memcpy(&fixed.scope_len, head + TOKENSHM_REC_SCOPE_LEN, sizeof fixed.scope_len);
-        std::memcpy(&fixed.error_len, head + TOKENSHM_REC_ERROR_LEN, sizeof fixed.error_len);
-        // The lengths may be mid-change; clamping keeps the copy inside the
-        // slot, and validate() below rejects the copy if they were.
-        const std::size_t payload_words = (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
-        h.latch.load(s, h.buf, kFixedWords, payload_words);
-        if (h.latch.validate(s)) {
+        // the core cannot forward, and stalls until they reach the cache. They
+        // may be mid-change; clamping keeps the copy inside the slot, and
+        // try_read() rejects the copy if they were.
+        auto payload_words = [&h](const std::uint64_t* head) noexcept {
+            shm::RecordFixed fixed{};
+            const char* b = reinterpret_cast<const char*>(head);
+            std::memcpy(&fixed.token_len, b + TOKENSHM_REC_TOKEN_LEN, sizeof fixed.token_len);
+            std::memcpy(&fixed.type_len, b + TOKENSHM_REC_TYPE_LEN, sizeof fixed.type_len);
+            std::memcpy(&fixed.scope_len, b + TOKENSHM_REC_SCOPE_LEN, sizeof fixed.scope_len);
+            std::memcpy(&fixed.error_len, b + TOKENSHM_REC_ERROR_LEN, sizeof fixed.error_len);
+            return (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
+        };
+        // Records of a credential keep about the same size: prefetch as much
+        // as the last one had, and the payload loads need not wait for its length.
+        const shm::LatchCopy c =
+            h.latch.try_read(s, h.prefetch_bytes, h.buf, kFixedWords, payload_words);
+        if (c.copied) [[likely]] {
             shm::RecordView view;
-            if (!shm::decode(h.buf, kFixedWords + payload_words, h.max_token_bytes, view)) {
+            if (!shm::decode(h.buf, c.words, h.max_token_bytes, view)) {
                 h.cached_seq = ~std::uint64_t{0};
                 return Error::incompatible;
             }
-            h.cached_seq = s;
-            h.prefetch_bytes = (kFixedWords + payload_words) * 8;
+            h.cached_seq = s.value();
+            h.prefetch_bytes = c.words * 8;
             fill(h, view);
             return Error{};
         }
-        s = h.latch.current();
+        h.copy_retries.store(h.copy_retries.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
+        s = c.seq;
     }
     h.cached_seq = ~std::uint64_t{0};
     return Error::busy;
@@ -242,14 +248,18 @@ const std::string& Handle::name() const noexcept {
     return s_->name;
 }
 
+std::uint64_t detail::copy_retries(const Handle& h) noexcept {
+    return h.s_->copy_retries.load(std::memory_order_relaxed);
+}
+
 namespace {
 // Brings the handle's copy up to date: a no-op (one atomic load) when the
 // slot's sequence has not moved since the last copy.
 inline Error sync(detail::HandleState& h) noexcept {
     if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE)
         return Error::no_such_credential;
-    const std::uint64_t s = h.latch.current();
-    if (s != h.cached_seq) return copy_record(h, s);
+    const shm::LatchSeq s = h.latch.current();
+    if (s.value() != h.cached_seq) return copy_record(h, s);
     return Error{};
 }
 

@@ -26,15 +26,16 @@ namespace {
 constexpr std::uint32_t kMaxToken = 1024;
 constexpr std::size_t kCap = 1024;
 
-int g_hook_fd = -1;
-
-// Installed in the writer child: tells the parent the copy is half written,
-// then waits there for the SIGKILL.
-void signal_and_pause() {
-    const char one = 'h';
-    (void)segtest::write_all(g_hook_fd, &one, 1);
-    for (;;)
-        ::pause();
+// A writer step hook for the writer child: at `at`, tells the parent (on
+// `fd`) that the writer stands there, then waits for the SIGKILL.
+shm::WriterStepHook stop_at(shm::WriterStep at, int fd) {
+    return [at, fd](shm::WriterStep step) {
+        if (step != at) return;
+        const char one = 'h';
+        (void)segtest::write_all(fd, &one, 1);
+        for (;;)
+            ::pause();
+    };
 }
 
 struct AttachReport {
@@ -58,8 +59,7 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         segtest::SynthRecord rec;
         segtest::make_synth(1, kCap, rec);
         if (w->publish(*slot, rec.rec) != shm::EncodeError::ok) return 12;
-        g_hook_fd = hooked.wr();
-        shm::g_mid_publish_hook = &signal_and_pause;
+        w->set_step_hook(stop_at(shm::WriterStep::mid_copy, hooked.wr()));
         segtest::make_synth(2, kCap, rec);
         (void)w->publish(*slot, rec.rec);  // stops halfway, in the hook
         return 13;

@@ -60,17 +60,21 @@ void note(ReaderStats& st, const char* why, std::uint64_t version) {
 bool raw_copy(const shm::LatchReader& latch, std::uint64_t* buf, std::size_t buf_words,
               std::uint32_t max_token, ReaderStats& st, shm::RecordView& out) {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
-    std::uint64_t s = latch.current();
-    for (int attempt = 0; attempt < 100000; ++attempt) {
-        latch.load(s, buf, 0, kFixedWords);
+    shm::LatchSeq s = latch.current();
+    bool overrun = false;
+    auto payload_words = [&](const std::uint64_t* head) {
         shm::RecordFixed fixed;
-        std::memcpy(&fixed, buf, sizeof fixed);
+        std::memcpy(&fixed, head, sizeof fixed);
         const std::size_t words = (shm::clamped_payload(fixed, max_token) + 7) / 8;
-        if (kFixedWords + words > buf_words) return false;
-        latch.load(s, buf, kFixedWords, words);
-        if (latch.validate(s)) return shm::decode(buf, kFixedWords + words, max_token, out);
+        overrun = kFixedWords + words > buf_words;
+        return overrun ? 0 : words;
+    };
+    for (int attempt = 0; attempt < 100000; ++attempt) {
+        const shm::LatchCopy c = latch.try_read(s, 0, buf, kFixedWords, payload_words);
+        if (overrun) return false;
+        if (c.copied) return shm::decode(buf, c.words, max_token, out);
         ++st.raw_retries;
-        s = latch.current();
+        s = c.seq;
     }
     return false;
 }

@@ -145,6 +145,13 @@ struct HandleFast {
 inline constexpr std::int64_t kMaxFastMs = std::numeric_limits<std::int64_t>::max() / 1'000'000;
 }  // namespace detail
 
+class Handle;
+namespace detail {
+// For tests: how many of this handle's copies the writer invalidated (each one
+// a retry). Counted on the retry path only.
+std::uint64_t copy_retries(const Handle& h) noexcept;
+}  // namespace detail
+
 class Handle {
   public:
     Handle(Handle&&) noexcept;
@@ -186,6 +193,7 @@ class Handle {
 
   private:
     friend class Reader;
+    friend std::uint64_t detail::copy_retries(const Handle& h) noexcept;
     explicit Handle(std::unique_ptr<detail::HandleState> s) noexcept;
     Expected<Token, Error> get_slow(std::chrono::milliseconds min_valid) noexcept;
     std::unique_ptr<detail::HandleState> s_;

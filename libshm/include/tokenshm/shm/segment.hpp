@@ -10,6 +10,7 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -82,12 +83,24 @@ class ReadOnlySegment {
     Geometry geo_{};
 };
 
+// Steps of the writer's work at which a test can stop or kill it, to show
+// that readers and the next writer survive a writer dying there.
+enum class WriterStep {
+    header_init,  // creating: geometry written, writer and magic not yet
+    slot_claim,   // claiming a free slot: name written, status not yet active
+    mid_copy,     // publishing: half of the new copy written, seq not yet moved
+    retire,       // retiring: status says removed, waiters not yet woken
+};
+// Called at each WriterStep when set. Production leaves it empty.
+using WriterStepHook = std::function<void(WriterStep)>;
+
 struct SegmentSpec {
     std::string name = "tokenshm";
     mode_t mode = 0600;
     std::optional<gid_t> group;
     std::uint32_t max_token_bytes = 8192;
     std::uint32_t slot_count = 16;  // capacity, fixed at creation
+    WriterStepHook step_hook;       // tests only
 };
 
 // The refresher's read-write handle. Holds the segment's exclusive lock for
@@ -120,6 +133,8 @@ class WriterSegment {
                                       std::vector<std::uint64_t>& scratch) const;
 
     void heartbeat(std::int64_t now_ms) noexcept;
+    // Replaces the spec's step hook (tests arm it after setting a slot up).
+    void set_step_hook(WriterStepHook hook) { step_hook_ = std::move(hook); }
     // True when the segment was unlinked under us (e.g. systemd RemoveIPC).
     bool unlinked() const;
     // Removes the name (tests and `--remove` only); the mapping stays valid.
@@ -137,6 +152,10 @@ class WriterSegment {
     Geometry geo_{};
     bool created_ = false;
     std::vector<std::uint64_t> image_;
+    WriterStepHook step_hook_;
+    void step(WriterStep at) const {
+        if (step_hook_) step_hook_(at);
+    }
 };
 
 }  // namespace tokenshm::shm
