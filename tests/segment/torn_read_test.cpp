@@ -63,9 +63,7 @@ bool raw_copy(const shm::LatchReader& latch, std::uint64_t* buf, std::size_t buf
     shm::LatchSeq s = latch.current();
     bool overrun = false;
     auto payload_words = [&](const std::uint64_t* head) {
-        shm::RecordFixed fixed;
-        std::memcpy(&fixed, head, sizeof fixed);
-        const std::size_t words = (shm::clamped_payload(fixed, max_token) + 7) / 8;
+        const std::size_t words = shm::clamped_payload_words(shm::read_lengths(head), max_token);
         overrun = kFixedWords + words > buf_words;
         return overrun ? 0 : words;
     };
@@ -135,7 +133,7 @@ int reader_main(const std::string& segment, std::size_t cap, int ready_fd, int g
                 ++st.raw_reads;
                 if (const char* why = segtest::verify_synth(segtest::observed(v), cap)) {
                     ++st.torn;
-                    note(st, why, v.fixed.version);
+                    note(st, why, v.version);
                 }
             }
         }
@@ -158,7 +156,7 @@ TEST_CASE("no torn read across processes under a writer publishing flat out", "[
     const std::uint32_t slot = *w->claim("c");
     segtest::SynthRecord synth;
     segtest::make_synth(1, cap, synth);
-    REQUIRE(w->publish(slot, synth.rec) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, synth.rec));
 
     Pipe ready, go;
     std::vector<std::unique_ptr<Pipe>> results;
@@ -186,7 +184,7 @@ TEST_CASE("no torn read across processes under a writer publishing flat out", "[
         for (std::uint64_t v = 2;; ++v) {
             if ((v & 63) == 0 && segtest::monotonic_ns() >= deadline) break;
             segtest::make_synth(v, cap, rec);
-            if (w->publish(slot, rec.rec) != shm::EncodeError::ok) return 21;
+            if (!w->publish(slot, rec.rec)) return 21;
             ++ws.publishes;
             ws.last_version = v;
         }
