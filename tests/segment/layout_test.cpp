@@ -16,8 +16,8 @@
 #include <cstdint>
 #include <cstring>
 #include <map>
-#include <vector>
 #include <string>
+#include <vector>
 
 namespace shm = tokenshm::shm;
 using segtest::RawSegment;
@@ -329,4 +329,20 @@ TEST_CASE("the record codec round-trips every field, and refuses what does not f
     const auto too_long = shm::encode(r, 256, words);
     REQUIRE_FALSE(too_long);
     CHECK(too_long.error() == shm::EncodeError::type_too_large);
+}
+
+TEST_CASE("the writer's step hook runs at header initialisation, slot claim, mid-copy, retire") {
+    SegmentGuard g{segtest::unique_segment("steps")};
+    std::vector<shm::WriterStep> seen;
+    shm::SegmentSpec spec = segtest::spec(g.name, 256, 2);
+    spec.step_hook = [&seen](shm::WriterStep s) { seen.push_back(s); };
+    auto w = shm::WriterSegment::create_or_attach(spec);
+    REQUIRE(w);
+    const std::uint32_t slot = *w->claim("c");
+    shm::SlotRecord r;
+    r.version = 1;
+    REQUIRE(w->publish(slot, r));
+    w->retire(slot);
+    using S = shm::WriterStep;
+    CHECK(seen == std::vector<S>{S::header_init, S::slot_claim, S::mid_copy, S::retire});
 }
