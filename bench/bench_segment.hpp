@@ -146,8 +146,8 @@ class BenchSegment {
                 if (!slot) die(slot.error().message);
                 for (std::uint64_t v = 1; v <= 2; ++v) {
                     const std::string tok = token_text(bytes, static_cast<unsigned>(v));
-                    const shm::EncodeError e = writer().publish(*slot, bench_record(v, tok));
-                    if (e != shm::EncodeError::ok) die(shm::to_string(e));
+                    const auto e = writer().publish(*slot, bench_record(v, tok));
+                    if (!e) die(shm::to_string(e.error()));
                 }
                 slots_[{bytes, twin}] = *slot;
             }

@@ -220,9 +220,8 @@ class CopyBuffer {
     for (std::size_t i = 0; i < steps.size(); ++i) {
         const std::size_t k = steps[i].size;
         const std::uint64_t v = ++version[k];
-        const shm::EncodeError e =
-            w.publish(slots[k], tb::bench_record(v, tokens[k][v % tokens[k].size()]));
-        if (e != shm::EncodeError::ok) die(std::string("publish: ") + shm::to_string(e));
+        const auto e = w.publish(slots[k], tb::bench_record(v, tokens[k][v % tokens[k].size()]));
+        if (!e) die(std::string("publish: ") + shm::to_string(e.error()));
         for (unsigned spins = 1; c.ack.v.load(std::memory_order_acquire) <= i; ++spins) {
             if (c.stop.v.load(std::memory_order_relaxed) != 0) ::_exit(0);
             _mm_pause();
@@ -262,8 +261,8 @@ Setup make_segment(const std::string& name) {
         s.slots[k] = *slot;
         for (std::uint64_t v = 1; v <= 2; ++v) {
             const std::string tok = tb::token_text(kSizes[k], static_cast<unsigned>(v));
-            const shm::EncodeError e = s.writer->publish(*slot, tb::bench_record(v, tok));
-            if (e != shm::EncodeError::ok) fail(std::string("publish: ") + shm::to_string(e));
+            const auto e = s.writer->publish(*slot, tb::bench_record(v, tok));
+            if (!e) fail(std::string("publish: ") + shm::to_string(e.error()));
         }
     }
     auto rd = tokenshm::Reader::open(name);

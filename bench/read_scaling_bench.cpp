@@ -211,9 +211,8 @@ int run_writer(const Options& o, tb::BenchSegment& seg, const std::atomic<int>& 
     std::uint64_t version = 3;
     std::int64_t next = clock_ns(CLOCK_MONOTONIC);
     while (stop.load(std::memory_order_relaxed) == 0) {
-        const shm::EncodeError e =
-            seg.writer().publish(slot, tb::bench_record(version, tokens[version & 1]));
-        if (e != shm::EncodeError::ok) tb::die(shm::to_string(e));
+        const auto e = seg.writer().publish(slot, tb::bench_record(version, tokens[version & 1]));
+        if (!e) tb::die(shm::to_string(e.error()));
         ++version;
         const std::int64_t now = clock_ns(CLOCK_MONOTONIC);
         if (now >= start_ns && now < end_ns) ++w.publishes;

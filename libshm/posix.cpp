@@ -22,6 +22,22 @@ std::string SysError::message() const {
     return m;
 }
 
+bool SysError::is_not_found() const noexcept {
+    return err == ENOENT;
+}
+bool SysError::is_already_exists() const noexcept {
+    return err == EEXIST;
+}
+bool SysError::is_permission_denied() const noexcept {
+    return err == EACCES || err == EPERM;
+}
+bool SysError::is_no_space() const noexcept {
+    return err == ENOSPC;
+}
+bool SysError::is_lock_held() const noexcept {
+    return err == EAGAIN || err == EACCES;
+}
+
 Fd& Fd::operator=(Fd&& o) noexcept {
     if (this != &o) {
         if (fd_ >= 0) ::close(fd_);
@@ -117,7 +133,8 @@ void futex_wake_all(const void* word) noexcept {
     (void)::syscall(SYS_futex, word, FUTEX_WAKE, INT_MAX, nullptr, nullptr, 0);
 }
 
-int futex_wait(const void* word, std::uint32_t expected, std::int64_t timeout_ns) noexcept {
+SysResult<FutexWake> futex_wait(const void* word, std::uint32_t expected,
+                                std::int64_t timeout_ns) noexcept {
     struct timespec ts {};
     struct timespec* tsp = nullptr;
     if (timeout_ns >= 0) {
@@ -126,9 +143,10 @@ int futex_wait(const void* word, std::uint32_t expected, std::int64_t timeout_ns
         tsp = &ts;
     }
     const long rc = ::syscall(SYS_futex, word, FUTEX_WAIT, expected, tsp, nullptr, 0);
-    if (rc == 0) return 0;
-    if (errno == EAGAIN) return 0;  // the value had already changed
-    return errno;
+    if (rc == 0 || errno == EAGAIN) return FutexWake::woken;  // EAGAIN: it had changed already
+    if (errno == ETIMEDOUT) return FutexWake::timed_out;
+    if (errno == EINTR) return FutexWake::interrupted;
+    return Unexpected<SysError>{SysError{"futex_wait", errno, {}}};
 }
 
 std::int64_t realtime_ms() noexcept {

@@ -22,8 +22,6 @@ const char* to_string(RecordState s) noexcept {
 
 const char* to_string(EncodeError e) noexcept {
     switch (e) {
-        case EncodeError::ok:
-            return "ok";
         case EncodeError::token_too_large:
             return "token larger than max_token_bytes";
         case EncodeError::type_too_large:
@@ -45,28 +43,21 @@ std::string_view utf8_prefix(std::string_view s, std::size_t cap) {
 }
 }  // namespace
 
-EncodeError encode(const SlotRecord& r, std::uint32_t max_token_bytes,
-                   std::vector<std::uint64_t>& out) {
-    if (r.token.size() > max_token_bytes) return EncodeError::token_too_large;
-    if (r.token_type.size() > TOKENSHM_TYPE_CAP) return EncodeError::type_too_large;
-    if (r.scope.size() > TOKENSHM_SCOPE_CAP) return EncodeError::scope_too_large;
+Expected<Done, EncodeError> encode(const SlotRecord& r, std::uint32_t max_token_bytes,
+                                   std::vector<std::uint64_t>& out) {
+    if (r.token.size() > max_token_bytes) return Unexpected{EncodeError::token_too_large};
+    if (r.token_type.size() > TOKENSHM_TYPE_CAP) return Unexpected{EncodeError::type_too_large};
+    if (r.scope.size() > TOKENSHM_SCOPE_CAP) return Unexpected{EncodeError::scope_too_large};
     const std::string_view err = utf8_prefix(r.last_error, TOKENSHM_ERROR_CAP);
 
     RecordFixed f{};
-    f.version = r.version;
-    f.expires_at_ms = r.expires_at_ms;
-    f.issued_at_ms = r.issued_at_ms;
-    f.next_refresh_ms = r.next_refresh_ms;
-    f.last_attempt_ms = r.last_attempt_ms;
-    f.state = static_cast<std::uint32_t>(r.state);
-    f.failures = r.failures;
-    f.token_len = static_cast<std::uint32_t>(r.token.size());
-    f.type_len = static_cast<std::uint16_t>(r.token_type.size());
-    f.scope_len = static_cast<std::uint16_t>(r.scope.size());
-    f.error_len = static_cast<std::uint16_t>(err.size());
+    f.fields = r.fields();
+    f.lengths.token_len = static_cast<std::uint32_t>(r.token.size());
+    f.lengths.type_len = static_cast<std::uint16_t>(r.token_type.size());
+    f.lengths.scope_len = static_cast<std::uint16_t>(r.scope.size());
+    f.lengths.error_len = static_cast<std::uint16_t>(err.size());
 
-    const std::size_t payload = r.token_type.size() + r.scope.size() + err.size() + r.token.size();
-    out.assign(record_words(payload), 0);
+    out.assign(record_words(f.lengths.payload_bytes()), 0);
     char* bytes = reinterpret_cast<char*>(out.data());
     std::memcpy(bytes, &f, sizeof f);
     char* p = bytes + TOKENSHM_REC_PAYLOAD;
@@ -74,7 +65,7 @@ EncodeError encode(const SlotRecord& r, std::uint32_t max_token_bytes,
         if (!part.empty()) std::memcpy(p, part.data(), part.size());
         p += part.size();
     }
-    return EncodeError::ok;
+    return Done{};
 }
 
 }  // namespace tokenshm::shm

@@ -5,32 +5,19 @@
 #include <pwd.h>
 #include <unistd.h>
 
-#include <cerrno>
-#include <charconv>
-#include <cstdlib>
+#include <cstdio>
 #include <cstring>
 
 namespace tokenshm::shm {
 
-void (*g_mid_publish_hook)() = nullptr;
-
 namespace {
-
-bool name_chars_ok(std::string_view n) noexcept {
-    for (char c : n) {
-        const bool ok = (c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') ||
-                        (c >= '0' && c <= '9') || c == '.' || c == '_' || c == '-';
-        if (!ok) return false;
-    }
-    return true;
-}
 
 Unexpected<SegmentError> fail(SegmentErrc code, std::string msg) {
     return Unexpected<SegmentError>{SegmentError{code, std::move(msg)}};
 }
 
 Unexpected<SegmentError> fail_sys(const SysError& e) {
-    return fail(e.err == ENOSPC ? SegmentErrc::no_space : SegmentErrc::system, e.message());
+    return fail(e.is_no_space() ? SegmentErrc::no_space : SegmentErrc::system, e.message());
 }
 
 std::string path_of(const std::string& name) {
@@ -51,69 +38,83 @@ std::string octal(mode_t m) {
     return buf;
 }
 
+std::string range_text(std::uint64_t lo, std::uint64_t hi) {
+    return std::to_string(lo) + ".." + std::to_string(hi);
+}
+
 }  // namespace
 
-bool valid_segment_name(std::string_view n) noexcept {
-    return !n.empty() && n.size() <= 200 && n != "." && n != ".." && name_chars_ok(n);
-}
-
-bool valid_slot_name(std::string_view n) noexcept {
-    return !n.empty() && n.size() < TOKENSHM_SLOT_NAME_CAP && name_chars_ok(n);
-}
-
-std::string resolve_segment_name(std::string_view explicit_name) {
-    if (!explicit_name.empty()) return std::string(explicit_name);
-    if (const char* env = std::getenv("TOKENSHM_SEGMENT"); env != nullptr && *env != '\0')
-        return env;
-    return "tokenshm";
-}
-
-std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_len,
-                                            const std::string& name) {
+// Geometry first (magic, version, header size), then the sizes against each
+// other and against the mapped length.
+SegResult<Done> validate_header(const Header& h, std::size_t mapped_len, const std::string& name) {
     const std::string seg = "segment '" + name + "': ";
     const std::uint64_t magic = h.magic.load(std::memory_order_acquire);
     if (magic == 0)
-        return SegmentError{SegmentErrc::no_segment,
-                            seg + "not initialised yet (refresher starting?)"};
+        return fail(SegmentErrc::no_segment, seg + "not initialised yet (refresher starting?)");
     if (magic != kMagic)
-        return SegmentError{SegmentErrc::incompatible, seg + "bad magic: not a tokenshm segment"};
+        return fail(SegmentErrc::incompatible, seg + "bad magic: not a tokenshm segment");
     if (h.major != kMajor)
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "layout major version " + std::to_string(h.major) +
-                                ", this library reads " + std::to_string(kMajor)};
+        return fail(SegmentErrc::incompatible,
+                    seg + "layout major version " + std::to_string(h.major) +
+                        ", this library reads " + std::to_string(kMajor));
     if (h.header_size != TOKENSHM_HEADER_SIZE)
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "header size " + std::to_string(h.header_size) + ", expected " +
-                                std::to_string(TOKENSHM_HEADER_SIZE)};
+        return fail(SegmentErrc::incompatible, seg + "header size " +
+                                                   std::to_string(h.header_size) + ", expected " +
+                                                   std::to_string(TOKENSHM_HEADER_SIZE));
     if (h.slot_count == 0 || h.slot_count > TOKENSHM_MAX_SLOTS)
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "slot count " + std::to_string(h.slot_count) + " outside 1.." +
-                                std::to_string(TOKENSHM_MAX_SLOTS)};
+        return fail(SegmentErrc::incompatible, seg + "slot count " + std::to_string(h.slot_count) +
+                                                   " outside " + range_text(1, TOKENSHM_MAX_SLOTS));
     if (h.max_token_bytes < TOKENSHM_MIN_TOKEN_BYTES ||
         h.max_token_bytes > TOKENSHM_MAX_TOKEN_BYTES_LIMIT)
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "max_token_bytes " + std::to_string(h.max_token_bytes) +
-                                " outside " + std::to_string(TOKENSHM_MIN_TOKEN_BYTES) + ".." +
-                                std::to_string(TOKENSHM_MAX_TOKEN_BYTES_LIMIT)};
+        return fail(SegmentErrc::incompatible,
+                    seg + "max_token_bytes " + std::to_string(h.max_token_bytes) + " outside " +
+                        range_text(TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));
     const Geometry g{h.max_token_bytes, h.slot_count};
     if (h.record_size != g.record_size() || h.slot_size != g.slot_size())
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "record size " + std::to_string(h.record_size) + " / slot size " +
-                                std::to_string(h.slot_size) + " do not match max_token_bytes " +
-                                std::to_string(h.max_token_bytes)};
+        return fail(SegmentErrc::incompatible,
+                    seg + "record size " + std::to_string(h.record_size) + " / slot size " +
+                        std::to_string(h.slot_size) + " do not match max_token_bytes " +
+                        std::to_string(h.max_token_bytes));
     if (h.total_size != g.total_size())
-        return SegmentError{SegmentErrc::incompatible, seg + "total size " +
-                                                           std::to_string(h.total_size) +
-                                                           " does not add up (expected " +
-                                                           std::to_string(g.total_size()) + ")"};
+        return fail(SegmentErrc::incompatible, seg + "total size " + std::to_string(h.total_size) +
+                                                   " does not add up (expected " +
+                                                   std::to_string(g.total_size()) + ")");
     if (h.total_size > mapped_len)
-        return SegmentError{SegmentErrc::incompatible,
-                            seg + "truncated: header says " + std::to_string(h.total_size) +
-                                " bytes, file has " + std::to_string(mapped_len)};
-    return std::nullopt;
+        return fail(SegmentErrc::incompatible,
+                    seg + "truncated: header says " + std::to_string(h.total_size) +
+                        " bytes, file has " + std::to_string(mapped_len));
+    return Done{};
 }
 
 // ---------------------------------------------------------------- reader side
+
+namespace {
+
+// Owner and mode: whom a reader trusts (SPEC "The segment").
+SegResult<Done> check_trust(const struct stat& st, const std::string& name,
+                            std::optional<uid_t> trusted) {
+    const uid_t owner = st.st_uid;
+    const bool owner_ok = owner == ::geteuid() || owner == 0 || (trusted && owner == *trusted) ||
+                          uid_of_user("tokenshm") == owner;
+    if (!owner_ok)
+        return fail(SegmentErrc::untrusted,
+                    "segment '" + name + "' is owned by uid " + std::to_string(owner) +
+                        ", which is not trusted (set TOKENSHM_TRUSTED_UID to accept it)");
+    if ((st.st_mode & 022) != 0)
+        return fail(SegmentErrc::untrusted, "segment '" + name + "' has mode " + octal(st.st_mode) +
+                                                ": writable by group or others, refusing it");
+    if (st.st_size == 0)  // created, not yet sized: the refresher is starting
+        return fail(SegmentErrc::no_segment,
+                    "segment '" + name + "' is not initialised yet (refresher starting?)");
+    if (st.st_size < static_cast<off_t>(sizeof(Header)))
+        return fail(SegmentErrc::incompatible, "segment '" + name +
+                                                   "' is truncated: " + std::to_string(st.st_size) +
+                                                   " bytes, smaller than the " +
+                                                   std::to_string(sizeof(Header)) + "-byte header");
+    return Done{};
+}
+
+}  // namespace
 
 SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const Options& opts) {
     ReadOnlySegment seg;
@@ -121,57 +122,28 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
     const std::string& name = seg.name_;
     if (!valid_segment_name(name))
         return fail(SegmentErrc::invalid,
-                    "segment name '" + name + "' is not [A-Za-z0-9._-]{1,200}");
+                    "segment name '" + name + "' is not " + std::string(kSegmentNameRule));
 
     auto fd = sys::shm_open(path_of(name), O_RDONLY, 0);
     if (!fd) {
-        if (fd.error().err == ENOENT)
+        if (fd.error().is_not_found())
             return fail(SegmentErrc::no_segment,
                         "segment '" + name + "' does not exist (is tokenshm-refresher running?)");
-        if (fd.error().err == EACCES)
+        if (fd.error().is_permission_denied())
             return fail(SegmentErrc::untrusted,
                         "segment '" + name + "': permission denied (" + fd.error().message() + ")");
         return fail_sys(fd.error());
     }
     auto st = sys::fstat(fd->get(), path_of(name));
     if (!st) return fail_sys(st.error());
-
-    std::optional<uid_t> trusted = opts.trusted_uid;
-    if (!trusted) {
-        if (const char* env = std::getenv("TOKENSHM_TRUSTED_UID"); env != nullptr && *env) {
-            unsigned long v = 0;
-            const char* end = env + std::strlen(env);
-            auto [p, ec] = std::from_chars(env, end, v);
-            if (ec != std::errc{} || p != end || v > 0xFFFFFFFEul)
-                return fail(SegmentErrc::invalid,
-                            "TOKENSHM_TRUSTED_UID is not a uid: '" + std::string(env) + "'");
-            trusted = static_cast<uid_t>(v);
-        }
-    }
-    const uid_t owner = st->st_uid;
-    const bool owner_ok = owner == ::geteuid() || owner == 0 || (trusted && owner == *trusted) ||
-                          uid_of_user("tokenshm") == owner;
-    if (!owner_ok)
-        return fail(SegmentErrc::untrusted,
-                    "segment '" + name + "' is owned by uid " + std::to_string(owner) +
-                        ", which is not trusted (set TOKENSHM_TRUSTED_UID to accept it)");
-    if ((st->st_mode & 022) != 0)
-        return fail(SegmentErrc::untrusted, "segment '" + name + "' has mode " +
-                                                octal(st->st_mode) +
-                                                ": writable by group or others, refusing it");
-    if (st->st_size == 0)  // created, not yet sized: the refresher is starting
-        return fail(SegmentErrc::no_segment,
-                    "segment '" + name + "' is not initialised yet (refresher starting?)");
-    if (st->st_size < static_cast<off_t>(sizeof(Header)))
-        return fail(SegmentErrc::incompatible,
-                    "segment '" + name + "' is truncated: " + std::to_string(st->st_size) +
-                        " bytes, smaller than the " + std::to_string(sizeof(Header)) +
-                        "-byte header");
+    if (auto ok = check_trust(*st, name, opts.trusted_uid); !ok)
+        return Unexpected{std::move(ok).error()};
 
     auto map = sys::mmap(fd->get(), static_cast<std::size_t>(st->st_size), false, path_of(name));
     if (!map) return fail_sys(map.error());
     const auto& hdr = *static_cast<const Header*>(map->addr());
-    if (auto bad = validate_header(hdr, map->size(), name)) return Unexpected{std::move(*bad)};
+    if (auto ok = validate_header(hdr, map->size(), name); !ok)
+        return Unexpected{std::move(ok).error()};
 
     seg.geo_ = Geometry{hdr.max_token_bytes, hdr.slot_count};
     seg.fd_ = std::move(*fd);
@@ -180,7 +152,7 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
 }
 
 std::optional<std::uint32_t> ReadOnlySegment::find(std::string_view n) const noexcept {
-    if (!valid_slot_name(n)) return std::nullopt;
+    if (!valid_credential_name(n)) return std::nullopt;
     for (std::uint32_t i = 0; i < geo_.slot_count; ++i) {
         const SlotControl* s = slot(i);
         if (s->status.load(std::memory_order_acquire) != TOKENSHM_SLOT_ACTIVE) continue;
@@ -206,15 +178,59 @@ SysResult<bool> ReadOnlySegment::writer_holds_lock() const {
 
 // ---------------------------------------------------------------- writer side
 
-SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec,
-                                                         std::vector<std::string>* repaired) {
-    WriterSegment w;
-    w.name_ = spec.name;
-    const std::string path = path_of(spec.name);
-    const std::string seg = "segment '" + spec.name + "'";
+namespace {
+
+struct OpenedSegment {
+    Fd fd;
+    bool created = false;
+};
+
+// Opens the segment, or creates it exclusively when it does not exist.
+SegResult<OpenedSegment> open_or_create(const std::string& path, const std::string& seg,
+                                        mode_t mode) {
+    for (int attempt = 0; attempt < 3; ++attempt) {
+        auto fd = sys::shm_open(path, O_RDWR, 0);
+        if (fd) return OpenedSegment{std::move(*fd), false};
+        if (!fd.error().is_not_found()) return fail_sys(fd.error());
+        auto created = sys::shm_open(path, O_RDWR | O_CREAT | O_EXCL, mode);
+        if (created) return OpenedSegment{std::move(*created), true};
+        if (!created.error().is_already_exists()) return fail_sys(created.error());
+        // Another process created it between our two calls; attach to it.
+    }
+    return fail(SegmentErrc::system, seg + ": could not open or create it");
+}
+
+// Takes the writer's lock, or says which refresher holds it.
+SegResult<Done> lock_writer(int fd, const std::string& path, const std::string& seg) {
+    auto lk = sys::lock_exclusive(fd, path);
+    if (lk) return Done{};
+    if (!lk.error().is_lock_held()) return fail_sys(lk.error());
+    std::string who = "another refresher";
+    if (auto st = sys::fstat(fd, path); st && st->st_size >= static_cast<off_t>(sizeof(Header))) {
+        if (auto m = sys::mmap(fd, sizeof(Header), false, path)) {
+            const auto& h = *static_cast<const Header*>(m->addr());
+            if (const auto pid = h.writer_pid.load(std::memory_order_relaxed); pid > 0)
+                who = "tokenshm-refresher pid " + std::to_string(pid);
+        }
+    }
+    return fail(SegmentErrc::locked, seg + " is held by " + who);
+}
+
+// A creator killed between O_CREAT and publishing the magic leaves an empty or
+// unpublished segment. We hold the lock, so nobody is still creating it: once
+// owner and mode check out, the caller finishes the job.
+bool unfinished_creation(int fd, const struct stat& st, mode_t mode, const std::string& path) {
+    if (st.st_uid != ::geteuid() || (st.st_mode & 07777) != mode) return false;
+    if (st.st_size == 0) return true;
+    if (st.st_size < static_cast<off_t>(sizeof(Header))) return false;
+    auto m = sys::mmap(fd, sizeof(Header), false, path);
+    return m && static_cast<const Header*>(m->addr())->magic.load(std::memory_order_acquire) == 0;
+}
+
+SegResult<Done> check_spec(const SegmentSpec& spec, const std::string& seg) {
     if (!valid_segment_name(spec.name))
         return fail(SegmentErrc::invalid,
-                    "segment name '" + spec.name + "' is not [A-Za-z0-9._-]{1,200}");
+                    "segment name '" + spec.name + "' is not " + std::string(kSegmentNameRule));
     if (spec.max_token_bytes < TOKENSHM_MIN_TOKEN_BYTES ||
         spec.max_token_bytes > TOKENSHM_MAX_TOKEN_BYTES_LIMIT || spec.slot_count == 0 ||
         spec.slot_count > TOKENSHM_MAX_SLOTS)
@@ -222,150 +238,141 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
     if ((spec.mode & ~mode_t{0640}) != 0)
         return fail(SegmentErrc::invalid,
                     seg + ": mode " + octal(spec.mode) + " must allow no more than 0640");
+    return Done{};
+}
+
+}  // namespace
+
+SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec,
+                                                         std::vector<std::string>* repaired) {
+    const std::string path = path_of(spec.name);
+    const std::string seg = "segment '" + spec.name + "'";
+    if (auto ok = check_spec(spec, seg); !ok) return Unexpected{std::move(ok).error()};
+    WriterSegment w;
+    w.name_ = spec.name;
     w.geo_ = Geometry{spec.max_token_bytes, spec.slot_count};
+    w.step_hook_ = spec.step_hook;
 
-    for (int attempt = 0; attempt < 3; ++attempt) {
-        auto fd = sys::shm_open(path, O_RDWR, 0);
-        if (fd) {
-            w.fd_ = std::move(*fd);
-            w.created_ = false;
-            break;
-        }
-        if (fd.error().err != ENOENT) return fail_sys(fd.error());
-        auto created = sys::shm_open(path, O_RDWR | O_CREAT | O_EXCL, spec.mode);
-        if (created) {
-            w.fd_ = std::move(*created);
-            w.created_ = true;
-            break;
-        }
-        if (created.error().err != EEXIST) return fail_sys(created.error());
-        // Another process created it between our two calls; attach to it.
-    }
-    if (!w.fd_.valid()) return fail(SegmentErrc::system, seg + ": could not open or create it");
-
-    if (auto lk = sys::lock_exclusive(w.fd_.get(), path); !lk) {
-        if (lk.error().err == EAGAIN || lk.error().err == EACCES) {
-            std::string who = "another refresher";
-            if (auto st = sys::fstat(w.fd_.get(), path);
-                st && st->st_size >= static_cast<off_t>(sizeof(Header))) {
-                if (auto m = sys::mmap(w.fd_.get(), sizeof(Header), false, path)) {
-                    const auto& h = *static_cast<const Header*>(m->addr());
-                    if (const auto pid = h.writer_pid.load(std::memory_order_relaxed); pid > 0)
-                        who = "tokenshm-refresher pid " + std::to_string(pid);
-                }
-            }
-            return fail(SegmentErrc::locked, seg + " is held by " + who);
-        }
-        return fail_sys(lk.error());
-    }
+    auto opened = open_or_create(path, seg, spec.mode);
+    if (!opened) return Unexpected{std::move(opened).error()};
+    w.fd_ = std::move(opened->fd);
+    w.created_ = opened->created;
+    if (auto lk = lock_writer(w.fd_.get(), path, seg); !lk)
+        return Unexpected{std::move(lk).error()};
 
     auto st = sys::fstat(w.fd_.get(), path);
     if (!st) return fail_sys(st.error());
-    const std::size_t total = w.geo_.total_size();
+    if (!w.created_ && unfinished_creation(w.fd_.get(), *st, spec.mode, path)) w.created_ = true;
 
-    // A creator killed between O_CREAT and publishing the magic leaves an
-    // empty or unpublished segment. We hold the lock, so nobody is still
-    // creating it: once owner and mode check out, finish the job.
-    if (!w.created_ && st->st_uid == ::geteuid() && (st->st_mode & 07777) == spec.mode) {
-        bool unfinished = st->st_size == 0;
-        if (st->st_size >= static_cast<off_t>(sizeof(Header)))
-            if (auto m = sys::mmap(w.fd_.get(), sizeof(Header), false, path))
-                unfinished = static_cast<const Header*>(m->addr())->magic.load(
-                                 std::memory_order_acquire) == 0;
-        if (unfinished) w.created_ = true;
-    }
+    auto ready = w.created_ ? w.initialise(spec) : w.adopt(spec, *st);
+    if (!ready) return Unexpected{std::move(ready).error()};
+    if (!w.created_) w.repair_slots(repaired);
+    w.stamp_writer();
+    return w;
+}
 
-    if (w.created_) {
-        // shm_open's mode passed through the umask; set exactly what was asked.
-        if (auto r = sys::fchmod(w.fd_.get(), spec.mode, path); !r) return fail_sys(r.error());
-        if (spec.group)
-            if (auto r = sys::fchown(w.fd_.get(), static_cast<uid_t>(-1), *spec.group, path); !r)
-                return fail_sys(r.error());
-        // Reserve every page now: a full /dev/shm fails here, not as SIGBUS later.
-        if (auto r = sys::posix_fallocate(w.fd_.get(), static_cast<off_t>(total), path); !r) {
-            (void)sys::shm_unlink(path);
-            if (r.error().err == ENOSPC)
-                return fail(SegmentErrc::no_space,
-                            seg + ": /dev/shm has no room for " + std::to_string(total) +
-                                " bytes (posix_fallocate: No space left on device)");
+SegResult<Done> WriterSegment::initialise(const SegmentSpec& spec) {
+    const std::string path = path_of(name_);
+    const std::size_t total = geo_.total_size();
+    // shm_open's mode passed through the umask; set exactly what was asked.
+    if (auto r = sys::fchmod(fd_.get(), spec.mode, path); !r) return fail_sys(r.error());
+    if (spec.group)
+        if (auto r = sys::fchown(fd_.get(), static_cast<uid_t>(-1), *spec.group, path); !r)
             return fail_sys(r.error());
-        }
-        auto map = sys::mmap(w.fd_.get(), total, true, path);
-        if (!map) return fail_sys(map.error());
-        w.map_ = std::move(*map);
-        Header& h = w.header();
-        h.major = kMajor;
-        h.minor = kMinor;
-        h.header_size = TOKENSHM_HEADER_SIZE;
-        h.slot_count = w.geo_.slot_count;
-        h.slot_size = static_cast<std::uint32_t>(w.geo_.slot_size());
-        h.max_token_bytes = w.geo_.max_token_bytes;
-        h.record_size = static_cast<std::uint32_t>(w.geo_.record_size());
-        h.total_size = total;
-        h.created_ms = sys::realtime_ms();
-    } else {
-        if (st->st_uid != ::geteuid())
-            return fail(SegmentErrc::untrusted, seg + " is owned by uid " +
-                                                    std::to_string(st->st_uid) +
-                                                    ", not by us: refusing to adopt it");
-        if ((st->st_mode & 07777) != spec.mode)
-            return fail(SegmentErrc::untrusted, seg + " has mode " + octal(st->st_mode) +
-                                                    ", configured " + octal(spec.mode) +
-                                                    ": refusing to adopt it");
-        if (spec.group && st->st_gid != *spec.group)
-            return fail(SegmentErrc::untrusted, seg + " has group " + std::to_string(st->st_gid) +
-                                                    ", configured " + std::to_string(*spec.group) +
-                                                    ": refusing to adopt it");
-        if (st->st_size < static_cast<off_t>(sizeof(Header)))
-            return fail(SegmentErrc::incompatible,
-                        seg + " is truncated (" + std::to_string(st->st_size) +
-                            " bytes): remove it (rm /dev/shm/" + spec.name + ") and restart");
-        auto map = sys::mmap(w.fd_.get(), static_cast<std::size_t>(st->st_size), true, path);
-        if (!map) return fail_sys(map.error());
-        w.map_ = std::move(*map);
-        if (auto bad = validate_header(w.header(), w.map_.size(), spec.name)) {
-            bad->message += ": remove it (rm /dev/shm/" + spec.name + ") and restart";
-            return Unexpected{std::move(*bad)};
-        }
-        if (w.header().max_token_bytes != spec.max_token_bytes)
-            return fail(SegmentErrc::incompatible,
-                        seg + " was made with max_token_bytes " +
-                            std::to_string(w.header().max_token_bytes) + ", configured " +
-                            std::to_string(spec.max_token_bytes) + ": remove it (rm /dev/shm/" +
-                            spec.name + ") or keep the old value");
-        w.geo_ = Geometry{w.header().max_token_bytes, w.header().slot_count};
+    // Reserve every page now: a full /dev/shm fails here, not as SIGBUS later.
+    if (auto r = sys::posix_fallocate(fd_.get(), static_cast<off_t>(total), path); !r) {
+        (void)sys::shm_unlink(path);
+        if (r.error().is_no_space())
+            return fail(SegmentErrc::no_space,
+                        "segment '" + name_ + "': /dev/shm has no room for " +
+                            std::to_string(total) +
+                            " bytes (posix_fallocate: No space left on device)");
+        return fail_sys(r.error());
+    }
+    auto map = sys::mmap(fd_.get(), total, true, path);
+    if (!map) return fail_sys(map.error());
+    map_ = std::move(*map);
+    Header& h = header();
+    h.major = kMajor;
+    h.minor = kMinor;
+    h.header_size = TOKENSHM_HEADER_SIZE;
+    h.slot_count = geo_.slot_count;
+    h.slot_size = static_cast<std::uint32_t>(geo_.slot_size());
+    h.max_token_bytes = geo_.max_token_bytes;
+    h.record_size = static_cast<std::uint32_t>(geo_.record_size());
+    h.total_size = total;
+    h.created_ms = sys::realtime_ms();
+    step(WriterStep::header_init);
+    return Done{};
+}
 
-        // Validate every slot a previous writer left. A slot whose status or
-        // current record no honest writer could have produced is reset to empty
-        // through the latch, so readers are never pointed at garbage.
-        std::vector<std::uint64_t> scratch;
-        for (std::uint32_t i = 0; i < w.geo_.slot_count; ++i) {
-            SlotControl* s = w.slot_ptr(i);
-            const std::uint32_t status = s->status.load(std::memory_order_relaxed);
-            const bool name_ok =
-                ::memchr(s->name, '\0', sizeof s->name) != nullptr && valid_slot_name(s->name);
-            if (status == TOKENSHM_SLOT_FREE) continue;
-            if (status > TOKENSHM_SLOT_REMOVED || !name_ok) {
-                s->status.store(TOKENSHM_SLOT_FREE, std::memory_order_release);
-                std::memset(s->name, 0, sizeof s->name);
-                if (repaired)
-                    repaired->push_back("slot " + std::to_string(i) +
-                                        ": bad status or name, freed");
-                continue;
-            }
-            if (!w.current(i, scratch)) {
-                // Versions only grow: continue from whatever the counter says.
-                SlotRecord empty;
-                empty.version = s->seq.load(std::memory_order_relaxed) + 1;
-                (void)w.publish(i, empty);
-                if (repaired)
-                    repaired->push_back(std::string("slot '") + s->name +
-                                        "': corrupt record, reset to empty");
-            }
+SegResult<Done> WriterSegment::adopt(const SegmentSpec& spec, const struct stat& st) {
+    const std::string seg = "segment '" + name_ + "'";
+    const std::string remove_it = ": remove it (rm /dev/shm/" + name_ + ") and restart";
+    if (st.st_uid != ::geteuid())
+        return fail(SegmentErrc::untrusted, seg + " is owned by uid " + std::to_string(st.st_uid) +
+                                                ", not by us: refusing to adopt it");
+    if ((st.st_mode & 07777) != spec.mode)
+        return fail(SegmentErrc::untrusted, seg + " has mode " + octal(st.st_mode) +
+                                                ", configured " + octal(spec.mode) +
+                                                ": refusing to adopt it");
+    if (spec.group && st.st_gid != *spec.group)
+        return fail(SegmentErrc::untrusted, seg + " has group " + std::to_string(st.st_gid) +
+                                                ", configured " + std::to_string(*spec.group) +
+                                                ": refusing to adopt it");
+    if (st.st_size < static_cast<off_t>(sizeof(Header)))
+        return fail(SegmentErrc::incompatible,
+                    seg + " is truncated (" + std::to_string(st.st_size) + " bytes)" + remove_it);
+    auto map = sys::mmap(fd_.get(), static_cast<std::size_t>(st.st_size), true, path_of(name_));
+    if (!map) return fail_sys(map.error());
+    map_ = std::move(*map);
+    if (auto ok = validate_header(header(), map_.size(), name_); !ok) {
+        SegmentError bad = std::move(ok).error();
+        bad.message += remove_it;
+        return Unexpected{std::move(bad)};
+    }
+    if (header().max_token_bytes != spec.max_token_bytes)
+        return fail(SegmentErrc::incompatible,
+                    seg + " was made with max_token_bytes " +
+                        std::to_string(header().max_token_bytes) + ", configured " +
+                        std::to_string(spec.max_token_bytes) + ": remove it (rm /dev/shm/" + name_ +
+                        ") or keep the old value");
+    geo_ = Geometry{header().max_token_bytes, header().slot_count};
+    return Done{};
+}
+
+// Validates every slot a previous writer left. A slot whose status or current
+// record no honest writer could have produced is reset to empty through the
+// latch, so readers are never pointed at garbage.
+void WriterSegment::repair_slots(std::vector<std::string>* repaired) {
+    std::vector<std::uint64_t> scratch;
+    auto note = [repaired](std::string line) {
+        if (repaired) repaired->push_back(std::move(line));
+    };
+    for (std::uint32_t i = 0; i < geo_.slot_count; ++i) {
+        SlotControl* s = slot_ptr(i);
+        const std::uint32_t status = s->status.load(std::memory_order_relaxed);
+        const bool name_ok =
+            ::memchr(s->name, '\0', sizeof s->name) != nullptr && valid_credential_name(s->name);
+        if (status == TOKENSHM_SLOT_FREE) continue;
+        if (status > TOKENSHM_SLOT_REMOVED || !name_ok) {
+            s->status.store(TOKENSHM_SLOT_FREE, std::memory_order_release);
+            std::memset(s->name, 0, sizeof s->name);
+            note("slot " + std::to_string(i) + ": bad status or name, freed");
+            continue;
+        }
+        if (!current(i, scratch)) {
+            // Versions only grow: continue from whatever the counter says.
+            SlotRecord empty;
+            empty.version = s->seq.load(std::memory_order_relaxed) + 1;
+            (void)publish(i, empty);
+            note(std::string("slot '") + s->name + "': corrupt record, reset to empty");
         }
     }
+}
 
-    Header& h = w.header();
+void WriterSegment::stamp_writer() noexcept {
+    Header& h = header();
     h.writer_pid.store(::getpid(), std::memory_order_relaxed);
     h.writer_start_ms.store(sys::realtime_ms(), std::memory_order_relaxed);
     h.writer_generation.fetch_add(1, std::memory_order_relaxed);
@@ -373,13 +380,12 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
     // Publishing the magic last makes the geometry above visible to any reader
     // that sees a valid magic (they load it with acquire).
     h.magic.store(kMagic, std::memory_order_release);
-    return w;
 }
 
 SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
-    if (!valid_slot_name(n))
-        return fail(SegmentErrc::invalid,
-                    "credential name '" + std::string(n) + "' is not [A-Za-z0-9._-]{1,63}");
+    if (!valid_credential_name(n))
+        return fail(SegmentErrc::invalid, "credential name '" + std::string(n) + "' is not " +
+                                              std::string(kCredentialNameRule));
     std::optional<std::uint32_t> free_slot;
     for (std::uint32_t i = 0; i < geo_.slot_count; ++i) {
         SlotControl* s = slot_ptr(i);
@@ -401,6 +407,7 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
     SlotControl* s = slot_ptr(*free_slot);
     std::memset(s->name, 0, sizeof s->name);
     std::memcpy(s->name, n.data(), n.size());
+    step(WriterStep::slot_claim);
     // The name must be visible before any reader can find the slot active.
     s->status.store(TOKENSHM_SLOT_ACTIVE, std::memory_order_release);
     return *free_slot;
@@ -409,6 +416,7 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
 void WriterSegment::retire(std::uint32_t slot) {
     SlotControl* s = slot_ptr(slot);
     s->status.store(TOKENSHM_SLOT_REMOVED, std::memory_order_release);
+    step(WriterStep::retire);
     s->futex.fetch_add(1, std::memory_order_release);
     sys::futex_wake_all(&s->futex);
 }
@@ -423,28 +431,35 @@ std::vector<std::pair<std::string, std::uint32_t>> WriterSegment::active_slots()
     return out;
 }
 
-EncodeError WriterSegment::publish(std::uint32_t slot, const SlotRecord& rec) {
-    if (const EncodeError e = encode(rec, geo_.max_token_bytes, image_); e != EncodeError::ok)
-        return e;
+Expected<Done, EncodeError> WriterSegment::publish(std::uint32_t slot, const SlotRecord& rec) {
+    if (auto ok = encode(rec, geo_.max_token_bytes, image_); !ok) return ok;
     SlotControl* s = slot_ptr(slot);
     const LatchWriter latch{&s->seq,
                             {copy_at(s, geo_.record_size(), 0), copy_at(s, geo_.record_size(), 1)}};
-    latch.publish(image_.data(), image_.size());
+    latch.publish(image_.data(), image_.size(), [this] { step(WriterStep::mid_copy); });
     s->futex.fetch_add(1, std::memory_order_release);
     sys::futex_wake_all(&s->futex);
-    return EncodeError::ok;
+    return Done{};
 }
 
 std::optional<RecordView> WriterSegment::current(std::uint32_t slot,
                                                  std::vector<std::uint64_t>& scratch) const {
     const SlotControl* s = slot_ptr(slot);
-    const std::size_t words = geo_.record_size() / 8;
-    scratch.assign(words, 0);
-    const std::uint64_t seq = s->seq.load(std::memory_order_relaxed);  // we are the writer
-    load_words(scratch.data(), copy_at(s, geo_.record_size(), static_cast<unsigned>(seq & 1)),
-               words);
+    const LatchReader latch{&s->seq,
+                            {copy_at(s, geo_.record_size(), 0), copy_at(s, geo_.record_size(), 1)}};
+    constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
+    scratch.assign(geo_.record_size() / 8, 0);
+    RecordLengths lengths;
+    auto payload_words = [&](const std::uint64_t* head) {
+        lengths = read_lengths(head);
+        return clamped_payload_words(lengths, geo_.max_token_bytes);
+    };
+    // We are the only writer, so the first try always copies.
+    const LatchCopy c = latch.try_read(latch.current(), geo_.record_size(), scratch.data(),
+                                       kFixedWords, payload_words);
     RecordView v{};
-    if (!decode(scratch.data(), words, geo_.max_token_bytes, v)) return std::nullopt;
+    if (!c.copied || !decode(scratch.data(), c.words, lengths, geo_.max_token_bytes, v))
+        return std::nullopt;
     return v;
 }
 

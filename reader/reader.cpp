@@ -5,7 +5,8 @@
 #include <time.h>
 
 #include <algorithm>
-#include <cerrno>
+#include <charconv>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 
@@ -29,6 +30,9 @@ struct HandleState : HandleFast {
     std::size_t buf_words;
     std::shared_ptr<const Segment> seg;  // keeps the mapping alive
     std::string name;
+    // Copies the writer invalidated (tests read it through copy_retries()).
+    // Relaxed, and touched on the retry path only.
+    std::atomic<std::uint64_t> copy_retries{0};
 };
 
 }  // namespace detail
@@ -108,63 +112,49 @@ std::uint64_t* place_buffer(std::uint64_t* storage, const std::uint64_t* copy0,
 // decode()'s 8-byte stores would stall on store forwarding (measured: about
 // 15 ns more per copy).
 inline void fill(detail::HandleState& h, const shm::RecordView& view) noexcept {
-    const shm::RecordFixed& f = view.fixed;
-    detail::TokenData& d = h.data;
-    d.token = view.token;
-    d.token_type = view.token_type;
-    d.scope = view.scope;
-    d.last_error = view.last_error;
-    d.expires_at_ms = f.expires_at_ms;
-    d.issued_at_ms = f.issued_at_ms;
-    d.next_refresh_ms = f.next_refresh_ms;
-    d.last_attempt_ms = f.last_attempt_ms;
-    d.version = f.version;
-    d.state = static_cast<State>(f.state);
-    d.failures = f.failures;
+    h.data.record = view;
     // Clamped into [0, kMaxMs] ms whatever the record says, so get()'s fast
     // compare cannot overflow; 0 sends every get() to the slow path.
-    const bool token = f.state != TOKENSHM_STATE_EMPTY && !view.token.empty();
-    const std::int64_t until_ms =
-        f.expires_at_ms < kExactWithinMs ? 0 : std::min(f.expires_at_ms - kExactWithinMs, kMaxMs);
+    const bool token = view.state != shm::RecordState::empty && !view.token.empty();
+    const std::int64_t until_ms = view.expires_at_ms < kExactWithinMs
+                                      ? 0
+                                      : std::min(view.expires_at_ms - kExactWithinMs, kMaxMs);
     h.fast_until_ns = token ? until_ms * 1'000'000 : 0;
 }
 
 // Copies the record published as `s` (or a later one) into the handle.
-Error copy_record(detail::HandleState& h, std::uint64_t s) noexcept {
+Expected<Done, Error> copy_record(detail::HandleState& h, shm::LatchSeq s) noexcept {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
     for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
-        // Records of a credential keep about the same size: fetch as much as
-        // the last one had, and the payload loads need not wait for its length.
-        h.latch.prefetch(s, h.prefetch_bytes);
-        h.latch.load(s, h.buf, 0, kFixedWords);
-        // Only the lengths, each at its own width: a memcpy of the whole fixed
-        // part loads 16 bytes across two of the 8-byte stores just made, which
-        // the core cannot forward, and stalls until they reach the cache.
-        shm::RecordFixed fixed{};
-        const char* head = reinterpret_cast<const char*>(h.buf);
-        std::memcpy(&fixed.token_len, head + TOKENSHM_REC_TOKEN_LEN, sizeof fixed.token_len);
-        std::memcpy(&fixed.type_len, head + TOKENSHM_REC_TYPE_LEN, sizeof fixed.type_len);
-        std::memcpy(&fixed.scope_len, head + TOKENSHM_REC_SCOPE_LEN, sizeof fixed.scope_len);
-        std::memcpy(&fixed.error_len, head + TOKENSHM_REC_ERROR_LEN, sizeof fixed.error_len);
-        // The lengths may be mid-change; clamping keeps the copy inside the
-        // slot, and validate() below rejects the copy if they were.
-        const std::size_t payload_words = (shm::clamped_payload(fixed, h.max_token_bytes) + 7) / 8;
-        h.latch.load(s, h.buf, kFixedWords, payload_words);
-        if (h.latch.validate(s)) {
+        // Read once, here, each at its own width: they may be mid-change, and
+        // clamping keeps the copy inside the slot; try_read() rejects the
+        // copy if they were.
+        shm::RecordLengths lengths;
+        auto payload_words = [&h, &lengths](const std::uint64_t* head) noexcept {
+            lengths = shm::read_lengths(head);
+            return shm::clamped_payload_words(lengths, h.max_token_bytes);
+        };
+        // Records of a credential keep about the same size: prefetch as much
+        // as the last one had, and the payload loads need not wait for its length.
+        const shm::LatchCopy c =
+            h.latch.try_read(s, h.prefetch_bytes, h.buf, kFixedWords, payload_words);
+        if (c.copied) [[likely]] {
             shm::RecordView view;
-            if (!shm::decode(h.buf, kFixedWords + payload_words, h.max_token_bytes, view)) {
+            if (!shm::decode(h.buf, c.words, lengths, h.max_token_bytes, view)) {
                 h.cached_seq = ~std::uint64_t{0};
-                return Error::incompatible;
+                return Unexpected{Error::incompatible};
             }
-            h.cached_seq = s;
-            h.prefetch_bytes = (kFixedWords + payload_words) * 8;
+            h.cached_seq = s.value();
+            h.prefetch_bytes = c.words * 8;
             fill(h, view);
-            return Error{};
+            return Done{};
         }
-        s = h.latch.current();
+        h.copy_retries.store(h.copy_retries.load(std::memory_order_relaxed) + 1,
+                             std::memory_order_relaxed);
+        s = c.seq;
     }
     h.cached_seq = ~std::uint64_t{0};
-    return Error::busy;
+    return Unexpected{Error::busy};
 }
 
 }  // namespace
@@ -242,90 +232,118 @@ const std::string& Handle::name() const noexcept {
     return s_->name;
 }
 
+std::uint64_t detail::copy_retries(const Handle& h) noexcept {
+    return h.s_->copy_retries.load(std::memory_order_relaxed);
+}
+
 namespace {
 // Brings the handle's copy up to date: a no-op (one atomic load) when the
 // slot's sequence has not moved since the last copy.
-inline Error sync(detail::HandleState& h) noexcept {
+inline Expected<Done, Error> sync(detail::HandleState& h) noexcept {
     if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE)
-        return Error::no_such_credential;
-    const std::uint64_t s = h.latch.current();
-    if (s != h.cached_seq) return copy_record(h, s);
-    return Error{};
+        return Unexpected{Error::no_such_credential};
+    const shm::LatchSeq s = h.latch.current();
+    if (s.value() != h.cached_seq) return copy_record(h, s);
+    return Done{};
 }
 
 // get() off its fast path: a new version to copy, no token, an unusual
 // min_valid, or a deadline near enough that the exact clock must decide.
-// Returns Error{} when the copy is a token valid for `min_valid_ms` more;
-// `now_ns` is then the time it was judged at.
-Error check_slow(detail::HandleState& h, std::int64_t min_valid_ms, std::int64_t& now_ns) noexcept {
-    if (const Error e = sync(h); e != Error{}) return e;
-    const detail::TokenData& d = h.data;
-    if (d.state == State::empty || d.token.empty()) return Error::empty;
+// Returns the time (Unix ns) at which the copy was judged a token valid for
+// `min_valid_ms` more.
+Expected<std::int64_t, Error> check_slow(detail::HandleState& h,
+                                         std::int64_t min_valid_ms) noexcept {
+    if (auto synced = sync(h); !synced) return Unexpected{synced.error()};
+    const shm::RecordView& d = h.data.record;
+    if (d.state == shm::RecordState::empty || d.token.empty()) return Unexpected{Error::empty};
     // A negative min_valid asks for nothing, never for an expired token.
     const std::int64_t need = std::max<std::int64_t>(min_valid_ms, 0);
-    now_ns = coarse_now_ns();
+    std::int64_t now_ns = coarse_now_ns();
     std::int64_t now_ms = now_ns / 1'000'000;
     // Differences are taken only when expires_at_ms > now_ms >= 0, so none
     // can overflow whatever the record holds.
-    if (d.expires_at_ms > now_ms && d.expires_at_ms - now_ms - kExactWithinMs > need)
-        return Error{};
+    if (d.expires_at_ms > now_ms && d.expires_at_ms - now_ms - kExactWithinMs > need) return now_ns;
     now_ns = now_ns_of(CLOCK_REALTIME);
     now_ms = now_ns / 1'000'000;
-    if (d.expires_at_ms <= now_ms) return d.state == State::reauth ? Error::reauth : Error::expired;
-    if (d.expires_at_ms - now_ms < need) return Error::expiring;
-    return Error{};
+    if (d.expires_at_ms <= now_ms)
+        return Unexpected{d.state == shm::RecordState::reauth ? Error::reauth : Error::expired};
+    if (d.expires_at_ms - now_ms < need) return Unexpected{Error::expiring};
+    return now_ns;
+}
+
+std::int64_t monotonic_ns() noexcept {
+    return now_ns_of(CLOCK_MONOTONIC);
 }
 }  // namespace
 
 Expected<Token, Error> Handle::get_slow(std::chrono::milliseconds min_valid) noexcept {
     detail::HandleState& h = *s_;
-    std::int64_t now_ns = 0;
-    if (const Error e = check_slow(h, min_valid.count(), now_ns); e != Error{})
-        return Unexpected{e};
-    return Token(&h.data, now_ns);
+    const auto judged = check_slow(h, min_valid.count());
+    if (!judged) return Unexpected{judged.error()};
+    return Token(&h.data, *judged);
 }
 
 Expected<Token, Error> Handle::inspect() noexcept {
     detail::HandleState& h = *s_;
-    if (const Error e = sync(h); e != Error{}) return Unexpected{e};
+    if (auto synced = sync(h); !synced) return Unexpected{synced.error()};
     return Token(&h.data, coarse_now_ns());
 }
 
 Expected<Token, Error> Handle::wait(std::uint64_t seen_version, std::chrono::milliseconds timeout,
                                     std::chrono::milliseconds min_valid) noexcept {
     detail::HandleState& h = *s_;
-    struct timespec start {};
-    ::clock_gettime(CLOCK_MONOTONIC, &start);
-    const std::int64_t start_ns = std::int64_t{start.tv_sec} * 1'000'000'000 + start.tv_nsec;
+    const std::int64_t start_ns = monotonic_ns();
     // Clamped so the conversion to ns cannot overflow (about 292 years).
-    constexpr std::int64_t kMaxMs = std::numeric_limits<std::int64_t>::max() / 1'000'000;
     const std::int64_t limit_ns =
         timeout.count() < 0 ? -1 : std::min<std::int64_t>(timeout.count(), kMaxMs) * 1'000'000;
     for (;;) {
         // Read the futex word before the check, so a publish between the
         // check and FUTEX_WAIT changes it and the wait returns at once.
         const std::uint32_t f = h.futex->load(std::memory_order_acquire);
-        if (const Error e = sync(h); e != Error{}) return Unexpected{e};
-        if (h.data.version > seen_version) return get(min_valid);
+        if (auto synced = sync(h); !synced) return Unexpected{synced.error()};
+        if (h.data.record.version > seen_version) return get(min_valid);
         std::int64_t left_ns = -1;
         if (limit_ns >= 0) {
-            struct timespec now {};
-            ::clock_gettime(CLOCK_MONOTONIC, &now);
-            const std::int64_t now_ns = std::int64_t{now.tv_sec} * 1'000'000'000 + now.tv_nsec;
-            left_ns = limit_ns - (now_ns - start_ns);
+            left_ns = limit_ns - (monotonic_ns() - start_ns);
             if (left_ns <= 0) return Unexpected{Error::timeout};
         }
-        const int rc = shm::sys::futex_wait(h.futex, f, left_ns);
-        if (rc != 0 && rc != ETIMEDOUT && rc != EINTR) return Unexpected{Error::system};
+        // Woken, timed out or interrupted: the loop looks again either way.
+        if (!shm::sys::futex_wait(h.futex, f, left_ns)) return Unexpected{Error::system};
     }
 }
 
 // ------------------------------------------------------------------ Reader
 
+namespace {
+// The segment to open: `explicit_name`, else $TOKENSHM_SEGMENT, else "tokenshm".
+std::string resolve_segment_name(std::string_view explicit_name) {
+    if (!explicit_name.empty()) return std::string(explicit_name);
+    if (const char* env = std::getenv("TOKENSHM_SEGMENT"); env != nullptr && *env != '\0')
+        return env;
+    return "tokenshm";
+}
+
+// The uid to trust besides the defaults: `given`, else $TOKENSHM_TRUSTED_UID.
+Expected<std::optional<uid_t>, Failure> resolve_trusted_uid(std::optional<uid_t> given) {
+    if (given) return given;
+    const char* env = std::getenv("TOKENSHM_TRUSTED_UID");
+    if (env == nullptr || *env == '\0') return std::optional<uid_t>{};
+    unsigned long v = 0;
+    const char* end = env + std::strlen(env);
+    auto [p, ec] = std::from_chars(env, end, v);
+    if (ec != std::errc{} || p != end || v > 0xFFFFFFFEul)
+        return Unexpected{Failure{Error::invalid_argument,
+                                  "TOKENSHM_TRUSTED_UID is not a uid: '" + std::string(env) + "'"}};
+    return std::optional<uid_t>{static_cast<uid_t>(v)};
+}
+}  // namespace
+
 Expected<Reader, Failure> Reader::open(std::string_view segment, const OpenOptions& options) {
-    const std::string name = shm::resolve_segment_name(segment);
+    const std::string name = resolve_segment_name(segment);
+    auto trusted = resolve_trusted_uid(options.trusted_uid);
+    if (!trusted) return Unexpected{std::move(trusted).error()};
     shm::ReadOnlySegment::Options o;
-    o.trusted_uid = options.trusted_uid;
+    o.trusted_uid = *trusted;
     auto seg = shm::ReadOnlySegment::open(name, o);
     if (!seg)
         return Unexpected{Failure{map_error(seg.error().code), std::move(seg).error().message}};

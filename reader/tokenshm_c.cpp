@@ -15,6 +15,37 @@ struct tokenshm_handle {
 
 namespace {
 
+// The C enums mirror the C++ ones value for value; these keep them tied.
+using tokenshm::Error;
+using tokenshm::State;
+constexpr bool same(tokenshm_error c, Error e) {
+    return static_cast<int>(c) == static_cast<int>(e);
+}
+static_assert(same(TOKENSHM_ERR_NO_SEGMENT, Error::no_segment));
+static_assert(same(TOKENSHM_ERR_INCOMPATIBLE, Error::incompatible));
+static_assert(same(TOKENSHM_ERR_UNTRUSTED, Error::untrusted));
+static_assert(same(TOKENSHM_ERR_NO_SUCH_CREDENTIAL, Error::no_such_credential));
+static_assert(same(TOKENSHM_ERR_EMPTY, Error::empty));
+static_assert(same(TOKENSHM_ERR_EXPIRED, Error::expired));
+static_assert(same(TOKENSHM_ERR_EXPIRING, Error::expiring));
+static_assert(same(TOKENSHM_ERR_REAUTH, Error::reauth));
+static_assert(same(TOKENSHM_ERR_TIMEOUT, Error::timeout));
+static_assert(same(TOKENSHM_ERR_BUSY, Error::busy));
+static_assert(same(TOKENSHM_ERR_INVALID_ARGUMENT, Error::invalid_argument));
+static_assert(same(TOKENSHM_ERR_BUFFER_TOO_SMALL, Error::buffer_too_small));
+static_assert(same(TOKENSHM_ERR_SYSTEM, Error::system));
+static_assert(TOKENSHM_OK == 0);  // no Error has 0: success is not an error value
+
+constexpr bool same(tokenshm_state c, State s, unsigned layout) {
+    return static_cast<std::uint32_t>(c) == static_cast<std::uint32_t>(s) &&
+           static_cast<std::uint32_t>(c) == layout;
+}
+static_assert(same(TOKENSHM_TOKEN_EMPTY, State::empty, TOKENSHM_STATE_EMPTY));
+static_assert(same(TOKENSHM_TOKEN_VALID, State::valid, TOKENSHM_STATE_VALID));
+static_assert(same(TOKENSHM_TOKEN_STALE, State::stale, TOKENSHM_STATE_STALE));
+static_assert(same(TOKENSHM_TOKEN_EXPIRED, State::expired, TOKENSHM_STATE_EXPIRED));
+static_assert(same(TOKENSHM_TOKEN_REAUTH, State::reauth, TOKENSHM_STATE_REAUTH));
+
 tokenshm_error c_error(tokenshm::Error e) noexcept {
     return static_cast<tokenshm_error>(e);
 }
@@ -139,7 +170,7 @@ const char* tokenshm_strerror(tokenshm_error err) {
 }
 
 const char* tokenshm_state_name(uint32_t state) {
-    if (state > 4) return "unknown";
+    if (state > TOKENSHM_STATE_REAUTH) return "unknown";
     return tokenshm::to_string(static_cast<tokenshm::State>(state));
 }
 

@@ -60,7 +60,6 @@ constexpr std::size_t max_file_bytes = 1024 * 1024;
 constexpr std::size_t max_path_bytes = 4095;
 constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_path) - 1
 // libshm's valid_segment_name allows this many; only messages need the number.
-constexpr std::size_t max_segment_name = 200;
 
 // Thrown only inside this file; parse_config catches it and returns a config
 // RefresherError. The one exception to error.hpp's rule, and it never leaves
@@ -225,15 +224,15 @@ std::chrono::seconds seconds_member(const Members& m, std::string_view key, std:
 }
 
 // A segment or credential name: libshm's rule (shm::valid_segment_name,
-// shm::valid_slot_name), which the message states.
+// shm::valid_credential_name), which the message states.
 enum class NameKind { segment, credential };
 
 std::size_t name_max(NameKind k) {
-    return k == NameKind::segment ? max_segment_name : TOKENSHM_SLOT_NAME_CAP - 1;
+    return k == NameKind::segment ? shm::kSegmentNameMax : shm::kCredentialNameMax;
 }
 
 bool valid_name(NameKind k, std::string_view s) {
-    return k == NameKind::segment ? shm::valid_segment_name(s) : shm::valid_slot_name(s);
+    return k == NameKind::segment ? shm::valid_segment_name(s) : shm::valid_credential_name(s);
 }
 
 std::string expect_name(const Value& v, const std::string& path, NameKind k) {
@@ -542,7 +541,7 @@ void parse_segment(const Members& m, const ConfigSources& sources, Config& cfg) 
         const std::string& s = *env_segment;
         if (!shm::valid_segment_name(s))
             fail("TOKENSHM_SEGMENT (environment)",
-                 "expected 1 to " + std::to_string(max_segment_name) +
+                 "expected 1 to " + std::to_string(shm::kSegmentNameMax) +
                      " characters [A-Za-z0-9._-] other than \".\" and \"..\", found " + quote(s));
         cfg.segment = s;
     }

@@ -30,7 +30,7 @@ const char* to_string(Grant g) noexcept;
 const char* to_string(AuthMethod m) noexcept;
 
 struct CredentialConfig {
-    std::string name;                           // shm::valid_slot_name, unique
+    std::string name;                           // shm::valid_credential_name, unique
     std::optional<EndpointUrl> issuer;          // exactly one of issuer and
     std::optional<EndpointUrl> token_endpoint;  // token_endpoint
     Grant grant = Grant::refresh_token;

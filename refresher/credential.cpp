@@ -17,16 +17,37 @@ std::string seconds_text(std::int64_t ms) {
 }
 }  // namespace
 
+shm::SlotRecord Published::record() const {
+    shm::SlotRecord r;
+    r.fields() = *this;
+    r.token = access_token.reveal();
+    r.token_type = token_type;
+    r.scope = scope;
+    r.last_error = last_error;
+    return r;
+}
+
+Published Published::from(const shm::RecordView& v) {
+    Published p;
+    static_cast<shm::RecordFields&>(p) = v.fields();
+    p.access_token = Secret(std::string(v.token));
+    p.token_type = std::string(v.token_type);
+    p.scope = std::string(v.scope);
+    p.last_error = std::string(v.last_error);
+    return p;
+}
+
 CredentialRefresher::CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
                                          std::optional<Secret> refresh_token,
                                          PersistRefreshToken persist,
-                                         std::function<double()> random01)
+                                         std::function<double()> random01, RecordChanged on_change)
     : cfg_(std::move(cfg)),
       max_token_bytes_(max_token_bytes),
       refresh_token_(std::move(refresh_token)),
       persist_(std::move(persist)),
       random01_(std::move(random01)),
-      backoff_(cfg_) {
+      backoff_(cfg_),
+      on_change_(std::move(on_change)) {
     if (cfg_.token_endpoint) token_endpoint_ = cfg_.token_endpoint;
 }
 
@@ -89,7 +110,7 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
     if (in_flight() || reauth_ || now_ms < next_attempt_ms_) return std::nullopt;
     if (cfg_.grant == Grant::refresh_token && !refresh_token_) {
         fail(now_ms, FailureKind::reauth,
-             "no refresh token: run `tokenshm login` or set refresh_token_file", std::nullopt,
+             "no refresh token: put one in refresh_token_file, then send SIGHUP", std::nullopt,
              "reauth");
         return std::nullopt;
     }

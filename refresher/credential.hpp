@@ -29,19 +29,23 @@ namespace tokenshm::refresher {
 
 inline constexpr std::int64_t kNever = std::numeric_limits<std::int64_t>::max();
 
-// What the slot should show. The daemon publishes it whenever `revision` moves.
-struct Published {
-    shm::RecordState state = shm::RecordState::empty;
+// What the slot should show: the segment's record fields (`version` is the
+// daemon's to set when it publishes) and the strings, owned, the token kept
+// a Secret. The credential reports every change through its RecordChanged.
+struct Published : shm::RecordFields {
     Secret access_token;
     std::string token_type;
     std::string scope;
-    std::int64_t issued_at_ms = 0;
-    std::int64_t expires_at_ms = 0;
-    std::int64_t next_refresh_ms = 0;
-    std::int64_t last_attempt_ms = 0;
-    std::uint32_t failures = 0;
     std::string last_error;
+
+    // The record to hand to WriterSegment::publish; its views point into *this.
+    shm::SlotRecord record() const;
+    // An owned copy of a record read from the segment.
+    static Published from(const shm::RecordView& v);
 };
+
+// Told, by the credential itself, each time what it publishes changed.
+using RecordChanged = std::function<void()>;
 
 // Where rotated refresh tokens go; the daemon passes the StateStore.
 using PersistRefreshToken =
@@ -51,7 +55,7 @@ class CredentialRefresher {
   public:
     CredentialRefresher(CredentialConfig cfg, std::size_t max_token_bytes,
                         std::optional<Secret> refresh_token, PersistRefreshToken persist,
-                        std::function<double()> random01);
+                        std::function<double()> random01, RecordChanged on_change = {});
 
     const CredentialConfig& config() const noexcept { return cfg_; }
     const std::string& name() const noexcept { return cfg_.name; }
@@ -73,12 +77,12 @@ class CredentialRefresher {
     // Refresh as soon as allowed (SIGHUP on a changed credential, control socket).
     void refresh_soon(std::int64_t now_ms);
 
+    // What the slot should show; on_change (from the constructor) is called
+    // whenever it changes.
     const Published& published() const noexcept { return pub_; }
     // The refresh token in use (to carry it over when a reload replaces this
     // credential), and whether it is still only in memory.
     const std::optional<Secret>& refresh_token() const noexcept { return refresh_token_; }
-    // Grows whenever published() changes.
-    std::uint64_t revision() const noexcept { return revision_; }
     // The server rejected the refresh token itself (invalid_grant): the daemon
     // sets the persisted copy aside. Cleared by take_refresh_token_rejected().
     bool take_refresh_token_rejected() noexcept { return std::exchange(rt_rejected_, false); }
@@ -105,7 +109,9 @@ class CredentialRefresher {
     // `msg` with every secret this credential knows replaced by [redacted].
     std::string redact(std::string msg) const;
     void expire_if_due(std::int64_t now_ms);
-    void changed() noexcept { ++revision_; }
+    void changed() {
+        if (on_change_) on_change_();
+    }
     bool has_live_token(std::int64_t now_ms) const noexcept {
         return !pub_.access_token.empty() && pub_.expires_at_ms > now_ms;
     }
@@ -130,7 +136,7 @@ class CredentialRefresher {
     std::optional<bool> last_ok_;
 
     Published pub_;
-    std::uint64_t revision_ = 0;
+    RecordChanged on_change_;
 };
 
 }  // namespace tokenshm::refresher

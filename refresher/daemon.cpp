@@ -14,7 +14,9 @@
 namespace tokenshm::refresher {
 
 namespace {
-constexpr std::int64_t kHeartbeatEveryMs = 250;
+// Readers call a writer alive within TOKENSHM_WRITER_ALIVE_WITHIN_MS of its
+// last beat; beating every TOKENSHM_HEARTBEAT_PERIOD_MS leaves them margin.
+constexpr std::int64_t kHeartbeatEveryMs = TOKENSHM_HEARTBEAT_PERIOD_MS;
 constexpr std::int64_t kSegmentCheckEveryMs = 1000;
 constexpr std::int64_t kMaxWaitMs = 250;
 
@@ -69,8 +71,8 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
         if (!cred) return failed(std::move(cred).error());
         Entry& e = d->entries_[c.name];
         e.cred = std::move(*cred);
-        if (auto err = d->attach_entry(e, c.name, true))
-            return failed(*err + " (remove the segment and restart to make it larger)");
+        if (auto ok = d->attach_entry(e, c.name, true); !ok)
+            return failed(ok.error() + " (remove the segment and restart to make it larger)");
     }
     d->publish_changed();
     return d;
@@ -88,27 +90,18 @@ Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credent
     return std::make_unique<CredentialRefresher>(
         c, cfg_.max_token_bytes, std::move(rt),
         [store](std::string_view name, const Secret& t) { return store->save(name, t); },
-        deps_.random01);
+        deps_.random01, [this, name = c.name] { changed_.insert(name); });
 }
 
-std::optional<std::string> Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
+Expected<Done, std::string> Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
     auto slot = seg_->claim(name);
-    if (!slot) return slot.error().message;
+    if (!slot) return Unexpected{slot.error().message};
     e.slot = *slot;
     std::vector<std::uint64_t> scratch;
     if (auto cur = seg_->current(e.slot, scratch)) {
-        e.version = cur->fixed.version;
+        e.version = cur->version;
         if (resume) {
-            Published prev;
-            prev.state = static_cast<shm::RecordState>(cur->fixed.state);
-            prev.access_token = Secret(std::string(cur->token));
-            prev.token_type = std::string(cur->token_type);
-            prev.scope = std::string(cur->scope);
-            prev.issued_at_ms = cur->fixed.issued_at_ms;
-            prev.expires_at_ms = cur->fixed.expires_at_ms;
-            prev.next_refresh_ms = cur->fixed.next_refresh_ms;
-            prev.last_attempt_ms = cur->fixed.last_attempt_ms;
-            prev.failures = cur->fixed.failures;
+            const Published prev = Published::from(*cur);
             e.cred->resume(prev, deps_.now_ms());
             if (!prev.access_token.empty() && prev.expires_at_ms > deps_.now_ms())
                 log_event(Level::info, name, "resumed",
@@ -116,35 +109,31 @@ std::optional<std::string> Daemon::attach_entry(Entry& e, const std::string& nam
                               std::to_string(e.version) + ")");
         }
     }
-    e.published_revision = ~std::uint64_t{0};
-    return std::nullopt;
+    changed_.insert(name);  // a claimed slot always gets this writer's record
+    return Done{};
 }
 
-void Daemon::publish(Entry& e) {
-    const Published& p = e.cred->published();
-    shm::SlotRecord r;
-    r.version = ++e.version;
-    r.state = p.state;
-    r.token = p.access_token.reveal();
-    r.token_type = p.token_type;
-    r.scope = p.scope;
-    r.last_error = p.last_error;
-    r.issued_at_ms = p.issued_at_ms;
-    r.expires_at_ms = p.expires_at_ms;
-    r.next_refresh_ms = p.next_refresh_ms;
-    r.last_attempt_ms = p.last_attempt_ms;
-    r.failures = p.failures;
-    if (const auto err = seg_->publish(e.slot, r); err != shm::EncodeError::ok) {
-        --e.version;
-        log_event(Level::error, e.cred->name(), "publish_failed", shm::to_string(err));
-        return;
+bool Daemon::publish(Entry& e) {
+    shm::SlotRecord r = e.cred->published().record();
+    r.version = e.version + 1;
+    if (auto ok = seg_->publish(e.slot, r); !ok) {
+        log_event(Level::error, e.cred->name(), "publish_failed", shm::to_string(ok.error()));
+        return false;
     }
-    e.published_revision = e.cred->revision();
+    e.version = r.version;
+    return true;
 }
 
 void Daemon::publish_changed() {
-    for (auto& [name, e] : entries_)
-        if (e.cred && e.published_revision != e.cred->revision()) publish(e);
+    for (auto it = changed_.begin(); it != changed_.end();) {
+        auto e = entries_.find(*it);
+        const bool gone = e == entries_.end() || !e->second.cred;
+        // A record that does not fit stays marked, and is tried again next time.
+        if (gone || publish(e->second))
+            it = changed_.erase(it);
+        else
+            ++it;
+    }
 }
 
 void Daemon::check_segment(std::int64_t now) {
@@ -169,8 +158,8 @@ void Daemon::check_segment(std::int64_t now) {
     seg_.emplace(std::move(*seg));
     for (auto& [name, e] : entries_) {
         const std::uint64_t v = e.version;
-        if (auto err = attach_entry(e, name, false)) {
-            log_event(Level::error, name, "no_slot", *err);
+        if (auto ok = attach_entry(e, name, false); !ok) {
+            log_event(Level::error, name, "no_slot", ok.error());
             failed_ = stop_ = true;
             return;
         }
@@ -312,8 +301,7 @@ void Daemon::set_aside_rejected(const std::string& name) {
               std::string(*moved ? "the rejected refresh token was moved to " +
                                        store_->token_path(name) + ".rejected; "
                                  : "") +
-                  "put a new refresh token in refresh_token_file (or run tokenshm login), "
-                  "then send SIGHUP");
+                  "put a new refresh token in refresh_token_file, then send SIGHUP");
 }
 
 void Daemon::apply_pending(Entry& e) {
@@ -360,9 +348,9 @@ void Daemon::reload(Config cfg) {
             }
             Entry& e = entries_[c.name];
             e.cred = std::move(*cred);
-            if (auto err = attach_entry(e, c.name, true)) {
+            if (auto ok = attach_entry(e, c.name, true); !ok) {
                 log_event(Level::error, c.name, "no_slot",
-                          *err + " (remove the segment and restart to make it larger)");
+                          ok.error() + " (remove the segment and restart to make it larger)");
                 entries_.erase(c.name);
                 continue;
             }

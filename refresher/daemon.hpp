@@ -17,6 +17,7 @@
 #include <map>
 #include <memory>
 #include <optional>
+#include <set>
 #include <string>
 
 namespace tokenshm::refresher {
@@ -58,8 +59,7 @@ class Daemon {
     struct Entry {
         std::unique_ptr<CredentialRefresher> cred;
         std::uint32_t slot = 0;
-        std::uint64_t version = 0;  // last version published in the slot
-        std::uint64_t published_revision = ~std::uint64_t{0};
+        std::uint64_t version = 0;                // last version published in the slot
         std::optional<CredentialConfig> pending;  // a changed config, applied when idle
         bool reload_tokens = false;     // re-read the refresh token from disk when applying it
         bool remove_when_idle = false;  // removed from the config while a request was in flight
@@ -68,10 +68,12 @@ class Daemon {
     Daemon(Config cfg, DaemonDeps deps);
     Expected<std::unique_ptr<CredentialRefresher>, std::string> make_credential(
         const CredentialConfig& c, const std::optional<Secret>& carried);
-    // Claims the slot for `name` and adopts its record; the error when the
-    // segment has no slot left (nothing is published then).
-    std::optional<std::string> attach_entry(Entry& e, const std::string& name, bool resume);
-    void publish(Entry& e);
+    // Claims the slot for `name`, adopts its record and marks it to publish;
+    // fails when the segment has no slot left (nothing is published then).
+    Expected<Done, std::string> attach_entry(Entry& e, const std::string& name, bool resume);
+    // Publishes e's record as the slot's next version; false when it does not fit.
+    bool publish(Entry& e);
+    // Publishes the records their credentials reported changed.
     void publish_changed();
     void apply_pending(Entry& e);
     void set_aside_rejected(const std::string& name);
@@ -86,6 +88,9 @@ class Daemon {
     std::unique_ptr<StateStore> store_;
     std::optional<shm::WriterSegment> seg_;
     std::map<std::string, Entry> entries_;
+    // Credentials whose record changed since it was last published; each one's
+    // RecordChanged callback (make_credential) adds its name.
+    std::set<std::string> changed_;
     std::map<std::uint64_t, std::string> requests_;  // request id -> credential
     std::uint64_t next_request_id_ = 1;
     std::int64_t last_heartbeat_ms_ = 0;

@@ -333,13 +333,13 @@ Expected<Done, RefresherError> StateStore::prepare() {
 }
 
 Expected<std::optional<Secret>, RefresherError> StateStore::load(std::string_view credential_name) {
-    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
     return read_token_file(fs_, token_path(credential_name), O_NOFOLLOW, warn_, credential_name);
 }
 
 Expected<Done, RefresherError> StateStore::save(std::string_view credential_name,
                                                 const Secret& refresh_token) {
-    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
     const std::string name(credential_name);
     const std::string final_path = token_path(name);
     const std::string temp_path = final_path + std::string(temp_suffix);
@@ -392,7 +392,7 @@ Expected<Done, RefresherError> StateStore::save(std::string_view credential_name
 }
 
 Expected<bool, RefresherError> StateStore::set_aside(std::string_view credential_name) {
-    if (!shm::valid_slot_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
     const std::string from = token_path(credential_name);
     const std::string to = from + ".rejected";
     if (auto r = fs_.rename(from, to); !r) {

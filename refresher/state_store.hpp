@@ -88,7 +88,7 @@ using StateWarningSink = std::function<void(std::string_view cred, std::string_v
 
 // The state directory: one `<name>.refresh_token` file (0600) per credential
 // in a directory (0700) owned by this process's effective uid. Names follow
-// libshm's credential name rule (shm::valid_slot_name); others are refused.
+// libshm's credential name rule (shm::valid_credential_name); others are refused.
 class StateStore {
   public:
     // Largest accepted refresh token, in bytes (a trailing newline is extra).

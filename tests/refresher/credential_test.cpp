@@ -55,6 +55,7 @@ HttpResponse token_response(const std::string& at, int expires_in,
 struct Harness {
     std::vector<std::string> persisted;  // refresh tokens saved, in order
     bool persist_fails = false;
+    int record_changes = 0;  // calls of the credential's RecordChanged
     CredentialRefresher cred;
 
     explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
@@ -67,7 +68,7 @@ struct Harness {
                   persisted.emplace_back(t.reveal());
                   return Done{};
               },
-              [jitter] { return jitter; }) {}
+              [jitter] { return jitter; }, [this] { ++record_changes; }) {}
 
     // A first refresh succeeds (token "at", 100 s); the next one is answered
     // invalid_grant. Returns when that second request was made.
@@ -382,4 +383,24 @@ TEST_CASE("secrets a server quotes back are redacted from last_error") {
     CHECK(e.find("rt-test-1") == std::string::npos);
     CHECK(e.find("client-secret-test") == std::string::npos);
     CHECK_THAT(e, Catch::Contains("[redacted]"));
+}
+
+TEST_CASE("the credential itself says when its record changed, and only then") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(0));
+    CHECK(h.record_changes == 0);  // a request sent changes nothing readers see yet
+    h.cred.on_response(token_response("at", 100), 0);
+    CHECK(h.record_changes == 1);
+    CHECK(h.cred.published().state == RecordState::valid);
+    CHECK_FALSE(h.cred.poll(1'000));  // nothing due: no request, no change
+    CHECK(h.record_changes == 1);
+    const std::int64_t t = h.cred.published().next_refresh_ms;
+    REQUIRE(h.cred.poll(t));
+    h.cred.on_response(json_response(503, "{}"), t);
+    CHECK(h.record_changes == 2);
+    CHECK(h.cred.published().state == RecordState::stale);
+    (void)h.cred.poll(100'000);  // the token expired meanwhile
+    CHECK(h.cred.published().state == RecordState::expired);
+    CHECK(h.record_changes == 3);
 }

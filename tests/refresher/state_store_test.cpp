@@ -187,16 +187,16 @@ class FaultyFileSystem final : public FileSystem {
 
 TEST_CASE("the state store takes libshm's credential names: [A-Za-z0-9._-]{1,63}",
           "[state_store]") {
-    CHECK(tokenshm::shm::valid_slot_name("storage"));
-    CHECK(tokenshm::shm::valid_slot_name("A-z_0.9"));
-    CHECK(tokenshm::shm::valid_slot_name(std::string(63, 'a')));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name(""));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string(64, 'a')));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name("a/b"));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name("../etc/passwd"));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name("a b"));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name(std::string("a\0b", 3)));
-    CHECK_FALSE(tokenshm::shm::valid_slot_name("caf\xc3\xa9"));
+    CHECK(tokenshm::shm::valid_credential_name("storage"));
+    CHECK(tokenshm::shm::valid_credential_name("A-z_0.9"));
+    CHECK(tokenshm::shm::valid_credential_name(std::string(63, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name(""));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name(std::string(64, 'a')));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name("a/b"));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name("../etc/passwd"));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name("a b"));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name(std::string("a\0b", 3)));
+    CHECK_FALSE(tokenshm::shm::valid_credential_name("caf\xc3\xa9"));
 }
 
 TEST_CASE("save and load reject bad credential names and touch nothing", "[state_store]") {

@@ -82,7 +82,7 @@ int main(int argc, char** argv) {
     CHECK(same(t.token_type, t.token_type_len, "Bearer"));
     CHECK(same(t.scope, t.scope_len, "test.scope"));
     CHECK(t.last_error_len == 0);
-    CHECK(t.state == TOKENSHM_STATE_VALID_);
+    CHECK(t.state == TOKENSHM_TOKEN_VALID);
     CHECK(t.version >= 1);
     CHECK(t.expires_at_ms > t.issued_at_ms);
     CHECK(t.failures == 0);
@@ -134,8 +134,8 @@ int main(int argc, char** argv) {
     CHECK(strcmp(tokenshm_strerror(TOKENSHM_OK), "ok") == 0);
     CHECK(strcmp(tokenshm_strerror(TOKENSHM_ERR_NO_SUCH_CREDENTIAL), "no such credential") == 0);
     CHECK(strcmp(tokenshm_strerror((tokenshm_error)999), "unknown error") == 0);
-    CHECK(strcmp(tokenshm_state_name(TOKENSHM_STATE_VALID_), "valid") == 0);
-    CHECK(strcmp(tokenshm_state_name(TOKENSHM_STATE_REAUTH_), "reauth") == 0);
+    CHECK(strcmp(tokenshm_state_name(TOKENSHM_TOKEN_VALID), "valid") == 0);
+    CHECK(strcmp(tokenshm_state_name(TOKENSHM_TOKEN_REAUTH), "reauth") == 0);
     CHECK(strcmp(tokenshm_state_name(99), "unknown") == 0);
 
     /* A handle outlives its reader. */

@@ -26,15 +26,16 @@ namespace {
 constexpr std::uint32_t kMaxToken = 1024;
 constexpr std::size_t kCap = 1024;
 
-int g_hook_fd = -1;
-
-// Installed in the writer child: tells the parent the copy is half written,
-// then waits there for the SIGKILL.
-void signal_and_pause() {
-    const char one = 'h';
-    (void)segtest::write_all(g_hook_fd, &one, 1);
-    for (;;)
-        ::pause();
+// A writer step hook for the writer child: at `at`, tells the parent (on
+// `fd`) that the writer stands there, then waits for the SIGKILL.
+shm::WriterStepHook stop_at(shm::WriterStep at, int fd) {
+    return [at, fd](shm::WriterStep step) {
+        if (step != at) return;
+        const char one = 'h';
+        (void)segtest::write_all(fd, &one, 1);
+        for (;;)
+            ::pause();
+    };
 }
 
 struct AttachReport {
@@ -57,9 +58,8 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         if (!slot) return 11;
         segtest::SynthRecord rec;
         segtest::make_synth(1, kCap, rec);
-        if (w->publish(*slot, rec.rec) != shm::EncodeError::ok) return 12;
-        g_hook_fd = hooked.wr();
-        shm::g_mid_publish_hook = &signal_and_pause;
+        if (!w->publish(*slot, rec.rec)) return 12;
+        w->set_step_hook(stop_at(shm::WriterStep::mid_copy, hooked.wr()));
         segtest::make_synth(2, kCap, rec);
         (void)w->publish(*slot, rec.rec);  // stops halfway, in the hook
         return 13;
@@ -145,11 +145,11 @@ TEST_CASE("writer killed mid-write: readers keep the previous record, a new writ
         std::vector<std::uint64_t> scratch;
         const auto cur = w->current(*slot, scratch);
         REQUIRE(cur);
-        CHECK(cur->fixed.version == 1);
+        CHECK(cur->version == 1);
 
         segtest::SynthRecord rec;
-        segtest::make_synth(cur->fixed.version + 1, kCap, rec);
-        REQUIRE(w->publish(*slot, rec.rec) == shm::EncodeError::ok);
+        segtest::make_synth(cur->version + 1, kCap, rec);
+        REQUIRE(w->publish(*slot, rec.rec));
         auto t3 = h->get();
         REQUIRE(t3);
         CHECK(t3->version() == 2);
@@ -190,11 +190,11 @@ TEST_CASE("writers killed at random points: every restart finds a complete recor
             rep.ok = 1;
             rep.created = w->created() ? 1 : 0;
             rep.repaired = static_cast<std::uint32_t>(repaired.size());
-            rep.start_version = cur ? cur->fixed.version : 0;
+            rep.start_version = cur ? cur->version : 0;
             segtest::SynthRecord rec;
             for (std::uint64_t v = rep.start_version + 1;; ++v) {
                 segtest::make_synth(v, kCap, rec);
-                if (w->publish(*slot, rec.rec) != shm::EncodeError::ok) return 12;
+                if (!w->publish(*slot, rec.rec)) return 12;
                 if (v == rep.start_version + 1 &&
                     !segtest::write_all(report.wr(), &rep, sizeof rep))
                     return 13;
@@ -249,7 +249,7 @@ TEST_CASE("writers killed at random points: every restart finds a complete recor
     const auto slot = *w->claim("c");
     segtest::SynthRecord rec;
     segtest::make_synth(last_seen + 1, kCap, rec);
-    REQUIRE(w->publish(slot, rec.rec) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, rec.rec));
     auto reader = tokenshm::Reader::open(g.name);
     REQUIRE(reader);
     auto h = reader->lookup("c");

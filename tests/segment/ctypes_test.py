@@ -20,7 +20,7 @@ LIB = PUBLISHER = None
 
 # enum tokenshm_error
 OK, NO_SEGMENT, NO_SUCH_CREDENTIAL, EXPIRING, TIMEOUT, BUFFER_TOO_SMALL = 0, 1, 4, 7, 9, 12
-STATE_VALID = 1
+STATE_VALID = pyutil.layout_constant("TOKENSHM_STATE_VALID")
 
 
 class Token(ctypes.Structure):

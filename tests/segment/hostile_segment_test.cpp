@@ -46,7 +46,7 @@ void make_valid(const std::string& name, mode_t mode = 0600) {
     r.token_type = "Bearer";
     r.issued_at_ms = shm::sys::realtime_ms();
     r.expires_at_ms = r.issued_at_ms + 3'600'000;
-    REQUIRE(w->publish(slot, r) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, r));
 }
 
 struct CliResult {
@@ -300,7 +300,7 @@ TEST_CASE("an empty file (a refresher between create and initialise) is no segme
         r.state = shm::RecordState::valid;
         r.token = "after-recovery";
         r.expires_at_ms = shm::sys::realtime_ms() + 60'000;
-        REQUIRE(w->publish(slot, r) == shm::EncodeError::ok);
+        REQUIRE(w->publish(slot, r));
         CHECK(cli_get_exit(g.name) == 0);
     }
     SECTION("sized but magic never published: a new writer initialises it") {

@@ -111,7 +111,7 @@ int main(int argc, char** argv) {
 
     std::vector<std::uint64_t> scratch;
     const auto current = w->current(*slot, scratch);
-    const std::uint64_t next = version ? *version : (current ? current->fixed.version : 0) + 1;
+    const std::uint64_t next = version ? *version : (current ? current->version : 0) + 1;
     auto publish = [&]() -> bool {
         shm::SlotRecord r;
         r.version = next;
@@ -123,8 +123,8 @@ int main(int argc, char** argv) {
         r.expires_at_ms = r.issued_at_ms + ttl_ms;
         r.next_refresh_ms = r.issued_at_ms + ttl_ms / 2;
         const auto e = w->publish(*slot, r);
-        if (e != shm::EncodeError::ok) {
-            std::fprintf(stderr, "publisher: %s\n", shm::to_string(e));
+        if (!e) {
+            std::fprintf(stderr, "publisher: %s\n", shm::to_string(e.error()));
             return false;
         }
         return true;

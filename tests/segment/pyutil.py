@@ -3,6 +3,7 @@ that owns a segment for the duration of a `with` block, and unique names."""
 
 import itertools
 import os
+import re
 import select
 import signal
 import subprocess
@@ -10,6 +11,20 @@ import sys
 import time
 
 _counter = itertools.count()
+
+
+def layout_constant(name):
+    """The value of a #define in <tokenshm/layout.h>: Python readers take the
+    contract's numbers from the header, not from a copy."""
+    src = os.environ.get("TOKENSHM_SOURCE_DIR",
+                         os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+    path = os.path.join(src, "libshm", "include", "tokenshm", "layout.h")
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            m = re.match(r"#define\s+(\w+)\s+(0x[0-9A-Fa-f]+|\d+)[uUlL]*\b", line)
+            if m and m.group(1) == name:
+                return int(m.group(2), 0)
+    raise KeyError(name)
 
 
 def unique_segment(tag):

@@ -122,7 +122,7 @@ TEST_CASE("a published token reads back with its record") {
     REQUIRE_FALSE(empty);
     CHECK(empty.error() == Error::empty);
 
-    REQUIRE(w->publish(*slot, valid_record(1, "tok-one", 60'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(*slot, valid_record(1, "tok-one", 60'000)));
     auto t = h->get();
     REQUIRE(t);
     CHECK(t->token() == "tok-one");
@@ -136,7 +136,7 @@ TEST_CASE("a published token reads back with its record") {
     auto again = h->get();
     REQUIRE(again);
     CHECK(again->token().data() == t->token().data());
-    REQUIRE(w->publish(*slot, valid_record(2, "tok-two-longer", 60'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(*slot, valid_record(2, "tok-two-longer", 60'000)));
     auto t2 = h->get();
     REQUIRE(t2);
     CHECK(t2->token() == "tok-two-longer");
@@ -149,24 +149,24 @@ TEST_CASE("expiry, min_valid and reauth are errors on the read path") {
     const std::uint32_t slot = f.slot;
     tokenshm::Handle& h = *f.h;
 
-    REQUIRE(w->publish(slot, valid_record(1, "t", 10'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(1, "t", 10'000)));
     CHECK(h.get(5s));
     auto expiring = h.get(20s);
     REQUIRE_FALSE(expiring);
     CHECK(expiring.error() == Error::expiring);
 
-    REQUIRE(w->publish(slot, valid_record(2, "t", -1)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(2, "t", -1)));
     CHECK(h.get().error() == Error::expired);
 
     auto reauth = valid_record(3, "t", 60'000);
     reauth.state = shm::RecordState::reauth;
-    REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, reauth));
     auto still = h.get();  // not expired: served, the state travels with it
     REQUIRE(still);
     CHECK(still->state() == tokenshm::State::reauth);
     reauth.version = 4;
     reauth.expires_at_ms = now_ms() - 1;
-    REQUIRE(w->publish(slot, reauth) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, reauth));
     CHECK(h.get().error() == Error::reauth);
 }
 
@@ -180,12 +180,12 @@ TEST_CASE("min_valid out of range and absurd deadlines never return an expired t
 
     // Expired a second ago: a negative min_valid asks for nothing extra, it
     // does not buy back the second.
-    REQUIRE(w->publish(slot, valid_record(1, "t", -1000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(1, "t", -1000)));
     CHECK(h.get(-10s).error() == Error::expired);
     CHECK(h.get(std::chrono::milliseconds(kI64Min)).error() == Error::expired);
 
     // Valid for a minute: served on the fast path and the slow one alike.
-    REQUIRE(w->publish(slot, valid_record(2, "t", 60'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(2, "t", 60'000)));
     CHECK(h.get(-10s));
     CHECK(h.get(std::chrono::milliseconds(kI64Min)));
     CHECK(h.get(59s));
@@ -196,13 +196,13 @@ TEST_CASE("min_valid out of range and absurd deadlines never return an expired t
     // overflow (UBSan runs this), and the answers follow the numbers.
     auto rec = valid_record(3, "t", 0);
     rec.expires_at_ms = kI64Max;
-    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, rec));
     CHECK(h.get());
     CHECK(h.get(std::chrono::hours(24 * 365 * 100)));
     CHECK(h.get(std::chrono::milliseconds(kI64Max)).error() == Error::expiring);
     rec.version = 4;
     rec.expires_at_ms = kI64Min;
-    REQUIRE(w->publish(slot, rec) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, rec));
     CHECK(h.get().error() == Error::expired);
     CHECK(h.get(std::chrono::milliseconds(kI64Min)).error() == Error::expired);
 }
@@ -213,7 +213,7 @@ TEST_CASE("a Token is a view of its handle's copy") {
     const std::uint32_t slot = f.slot;
     auto& r = f.r;
     tokenshm::Handle& h = *f.h;
-    REQUIRE(w->publish(slot, valid_record(1, "first", 60'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(1, "first", 60'000)));
     auto t1 = h.get();
     REQUIRE(t1);
     // Unchanged version: the same copy, not a new one.
@@ -223,7 +223,7 @@ TEST_CASE("a Token is a view of its handle's copy") {
     CHECK(t1b->version() == 1);
     // A later get() that copies a new version is what the earlier Token shows
     // from then on: it is valid until the next call on the handle, as documented.
-    REQUIRE(w->publish(slot, valid_record(2, "second", 60'000)) == shm::EncodeError::ok);
+    REQUIRE(w->publish(slot, valid_record(2, "second", 60'000)));
     auto t2 = h.get();
     REQUIRE(t2);
     CHECK(t2->token() == "second");
@@ -244,7 +244,7 @@ TEST_CASE("the handle's copy sits half a page from the shared copies (no 4K alia
         auto& w = f.w;
         const std::uint32_t slot = f.slot;
         tokenshm::Handle& h = *f.h;
-        REQUIRE(w->publish(slot, valid_record(1, "tok", 60'000)) == shm::EncodeError::ok);
+        REQUIRE(w->publish(slot, valid_record(1, "tok", 60'000)));
         auto t = h.get();
         REQUIRE(t);
         // The payload is type, scope, last_error, token, after the fixed part.
@@ -291,7 +291,9 @@ TEST_CASE("a token larger than the slot is refused, nothing is published") {
     REQUIRE(w);
     auto slot = *w->claim("c");
     const std::string big(129, 'x');
-    CHECK(w->publish(slot, valid_record(1, big, 1000)) == shm::EncodeError::token_too_large);
+    const auto too_large = w->publish(slot, valid_record(1, big, 1000));
+    REQUIRE_FALSE(too_large);
+    CHECK(too_large.error() == shm::EncodeError::token_too_large);
     auto r = tokenshm::Reader::open(g.name);
     REQUIRE(r);
     CHECK(r->lookup("c")->get().error() == Error::empty);
@@ -321,14 +323,14 @@ TEST_CASE("wait wakes on publish and times out on time") {
     // after 20 s in any case, so a wait that never blocks still ends.
     const pid_t reader_tid = ::gettid();
     Blocked seen = Blocked::unknown;
-    shm::EncodeError published = shm::EncodeError::ok;
+    bool published = false;
     std::thread writer([&] {
         seen = wait_until_in_futex(reader_tid, 20s);
-        published = w->publish(slot, valid_record(7, "woken", 60'000));
+        published = w->publish(slot, valid_record(7, "woken", 60'000)).has_value();
     });
     auto t = h.wait(0, 60s);
     writer.join();
-    REQUIRE(published == shm::EncodeError::ok);
+    REQUIRE(published);
     if (seen == Blocked::unknown)
         WARN_OR_FAIL_UNDER_CI(
             "/proc/self/task/<tid> does not say whether the reader slept in "

@@ -118,8 +118,8 @@ inline OneSlotWriter one_slot_writer(const std::string& name, std::uint32_t max_
         return out;
     }
     if (first != nullptr) {
-        if (const shm::EncodeError e = w->publish(*slot, *first); e != shm::EncodeError::ok) {
-            out.error = std::string("publish: ") + shm::to_string(e);
+        if (const auto e = w->publish(*slot, *first); !e) {
+            out.error = std::string("publish: ") + shm::to_string(e.error());
             return out;
         }
     }
@@ -494,10 +494,17 @@ inline Observed observed(const tokenshm::Token& t) {
 }
 
 inline Observed observed(const shm::RecordView& v) {
-    const shm::RecordFixed& f = v.fixed;
-    return Observed{f.version,         f.expires_at_ms, f.issued_at_ms, f.next_refresh_ms,
-                    f.last_attempt_ms, f.state,         f.failures,     v.token_type,
-                    v.scope,           v.last_error,    v.token};
+    return Observed{v.version,
+                    v.expires_at_ms,
+                    v.issued_at_ms,
+                    v.next_refresh_ms,
+                    v.last_attempt_ms,
+                    static_cast<std::uint32_t>(v.state),
+                    v.failures,
+                    v.token_type,
+                    v.scope,
+                    v.last_error,
+                    v.token};
 }
 
 // Null when `o` is exactly the synthetic record of its version; else what is wrong.

@@ -8,6 +8,9 @@
 
 namespace tokenshm {
 
+// The value of an Expected<Done, E>: the call succeeded and has nothing to return.
+struct Done {};
+
 template <class E>
 struct Unexpected {
     E error;

@@ -37,7 +37,8 @@
 #define TOKENSHM_HDR_WRITER_PID 64u        /* i64 (atomic) */
 #define TOKENSHM_HDR_WRITER_START_MS 72u   /* i64 (atomic), Unix ms */
 #define TOKENSHM_HDR_WRITER_GENERATION 80u /* u64 (atomic), +1 per writer attach */
-#define TOKENSHM_HDR_HEARTBEAT_MS 128u     /* i64 (atomic), Unix ms, at least 1/s */
+#define TOKENSHM_HDR_HEARTBEAT_MS 128u /* i64 (atomic), Unix ms, see TOKENSHM_HEARTBEAT_PERIOD_MS \
+                                        */
 #define TOKENSHM_HEADER_SIZE 256u
 
 /* Slot control (offsets from the start of the slot). */
@@ -76,6 +77,18 @@
 #define TOKENSHM_STATE_STALE 2u /* valid, but refreshes are failing */
 #define TOKENSHM_STATE_EXPIRED 3u
 #define TOKENSHM_STATE_REAUTH 4u /* the grant was rejected; a person must act */
+
+/* Names: a segment name is [A-Za-z0-9._-]{1,TOKENSHM_SEGMENT_NAME_MAX}, a
+ * credential name the same of at most TOKENSHM_SLOT_NAME_CAP - 1 bytes; neither
+ * is "." or "..". */
+#define TOKENSHM_SEGMENT_NAME_MAX 200u
+
+/* Liveness: the refresher stores TOKENSHM_HDR_HEARTBEAT_MS every
+ * TOKENSHM_HEARTBEAT_PERIOD_MS; a reader calls the writer alive while the
+ * heartbeat is less than TOKENSHM_WRITER_ALIVE_WITHIN_MS old (and not that far
+ * in the future either: a corrupt or foreign clock is not a live writer). */
+#define TOKENSHM_HEARTBEAT_PERIOD_MS 250
+#define TOKENSHM_WRITER_ALIVE_WITHIN_MS 3000
 
 /* Bounds a reader enforces before trusting a header. */
 #define TOKENSHM_MIN_TOKEN_BYTES 64u

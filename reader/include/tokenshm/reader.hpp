@@ -9,10 +9,16 @@
 // After open and lookup, get() makes no syscall, takes no lock and allocates
 // nothing. A Reader may be shared by threads; a Handle belongs to one thread
 // at a time (lookup is cheap: take one per thread).
+//
+// Errors: every call returns Expected<T, E>: Failure (an Error and one line)
+// from open and lookup, a bare Error from the read path. Nothing throws but
+// allocation in open and lookup. The environment ($TOKENSHM_SEGMENT,
+// $TOKENSHM_TRUSTED_UID) is read here, in Reader::open, and nowhere below.
 #pragma once
 
 #include <tokenshm/layout.h>
 #include <tokenshm/expected.hpp>
+#include <tokenshm/shm/record.hpp>
 
 #include <sys/types.h>
 #include <time.h>
@@ -29,7 +35,7 @@
 
 namespace tokenshm {
 
-// Values match tokenshm_error in <tokenshm/tokenshm.h>.
+// Values match tokenshm_error in <tokenshm/tokenshm.h> (asserted in tokenshm_c.cpp).
 enum class Error : int {
     no_segment = 1,          // no segment, or the refresher never ran
     incompatible = 2,        // unknown layout version, sizes that do not add up, corrupt
@@ -50,21 +56,32 @@ const char* to_string(Error e) noexcept;
 // incompatible or untrusted, 2 usage, 1 otherwise.
 int exit_code(Error e) noexcept;
 
-enum class State : std::uint32_t { empty = 0, valid = 1, stale = 2, expired = 3, reauth = 4 };
+// A record's state; the values are layout.h's TOKENSHM_STATE_*.
+enum class State : std::uint32_t {
+    empty = TOKENSHM_STATE_EMPTY,
+    valid = TOKENSHM_STATE_VALID,
+    stale = TOKENSHM_STATE_STALE,
+    expired = TOKENSHM_STATE_EXPIRED,
+    reauth = TOKENSHM_STATE_REAUTH,
+};
 const char* to_string(State s) noexcept;
+static_assert(static_cast<std::uint32_t>(State::empty) ==
+                  static_cast<std::uint32_t>(shm::RecordState::empty) &&
+              static_cast<std::uint32_t>(State::valid) ==
+                  static_cast<std::uint32_t>(shm::RecordState::valid) &&
+              static_cast<std::uint32_t>(State::stale) ==
+                  static_cast<std::uint32_t>(shm::RecordState::stale) &&
+              static_cast<std::uint32_t>(State::expired) ==
+                  static_cast<std::uint32_t>(shm::RecordState::expired) &&
+              static_cast<std::uint32_t>(State::reauth) ==
+                  static_cast<std::uint32_t>(shm::RecordState::reauth) &&
+              shm::kLastRecordState == static_cast<std::uint32_t>(State::reauth));
 
 namespace detail {
 // The handle's decoded copy of its slot's record: what a Token shows. Filled
 // when get() copies a new version, untouched while the version stays.
 struct TokenData {
-    std::string_view token, token_type, scope, last_error;
-    std::int64_t expires_at_ms = 0;
-    std::int64_t issued_at_ms = 0;
-    std::int64_t next_refresh_ms = 0;
-    std::int64_t last_attempt_ms = 0;
-    std::uint64_t version = 0;
-    State state = State::empty;
-    std::uint32_t failures = 0;
+    shm::RecordView record;                                   // views into the handle's copy
     const std::atomic<std::int64_t>* heartbeat_ms = nullptr;  // in the segment's header
 };
 }  // namespace detail
@@ -74,19 +91,19 @@ struct TokenData {
 // words, so get() returns it without copying the record.
 class Token {
   public:
-    std::string_view token() const noexcept { return d_->token; }
-    std::string_view token_type() const noexcept { return d_->token_type; }
-    std::string_view scope() const noexcept { return d_->scope; }
-    std::string_view last_error() const noexcept { return d_->last_error; }
-    std::int64_t expires_at_ms() const noexcept { return d_->expires_at_ms; }  // Unix ms
-    std::int64_t issued_at_ms() const noexcept { return d_->issued_at_ms; }
-    std::int64_t next_refresh_ms() const noexcept { return d_->next_refresh_ms; }
-    std::int64_t last_attempt_ms() const noexcept { return d_->last_attempt_ms; }
+    std::string_view token() const noexcept { return d_->record.token; }
+    std::string_view token_type() const noexcept { return d_->record.token_type; }
+    std::string_view scope() const noexcept { return d_->record.scope; }
+    std::string_view last_error() const noexcept { return d_->record.last_error; }
+    std::int64_t expires_at_ms() const noexcept { return d_->record.expires_at_ms; }  // Unix ms
+    std::int64_t issued_at_ms() const noexcept { return d_->record.issued_at_ms; }
+    std::int64_t next_refresh_ms() const noexcept { return d_->record.next_refresh_ms; }
+    std::int64_t last_attempt_ms() const noexcept { return d_->record.last_attempt_ms; }
     // Grows with every publish, across refresher restarts.
-    std::uint64_t version() const noexcept { return d_->version; }
-    State state() const noexcept { return d_->state; }
+    std::uint64_t version() const noexcept { return d_->record.version; }
+    State state() const noexcept { return static_cast<State>(d_->record.state); }
     // Consecutive failed refreshes.
-    std::uint32_t failures() const noexcept { return d_->failures; }
+    std::uint32_t failures() const noexcept { return d_->record.failures; }
     // Since the refresher last said it was alive, as of the call that returned
     // this token; INT64_MAX for a heartbeat too far in the past to subtract.
     std::int64_t heartbeat_age_ms() const noexcept {
@@ -96,14 +113,15 @@ class Token {
             return std::numeric_limits<std::int64_t>::max();
         return age;
     }
-    // A heartbeat within the last 3 s. One more than 3 s in the future is a
-    // corrupt or foreign clock, not a live writer.
+    // A heartbeat within the last kWriterAliveWithinMs (layout.h's
+    // TOKENSHM_WRITER_ALIVE_WITHIN_MS, 3 s; the writer beats every 250 ms).
+    // One that far in the future is a corrupt or foreign clock, not a live writer.
     bool writer_alive() const noexcept {
         const std::int64_t age = heartbeat_age_ms();
         return age < kWriterAliveWithinMs && age > -kWriterAliveWithinMs;
     }
 
-    static constexpr std::int64_t kWriterAliveWithinMs = 3000;
+    static constexpr std::int64_t kWriterAliveWithinMs = TOKENSHM_WRITER_ALIVE_WITHIN_MS;
 
   private:
     friend class Handle;
@@ -120,7 +138,7 @@ struct Failure {
 
 struct OpenOptions {
     // Trust segments owned by this uid too (besides ours, root and user
-    // "tokenshm"); overrides $TOKENSHM_TRUSTED_UID.
+    // "tokenshm"); when unset, $TOKENSHM_TRUSTED_UID applies.
     std::optional<uid_t> trusted_uid;
 };
 
@@ -143,6 +161,13 @@ struct HandleFast {
 
 // The largest min_valid the fast path takes (ms that fit in an int64 of ns).
 inline constexpr std::int64_t kMaxFastMs = std::numeric_limits<std::int64_t>::max() / 1'000'000;
+}  // namespace detail
+
+class Handle;
+namespace detail {
+// For tests: how many of this handle's copies the writer invalidated (each one
+// a retry). Counted on the retry path only.
+std::uint64_t copy_retries(const Handle& h) noexcept;
 }  // namespace detail
 
 class Handle {
@@ -186,6 +211,7 @@ class Handle {
 
   private:
     friend class Reader;
+    friend std::uint64_t detail::copy_retries(const Handle& h) noexcept;
     explicit Handle(std::unique_ptr<detail::HandleState> s) noexcept;
     Expected<Token, Error> get_slow(std::chrono::milliseconds min_valid) noexcept;
     std::unique_ptr<detail::HandleState> s_;
@@ -202,6 +228,8 @@ struct WriterStatus {
 
 class Reader {
   public:
+    // `segment` empty: $TOKENSHM_SEGMENT, else "tokenshm". A malformed
+    // $TOKENSHM_TRUSTED_UID (when options.trusted_uid is unset) is an error.
     static Expected<Reader, Failure> open(std::string_view segment = {},
                                           const OpenOptions& options = {});
     Expected<Handle, Failure> lookup(std::string_view credential) const;

@@ -4,6 +4,8 @@
 #ifndef TOKENSHM_TOKENSHM_H
 #define TOKENSHM_TOKENSHM_H
 
+#include <tokenshm/layout.h>
+
 #include <stddef.h>
 #include <stdint.h>
 
@@ -28,12 +30,14 @@ typedef enum tokenshm_error {
     TOKENSHM_ERR_SYSTEM = 13
 } tokenshm_error;
 
+/* A record's state (tokenshm_token.state). The values are layout.h's
+ * TOKENSHM_STATE_*, which name the same numbers in the segment. */
 typedef enum tokenshm_state {
-    TOKENSHM_STATE_EMPTY_ = 0,
-    TOKENSHM_STATE_VALID_ = 1,
-    TOKENSHM_STATE_STALE_ = 2,
-    TOKENSHM_STATE_EXPIRED_ = 3,
-    TOKENSHM_STATE_REAUTH_ = 4
+    TOKENSHM_TOKEN_EMPTY = 0,
+    TOKENSHM_TOKEN_VALID = 1,
+    TOKENSHM_TOKEN_STALE = 2, /* valid, but refreshes are failing */
+    TOKENSHM_TOKEN_EXPIRED = 3,
+    TOKENSHM_TOKEN_REAUTH = 4 /* the grant was rejected; a person must act */
 } tokenshm_state;
 
 typedef struct tokenshm_reader tokenshm_reader;
@@ -59,7 +63,7 @@ typedef struct tokenshm_token {
     uint32_t state; /* tokenshm_state */
     uint32_t failures;
     int64_t heartbeat_age_ms;
-    int32_t writer_alive;
+    int32_t writer_alive; /* heartbeat within TOKENSHM_WRITER_ALIVE_WITHIN_MS (layout.h) */
     int32_t reserved;
 } tokenshm_token;
 

@@ -36,7 +36,7 @@
 // right after the writer, on another core, wrote the record, and then the
 // cache-line transfers dominate. There the copy plus get()'s validation and
 // decode run at about 1.3x a memcpy of the same fresh 1 KiB, because
-// LatchReader::prefetch() puts all the record's lines in flight at once
+// LatchReader::try_read()'s prefetch puts all the record's lines in flight at once
 // (bench/cross_core_bench.cpp; docs/PERFORMANCE.md). SSE loads in an asm block
 // would leave the C++ memory model for the x86 one; we keep the copy defined.
 #pragma once
@@ -91,9 +91,10 @@ inline void store_words(std::uint64_t* dst, const std::uint64_t* __restrict src,
         detail::store_word(dst + i, src[i]);
 }
 
-// Test-only: called by the writer halfway through writing a copy, so a test can
-// kill it there. Null in production; set only by tests.
-extern void (*g_mid_publish_hook)();
+// Stands in for a writer hook when none is wanted; compiles to nothing.
+struct NoHook {
+    void operator()() const noexcept {}
+};
 
 // The writer's side. `seq` and `copies` point into one slot.
 struct LatchWriter {
@@ -101,7 +102,12 @@ struct LatchWriter {
     std::uint64_t* copy[2];
 
     // Publishes `words` words of `image`; returns the new sequence number.
-    std::uint64_t publish(const std::uint64_t* image, std::size_t words) const noexcept {
+    // `mid_copy` runs between the two halves of the copy: a test's fault
+    // injection point (a writer killed there leaves a half-written copy that
+    // no reader is directed to).
+    template <class MidCopy = NoHook>
+    std::uint64_t publish(const std::uint64_t* image, std::size_t words,
+                          MidCopy&& mid_copy = {}) const noexcept {
         const std::uint64_t s = seq->load(std::memory_order_relaxed);  // we are the only writer
         std::uint64_t* dst = copy[(s + 1) & 1];
         // F: orders our earlier store of seq (= s) before the word stores below,
@@ -109,7 +115,7 @@ struct LatchWriter {
         std::atomic_thread_fence(std::memory_order_release);
         const std::size_t half = words / 2;
         store_words(dst, image, half);
-        if (g_mid_publish_hook != nullptr) g_mid_publish_hook();
+        mid_copy();
         store_words(dst + half, image + half, words - half);
         // R: makes the words above visible to a reader that acquires seq = s+1.
         seq->store(s + 1, std::memory_order_release);
@@ -117,40 +123,67 @@ struct LatchWriter {
     }
 };
 
-// The reader's side. Returns true when `dst` holds a consistent copy of the
-// record published as `*seen`; false when the writer moved on during the copy
-// (then `*seen` is the new sequence to try again with).
+// A sequence number a reader acquired from the latch (load A). Only
+// LatchReader makes one, so a copy cannot start from an unordered load.
+class LatchSeq {
+  public:
+    std::uint64_t value() const noexcept { return v_; }
+
+  private:
+    friend struct LatchReader;
+    explicit LatchSeq(std::uint64_t v) noexcept : v_(v) {}
+    std::uint64_t v_;
+};
+
+// What one try_read() did: `copied` is true when `dst` holds exactly the
+// record published as `seq`, `words` of it; false when the writer moved on
+// during the copy, and `seq` is then the sequence to try again with.
+struct LatchCopy {
+    bool copied;
+    LatchSeq seq;
+    std::size_t words;
+};
+
+// The reader's side: the only way to copy a record out is try_read(), which
+// validates what it copied (as Abseil's SequenceLock::TryRead does).
 struct LatchReader {
     const std::atomic<std::uint64_t>* seq;
     const std::uint64_t* copy[2];
 
-    std::uint64_t current() const noexcept { return seq->load(std::memory_order_acquire); }
+    // A: pairs with the writer's R.
+    LatchSeq current() const noexcept { return LatchSeq(seq->load(std::memory_order_acquire)); }
 
-    // Copies `words` words of the copy that sequence `s` directs to.
-    void load(std::uint64_t s, std::uint64_t* dst, std::size_t offset_words,
-              std::size_t words) const noexcept {
-        load_words(dst + offset_words, copy[s & 1] + offset_words, words);
+    // One attempt at copying the record that `s` directs to into `dst`:
+    // prefetch `prefetch_bytes`, copy `head_words`, ask `payload_words(dst)`
+    // how many more words the head announces (it must clamp them to the
+    // slot: the head may be mid-change), copy those, then validate.
+    template <class PayloadWords>
+    LatchCopy try_read(LatchSeq s, std::size_t prefetch_bytes, std::uint64_t* dst,
+                       std::size_t head_words, PayloadWords&& payload_words) const noexcept {
+        const std::uint64_t* src = copy[s.v_ & 1];
+        prefetch(src, prefetch_bytes);
+        load_words(dst, src, head_words);
+        const std::size_t more = payload_words(static_cast<const std::uint64_t*>(dst));
+        load_words(dst + head_words, src + head_words, more);
+        // G: orders the copy above before the re-check of seq.
+        std::atomic_thread_fence(std::memory_order_acquire);
+        if (seq->load(std::memory_order_relaxed) == s.v_)
+            return LatchCopy{true, s, head_words + more};
+        return LatchCopy{false, current(), 0};  // a new A: the retry needs its own acquire
     }
 
-    // Asks the core to start fetching the first `bytes` of the copy that `s`
-    // directs to. A prefetch is a hint, not an access in the C++ memory model:
-    // it cannot race, fault or change what load() sees. It lets the loads of
-    // the fixed part and of the payload (whose length the fixed part gives)
-    // find their lines already on the way, instead of waiting for one
-    // cross-core transfer after another when the writer has just written them.
-    void prefetch(std::uint64_t s, std::size_t bytes) const noexcept {
-        const auto first = reinterpret_cast<std::uintptr_t>(copy[s & 1]) & ~std::uintptr_t{63};
-        const auto end = reinterpret_cast<std::uintptr_t>(copy[s & 1]) + bytes;
+  private:
+    // Asks the core to start fetching the first `bytes` of `src`. A prefetch
+    // is a hint, not an access in the C++ memory model: it cannot race, fault
+    // or change what the loads see. It lets the loads of the head and of the
+    // payload (whose length the head gives) find their lines already on the
+    // way, instead of waiting for one cross-core transfer after another when
+    // the writer has just written them.
+    static void prefetch(const std::uint64_t* src, std::size_t bytes) noexcept {
+        const auto first = reinterpret_cast<std::uintptr_t>(src) & ~std::uintptr_t{63};
+        const auto end = reinterpret_cast<std::uintptr_t>(src) + bytes;
         for (std::uintptr_t line = first; line < end; line += 64)
             __builtin_prefetch(reinterpret_cast<const void*>(line), 0, 3);
-    }
-
-    // G then the second load: true when nothing copied since `current()` returned
-    // `s` can have come from a later publish.
-    bool validate(std::uint64_t s) const noexcept {
-        std::atomic_thread_fence(
-            std::memory_order_acquire);  // G: orders the copy before the re-check
-        return seq->load(std::memory_order_relaxed) == s;
     }
 };
 

@@ -48,24 +48,6 @@ struct alignas(kCacheLine) SlotControl {
     char name[TOKENSHM_SLOT_NAME_CAP];
 };
 
-// The fixed part of a record copy. In shared memory it is only ever accessed
-// as 8-byte words through the latch; this struct is its local, decoded form.
-struct RecordFixed {
-    std::uint64_t version;
-    std::int64_t expires_at_ms;
-    std::int64_t issued_at_ms;
-    std::int64_t next_refresh_ms;
-    std::int64_t last_attempt_ms;
-    std::uint32_t state;
-    std::uint32_t failures;
-    std::uint32_t token_len;
-    std::uint16_t type_len;
-    std::uint16_t scope_len;
-    std::uint16_t error_len;
-    std::uint16_t pad0;
-    std::uint32_t pad1;
-};
-
 static_assert(sizeof(Header) == TOKENSHM_HEADER_SIZE);
 static_assert(offsetof(Header, magic) == TOKENSHM_HDR_MAGIC);
 static_assert(offsetof(Header, major) == TOKENSHM_HDR_MAJOR);
@@ -90,19 +72,6 @@ static_assert(alignof(SlotControl) == kCacheLine);
 static_assert(offsetof(SlotControl, futex) == TOKENSHM_SLOT_FUTEX);
 static_assert(offsetof(SlotControl, status) == TOKENSHM_SLOT_STATUS);
 static_assert(offsetof(SlotControl, name) == TOKENSHM_SLOT_NAME);
-
-static_assert(sizeof(RecordFixed) == TOKENSHM_REC_FIXED_SIZE);
-static_assert(offsetof(RecordFixed, version) == TOKENSHM_REC_VERSION);
-static_assert(offsetof(RecordFixed, expires_at_ms) == TOKENSHM_REC_EXPIRES_AT_MS);
-static_assert(offsetof(RecordFixed, issued_at_ms) == TOKENSHM_REC_ISSUED_AT_MS);
-static_assert(offsetof(RecordFixed, next_refresh_ms) == TOKENSHM_REC_NEXT_REFRESH_MS);
-static_assert(offsetof(RecordFixed, last_attempt_ms) == TOKENSHM_REC_LAST_ATTEMPT_MS);
-static_assert(offsetof(RecordFixed, state) == TOKENSHM_REC_STATE);
-static_assert(offsetof(RecordFixed, failures) == TOKENSHM_REC_FAILURES);
-static_assert(offsetof(RecordFixed, token_len) == TOKENSHM_REC_TOKEN_LEN);
-static_assert(offsetof(RecordFixed, type_len) == TOKENSHM_REC_TYPE_LEN);
-static_assert(offsetof(RecordFixed, scope_len) == TOKENSHM_REC_SCOPE_LEN);
-static_assert(offsetof(RecordFixed, error_len) == TOKENSHM_REC_ERROR_LEN);
 
 // Every shared atomic must be a plain load/store, never a libatomic call: a
 // libatomic fallback may write (cmpxchg) and fault on a read-only mapping.

@@ -13,17 +13,26 @@
 
 namespace tokenshm::shm {
 
+// A failed syscall: errno is wrapped here once, and callers ask the named
+// predicates below instead of comparing errno values.
 struct SysError {
     const char* call;  // "shm_open", "fstat", ...
     int err;           // errno
     std::string subject;
     // "shm_open(/tokenshm): Permission denied"
     std::string message() const;
+
+    bool is_not_found() const noexcept;          // ENOENT
+    bool is_already_exists() const noexcept;     // EEXIST
+    bool is_permission_denied() const noexcept;  // EACCES, EPERM
+    bool is_no_space() const noexcept;           // ENOSPC
+    // A lock another open file description holds (EAGAIN, EACCES from F_OFD_SETLK).
+    bool is_lock_held() const noexcept;
 };
 
 template <class T>
 using SysResult = Expected<T, SysError>;
-struct Done {};
+using tokenshm::Done;
 
 // An owned file descriptor.
 class Fd {
@@ -77,9 +86,12 @@ SysResult<Done> lock_exclusive(int fd, const std::string& subject);
 SysResult<bool> write_locked_by_other(int fd, const std::string& subject);
 // FUTEX_WAKE on a word in a shared mapping (all waiters).
 void futex_wake_all(const void* word) noexcept;
+// How a FUTEX_WAIT ended: woken (or the value already differed), the timeout
+// passed, or a signal interrupted it. Any other failure is a SysError.
+enum class FutexWake { woken, timed_out, interrupted };
 // FUTEX_WAIT while *word == expected, at most timeout_ns (negative: forever).
-// Returns 0 when woken or the value differed, ETIMEDOUT, or EINTR.
-int futex_wait(const void* word, std::uint32_t expected, std::int64_t timeout_ns) noexcept;
+SysResult<FutexWake> futex_wait(const void* word, std::uint32_t expected,
+                                std::int64_t timeout_ns) noexcept;
 // Unix time in milliseconds from CLOCK_REALTIME.
 std::int64_t realtime_ms() noexcept;
 }  // namespace sys

@@ -1,15 +1,24 @@
 // Creating, attaching to and opening the shared segment, with every check a
 // process must make before trusting it.
+//
+// Errors in libshm: a call that can fail returns Expected<T, typed error>:
+// SegmentError (a code and one line) from the segment, SysError from a
+// syscall (errno wrapped once; callers ask its named predicates, never
+// compare errno), EncodeError for a record that does not fit. Success is a
+// value (Done when there is nothing to return), never an empty error. Nothing
+// throws but allocation. libshm reads no environment: callers pass values.
 #pragma once
 
 #include <tokenshm/expected.hpp>
 #include <tokenshm/shm/layout.hpp>
+#include <tokenshm/shm/names.hpp>
 #include <tokenshm/shm/posix.hpp>
 #include <tokenshm/shm/record.hpp>
 
 #include <sys/types.h>
 
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -35,17 +44,9 @@ struct SegmentError {
 template <class T>
 using SegResult = Expected<T, SegmentError>;
 
-// `[A-Za-z0-9._-]{1,200}`, and not "." or "..".
-bool valid_segment_name(std::string_view name) noexcept;
-// The name to use: `explicit_name` if given, else $TOKENSHM_SEGMENT, else "tokenshm".
-std::string resolve_segment_name(std::string_view explicit_name);
-// Credential (slot) names: `[A-Za-z0-9._-]{1,63}`.
-bool valid_slot_name(std::string_view name) noexcept;
-
 // Checks a mapped header: magic, major, sizes against each other and against
 // the mapped length. Reads geometry only; never trusts a field before checking it.
-std::optional<SegmentError> validate_header(const Header& h, std::size_t mapped_len,
-                                            const std::string& name);
+SegResult<Done> validate_header(const Header& h, std::size_t mapped_len, const std::string& name);
 
 struct WriterInfo {
     std::int64_t pid = 0;
@@ -59,7 +60,9 @@ struct WriterInfo {
 class ReadOnlySegment {
   public:
     struct Options {
-        std::optional<uid_t> trusted_uid;  // in addition to self, root, user "tokenshm"
+        // Trusted in addition to self, root and user "tokenshm". libshm reads
+        // no environment: the reader resolves $TOKENSHM_TRUSTED_UID.
+        std::optional<uid_t> trusted_uid;
     };
     static SegResult<ReadOnlySegment> open(std::string_view name, const Options& opts);
 
@@ -82,12 +85,24 @@ class ReadOnlySegment {
     Geometry geo_{};
 };
 
+// Steps of the writer's work at which a test can stop or kill it, to show
+// that readers and the next writer survive a writer dying there.
+enum class WriterStep {
+    header_init,  // creating: geometry written, writer and magic not yet
+    slot_claim,   // claiming a free slot: name written, status not yet active
+    mid_copy,     // publishing: half of the new copy written, seq not yet moved
+    retire,       // retiring: status says removed, waiters not yet woken
+};
+// Called at each WriterStep when set. Production leaves it empty.
+using WriterStepHook = std::function<void(WriterStep)>;
+
 struct SegmentSpec {
     std::string name = "tokenshm";
     mode_t mode = 0600;
     std::optional<gid_t> group;
     std::uint32_t max_token_bytes = 8192;
     std::uint32_t slot_count = 16;  // capacity, fixed at creation
+    WriterStepHook step_hook;       // tests only
 };
 
 // The refresher's read-write handle. Holds the segment's exclusive lock for
@@ -111,15 +126,17 @@ class WriterSegment {
     void retire(std::uint32_t slot);
     std::vector<std::pair<std::string, std::uint32_t>> active_slots() const;
 
-    // Publishes a record and wakes waiters. Returns the error for a record that
-    // does not fit; nothing is published then.
-    EncodeError publish(std::uint32_t slot, const SlotRecord& rec);
+    // Publishes a record and wakes waiters. Fails for a record that does not
+    // fit; nothing is published then.
+    Expected<Done, EncodeError> publish(std::uint32_t slot, const SlotRecord& rec);
     // The slot's current record (decoded into `scratch`), or nullopt when it is
     // corrupt (lengths or state no honest writer produces).
     std::optional<RecordView> current(std::uint32_t slot,
                                       std::vector<std::uint64_t>& scratch) const;
 
     void heartbeat(std::int64_t now_ms) noexcept;
+    // Replaces the spec's step hook (tests arm it after setting a slot up).
+    void set_step_hook(WriterStepHook hook) { step_hook_ = std::move(hook); }
     // True when the segment was unlinked under us (e.g. systemd RemoveIPC).
     bool unlinked() const;
     // Removes the name (tests and `--remove` only); the mapping stays valid.
@@ -130,6 +147,11 @@ class WriterSegment {
         return slot_at(map_.addr(), geo_.slot_size(), i);
     }
     Header& header() const noexcept { return *static_cast<Header*>(map_.addr()); }
+    // The steps of create_or_attach, in order.
+    SegResult<Done> initialise(const SegmentSpec& spec);  // a new (or unfinished) segment
+    SegResult<Done> adopt(const SegmentSpec& spec, const struct stat& st);  // a previous writer's
+    void repair_slots(std::vector<std::string>* repaired);
+    void stamp_writer() noexcept;
 
     std::string name_;
     Fd fd_;
@@ -137,6 +159,10 @@ class WriterSegment {
     Geometry geo_{};
     bool created_ = false;
     std::vector<std::uint64_t> image_;
+    WriterStepHook step_hook_;
+    void step(WriterStep at) const {
+        if (step_hook_) step_hook_(at);
+    }
 };
 
 }  // namespace tokenshm::shm
