@@ -12,6 +12,7 @@
 // built in the copy path.) Negative controls prove the filter bites and the
 // allocation counter counts.
 #include "allocation_counter.hpp"
+#include "proof_support.hpp"
 #include "test_support.hpp"
 
 #include <tokenshm/reader.hpp>
@@ -121,6 +122,7 @@ int prepare_handle(const std::string& segment, std::optional<tokenshm::Handle>& 
 // A writer child publishing new synthetic versions back to back until killed.
 Child start_writer(shm::WriterSegment& w, std::uint32_t slot, int ready_fd) {
     return Child::fork([&w, slot, ready_fd] {
+        segtest::pin_to_cpu(0);  // apart from the reader: they race, not take turns
         segtest::SynthRecord rec;
         for (std::uint64_t v = 2;; ++v) {
             segtest::make_synth(v, kTokenCap, rec);
@@ -225,6 +227,7 @@ TEST_CASE(
     Child reader = Child::fork([&] {
         result.close_read();
         no_core_dumps();
+        segtest::pin_to_cpu(1);
         std::optional<tokenshm::Handle> h;
         if (const int rc = prepare_handle(g.name, h)) return rc;
         read_under_filter(*h, result.wr());
