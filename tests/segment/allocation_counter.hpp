@@ -20,7 +20,11 @@
 
 #if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
 #define SEGTEST_SANITIZER_MALLOC 1
-#include <sanitizer/allocator_interface.h>
+// From <sanitizer/allocator_interface.h>, which g++ 12 does not ship; the
+// ASan and TSan runtimes define it.
+extern "C" int __sanitizer_install_malloc_and_free_hooks(void (*malloc_hook)(const volatile void*,
+                                                                             std::size_t),
+                                                         void (*free_hook)(const volatile void*));
 #endif
 
 namespace segtest {
