@@ -324,15 +324,47 @@ std::optional<std::uint64_t> wait_publish(const std::atomic<std::uint64_t>& seq,
     }
 }
 
-Samples run_reader(Setup& s, const std::vector<Step>& steps, std::size_t warmup_steps, Control& c,
-                   std::int64_t start_ns, std::int64_t deadline_ns) {
-    const shm::Geometry g = s.ro->geometry();
+// One moment on both clocks (CLOCK_MONOTONIC and the TSC), to measure the TSC rate.
+struct ClockMark {
+    std::int64_t mono = 0;
+    std::uint64_t tsc = 0;
+};
+
+ClockMark clock_mark() noexcept {
+    ClockMark m;
+    m.mono = mono_ns();
+    m.tsc = __rdtsc();
+    return m;
+}
+
+// TSC ticks per ns since `from`, measured over at least kMinCalibrationNs.
+double tsc_per_ns_since(const ClockMark& from) noexcept {
+    std::int64_t mono1 = mono_ns();
+    while (mono1 - from.mono < kMinCalibrationNs)
+        mono1 = mono_ns();
+    const std::uint64_t tsc1 = __rdtsc();
+    return static_cast<double>(tsc1 - from.tsc) / static_cast<double>(mono1 - from.mono);
+}
+
+// The reader's side of the run, one entry per size: the handle whose get() is
+// timed, the slot's seq and the two record copies the writer stores to, and a
+// private destination for the memcpy and floor copies.
+struct ReaderSlots {
     std::vector<tokenshm::Handle> handles;
     std::array<const std::atomic<std::uint64_t>*, kNSizes> seq{};
     std::array<std::array<const char*, 2>, kNSizes> copy{};
     std::array<std::uint64_t, kNSizes> last{};
     std::array<std::size_t, kNSizes> record_bytes{};
     std::array<std::unique_ptr<CopyBuffer>, kNSizes> dst;
+
+    static ReaderSlots open(Setup& s);
+    std::size_t take_samples(const std::vector<Step>& steps, std::size_t warmup_steps, Control& c,
+                             std::int64_t deadline_ns, Samples& out, ClockMark& measured_from);
+};
+
+ReaderSlots ReaderSlots::open(Setup& s) {
+    const shm::Geometry g = s.ro->geometry();
+    ReaderSlots r;
     for (std::size_t k = 0; k < kNSizes; ++k) {
         auto h = s.reader->lookup(tb::slot_name(kSizes[k]));
         if (!h) fail(h.error().message);
@@ -340,35 +372,38 @@ Samples run_reader(Setup& s, const std::vector<Step>& steps, std::size_t warmup_
         // copies because the writer has moved seq on.
         const auto t = h->get();
         if (!t || t->token().size() != kSizes[k]) fail("no valid token before the run");
-        handles.push_back(std::move(*h));
+        r.handles.push_back(std::move(*h));
         const shm::SlotControl* slot = s.ro->slot(s.slots[k]);
-        seq[k] = &slot->seq;
-        last[k] = seq[k]->load(std::memory_order_acquire);
+        r.seq[k] = &slot->seq;
+        r.last[k] = r.seq[k]->load(std::memory_order_acquire);
         for (unsigned i = 0; i < 2; ++i)
-            copy[k][i] = reinterpret_cast<const char*>(shm::copy_at(slot, g.record_size(), i));
-        record_bytes[k] = shm::record_words(kTypeAndScopeBytes + kSizes[k]) * 8;
-        dst[k] = std::make_unique<CopyBuffer>(record_bytes[k], copy[k][0]);
+            r.copy[k][i] = reinterpret_cast<const char*>(shm::copy_at(slot, g.record_size(), i));
+        r.record_bytes[k] = shm::record_words(kTypeAndScopeBytes + kSizes[k]) * 8;
+        r.dst[k] = std::make_unique<CopyBuffer>(r.record_bytes[k], r.copy[k][0]);
     }
+    return r;
+}
 
-    Samples out;
-    for (auto& per_size : out.ticks)
-        for (auto& v : per_size)
-            v.reserve((steps.size() - warmup_steps) / (kNSizes * kScheduledOps) + 1);
+// Keeps one measured step's sample (and the hot memcpy's, for a memcpy step).
+void keep_sample(Samples& out, const Step& step, std::uint64_t ticks, std::uint64_t hot) {
+    out.ticks[step.size][step.op].push_back(ticks);
+    if (step.op == kMemcpy) out.ticks[step.size][kMemcpyHot].push_back(hot);
+}
 
-    std::int64_t mono0 = 0;
-    std::uint64_t tsc0 = 0;
-    std::size_t done = 0;
+// For each step: waits for the writer's publish, times the step's operation on
+// the record just written, then acks so the writer publishes the next. Keeps
+// the samples of the steps from warmup_steps on, whose start `measured_from`
+// records. Returns the number of steps done: fewer than steps.size() when the
+// wall-clock cap passed first. Only the code between tsc_start and tsc_stop is
+// timed; keep everything else out of it.
+std::size_t ReaderSlots::take_samples(const std::vector<Step>& steps, std::size_t warmup_steps,
+                                      Control& c, std::int64_t deadline_ns, Samples& out,
+                                      ClockMark& measured_from) {
     for (std::size_t i = 0; i < steps.size(); ++i) {
-        if (i == warmup_steps) {
-            mono0 = mono_ns();
-            tsc0 = __rdtsc();
-        }
+        if (i == warmup_steps) measured_from = clock_mark();
         const std::size_t k = steps[i].size;
         const auto got = wait_publish(*seq[k], last[k], c, deadline_ns);
-        if (!got) {
-            out.truncated = true;
-            break;
-        }
+        if (!got) return i;
         const std::uint64_t sq = last[k] = *got;
         const char* rec = copy[k][sq & 1];
         char* buf = dst[k]->get();
@@ -413,19 +448,26 @@ Samples run_reader(Setup& s, const std::vector<Step>& steps, std::size_t warmup_
                 break;
         }
         c.ack.v.store(i + 1, std::memory_order_release);
-        if (i < warmup_steps) continue;
-        out.ticks[k][steps[i].op].push_back(t1 - t0);
-        if (steps[i].op == kMemcpy) out.ticks[k][kMemcpyHot].push_back(hot);
-        done = i + 1;
+        if (i >= warmup_steps) keep_sample(out, steps[i], t1 - t0, hot);
     }
+    return steps.size();
+}
+
+Samples run_reader(Setup& s, const std::vector<Step>& steps, std::size_t warmup_steps, Control& c,
+                   std::int64_t start_ns, std::int64_t deadline_ns) {
+    ReaderSlots r = ReaderSlots::open(s);
+    Samples out;
+    for (auto& per_size : out.ticks)
+        for (auto& v : per_size)
+            v.reserve((steps.size() - warmup_steps) / (kNSizes * kScheduledOps) + 1);
+
+    ClockMark measured_from;
+    const std::size_t done =
+        r.take_samples(steps, warmup_steps, c, deadline_ns, out, measured_from);
     if (done <= warmup_steps) fail("the wall-clock cap passed before any sample was taken");
+    out.truncated = done < steps.size();
     c.stop.v.store(1, std::memory_order_relaxed);
-    // Measure the TSC rate over at least kMinCalibrationNs.
-    std::int64_t mono1 = mono_ns();
-    while (mono1 - mono0 < kMinCalibrationNs)
-        mono1 = mono_ns();
-    const std::uint64_t tsc1 = __rdtsc();
-    out.ticks_per_ns = static_cast<double>(tsc1 - tsc0) / static_cast<double>(mono1 - mono0);
+    out.ticks_per_ns = tsc_per_ns_since(measured_from);
     out.elapsed_s = static_cast<double>(mono_ns() - start_ns) / 1e9;
     return out;
 }
@@ -457,6 +499,101 @@ std::string ratio(double a, double b) {
     return buf;
 }
 
+// The five ratios of one size, each "1.23" or "null" (see ratio).
+struct Ratios {
+    std::string memcpy_net, floor_net, memcpy_raw, floor_raw, fresh_over_hot;
+};
+
+Ratios ratios(const std::array<Stats, kOps>& st) {
+    const double empty = st[kEmpty].median;
+    const double get = st[kGet].median, mc = st[kMemcpy].median, fl = st[kFloor].median,
+                 hot = st[kMemcpyHot].median;
+    Ratios r;
+    r.memcpy_net = ratio(get - empty, mc - empty);
+    r.floor_net = ratio(get - empty, fl - empty);
+    r.memcpy_raw = ratio(get, mc);
+    r.floor_raw = ratio(get, fl);
+    r.fresh_over_hot = ratio(mc - empty, hot - empty);
+    return r;
+}
+
+// The failed get() calls of one size: their total (wrong records included)
+// and the JSON members counting them by error code.
+struct GetErrors {
+    std::uint64_t total = 0;
+    std::string by_code;
+};
+
+GetErrors get_errors(const Samples& s, std::size_t k) {
+    GetErrors e;
+    e.total = s.wrong_record[k];
+    for (unsigned code = 0; code < 16; ++code) {
+        if (s.errors_by_code[k][code] == 0) continue;
+        e.total += s.errors_by_code[k][code];
+        e.by_code += (e.by_code.empty() ? "\"" : ",\"") +
+                     std::string(tokenshm::bench::error_name(static_cast<tokenshm::Error>(code))) +
+                     "\":" + std::to_string(s.errors_by_code[k][code]);
+    }
+    return e;
+}
+
+// The "ops" members of one size: each operation's statistics.
+std::string ops_json(const std::array<Stats, kOps>& st) {
+    const double empty = st[kEmpty].median;
+    std::string ops;
+    for (int op = 0; op < kOps; ++op) {
+        char buf[256];
+        std::snprintf(buf, sizeof buf,
+                      "%s\"%s\":{\"samples\":%zu,\"median_ns\":%.2f,\"p10_ns\":%.2f,"
+                      "\"p90_ns\":%.2f,\"net_median_ns\":%.2f}",
+                      ops.empty() ? "" : ",", kOpName[op], st[op].n, st[op].median, st[op].p10,
+                      st[op].p90, st[op].median - empty);
+        ops += buf;
+    }
+    return ops;
+}
+
+// One element of the report's "sizes" array.
+std::string size_json(std::size_t k, const std::array<Stats, kOps>& st, const Ratios& r,
+                      const GetErrors& e, std::uint64_t wrong_record) {
+    const std::string ops = ops_json(st);
+    char buf[4096];
+    std::snprintf(buf, sizeof buf,
+                  "{\"token_bytes\":%zu,\"record_bytes\":%zu,\"memcpy_from\":\"token offset %zu\","
+                  "\"ops\":{%s},\"ratios\":{\"get_over_memcpy_net\":%s,\"get_over_floor_net\":%s,"
+                  "\"get_over_memcpy_raw\":%s,\"get_over_floor_raw\":%s,"
+                  "\"memcpy_fresh_over_hot_net\":%s},\"get_errors\":%llu,"
+                  "\"get_errors_by_code\":{%s},\"get_wrong_record\":%llu}",
+                  kSizes[k], shm::record_words(kTypeAndScopeBytes + kSizes[k]) * 8, kTokenOffset,
+                  ops.c_str(), r.memcpy_net.c_str(), r.floor_net.c_str(), r.memcpy_raw.c_str(),
+                  r.floor_raw.c_str(), r.fresh_over_hot.c_str(),
+                  static_cast<unsigned long long>(e.total), e.by_code.c_str(),
+                  static_cast<unsigned long long>(wrong_record));
+    return buf;
+}
+
+// The --text table rows of one size.
+std::string size_table(std::size_t k, const std::array<Stats, kOps>& st, const Ratios& r,
+                       std::uint64_t errors) {
+    const double empty = st[kEmpty].median;
+    std::string table;
+    char buf[512];
+    for (int op = 0; op < kOps; ++op) {
+        std::snprintf(buf, sizeof buf, "%6zu  %-10s  %8.1f  %8.1f  %8.1f  %8.1f  %7zu\n", kSizes[k],
+                      kOpName[op], st[op].median, st[op].median - empty, st[op].p10, st[op].p90,
+                      st[op].n);
+        table += buf;
+    }
+    std::snprintf(buf, sizeof buf,
+                  "        get/memcpy %s (raw %s)  get/floor %s (raw %s)  "
+                  "memcpy fresh/hot %s  get errors %llu\n",
+                  r.memcpy_net.c_str(), r.memcpy_raw.c_str(), r.floor_net.c_str(),
+                  r.floor_raw.c_str(), r.fresh_over_hot.c_str(),
+                  static_cast<unsigned long long>(errors));
+    table += buf;
+    return table;
+}
+
 // Prints the JSON report (and the table with --text); returns the number of
 // failed get() calls.
 std::uint64_t report(const Options& o, Samples& s, int reader_cpu, int writer_cpu) {
@@ -467,63 +604,12 @@ std::uint64_t report(const Options& o, Samples& s, int reader_cpu, int writer_cp
         std::array<Stats, kOps> st;
         for (int op = 0; op < kOps; ++op)
             st[op] = stats(s.ticks[k][op], s.ticks_per_ns);
-        const double empty = st[kEmpty].median;
-        std::string ops;
-        for (int op = 0; op < kOps; ++op) {
-            char buf[256];
-            std::snprintf(buf, sizeof buf,
-                          "%s\"%s\":{\"samples\":%zu,\"median_ns\":%.2f,\"p10_ns\":%.2f,"
-                          "\"p90_ns\":%.2f,\"net_median_ns\":%.2f}",
-                          ops.empty() ? "" : ",", kOpName[op], st[op].n, st[op].median, st[op].p10,
-                          st[op].p90, st[op].median - empty);
-            ops += buf;
-        }
-        std::uint64_t errors = s.wrong_record[k];
-        std::string by_code;
-        for (unsigned code = 0; code < 16; ++code) {
-            if (s.errors_by_code[k][code] == 0) continue;
-            errors += s.errors_by_code[k][code];
-            by_code +=
-                (by_code.empty() ? "\"" : ",\"") +
-                std::string(tokenshm::bench::error_name(static_cast<tokenshm::Error>(code))) +
-                "\":" + std::to_string(s.errors_by_code[k][code]);
-        }
-        failed += errors;
-        const double get = st[kGet].median, mc = st[kMemcpy].median, fl = st[kFloor].median,
-                     hot = st[kMemcpyHot].median;
-        const std::string r_mc_net = ratio(get - empty, mc - empty);
-        const std::string r_fl_net = ratio(get - empty, fl - empty);
-        const std::string r_mc_raw = ratio(get, mc);
-        const std::string r_fl_raw = ratio(get, fl);
-        const std::string r_hot = ratio(mc - empty, hot - empty);
-        char buf[4096];
-        std::snprintf(
-            buf, sizeof buf,
-            "%s{\"token_bytes\":%zu,\"record_bytes\":%zu,\"memcpy_from\":\"token offset %zu\","
-            "\"ops\":{%s},\"ratios\":{\"get_over_memcpy_net\":%s,\"get_over_floor_net\":%s,"
-            "\"get_over_memcpy_raw\":%s,\"get_over_floor_raw\":%s,"
-            "\"memcpy_fresh_over_hot_net\":%s},\"get_errors\":%llu,"
-            "\"get_errors_by_code\":{%s},\"get_wrong_record\":%llu}",
-            sizes.empty() ? "" : ",", kSizes[k],
-            shm::record_words(kTypeAndScopeBytes + kSizes[k]) * 8, kTokenOffset, ops.c_str(),
-            r_mc_net.c_str(), r_fl_net.c_str(), r_mc_raw.c_str(), r_fl_raw.c_str(), r_hot.c_str(),
-            static_cast<unsigned long long>(errors), by_code.c_str(),
-            static_cast<unsigned long long>(s.wrong_record[k]));
-        sizes += buf;
-        if (o.text) {
-            for (int op = 0; op < kOps; ++op) {
-                std::snprintf(buf, sizeof buf, "%6zu  %-10s  %8.1f  %8.1f  %8.1f  %8.1f  %7zu\n",
-                              kSizes[k], kOpName[op], st[op].median, st[op].median - empty,
-                              st[op].p10, st[op].p90, st[op].n);
-                table += buf;
-            }
-            std::snprintf(buf, sizeof buf,
-                          "        get/memcpy %s (raw %s)  get/floor %s (raw %s)  "
-                          "memcpy fresh/hot %s  get errors %llu\n",
-                          r_mc_net.c_str(), r_mc_raw.c_str(), r_fl_net.c_str(), r_fl_raw.c_str(),
-                          r_hot.c_str(), static_cast<unsigned long long>(errors));
-            table += buf;
-        }
+        const Ratios r = ratios(st);
+        const GetErrors e = get_errors(s, k);
+        failed += e.total;
+        if (!sizes.empty()) sizes += ',';
+        sizes += size_json(k, st, r, e, s.wrong_record[k]);
+        if (o.text) table += size_table(k, st, r, e.total);
     }
     std::printf(
         "{\"bench\":\"cross_core\",\"reader_cpu\":%d,\"writer_cpu\":%d,\"samples_per_op\":%zu,"
@@ -574,6 +660,43 @@ Options parse(int argc, char** argv) {
     return o;
 }
 
+// The handshake page, shared with the writer through fork.
+Control& map_control() {
+    void* page =
+        ::mmap(nullptr, sizeof(Control), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) fail(errno_text("mmap", "handshake page"));
+    return *new (page) Control;
+}
+
+// Forks the writer process (run_writer); returns its pid in the reader.
+pid_t start_writer(Setup& setup, const std::vector<Step>& steps, Control& control, int writer_cpu,
+                   std::int64_t deadline_ns) {
+    std::fflush(nullptr);  // nothing buffered may be written twice
+    const pid_t parent = ::getpid();
+    const pid_t child = ::fork();
+    if (child < 0) fail(errno_text("fork"));
+    if (child == 0)
+        run_writer(*setup.writer, setup.slots, steps, control, writer_cpu, parent, deadline_ns);
+    g_cleanup.child = child;
+    return child;
+}
+
+// The writer returns on `stop`; give it a second, then kill it. Fails the run
+// unless it exited with status 0.
+void await_writer(pid_t child) {
+    int status = 0;
+    pid_t p = 0;
+    for (int i = 0; i < 1000 && p == 0; ++i) {
+        p = ::waitpid(child, &status, WNOHANG);
+        if (p < 0 && errno == EINTR) p = 0;
+        if (p == 0) ::usleep(1000);
+    }
+    if (p < 0) fail(errno_text("waitpid"));
+    if (p == 0) fail("the writer did not stop");
+    g_cleanup.child = -1;
+    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("the writer failed");
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -595,36 +718,13 @@ int main(int argc, char** argv) {
     Setup setup = make_segment(tb::unique_segment("xcore"));
     const std::vector<Step> steps = make_schedule(kWarmupRounds + o.samples, o.seed);
     const std::size_t warmup_steps = std::size_t{kWarmupRounds} * kNSizes * kScheduledOps;
-
-    void* page =
-        ::mmap(nullptr, sizeof(Control), PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
-    if (page == MAP_FAILED) fail(errno_text("mmap", "handshake page"));
-    Control& control = *new (page) Control;
+    Control& control = map_control();
 
     const std::int64_t start_ns = mono_ns();
     const std::int64_t deadline_ns = start_ns + static_cast<std::int64_t>(o.seconds * 1e9);
-    std::fflush(nullptr);  // nothing buffered may be written twice
-    const pid_t parent = ::getpid();
-    const pid_t child = ::fork();
-    if (child < 0) fail(errno_text("fork"));
-    if (child == 0)
-        run_writer(*setup.writer, setup.slots, steps, control, writer_cpu, parent, deadline_ns);
-    g_cleanup.child = child;
-
+    const pid_t child = start_writer(setup, steps, control, writer_cpu, deadline_ns);
     Samples samples = run_reader(setup, steps, warmup_steps, control, start_ns, deadline_ns);
-
-    // The writer returns on `stop`; give it a second, then kill it.
-    int status = 0;
-    pid_t p = 0;
-    for (int i = 0; i < 1000 && p == 0; ++i) {
-        p = ::waitpid(child, &status, WNOHANG);
-        if (p < 0 && errno == EINTR) p = 0;
-        if (p == 0) ::usleep(1000);
-    }
-    if (p < 0) fail(errno_text("waitpid"));
-    if (p == 0) fail("the writer did not stop");
-    g_cleanup.child = -1;
-    if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) fail("the writer failed");
+    await_writer(child);
 
     const std::uint64_t failed = report(o, samples, reader_cpu, writer_cpu);
     if (failed != 0) {
