@@ -1,4 +1,4 @@
-/* Issue point 9: the C ABI from C11. Run by run_with_publisher.py, which
+/* The C ABI from C11. Run by run_with_publisher.py, which
  * starts a publisher holding SEGMENT with credential NAME = TOKEN and passes
  * the three as arguments:
  *

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Issue point 9: Python reads a token through the C ABI with ctypes.
+"""Python reads a token through the C ABI with ctypes.
 
     ctypes_test.py LIBTOKENSHM PUBLISHER
 

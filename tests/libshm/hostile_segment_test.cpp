@@ -1,4 +1,4 @@
-// Issue point 15: hostile and broken segments get the right typed error, from
+// Hostile and broken segments get the right typed error, from
 // the reader API and as `tokenshm get`'s exit code, never a crash (run it under
 // ASan+UBSan). Each case starts from a valid segment and corrupts it through a
 // second read-write mapping, or writes /dev/shm/<name> directly.
@@ -471,7 +471,7 @@ TEST_CASE("owner: another uid is untrusted unless TOKENSHM_TRUSTED_UID names it"
     }
     const uid_t nobody_uid = nobody->pw_uid;
     SegmentGuard g{segtest::unique_segment("howner")};
-    const std::string publisher = segtest::build_path("tests/segment/publisher");
+    const std::string publisher = segtest::build_path("tests/libshm/publisher");
 
     // The publisher, run as nobody, creates and holds the segment.
     Pipe out;

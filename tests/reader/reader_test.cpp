@@ -343,13 +343,3 @@ TEST_CASE("wait wakes on publish and times out on time") {
     // Already past the seen version: returns at once.
     CHECK(h.wait(6, 0ms));
 }
-
-TEST_CASE("a second writer is refused with the holder's pid") {
-    SegmentGuard g{unique_segment("two")};
-    auto w = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE(w);
-    auto w2 = shm::WriterSegment::create_or_attach(spec(g.name));
-    REQUIRE_FALSE(w2);
-    CHECK(w2.error().code == shm::SegmentErrc::locked);
-    CHECK_THAT(w2.error().message, Catch::Contains("pid " + std::to_string(::getpid())));
-}

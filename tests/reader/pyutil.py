@@ -1,4 +1,4 @@
-"""Helpers shared by the segment suite's Python tests: a publisher process
+"""Helpers shared by the reader suite's Python tests: a publisher process
 that owns a segment for the duration of a `with` block, and unique names."""
 
 import itertools
