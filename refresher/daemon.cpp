@@ -68,22 +68,21 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
 
     for (const auto& c : d->cfg_.credentials) {
         auto cred = d->make_credential(c, std::nullopt);
-        if (!cred) return failed(std::move(cred).error());
+        if (!cred) return Unexpected{std::move(cred).error()};
         Entry& e = d->entries_[c.name];
         e.cred = std::move(*cred);
-        if (auto ok = d->attach_entry(e, c.name, true); !ok)
-            return failed(ok.error() + " (remove the segment and restart to make it larger)");
+        if (auto ok = d->attach_entry(e, c.name, true); !ok) return Unexpected{ok.error()};
     }
     d->publish_changed();
     return d;
 }
 
-Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credential(
+Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_credential(
     const CredentialConfig& c, const std::optional<Secret>& carried) {
     std::optional<Secret> rt = carried;
     if (!rt && c.grant == Grant::refresh_token) {
         auto loaded = initial_refresh_token(*store_, *deps_.fs, c.name, c.refresh_token_file);
-        if (!loaded) return Unexpected{loaded.error().message};
+        if (!loaded) return Unexpected{std::move(loaded).error()};
         rt = std::move(*loaded);
     }
     StateStore* store = store_.get();
@@ -93,9 +92,12 @@ Expected<std::unique_ptr<CredentialRefresher>, std::string> Daemon::make_credent
         deps_.random01, [this, name = c.name] { changed_.insert(name); });
 }
 
-Expected<Done, std::string> Daemon::attach_entry(Entry& e, const std::string& name, bool resume) {
+Expected<Done, RefresherError> Daemon::attach_entry(Entry& e, const std::string& name,
+                                                    bool resume) {
     auto slot = seg_->claim(name);
-    if (!slot) return Unexpected{slot.error().message};
+    if (!slot)
+        return Unexpected{RefresherError::runtime_error(
+            slot.error().message + " (remove the segment and restart to make it larger)")};
     e.slot = *slot;
     std::vector<std::uint64_t> scratch;
     if (auto cur = seg_->current(e.slot, scratch)) {
@@ -159,7 +161,7 @@ void Daemon::check_segment(std::int64_t now) {
     for (auto& [name, e] : entries_) {
         const std::uint64_t v = e.version;
         if (auto ok = attach_entry(e, name, false); !ok) {
-            log_event(Level::error, name, "no_slot", ok.error());
+            log_event(Level::error, name, "no_slot", ok.error().message);
             failed_ = stop_ = true;
             return;
         }
@@ -319,7 +321,7 @@ void Daemon::apply_pending(Entry& e) {
     auto cred = make_credential(c, carried);
     if (!cred) {
         log_event(Level::error, c.name, "reload_failed",
-                  cred.error() + "; keeping the old settings");
+                  cred.error().message + "; keeping the old settings");
         return;
     }
     Published prev = e.cred ? e.cred->published() : Published{};
@@ -331,47 +333,70 @@ void Daemon::apply_pending(Entry& e) {
 }
 
 void Daemon::reload(Config cfg) {
+    keep_restart_only_settings(cfg);
+    std::set<std::string> keep;
+    for (auto& c : cfg.credentials) {
+        keep.insert(c.name);
+        auto it = entries_.find(c.name);
+        if (it == entries_.end())
+            add_credential(c);
+        else
+            update_credential(it->second, c);
+    }
+    remove_unlisted(keep);
+    cfg_ = std::move(cfg);
+    publish_changed();
+}
+
+void Daemon::keep_restart_only_settings(Config& cfg) const {
     if (cfg.segment != cfg_.segment || cfg.mode != cfg_.mode || cfg.group_id != cfg_.group_id ||
         cfg.max_token_bytes != cfg_.max_token_bytes || cfg.state_dir != cfg_.state_dir)
         log_event(Level::warn, "", "reload",
                   "segment, mode, group, max_token_bytes and state_dir take effect only after a "
                   "restart; applying the credentials");
-    std::set<std::string> keep;
-    for (auto& c : cfg.credentials) {
-        keep.insert(c.name);
-        auto it = entries_.find(c.name);
-        if (it == entries_.end()) {
-            auto cred = make_credential(c, std::nullopt);
-            if (!cred) {
-                log_event(Level::error, c.name, "reload_failed", cred.error());
-                continue;
-            }
-            Entry& e = entries_[c.name];
-            e.cred = std::move(*cred);
-            if (auto ok = attach_entry(e, c.name, true); !ok) {
-                log_event(Level::error, c.name, "no_slot",
-                          ok.error() + " (remove the segment and restart to make it larger)");
-                entries_.erase(c.name);
-                continue;
-            }
-            // A slot it had before may still hold a token made with other settings.
-            e.cred->refresh_soon(deps_.now_ms());
-            log_event(Level::info, c.name, "added", "new credential");
-        } else if (!(it->second.cred->config() == c)) {
-            it->second.pending = c;
-            apply_pending(it->second);
-        } else if (it->second.pending) {
-            // Reverted to the running settings before a pending change applied.
-            it->second.pending.reset();
-            it->second.reload_tokens = false;
-        } else if (it->second.cred->in_reauth() && !it->second.cred->in_flight()) {
-            // Same settings, but a person may have put a new refresh token in
-            // place: read it again and try once more.
-            it->second.pending = c;
-            it->second.reload_tokens = true;
-            apply_pending(it->second);
-        }
+    cfg.segment = cfg_.segment;
+    cfg.mode = cfg_.mode;
+    cfg.group_id = cfg_.group_id;
+    cfg.max_token_bytes = cfg_.max_token_bytes;
+    cfg.state_dir = cfg_.state_dir;
+}
+
+void Daemon::add_credential(const CredentialConfig& c) {
+    auto cred = make_credential(c, std::nullopt);
+    if (!cred) {
+        log_event(Level::error, c.name, "reload_failed", cred.error().message);
+        return;
     }
+    Entry& e = entries_[c.name];
+    e.cred = std::move(*cred);
+    if (auto ok = attach_entry(e, c.name, true); !ok) {
+        log_event(Level::error, c.name, "no_slot", ok.error().message);
+        entries_.erase(c.name);
+        return;
+    }
+    // A slot it had before may still hold a token made with other settings.
+    e.cred->refresh_soon(deps_.now_ms());
+    log_event(Level::info, c.name, "added", "new credential");
+}
+
+void Daemon::update_credential(Entry& e, const CredentialConfig& c) {
+    if (!(e.cred->config() == c)) {
+        e.pending = c;
+        apply_pending(e);
+    } else if (e.pending) {
+        // Reverted to the running settings before a pending change applied.
+        e.pending.reset();
+        e.reload_tokens = false;
+    } else if (e.cred->in_reauth() && !e.cred->in_flight()) {
+        // Same settings, but a person may have put a new refresh token in
+        // place: read it again and try once more.
+        e.pending = c;
+        e.reload_tokens = true;
+        apply_pending(e);
+    }
+}
+
+void Daemon::remove_unlisted(const std::set<std::string>& keep) {
     for (auto it = entries_.begin(); it != entries_.end();) {
         Entry& e = it->second;
         e.remove_when_idle = !keep.count(it->first);
@@ -384,13 +409,6 @@ void Daemon::reload(Config cfg) {
             ++it;
         }
     }
-    cfg.segment = cfg_.segment;
-    cfg.mode = cfg_.mode;
-    cfg.group_id = cfg_.group_id;
-    cfg.max_token_bytes = cfg_.max_token_bytes;
-    cfg.state_dir = cfg_.state_dir;
-    cfg_ = std::move(cfg);
-    publish_changed();
 }
 
 const CredentialRefresher* Daemon::credential(const std::string& name) const {

@@ -66,11 +66,18 @@ class Daemon {
     };
 
     Daemon(Config cfg, DaemonDeps deps);
-    Expected<std::unique_ptr<CredentialRefresher>, std::string> make_credential(
+    Expected<std::unique_ptr<CredentialRefresher>, RefresherError> make_credential(
         const CredentialConfig& c, const std::optional<Secret>& carried);
     // Claims the slot for `name`, adopts its record and marks it to publish;
     // fails when the segment has no slot left (nothing is published then).
-    Expected<Done, std::string> attach_entry(Entry& e, const std::string& name, bool resume);
+    Expected<Done, RefresherError> attach_entry(Entry& e, const std::string& name, bool resume);
+    // reload()'s steps: settings only a restart applies stay as they are (with
+    // a warning), new credentials get slots, changed ones restart, and those no
+    // longer listed go (once their request in flight has answered).
+    void keep_restart_only_settings(Config& cfg) const;
+    void add_credential(const CredentialConfig& c);
+    void update_credential(Entry& e, const CredentialConfig& c);
+    void remove_unlisted(const std::set<std::string>& keep);
     // Publishes e's record as the slot's next version; false when it does not fit.
     bool publish(Entry& e);
     // Publishes the records their credentials reported changed.
