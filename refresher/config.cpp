@@ -89,28 +89,6 @@ bool has_control(std::string_view s) {
     });
 }
 
-// A JSON-style quoted rendering for messages, cut at 64 bytes.
-std::string quote(std::string_view s) {
-    constexpr std::size_t limit = 64;
-    std::string out = "\"";
-    for (std::size_t i = 0; i < s.size() && i < limit; ++i) {
-        const auto u = static_cast<unsigned char>(s[i]);
-        if (s[i] == '"' || s[i] == '\\') {
-            out += '\\';
-            out += s[i];
-        } else if (u < 0x20 || u == 0x7f) {
-            char b[8];
-            std::snprintf(b, sizeof b, "\\u%04x", u);
-            out += b;
-        } else {
-            out += s[i];
-        }
-    }
-    if (s.size() > limit) out += "...";
-    out += '"';
-    return out;
-}
-
 // The kind of a value, for places where the value itself must not be shown.
 std::string kind(const Value& v) {
     switch (v.GetType()) {

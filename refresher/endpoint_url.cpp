@@ -1,5 +1,7 @@
 #include "endpoint_url.hpp"
 
+#include "error.hpp"
+
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
@@ -29,28 +31,6 @@ bool is_host_char(char c) {
 
 bool is_ipv6_char(char c) {
     return is_digit(c) || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F') || c == ':' || c == '.';
-}
-
-// A JSON-style quoted rendering, cut at 64 bytes.
-std::string quote(std::string_view s) {
-    constexpr std::size_t limit = 64;
-    std::string out = "\"";
-    for (std::size_t i = 0; i < s.size() && i < limit; ++i) {
-        const auto u = static_cast<unsigned char>(s[i]);
-        if (s[i] == '"' || s[i] == '\\') {
-            out += '\\';
-            out += s[i];
-        } else if (u < 0x20 || u == 0x7f) {
-            char b[8];
-            std::snprintf(b, sizeof b, "\\u%04x", u);
-            out += b;
-        } else {
-            out += s[i];
-        }
-    }
-    if (s.size() > limit) out += "...";
-    out += '"';
-    return out;
 }
 
 // What a message may show of a URL: never user info, never a query (some

@@ -11,7 +11,9 @@
 
 #include <tokenshm/shm/posix.hpp>
 
+#include <cstddef>
 #include <string>
+#include <string_view>
 #include <utility>
 
 namespace tokenshm::refresher {
@@ -32,6 +34,11 @@ struct RefresherError {
     static RefresherError config_error(std::string m) { return {Kind::config, std::move(m)}; }
     static RefresherError runtime_error(std::string m) { return {Kind::runtime, std::move(m)}; }
 };
+
+// A value an error message names (a key, a name, a URL without its query),
+// in double quotes, JSON-escaped and cut at `limit` bytes, so whatever a file
+// held stays on one printable line. Never pass a secret.
+std::string quote(std::string_view s, std::size_t limit = 64);
 
 // SPEC.md, "Exit codes": 2 usage or config error, 1 runtime failure.
 constexpr int exit_code(RefresherError::Kind kind) noexcept {

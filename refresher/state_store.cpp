@@ -151,28 +151,8 @@ std::string octal_mode(mode_t mode) {
     return buf;
 }
 
-// A credential name for a message: it failed validation, so it may hold anything.
-std::string quoted_name(std::string_view name) {
-    std::string out = "\"";
-    for (const char c : name.substr(0, 80)) {
-        const auto u = static_cast<unsigned char>(c);
-        if (u < 0x20 || u >= 0x7f || c == '"' || c == '\\') {
-            char buf[5];
-            std::snprintf(buf, sizeof buf, "\\x%02x", u);
-            out += buf;
-        } else {
-            out += c;
-        }
-    }
-    if (name.size() > 80) out += "...";
-    out += '"';
-    return out;
-}
-
 std::string invalid_name(std::string_view name) {
-    return "credential name " + quoted_name(name) + " is not 1 to " +
-           std::to_string(TOKENSHM_SLOT_NAME_CAP - 1) +
-           " characters of A-Z, a-z, 0-9, '.', '_', '-'";
+    return "credential name " + quote(name) + " is not " + std::string(shm::kCredentialNameRule);
 }
 
 // A Secret holding a + b, built so no unwiped copy of the bytes is left behind.
@@ -333,13 +313,15 @@ Expected<Done, RefresherError> StateStore::prepare() {
 }
 
 Expected<std::optional<Secret>, RefresherError> StateStore::load(std::string_view credential_name) {
-    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name))
+        return state_error(invalid_name(credential_name));
     return read_token_file(fs_, token_path(credential_name), O_NOFOLLOW, warn_, credential_name);
 }
 
 Expected<Done, RefresherError> StateStore::save(std::string_view credential_name,
                                                 const Secret& refresh_token) {
-    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name))
+        return state_error(invalid_name(credential_name));
     const std::string name(credential_name);
     const std::string final_path = token_path(name);
     const std::string temp_path = final_path + std::string(temp_suffix);
@@ -392,7 +374,8 @@ Expected<Done, RefresherError> StateStore::save(std::string_view credential_name
 }
 
 Expected<bool, RefresherError> StateStore::set_aside(std::string_view credential_name) {
-    if (!shm::valid_credential_name(credential_name)) return state_error(invalid_name(credential_name));
+    if (!shm::valid_credential_name(credential_name))
+        return state_error(invalid_name(credential_name));
     const std::string from = token_path(credential_name);
     const std::string to = from + ".rejected";
     if (auto r = fs_.rename(from, to); !r) {

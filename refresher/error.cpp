@@ -1,0 +1,27 @@
+#include "error.hpp"
+
+#include <cstdio>
+
+namespace tokenshm::refresher {
+
+std::string quote(std::string_view s, std::size_t limit) {
+    std::string out = "\"";
+    for (std::size_t i = 0; i < s.size() && i < limit; ++i) {
+        const auto u = static_cast<unsigned char>(s[i]);
+        if (s[i] == '"' || s[i] == '\\') {
+            out += '\\';
+            out += s[i];
+        } else if (u < 0x20 || u == 0x7f) {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\u%04x", u);
+            out += b;
+        } else {
+            out += s[i];
+        }
+    }
+    if (s.size() > limit) out += "...";
+    out += '"';
+    return out;
+}
+
+}  // namespace tokenshm::refresher
