@@ -122,17 +122,21 @@ inline void fill(detail::HandleState& h, const shm::RecordView& view) noexcept {
     h.fast_until_ns = token ? until_ms * 1'000'000 : 0;
 }
 
-// Copies the record published as `s` (or a later one) into the handle.
+// Copies the record published as `s` (or a later one) into the handle. Out of
+// line; its Expected<Done, Error> comes back in a register (expected.hpp).
 Expected<Done, Error> copy_record(detail::HandleState& h, shm::LatchSeq s) noexcept {
     constexpr std::size_t kFixedWords = TOKENSHM_REC_FIXED_SIZE / 8;
     for (int attempt = 0; attempt < kMaxCopyAttempts; ++attempt) {
-        // Read once, here, each at its own width: they may be mid-change, and
-        // clamping keeps the copy inside the slot; try_read() rejects the
-        // copy if they were.
-        shm::RecordLengths lengths;
-        auto payload_words = [&h, &lengths](const std::uint64_t* head) noexcept {
-            lengths = shm::read_lengths(head);
-            return shm::clamped_payload_words(lengths, h.max_token_bytes);
+        // The head's lengths bound the copy: they may be mid-change, so they
+        // are clamped to the slot, and try_read() rejects the copy if they
+        // were. decode() reads them again from the validated copy (four
+        // narrow loads of words stored earlier). Carried here across the
+        // payload copy instead, they made g++ spill eight registers around
+        // its unrolled loop; with the variant Expected's return through
+        // memory that cost about 2.5 ns per copy of a 64-byte token
+        // (bench/read_bench BM_get_changed, against the pre-refactor copy).
+        auto payload_words = [&h](const std::uint64_t* head) noexcept {
+            return shm::clamped_payload_words(shm::read_lengths(head), h.max_token_bytes);
         };
         // Records of a credential keep about the same size: prefetch as much
         // as the last one had, and the payload loads need not wait for its length.
@@ -140,7 +144,7 @@ Expected<Done, Error> copy_record(detail::HandleState& h, shm::LatchSeq s) noexc
             h.latch.try_read(s, h.prefetch_bytes, h.buf, kFixedWords, payload_words);
         if (c.copied) [[likely]] {
             shm::RecordView view;
-            if (!shm::decode(h.buf, c.words, lengths, h.max_token_bytes, view)) {
+            if (!shm::decode(h.buf, c.words, h.max_token_bytes, view)) {
                 h.cached_seq = ~std::uint64_t{0};
                 return Unexpected{Error::incompatible};
             }
