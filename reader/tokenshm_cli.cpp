@@ -114,7 +114,7 @@ std::string json_escape(std::string_view s) {
                 out += "\\t";
                 break;
             default:
-                if (static_cast<unsigned char>(c) < 0x20) {
+                if (static_cast<unsigned char>(c) < 0x20 || c == 0x7f) {
                     char b[8];
                     std::snprintf(b, sizeof b, "\\u%04x", static_cast<unsigned>(c));
                     out += b;
@@ -233,7 +233,8 @@ int fail_no_token(const std::string& name, tokenshm::Handle& handle, Error e,
         if (e == Error::expiring)
             msg += " (expires in " + human_duration(ms_diff(rec->expires_at_ms(), now_ms())) +
                    ", wanted " + human_duration(min_valid.count()) + ")";
-        if (!rec->last_error().empty()) msg += "; last error: " + std::string(rec->last_error());
+        // last_error came from a server: escaped, so it cannot drive the terminal.
+        if (!rec->last_error().empty()) msg += "; last error: " + json_escape(rec->last_error());
     }
     return fail(tokenshm::exit_code(e), msg);
 }
@@ -361,7 +362,9 @@ void print_status_row(const Row& r, std::int64_t now) {
     }
     const tokenshm::Token& t = *r.rec;
     const bool has_token = t.state() != tokenshm::State::empty;
-    const std::string expires = has_token ? human_duration(ms_diff(t.expires_at_ms(), now)) : "-";
+    // A time the record never had is "-", not a duration since 1970.
+    const std::string expires =
+        has_token && t.expires_at_ms() > 0 ? human_duration(ms_diff(t.expires_at_ms(), now)) : "-";
     const std::string last =
         t.issued_at_ms() > 0 ? human_duration(ms_diff(now, t.issued_at_ms())) + " ago" : "-";
     const std::string next =
@@ -369,7 +372,7 @@ void print_status_row(const Row& r, std::int64_t now) {
     std::printf("%-20s %-8s %-10s %-8llu %-13s %-8u %-12s %s\n", r.name.c_str(),
                 shown_state(t, now), expires.c_str(), static_cast<unsigned long long>(t.version()),
                 last.c_str(), t.failures(), next.c_str(),
-                t.last_error().empty() ? "-" : std::string(t.last_error()).c_str());
+                t.last_error().empty() ? "-" : json_escape(t.last_error()).c_str());
 }
 
 void print_status_table(const StatusView& v) {

@@ -2,6 +2,7 @@
 //
 //   publisher SEGMENT NAME TOKEN TTL_MS [--hold SECONDS] [--version N]
 //             [--empty] [--publish-on-stdin] [--state STATE] [--mode OCTAL]
+//             [--last-error TEXT] [--no-times]
 //
 // Creates (or re-attaches to) SEGMENT, claims NAME and publishes TOKEN valid
 // for TTL_MS (negative: already expired), then prints "ready <pid>" on stdout.
@@ -30,7 +31,8 @@ namespace {
 int usage(const char* why) {
     std::fprintf(stderr,
                  "publisher: %s\nusage: publisher SEGMENT NAME TOKEN TTL_MS [--hold SECONDS] "
-                 "[--version N] [--empty] [--publish-on-stdin] [--state STATE] [--mode OCTAL]\n",
+                 "[--version N] [--empty] [--publish-on-stdin] [--state STATE] [--mode OCTAL] "
+                 "[--last-error TEXT] [--no-times]\n",
                  why);
     return 2;
 }
@@ -63,6 +65,8 @@ int main(int argc, char** argv) {
     bool on_stdin = false;
     shm::RecordState state = shm::RecordState::valid;
     unsigned mode = 0600;
+    std::string last_error;
+    bool no_times = false;  // a record that never had a token: every time 0
     for (int i = 5; i < argc; ++i) {
         const std::string_view a = argv[i];
         const bool has_value = i + 1 < argc;
@@ -78,6 +82,10 @@ int main(int argc, char** argv) {
             state = *s;
         } else if (a == "--mode" && has_value) {
             if (!parse(argv[++i], mode, 8)) return usage("bad --mode");
+        } else if (a == "--last-error" && has_value) {
+            last_error = argv[++i];
+        } else if (a == "--no-times") {
+            no_times = true;
         } else if (a == "--empty") {
             empty = true;
         } else if (a == "--publish-on-stdin") {
@@ -122,6 +130,8 @@ int main(int argc, char** argv) {
         r.issued_at_ms = shm::sys::realtime_ms();
         r.expires_at_ms = r.issued_at_ms + ttl_ms;
         r.next_refresh_ms = r.issued_at_ms + ttl_ms / 2;
+        r.last_error = last_error;
+        if (no_times) r.issued_at_ms = r.expires_at_ms = r.next_refresh_ms = 0;
         const auto e = w->publish(*slot, r);
         if (!e) {
             std::fprintf(stderr, "publisher: %s\n", shm::to_string(e.error()));

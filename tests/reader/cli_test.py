@@ -125,6 +125,28 @@ class CliTest(unittest.TestCase):
             self.assert_fails(r, 5)
             self.assertIn("expires", r.stderr)
 
+    def test_server_text_cannot_drive_the_terminal(self):
+        # last_error comes from the authorization server: escape sequences,
+        # BEL, DEL and newlines in it are printed escaped, never raw.
+        hostile = "denied\x1b[2J\x1b]0;owned\x07\x7f\nsecond line"
+        extra = ("--state", "reauth", "--no-times", "--last-error", hostile)
+        with self.published(ttl_ms=0, extra=extra) as p:
+            r = run("get", "storage", "--segment", p.segment)
+            self.assert_fails(r, 5)
+            self.assertIn("denied\\u001b[2J", r.stderr)
+            r2 = run("status", "--segment", p.segment)
+            self.assertEqual(r2.returncode, 0, r2.stderr)
+            for out in (r.stderr, r2.stdout):
+                for raw in ("\x1b", "\x07", "\x7f", "\nsecond"):
+                    self.assertNotIn(raw, out, f"{raw!r} printed raw")
+            row = [ln for ln in r2.stdout.splitlines() if ln.startswith("storage ")]
+            self.assertEqual(len(row), 1, r2.stdout)
+            # No token was ever issued: every time column is "-", not "-20788d".
+            cols = row[0].split()
+            self.assertEqual(cols[1:4], ["reauth", "-", "1"], row[0])
+            self.assertEqual(cols[4], "-", row[0])   # last refresh
+            self.assertEqual(cols[6], "-", row[0])   # next refresh
+
     def test_stale_and_unexpired_reauth_still_serve(self):
         for state in ("stale", "reauth"):
             token = junk_token()
