@@ -90,9 +90,11 @@ SegResult<Done> validate_header(const Header& h, std::size_t mapped_len, const s
 
 namespace {
 
-// Owner and mode: whom a reader trusts (SPEC "The segment").
-SegResult<Done> check_trust(const struct stat& st, const std::string& name,
-                            std::optional<uid_t> trusted) {
+// What fstat says of the file before it is mapped: an owner the reader trusts
+// (SPEC "The segment"), no group or other write bit, and a size that can hold
+// the header (0 is a refresher still creating it).
+SegResult<Done> check_file(const struct stat& st, const std::string& name,
+                           std::optional<uid_t> trusted) {
     const uid_t owner = st.st_uid;
     const bool owner_ok = owner == ::geteuid() || owner == 0 || (trusted && owner == *trusted) ||
                           uid_of_user("tokenshm") == owner;
@@ -136,7 +138,7 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
     }
     auto st = sys::fstat(fd->get(), path_of(name));
     if (!st) return fail_sys(st.error());
-    if (auto ok = check_trust(*st, name, opts.trusted_uid); !ok)
+    if (auto ok = check_file(*st, name, opts.trusted_uid); !ok)
         return Unexpected{std::move(ok).error()};
 
     auto map = sys::mmap(fd->get(), static_cast<std::size_t>(st->st_size), false, path_of(name));
