@@ -275,7 +275,13 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
     if (cfg_.issuer && token_endpoint_ && !cfg_.token_endpoint &&
         backoff_.failures() + 1 >= kRediscoverAfter)
         token_endpoint_.reset();  // look the endpoint up again next time
-    const std::int64_t delay = retry_delay(backoff_, retry_after, random01_()).count();
+    const RetryDelay retry = retry_delay(backoff_, retry_after, random01_());
+    if (retry.capped_from)
+        log_event(Level::warn, cfg_.name, "retry_after_capped",
+                  "the server asked to wait " + seconds_text(retry.capped_from->count()) +
+                      " (Retry-After); waiting max_backoff_s=" +
+                      seconds_text(backoff_.max().count()) + " instead");
+    const std::int64_t delay = retry.delay.count();
     next_attempt_ms_ = now_ms + delay;
     pub_.next_refresh_ms = next_attempt_ms_;
     if (has_live_token(now_ms))

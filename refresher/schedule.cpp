@@ -58,13 +58,14 @@ std::chrono::milliseconds Backoff::next(double jitter01) {
     return std::chrono::milliseconds(lo + scaled(capped - lo, clamp01(jitter01)));
 }
 
-std::chrono::milliseconds retry_delay(Backoff& backoff,
-                                      std::optional<std::chrono::milliseconds> retry_after,
-                                      double jitter01) {
+RetryDelay retry_delay(Backoff& backoff, std::optional<std::chrono::milliseconds> retry_after,
+                       double jitter01) {
     const std::chrono::milliseconds delay = backoff.next(jitter01);
-    if (!retry_after) return delay;
-    const auto server = std::clamp(*retry_after, std::chrono::milliseconds(0), kMaxRetryAfter);
-    return std::max(delay, server);
+    if (!retry_after) return {delay, std::chrono::milliseconds(0), std::nullopt};
+    const auto asked = std::max(*retry_after, std::chrono::milliseconds(0));
+    const auto server = std::min(asked, backoff.max());
+    return {std::max(delay, server), server,
+            asked > server ? std::optional<std::chrono::milliseconds>(asked) : std::nullopt};
 }
 
 }  // namespace tokenshm::refresher

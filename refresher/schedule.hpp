@@ -1,5 +1,6 @@
 // When to refresh a token, and how long to wait after a failure. Pure
-// arithmetic on Unix milliseconds: the caller passes the time and a random
+// arithmetic on milliseconds of one clock (the credential uses
+// CLOCK_MONOTONIC, see clock.hpp): the caller passes the time and a random
 // number in [0, 1), so the rules are tested without a clock or sleeping.
 #pragma once
 
@@ -11,7 +12,7 @@
 
 namespace tokenshm::refresher {
 
-// The time (Unix ms) to refresh a token obtained by a request sent at
+// The time (ms, on the clock of `sent_at_ms`) to refresh a token obtained by a request sent at
 // `sent_at_ms` that expires at `expires_at_ms`:
 //  - at 80 % of the lifetime or when `refresh_before` remains, whichever is
 //    earlier: 80 % keeps short-lived tokens from being refreshed at the last
@@ -46,6 +47,11 @@ class Backoff {
     void reset() noexcept { failures_ = 0; }
     // Consecutive failures counted by next() since the last reset().
     unsigned failures() const noexcept { return failures_; }
+    // Goes on from where `other` stopped (a reload rebuilt the credential):
+    // the next delay is as long as other's would have been, within this one's bounds.
+    void continue_from(const Backoff& other) noexcept { failures_ = other.failures_; }
+    // The longest delay next() ever returns.
+    std::chrono::milliseconds max() const noexcept { return max_; }
 
   private:
     std::chrono::milliseconds min_;
@@ -53,17 +59,23 @@ class Backoff {
     unsigned failures_ = 0;
 };
 
-// Retry-After is honoured above this much no more: a server (or a proxy)
-// asking for days of silence is more likely wrong than right, and a day
-// bounds the damage of a bad header.
-inline constexpr std::chrono::milliseconds kMaxRetryAfter = std::chrono::hours(24);
+// The delay before retrying, and what the server asked for when the cap cut it.
+struct RetryDelay {
+    std::chrono::milliseconds delay;
+    // The part of `delay` the server demanded (Retry-After after the cap;
+    // 0 without one): a reload or an operator must not cut it short.
+    std::chrono::milliseconds server_wait{0};
+    // Set when Retry-After asked for more than backoff.max(): what it asked.
+    std::optional<std::chrono::milliseconds> capped_from;
+};
 
 // The delay before retrying: the backoff's next delay, or the server's
-// Retry-After (capped at kMaxRetryAfter) when that is longer, because the
-// server knows its own load better than our doubling does. Counts one
-// failure in `backoff`.
-std::chrono::milliseconds retry_delay(Backoff& backoff,
-                                      std::optional<std::chrono::milliseconds> retry_after,
-                                      double jitter01);
+// Retry-After when that is longer, because the server knows its own load
+// better than our doubling does. Retry-After counts up to max_backoff_s only
+// (backoff.max()): a server or proxy asking for hours of silence would
+// otherwise stop refreshing long past the token's expiry, on one bad header.
+// Counts one failure in `backoff`.
+RetryDelay retry_delay(Backoff& backoff, std::optional<std::chrono::milliseconds> retry_after,
+                       double jitter01);
 
 }  // namespace tokenshm::refresher

@@ -195,6 +195,26 @@ TEST_CASE("Retry-After is honoured") {
     CHECK(h.cred.poll(h.cred.published().next_refresh_ms));
 }
 
+TEST_CASE("Retry-After asking for a day waits max_backoff_s, and the log says so") {
+    std::vector<std::string> lines;
+    set_log_sink([&lines](std::string_view l) { lines.emplace_back(l); });
+    Harness h;  // max_backoff 300 s
+    REQUIRE(h.cred.poll(0));
+    auto r = json_response(429, "");
+    r.retry_after = "86400";
+    h.cred.on_response(r, 0);
+    set_log_sink({});
+    CHECK(h.cred.published().next_refresh_ms == 300'000);
+    CHECK_FALSE(h.cred.poll(299'999));
+    CHECK(h.cred.poll(300'000));
+    bool told = false;
+    for (const auto& l : lines)
+        told = told || (l.find(" warn ") != std::string::npos &&
+                        l.find("86400s (Retry-After)") != std::string::npos &&
+                        l.find("max_backoff_s=300s") != std::string::npos);
+    CHECK(told);
+}
+
 TEST_CASE("a rejected grant stops all requests: reauth") {
     QuietLogs quiet;
     Harness h;

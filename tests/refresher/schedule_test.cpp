@@ -180,14 +180,38 @@ TEST_CASE("backoff: taken from the credential; min above max means min") {
     CHECK(odd.next(kAlmostOne) == 10s);
 }
 
-TEST_CASE("retry_delay: Retry-After is honoured when longer, capped at a day") {
+TEST_CASE("retry_delay: Retry-After is honoured when longer, capped at max_backoff") {
     Backoff b(1s, 300s);
-    CHECK(retry_delay(b, std::nullopt, 0.0) == 1s);
-    CHECK(retry_delay(b, 30s, 0.0) == 30s);            // the server asks for more
-    CHECK(retry_delay(b, 100ms, 0.0) == 1s);           // the backoff asks for more
-    CHECK(retry_delay(b, 0ms, kAlmostOne) >= 7999ms);  // fourth failure: window up to 8 s
-    CHECK(retry_delay(b, 48h, 0.0) == 24h);
-    CHECK(retry_delay(b, std::chrono::milliseconds::max(), 0.0) == kMaxRetryAfter);
-    CHECK(retry_delay(b, -5s, 0.0) == 1s);
-    CHECK(b.failures() == 7);  // each call counts one failure
+    CHECK(retry_delay(b, std::nullopt, 0.0).delay == 1s);
+    CHECK(retry_delay(b, 30s, 0.0).delay == 30s);            // the server asks for more
+    CHECK(retry_delay(b, 100ms, 0.0).delay == 1s);           // the backoff asks for more
+    CHECK(retry_delay(b, 0ms, kAlmostOne).delay >= 7999ms);  // fourth failure: window up to 8 s
+    CHECK(retry_delay(b, -5s, 0.0).delay == 1s);
+    CHECK(b.failures() == 5);  // each call counts one failure
+
+    // Up to max_backoff the server's wish is granted as asked, and not reported as cut.
+    const RetryDelay exact = retry_delay(b, 300s, 0.0);
+    CHECK(exact.delay == 300s);
+    CHECK(exact.server_wait == 300s);
+    CHECK_FALSE(exact.capped_from);
+
+    // A day (or a nonsense value) is cut to max_backoff, and says what was asked.
+    const RetryDelay day = retry_delay(b, 24h, 0.0);
+    CHECK(day.delay == 300s);
+    CHECK(day.server_wait == 300s);
+    REQUIRE(day.capped_from);
+    CHECK(*day.capped_from == 24h);
+    CHECK(retry_delay(b, std::chrono::milliseconds::max(), 0.0).delay == 300s);
+
+    // What the server asked for (capped) is told apart from the backoff's share.
+    CHECK(retry_delay(b, std::nullopt, 0.0).server_wait == 0ms);
+    CHECK(retry_delay(b, 2s, 0.0).server_wait == 2s);
+}
+
+TEST_CASE("retry_delay: a backoff with min above max caps Retry-After at min") {
+    Backoff odd(10s, 1s);  // Backoff treats max below min as min
+    const RetryDelay d = retry_delay(odd, 60s, 0.0);
+    CHECK(d.delay == 10s);
+    REQUIRE(d.capped_from);
+    CHECK(*d.capped_from == 60s);
 }
