@@ -3,6 +3,7 @@
 #include "log.hpp"
 
 #include <algorithm>
+#include <limits>
 
 namespace tokenshm::refresher {
 
@@ -11,6 +12,23 @@ constexpr std::int64_t kPersistRetryMs = 1000;
 // After this many consecutive failures a discovered endpoint is looked up again:
 // the server may have moved it.
 constexpr unsigned kRediscoverAfter = 3;
+// A change of the wall offset beyond this is a step of the wall clock; below
+// it, NTP's slewing and the gap between the two clock reads.
+constexpr std::int64_t kWallStepMs = 1000;
+
+// Times read from the segment are any int64 a previous writer (or a bug) left.
+std::int64_t saturating_add(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t r;
+    if (!__builtin_add_overflow(a, b, &r)) return r;
+    return b > 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+}
+std::int64_t saturating_sub(std::int64_t a, std::int64_t b) noexcept {
+    std::int64_t r;
+    if (!__builtin_sub_overflow(a, b, &r)) return r;
+    return b < 0 ? std::numeric_limits<std::int64_t>::max()
+                 : std::numeric_limits<std::int64_t>::min();
+}
 
 std::string seconds_text(std::int64_t ms) {
     return std::to_string((ms + 999) / 1000) + "s";
@@ -51,20 +69,57 @@ CredentialRefresher::CredentialRefresher(CredentialConfig cfg, std::size_t max_t
     if (cfg_.token_endpoint) token_endpoint_ = cfg_.token_endpoint;
 }
 
-void CredentialRefresher::resume(const Published& previous, std::int64_t now_ms) {
-    if (previous.access_token.empty() || previous.expires_at_ms <= now_ms) return;
+bool CredentialRefresher::resume(const Published& previous, Now now) {
+    follow_wall_clock(now);
+    // Unix times from the segment become monotonic deadlines once, here.
+    const auto mono_of = [offset = *wall_offset_ms_](std::int64_t unix_ms) {
+        return saturating_sub(unix_ms, offset);
+    };
+    const std::int64_t expires = mono_of(previous.expires_at_ms);
+    if (previous.access_token.empty() || expires <= now.mono_ms) return false;
     pub_ = previous;
     pub_.last_error.clear();
+    expires_at_ms_ = expires;
     if (pub_.state == shm::RecordState::reauth || pub_.state == shm::RecordState::expired)
         pub_.state = shm::RecordState::stale;
     // Refresh on the old schedule; a person may have fixed a rejected grant
     // before this restart, so a reauth record is retried once, now.
     next_attempt_ms_ =
         previous.state == shm::RecordState::valid && previous.next_refresh_ms > 0
-            ? std::max(now_ms, std::min(previous.next_refresh_ms, previous.expires_at_ms))
-            : now_ms;
-    pub_.next_refresh_ms = next_attempt_ms_;
+            ? std::max(now.mono_ms, std::min(mono_of(previous.next_refresh_ms), expires))
+            : now.mono_ms;
+    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     changed();
+    return true;
+}
+
+void CredentialRefresher::follow_wall_clock(Now now) {
+    const std::int64_t offset = now.wall_offset_ms();
+    if (!wall_offset_ms_) wall_offset_ms_ = offset;
+    const std::int64_t step = offset - *wall_offset_ms_;
+    if (step > -kWallStepMs && step < kWallStepMs) return;
+    wall_offset_ms_ = offset;
+    // The deadlines stand (they are monotonic); what readers compare with
+    // their own wall clock moves with it, or a step forward would show them
+    // a live token as expired, and a step back an expired one as live.
+    bool moved = false;
+    for (std::int64_t* t :
+         {&pub_.expires_at_ms, &pub_.issued_at_ms, &pub_.next_refresh_ms, &pub_.last_attempt_ms}) {
+        if (*t == 0) continue;  // a time the record never had stays "never"
+        *t = saturating_add(*t, step);
+        moved = true;
+    }
+    if (!moved) return;
+    changed();
+    log_event(Level::warn, cfg_.name, "wall_clock_step",
+              "the wall clock moved " + std::string(step > 0 ? "forward" : "back") + " by " +
+                  seconds_text(step > 0 ? step : -step) +
+                  "; deadlines run on CLOCK_MONOTONIC, the published times follow the new wall "
+                  "time");
+}
+
+std::int64_t CredentialRefresher::unix_of(std::int64_t mono_ms) const noexcept {
+    return saturating_add(mono_ms, wall_offset_ms_.value_or(0));
 }
 
 std::int64_t CredentialRefresher::next_action_ms() const noexcept {
@@ -74,12 +129,12 @@ std::int64_t CredentialRefresher::next_action_ms() const noexcept {
     // past deadline forever, and the loop would spin on it.
     if (!pub_.access_token.empty() &&
         (pub_.state == shm::RecordState::valid || pub_.state == shm::RecordState::stale))
-        t = std::min(t, pub_.expires_at_ms);
+        t = std::min(t, expires_at_ms_);
     return t;
 }
 
 void CredentialRefresher::expire_if_due(std::int64_t now_ms) {
-    if (pub_.access_token.empty() || pub_.expires_at_ms > now_ms) return;
+    if (pub_.access_token.empty() || expires_at_ms_ > now_ms) return;
     if (pub_.state == shm::RecordState::valid || pub_.state == shm::RecordState::stale) {
         pub_.state = shm::RecordState::expired;
         changed();
@@ -88,12 +143,15 @@ void CredentialRefresher::expire_if_due(std::int64_t now_ms) {
     }
 }
 
-void CredentialRefresher::refresh_soon(std::int64_t now_ms) {
+void CredentialRefresher::refresh_soon(Now now) {
+    follow_wall_clock(now);
     reauth_ = false;
-    next_attempt_ms_ = std::max(now_ms, last_sent_ms_ + cfg_.min_interval.count() * 1000);
+    next_attempt_ms_ = std::max(now.mono_ms, last_sent_ms_ + cfg_.min_interval.count() * 1000);
 }
 
-std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
+std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
+    follow_wall_clock(now);
+    const std::int64_t now_ms = now.mono_ms;
     expire_if_due(now_ms);
 
     if (unpersisted_ && now_ms >= next_persist_ms_) {
@@ -116,7 +174,7 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
     }
 
     sent_at_ms_ = now_ms;
-    pub_.last_attempt_ms = now_ms;
+    pub_.last_attempt_ms = unix_of(now_ms);
     if (!token_endpoint_) {
         const auto urls = discovery_urls(*cfg_.issuer);
         in_flight_ = Request::discovery;
@@ -133,7 +191,9 @@ std::optional<HttpRequest> CredentialRefresher::poll(std::int64_t now_ms) {
     return std::move(*request);
 }
 
-void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t now_ms) {
+void CredentialRefresher::on_response(const HttpResponse& response, Now now) {
+    follow_wall_clock(now);
+    const std::int64_t now_ms = now.mono_ms;
     const Request was = std::exchange(in_flight_, Request::none);
     if (was == Request::discovery) {
         auto ep = parse_discovery(response, *cfg_.issuer);
@@ -166,7 +226,7 @@ void CredentialRefresher::on_response(const HttpResponse& response, std::int64_t
     TokenFailure& f = out.failure();
     if (f.refresh_token) adopt_refresh_token(std::move(*f.refresh_token), now_ms);
     std::optional<std::chrono::milliseconds> retry_after;
-    if (response.retry_after) retry_after = parse_retry_after(*response.retry_after, now_ms);
+    if (response.retry_after) retry_after = parse_retry_after(*response.retry_after, now.unix_ms);
     fail(now_ms, f.kind, f.message, retry_after,
          f.kind == FailureKind::reauth ? "reauth" : "refresh_failed", f.oauth_error);
 }
@@ -235,13 +295,14 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     pub_.access_token = std::move(s.access_token);
     pub_.token_type = s.token_type;
     pub_.scope = s.scope ? *s.scope : (cfg_.scope ? *cfg_.scope : std::string());
-    pub_.issued_at_ms = sent_at_ms_;
-    pub_.expires_at_ms = expires_at;
+    pub_.issued_at_ms = unix_of(sent_at_ms_);
+    pub_.expires_at_ms = unix_of(expires_at);
+    expires_at_ms_ = expires_at;
     pub_.failures = 0;
     pub_.last_error =
         persisted ? std::string() : "rotated refresh token not yet saved to state_dir";
     next_attempt_ms_ = next_refresh_at_ms(sent_at_ms_, expires_at, cfg_, random01_());
-    pub_.next_refresh_ms = next_attempt_ms_;
+    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     backoff_.reset();
     reauth_ = false;
     last_ok_ = persisted;  // --once must not report success with the successor only in memory
@@ -283,7 +344,7 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
                       seconds_text(backoff_.max().count()) + " instead");
     const std::int64_t delay = retry.delay.count();
     next_attempt_ms_ = now_ms + delay;
-    pub_.next_refresh_ms = next_attempt_ms_;
+    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     if (has_live_token(now_ms))
         pub_.state = shm::RecordState::stale;
     else if (!pub_.access_token.empty())

@@ -3,12 +3,20 @@
 // It never sleeps, never touches the network or the segment itself, so the
 // schedule and the failure policy are unit-tested with a fake clock.
 //
+// Time: every deadline it keeps (next attempt, min_interval_s, backoff,
+// Retry-After, the token's expiry, persist retries) is CLOCK_MONOTONIC ms;
+// what it publishes is Unix ms, each instant projected through one wall
+// offset (unix - monotonic). When the wall clock is stepped, the offset
+// follows and the published times are re-expressed in the new wall time, so
+// expires_at - (a reader's now) stays the token's real remaining lifetime.
+//
 //   empty --ok--> valid --refresh fails--> stale --expires--> expired
 //     ^             ^  \--ok--------------------/                |
 //     |             +--------------------ok----------------------+
 //   any --invalid_grant/invalid_client/unauthorized_client--> reauth (no more requests)
 #pragma once
 
+#include "clock.hpp"
 #include "config.hpp"
 #include "oauth.hpp"
 #include "schedule.hpp"
@@ -61,21 +69,26 @@ class CredentialRefresher {
     const std::string& name() const noexcept { return cfg_.name; }
 
     // Adopts what a previous refresher left in the slot: a token that has not
-    // expired keeps being served and is refreshed on its old schedule.
-    void resume(const Published& previous, std::int64_t now_ms);
+    // expired keeps being served and is refreshed on its old schedule. Its
+    // Unix times are turned into monotonic deadlines once, here. True when
+    // the previous token is served.
+    bool resume(const Published& previous, Now now);
 
-    // When the machine next wants to act (a request is due, a token expires,
-    // a persist must be retried); kNever when it waits for a person.
+    // When the machine next wants to act, in CLOCK_MONOTONIC ms (a request is
+    // due, a token expires, a persist must be retried); kNever when it waits
+    // for a person.
     std::int64_t next_action_ms() const noexcept;
     bool in_flight() const noexcept { return in_flight_ != Request::none; }
 
     // Updates time-driven state (expiry) and returns the request to send now,
     // if one is due. The caller must hand the response to on_response().
-    std::optional<HttpRequest> poll(std::int64_t now_ms);
-    void on_response(const HttpResponse& response, std::int64_t now_ms);
+    std::optional<HttpRequest> poll(Now now);
+    void on_response(const HttpResponse& response, Now now);
 
-    // Refresh as soon as allowed (SIGHUP on a changed credential, control socket).
-    void refresh_soon(std::int64_t now_ms);
+    // Refresh as soon as allowed: not before min_interval_s after the last
+    // request, nor before a Retry-After the server gave (--once, a changed
+    // credential). Leaves reauth.
+    void refresh_soon(Now now);
 
     // What the slot should show; on_change (from the constructor) is called
     // whenever it changes.
@@ -91,7 +104,8 @@ class CredentialRefresher {
     bool has_unsaved_refresh_token() const noexcept { return unpersisted_.has_value(); }
     // One more attempt to save it (at shutdown); true when nothing is unsaved.
     bool flush_refresh_token();
-    // A reload replaces this credential: take over its unsaved refresh token.
+    // A reload replaces this credential: take over its unsaved refresh token
+    // (`now_ms` monotonic).
     void inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms);
     // Whether the last completed attempt obtained a token (for --once).
     std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
@@ -99,6 +113,7 @@ class CredentialRefresher {
   private:
     enum class Request { none, discovery, token };
 
+    // Private members take `now_ms` on CLOCK_MONOTONIC.
     void fail(std::int64_t now_ms, FailureKind kind, const std::string& raw_message,
               std::optional<std::chrono::milliseconds> retry_after, const std::string& event,
               const std::string& oauth_error = {});
@@ -109,11 +124,15 @@ class CredentialRefresher {
     // `msg` with every secret this credential knows replaced by [redacted].
     std::string redact(std::string msg) const;
     void expire_if_due(std::int64_t now_ms);
+    // Notices a step of the wall clock and re-expresses what is published.
+    void follow_wall_clock(Now now);
+    // The Unix ms to publish for a monotonic instant.
+    std::int64_t unix_of(std::int64_t mono_ms) const noexcept;
     void changed() {
         if (on_change_) on_change_();
     }
     bool has_live_token(std::int64_t now_ms) const noexcept {
-        return !pub_.access_token.empty() && pub_.expires_at_ms > now_ms;
+        return !pub_.access_token.empty() && expires_at_ms_ > now_ms;
     }
 
     CredentialConfig cfg_;
@@ -126,13 +145,17 @@ class CredentialRefresher {
     std::optional<EndpointUrl> token_endpoint_;  // configured or discovered
     std::size_t discovery_index_ = 0;
     Request in_flight_ = Request::none;
+    // CLOCK_MONOTONIC ms, all of them; pub_ holds their Unix projections.
     std::int64_t sent_at_ms_ = 0;
+    std::int64_t expires_at_ms_ = 0;  // the served token's expiry
     std::int64_t next_attempt_ms_ = 0;
     std::int64_t last_sent_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
     bool reauth_ = false;
     bool rt_rejected_ = false;
     std::optional<Secret> unpersisted_;  // a received refresh token not yet on disk
     std::int64_t next_persist_ms_ = kNever;
+    // Unix minus monotonic, as pub_'s times were computed; unset before the first Now.
+    std::optional<std::int64_t> wall_offset_ms_;
     std::optional<bool> last_ok_;
 
     Published pub_;

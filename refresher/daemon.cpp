@@ -102,14 +102,10 @@ Expected<Done, RefresherError> Daemon::attach_entry(Entry& e, const std::string&
     std::vector<std::uint64_t> scratch;
     if (auto cur = seg_->current(e.slot, scratch)) {
         e.version = cur->version;
-        if (resume) {
-            const Published prev = Published::from(*cur);
-            e.cred->resume(prev, deps_.now_ms());
-            if (!prev.access_token.empty() && prev.expires_at_ms > deps_.now_ms())
-                log_event(Level::info, name, "resumed",
-                          "serving the token left in the segment (version " +
-                              std::to_string(e.version) + ")");
-        }
+        if (resume && e.cred->resume(Published::from(*cur), deps_.now()))
+            log_event(Level::info, name, "resumed",
+                      "serving the token left in the segment (version " +
+                          std::to_string(e.version) + ")");
     }
     changed_.insert(name);  // a claimed slot always gets this writer's record
     return Done{};
@@ -138,13 +134,13 @@ void Daemon::publish_changed() {
     }
 }
 
-void Daemon::check_segment(std::int64_t now) {
-    if (now - last_heartbeat_ms_ >= kHeartbeatEveryMs) {
-        seg_->heartbeat(now);
-        last_heartbeat_ms_ = now;
+void Daemon::check_segment(Now now) {
+    if (now.mono_ms - last_heartbeat_ms_ >= kHeartbeatEveryMs) {
+        seg_->heartbeat(now.unix_ms);  // readers compare it with their wall clock
+        last_heartbeat_ms_ = now.mono_ms;
     }
-    if (now - last_segment_check_ms_ < kSegmentCheckEveryMs) return;
-    last_segment_check_ms_ = now;
+    if (now.mono_ms - last_segment_check_ms_ < kSegmentCheckEveryMs) return;
+    last_segment_check_ms_ = now.mono_ms;
     if (!seg_->unlinked()) return;
     // Someone removed the segment's name (systemd RemoveIPC, a person): make
     // a new one and publish everything again, versions continuing.
@@ -171,10 +167,10 @@ void Daemon::check_segment(std::int64_t now) {
 }
 
 void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
-    std::int64_t now = deps_.now_ms();
+    Now now = deps_.now();
     check_segment(now);
     if (stop_) return;
-    std::int64_t next = now + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
+    std::int64_t next = now.mono_ms + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
     for (auto& [name, e] : entries_) {
         if (!e.cred || draining_) continue;
         apply_pending(e);
@@ -187,9 +183,9 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     }
     publish_changed();
 
-    const auto wait = std::chrono::milliseconds(std::max<std::int64_t>(0, next - now));
+    const auto wait = std::chrono::milliseconds(std::max<std::int64_t>(0, next - now.mono_ms));
     auto done = deps_.transport->poll(wait, wake_fd);
-    now = deps_.now_ms();
+    now = deps_.now();
     for (auto& [id, resp] : done) {
         auto it = requests_.find(id);
         if (it == requests_.end()) continue;
@@ -207,8 +203,8 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         apply_pending(e->second);
     }
     publish_changed();
-    seg_->heartbeat(now);
-    last_heartbeat_ms_ = now;
+    seg_->heartbeat(now.unix_ms);
+    last_heartbeat_ms_ = now.mono_ms;
 }
 
 bool Daemon::all_attempted() const {
@@ -241,7 +237,7 @@ bool Daemon::read_signals(int signal_fd) {
 int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
-            e.cred->refresh_soon(deps_.now_ms());
+            e.cred->refresh_soon(deps_.now());
     while (!stop_) {
         step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
         if (once && all_attempted()) break;
@@ -260,13 +256,13 @@ int Daemon::run(int signal_fd, bool once) {
         std::int64_t longest = 0;
         for (const auto& [name, e] : entries_)
             if (e.cred) longest = std::max<std::int64_t>(longest, e.cred->config().timeout.count());
-        const std::int64_t until = deps_.now_ms() + longest * 1000 + 1000;
+        const std::int64_t until = deps_.now().mono_ms + longest * 1000 + 1000;
         draining_ = true;
         stop_ = false;
         log_event(Level::info, "", "draining",
                   std::to_string(deps_.transport->in_flight()) +
                       " request(s) in flight; a second SIGTERM stops at once");
-        while (deps_.transport->in_flight() > 0 && deps_.now_ms() < until && !failed_) {
+        while (deps_.transport->in_flight() > 0 && deps_.now().mono_ms < until && !failed_) {
             step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
             if (signal_fd >= 0 && read_signals(signal_fd)) {
                 abandoned = true;
@@ -325,10 +321,11 @@ void Daemon::apply_pending(Entry& e) {
         return;
     }
     Published prev = e.cred ? e.cred->published() : Published{};
-    if (e.cred) (*cred)->inherit_unsaved(*e.cred, deps_.now_ms());
+    const Now now = deps_.now();
+    if (e.cred) (*cred)->inherit_unsaved(*e.cred, now.mono_ms);
     e.cred = std::move(*cred);
-    e.cred->resume(prev, deps_.now_ms());
-    e.cred->refresh_soon(deps_.now_ms());
+    e.cred->resume(prev, now);
+    e.cred->refresh_soon(now);
     log_event(Level::info, c.name, "changed", "settings changed; refreshing with the new ones");
 }
 
@@ -375,7 +372,7 @@ void Daemon::add_credential(const CredentialConfig& c) {
         return;
     }
     // A slot it had before may still hold a token made with other settings.
-    e.cred->refresh_soon(deps_.now_ms());
+    e.cred->refresh_soon(deps_.now());
     log_event(Level::info, c.name, "added", "new credential");
 }
 

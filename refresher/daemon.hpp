@@ -14,6 +14,7 @@
 #include <atomic>
 #include <cstdint>
 #include <functional>
+#include <limits>
 #include <map>
 #include <memory>
 #include <optional>
@@ -25,7 +26,8 @@ namespace tokenshm::refresher {
 struct DaemonDeps {
     Transport* transport;
     FileSystem* fs;
-    std::function<std::int64_t()> now_ms;  // Unix ms
+    // Both clocks (system_now(); tests pass a fake whose wall time they step).
+    std::function<Now()> now;
     std::function<double()> random01;
 };
 
@@ -85,7 +87,7 @@ class Daemon {
     void apply_pending(Entry& e);
     void set_aside_rejected(const std::string& name);
     void remove_entry(const std::string& name, Entry& e);
-    void check_segment(std::int64_t now);
+    void check_segment(Now now);
     // Reads what arrived on the signalfd; true when SIGTERM or SIGINT did.
     bool read_signals(int signal_fd);
     bool all_attempted() const;
@@ -100,8 +102,9 @@ class Daemon {
     std::set<std::string> changed_;
     std::map<std::uint64_t, std::string> requests_;  // request id -> credential
     std::uint64_t next_request_id_ = 1;
-    std::int64_t last_heartbeat_ms_ = 0;
-    std::int64_t last_segment_check_ms_ = 0;
+    // CLOCK_MONOTONIC ms; the heartbeat itself is published in Unix ms.
+    std::int64_t last_heartbeat_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
+    std::int64_t last_segment_check_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
     std::atomic<bool> stop_{false};
     bool reload_requested_ = false;
     bool draining_ = false;  // stopping: no new requests, waiting for answers

@@ -134,12 +134,6 @@ Expected<int, RefresherError> open_signal_fd() {
     return sfd;
 }
 
-std::int64_t realtime_ms() {
-    return std::chrono::duration_cast<std::chrono::milliseconds>(
-               std::chrono::system_clock::now().time_since_epoch())
-        .count();
-}
-
 // Starts the daemon and runs it until it stops; its exit code.
 Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, FileSystem& fs) {
     const auto sfd = open_signal_fd();
@@ -148,7 +142,7 @@ Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, File
     if (!transport) return Unexpected{transport.error()};
     std::mt19937_64 rng(std::random_device{}());
     std::uniform_real_distribution<double> unit(0.0, 1.0);
-    DaemonDeps deps{transport->get(), &fs, realtime_ms, [&] { return unit(rng); }};
+    DaemonDeps deps{transport->get(), &fs, system_now, [&] { return unit(rng); }};
 
     auto daemon = Daemon::start(std::move(cfg), deps);
     if (!daemon) return Unexpected{daemon.error()};

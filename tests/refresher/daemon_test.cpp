@@ -99,7 +99,10 @@ struct World {
     FakeTransport transport;
     PosixFileSystem posix;
     FileSystem* fsys = &posix;
-    std::int64_t now = 1'700'000'000'000;
+    // The fake clock: CLOCK_MONOTONIC (two hours after boot) and the wall
+    // clock as an offset from it, which a test steps on its own.
+    std::int64_t now = 7'200'000;
+    std::int64_t wall = 1'700'000'000'000 - 7'200'000;
     Config cfg;
 
     World() {
@@ -120,8 +123,14 @@ struct World {
         set_log_sink({});
     }
     DaemonDeps deps() {
-        return DaemonDeps{&transport, fsys, [this] { return now; }, [] { return 0.5; }};
+        return DaemonDeps{&transport, fsys,
+                          [this] {
+                              return Now{now, now + wall};
+                          },
+                          [] { return 0.5; }};
     }
+    // The monotonic instant a published (Unix) time stands for, as of now.
+    std::int64_t mono_of(std::int64_t unix_ms) const { return unix_ms - wall; }
     // An owned copy of what the slot's Token shows: the handle that read it
     // is gone when read() returns, and a Token is a view into its handle.
     struct Snap {
@@ -225,7 +234,7 @@ TEST_CASE(
     (*d)->step(std::chrono::milliseconds(0));
     CHECK(w.transport.started == 0);  // nothing is due yet
 
-    w.now = alpha->next_refresh_ms();
+    w.now = w.mono_of(alpha->next_refresh_ms());
     (*d)->step(std::chrono::milliseconds(0));
     const std::string body = w.transport.body_for("alpha");
     CHECK(body.find("refresh_token=rt-alpha-2") != std::string::npos);  // the persisted successor
@@ -300,7 +309,7 @@ TEST_CASE(
     const fs::path state = fs::path(w.cfg.state_dir) / "alpha.refresh_token";
     REQUIRE(fs::exists(state));
 
-    w.now = w.read("alpha")->next_refresh_ms();
+    w.now = w.mono_of(w.read("alpha")->next_refresh_ms());
     (*d)->step(std::chrono::milliseconds(0));
     HttpResponse rejected;
     rejected.outcome = HttpResponse::Outcome::response;
@@ -343,7 +352,7 @@ TEST_CASE("killed between persisting a rotated refresh token and publishing: not
         (*d)->step(std::chrono::milliseconds(0));
         w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2"));
         (*d)->step(std::chrono::milliseconds(0));
-        w.now = w.read("alpha")->next_refresh_ms();
+        w.now = w.mono_of(w.read("alpha")->next_refresh_ms());
         (*d)->step(std::chrono::milliseconds(0));
         w.transport.answer("alpha", token("at-alpha-2", 600, "rt-alpha-3"));
         (*d)->step(std::chrono::milliseconds(0));
@@ -364,7 +373,7 @@ TEST_CASE("killed between persisting a rotated refresh token and publishing: not
     auto d = Daemon::start(w.cfg, w.deps());
     REQUIRE(d);
     CHECK(w.read("alpha")->token() == "at-alpha-1");
-    w.now = w.read("alpha")->next_refresh_ms();
+    w.now = w.mono_of(w.read("alpha")->next_refresh_ms());
     (*d)->step(std::chrono::milliseconds(0));
     const std::string body = w.transport.body_for("alpha");
     CHECK(body.find("refresh_token=rt-alpha-3") != std::string::npos);
