@@ -146,7 +146,32 @@ void CredentialRefresher::expire_if_due(std::int64_t now_ms) {
 void CredentialRefresher::refresh_soon(Now now) {
     follow_wall_clock(now);
     reauth_ = false;
-    next_attempt_ms_ = std::max(now.mono_ms, last_sent_ms_ + cfg_.min_interval.count() * 1000);
+    next_attempt_ms_ =
+        std::max({now.mono_ms, last_sent_ms_ + cfg_.min_interval.count() * 1000, not_before_ms_});
+}
+
+void CredentialRefresher::continue_after_reload(const CredentialRefresher& from, Now now) {
+    pub_ = from.pub_;
+    wall_offset_ms_ = from.wall_offset_ms_;
+    expires_at_ms_ = from.expires_at_ms_;
+    next_attempt_ms_ = from.next_attempt_ms_;
+    last_sent_ms_ = from.last_sent_ms_;
+    not_before_ms_ = from.not_before_ms_;
+    backoff_.continue_from(from.backoff_);
+    last_ok_ = from.last_ok_;
+    follow_wall_clock(now);
+    if (from.reauth_ && from.rt_refused_ && refresh_token_ == from.refresh_token_) {
+        // Sending it again cannot help, and a strict server may count it as replay.
+        reauth_ = rt_refused_ = true;
+        changed();
+        log_event(Level::warn, cfg_.name, "reauth",
+                  "settings changed, but the refresh token is still the one the server "
+                  "rejected; put a new one in refresh_token_file, then send SIGHUP");
+        return;
+    }
+    refresh_soon(now);
+    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
+    changed();
 }
 
 std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
@@ -304,7 +329,7 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     next_attempt_ms_ = next_refresh_at_ms(sent_at_ms_, expires_at, cfg_, random01_());
     pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     backoff_.reset();
-    reauth_ = false;
+    reauth_ = rt_refused_ = false;
     last_ok_ = persisted;  // --once must not report success with the successor only in memory
     changed();
     log_event(Level::info, cfg_.name, "refreshed",
@@ -324,6 +349,7 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
     if (kind == FailureKind::reauth) {
         reauth_ = true;
         rt_rejected_ = cfg_.grant == Grant::refresh_token && oauth_error == "invalid_grant";
+        rt_refused_ = rt_rejected_;
         pub_.state = shm::RecordState::reauth;
         pub_.next_refresh_ms = 0;
         changed();
@@ -344,6 +370,7 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
                       seconds_text(backoff_.max().count()) + " instead");
     const std::int64_t delay = retry.delay.count();
     next_attempt_ms_ = now_ms + delay;
+    not_before_ms_ = now_ms + retry.server_wait.count();
     pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     if (has_live_token(now_ms))
         pub_.state = shm::RecordState::stale;

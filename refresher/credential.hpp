@@ -107,6 +107,14 @@ class CredentialRefresher {
     // A reload replaces this credential: take over its unsaved refresh token
     // (`now_ms` monotonic).
     void inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms);
+    // A reload rebuilt this credential from `from` (its settings changed, or a
+    // person put a new refresh token in place): the record, the deadlines,
+    // min_interval_s, Retry-After and the backoff's failure count go on, so a
+    // reload buys no request the schedule would not have made. Then it
+    // refreshes as soon as those allow (refresh_soon), except that a
+    // credential in reauth because the server rejected its refresh token
+    // stays in reauth while that is still the token it has.
+    void continue_after_reload(const CredentialRefresher& from, Now now);
     // Whether the last completed attempt obtained a token (for --once).
     std::optional<bool> last_attempt_ok() const noexcept { return last_ok_; }
 
@@ -150,8 +158,10 @@ class CredentialRefresher {
     std::int64_t expires_at_ms_ = 0;  // the served token's expiry
     std::int64_t next_attempt_ms_ = 0;
     std::int64_t last_sent_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
+    std::int64_t not_before_ms_ = 0;  // the server's Retry-After runs until then
     bool reauth_ = false;
     bool rt_rejected_ = false;
+    bool rt_refused_ = false;  // refresh_token_ is the one the server rejected (invalid_grant)
     std::optional<Secret> unpersisted_;  // a received refresh token not yet on disk
     std::int64_t next_persist_ms_ = kNever;
     // Unix minus monotonic, as pub_'s times were computed; unset before the first Now.

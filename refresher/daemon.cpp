@@ -306,10 +306,11 @@ void Daemon::apply_pending(Entry& e) {
     if (!e.pending || (e.cred && e.cred->in_flight())) return;
     CredentialConfig c = std::move(*e.pending);
     e.pending.reset();
+    const bool token_reload = std::exchange(e.reload_tokens, false);
     // Keep the refresh token in use when the client and server are the same:
     // it may be newer than any file, and the old one may already be spent.
     std::optional<Secret> carried;
-    if (!std::exchange(e.reload_tokens, false) && e.cred && e.cred->refresh_token() &&
+    if (!token_reload && e.cred && e.cred->refresh_token() &&
         e.cred->config().client_id == c.client_id && e.cred->config().issuer == c.issuer &&
         e.cred->config().token_endpoint == c.token_endpoint &&
         e.cred->config().refresh_token_file == c.refresh_token_file)
@@ -320,13 +321,22 @@ void Daemon::apply_pending(Entry& e) {
                   cred.error().message + "; keeping the old settings");
         return;
     }
-    Published prev = e.cred ? e.cred->published() : Published{};
+    if (token_reload && e.cred && (*cred)->refresh_token() == e.cred->refresh_token()) {
+        // Nothing a person changed: the credential stays exactly as it is, in reauth.
+        log_event(Level::warn, c.name, "reauth",
+                  "reloaded with the same settings and refresh token; no request until one of "
+                  "them changes");
+        return;
+    }
     const Now now = deps_.now();
-    if (e.cred) (*cred)->inherit_unsaved(*e.cred, now.mono_ms);
+    if (e.cred) {
+        (*cred)->inherit_unsaved(*e.cred, now.mono_ms);
+        (*cred)->continue_after_reload(*e.cred, now);
+    }
     e.cred = std::move(*cred);
-    e.cred->resume(prev, now);
-    e.cred->refresh_soon(now);
-    log_event(Level::info, c.name, "changed", "settings changed; refreshing with the new ones");
+    log_event(Level::info, c.name, "changed",
+              token_reload ? "a new refresh token is in place; trying it"
+                           : "settings changed; refreshing with the new ones");
 }
 
 void Daemon::reload(Config cfg) {
@@ -386,7 +396,7 @@ void Daemon::update_credential(Entry& e, const CredentialConfig& c) {
         e.reload_tokens = false;
     } else if (e.cred->in_reauth() && !e.cred->in_flight()) {
         // Same settings, but a person may have put a new refresh token in
-        // place: read it again and try once more.
+        // place: read it again; only a different one is tried (apply_pending).
         e.pending = c;
         e.reload_tokens = true;
         apply_pending(e);

@@ -48,7 +48,9 @@ class Daemon {
     // waits at most `max_wait` for responses, publishes what changed.
     void step(std::chrono::milliseconds max_wait, int wake_fd = -1);
     // Applies a new configuration: new credentials get slots, removed ones are
-    // retired, changed ones restart, unchanged ones are not touched.
+    // retired, changed ones are rebuilt (keeping their schedule: see
+    // CredentialRefresher::continue_after_reload), unchanged ones are not
+    // touched; one in reauth is rebuilt only when its refresh token on disk changed.
     void reload(Config cfg);
     void request_stop() noexcept { stop_ = true; }
     // Called on SIGHUP from run(): re-reads the configuration and reload()s.

@@ -63,6 +63,17 @@ class FakeTransport : public Transport {
     }
 };
 
+HttpResponse error_response(long status, const std::string& body,
+                            std::optional<std::string> retry_after = std::nullopt) {
+    HttpResponse r;
+    r.outcome = HttpResponse::Outcome::response;
+    r.status = status;
+    r.content_type = "application/json";
+    r.body = body;
+    r.retry_after = std::move(retry_after);
+    return r;
+}
+
 HttpResponse token(const std::string& at, int expires_in, const std::string& rt = {}) {
     HttpResponse r;
     r.outcome = HttpResponse::Outcome::response;
@@ -135,12 +146,13 @@ struct World {
     // is gone when read() returns, and a Token is a view into its handle.
     struct Snap {
         std::string token_;
-        std::int64_t issued_at_ms_, next_refresh_ms_;
+        std::int64_t issued_at_ms_, next_refresh_ms_, expires_at_ms_;
         std::uint64_t version_;
         tokenshm::State state_;
         std::string_view token() const { return token_; }
         std::int64_t issued_at_ms() const { return issued_at_ms_; }
         std::int64_t next_refresh_ms() const { return next_refresh_ms_; }
+        std::int64_t expires_at_ms() const { return expires_at_ms_; }
         std::uint64_t version() const { return version_; }
         tokenshm::State state() const { return state_; }
     };
@@ -151,8 +163,8 @@ struct World {
         if (!h) return tokenshm::Unexpected{h.error().code};
         auto t = h->inspect();
         if (!t) return tokenshm::Unexpected{t.error()};
-        return Snap{std::string(t->token()), t->issued_at_ms(), t->next_refresh_ms(), t->version(),
-                    t->state()};
+        return Snap{std::string(t->token()), t->issued_at_ms(), t->next_refresh_ms(),
+                    t->expires_at_ms(),      t->version(),      t->state()};
     }
 };
 
@@ -452,4 +464,140 @@ TEST_CASE("stopping waits for the answer in flight and saves its rotated refresh
     std::string saved;
     std::getline(f, saved);
     CHECK(saved == "rt-alpha-2");
+}
+
+namespace {
+
+// alpha refreshed once (no rotation), then its refresh token rejected: reauth,
+// with refresh_token_file still holding the rejected token. beta is valid.
+void put_alpha_in_reauth(World& w, Daemon& d) {
+    d.step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+    d.step(std::chrono::milliseconds(0));
+    w.now = w.mono_of(w.read("alpha")->next_refresh_ms());
+    d.step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer(
+        "alpha",
+        error_response(400, R"({"error":"invalid_grant","error_description":"revoked"})")));
+    d.step(std::chrono::milliseconds(0));
+    REQUIRE(w.read("alpha")->state() == tokenshm::State::reauth);
+}
+
+}  // namespace
+
+TEST_CASE("twenty reloads of a credential in reauth send no token request") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    put_alpha_in_reauth(w, **d);
+    const int started = w.transport.started;
+    const CredentialRefresher* alpha = (*d)->credential("alpha");
+    for (int i = 0; i < 20; ++i) {
+        w.now += 100;
+        (*d)->reload(w.cfg);  // a SIGHUP; the rejected token is still in refresh_token_file
+        (*d)->step(std::chrono::milliseconds(0));
+    }
+    CHECK(w.transport.started == started);
+    CHECK(w.transport.body_for("alpha").empty());
+    CHECK((*d)->credential("alpha") == alpha);  // kept as it was, not rebuilt
+    CHECK(w.read("alpha")->state() == tokenshm::State::reauth);
+
+    // A changed setting does not make the rejected token worth sending either.
+    Config scoped = w.cfg;
+    scoped.credentials[0].scope = "files.read";
+    for (int i = 0; i < 20; ++i) {
+        w.now += 100;
+        (*d)->reload(i % 2 ? w.cfg : scoped);
+        (*d)->step(std::chrono::milliseconds(0));
+    }
+    CHECK(w.transport.started == started);
+    CHECK(w.read("alpha")->state() == tokenshm::State::reauth);
+}
+
+TEST_CASE("a new refresh token put in place in reauth is tried once, after min_interval_s") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    put_alpha_in_reauth(w, **d);  // the rejected request went out at w.now
+    const std::int64_t rejected_at = w.now;
+    const int started = w.transport.started;
+    std::ofstream(*w.cfg.credentials[0].refresh_token_file) << "rt-alpha-fixed\n";
+    for (int i = 0; i < 20; ++i) {
+        w.now += 100;
+        (*d)->reload(w.cfg);
+        (*d)->step(std::chrono::milliseconds(0));
+    }
+    REQUIRE(w.now - rejected_at < 5'000);
+    CHECK(w.transport.started == started);  // min_interval_s (5 s) has not passed
+    w.now = rejected_at + 5'000;
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.started == started + 1);
+    CHECK(w.transport.body_for("alpha").find("refresh_token=rt-alpha-fixed") != std::string::npos);
+    for (int i = 0; i < 20; ++i) {  // more SIGHUPs while it is in flight
+        w.now += 100;
+        (*d)->reload(w.cfg);
+        (*d)->step(std::chrono::milliseconds(0));
+    }
+    CHECK(w.transport.started == started + 1);
+}
+
+TEST_CASE("reloads of a failing credential keep its backoff and min_interval_s") {
+    World w;
+    w.cfg.credentials[0].min_interval = std::chrono::seconds(5);
+    w.cfg.credentials[0].min_backoff = std::chrono::seconds(2);
+    w.cfg.credentials[0].max_backoff = std::chrono::seconds(60);
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    Config scoped = w.cfg;
+    scoped.credentials[0].scope = "files.read";
+    std::vector<std::int64_t> sent_at;  // monotonic
+    // Every 100 ms a SIGHUP (the same config for 10 s, then alternating with a
+    // changed one for 20 s); every alpha request fails with 503.
+    for (int i = 0; i < 300; ++i) {
+        if (i > 0) (*d)->reload(i < 100 || i % 2 ? w.cfg : scoped);
+        (*d)->step(std::chrono::milliseconds(0));
+        if (!w.transport.body_for("alpha").empty()) {
+            sent_at.push_back(w.now);
+            REQUIRE(w.transport.answer("alpha", error_response(503, "")));
+        }
+        w.transport.answer("beta", token("at-beta", 3600));
+        w.now += 100;
+    }
+    // Unchanged, the credential keeps its backoff: 2 s, then 3 s (dice at 0.5),
+    // each counted from the answer, which comes 100 ms after the request.
+    REQUIRE(sent_at.size() >= 3);
+    CHECK(sent_at[1] - sent_at[0] == 2'100);
+    CHECK(sent_at[2] - sent_at[1] == 3'100);
+    // Changed every 200 ms, it is rebuilt each time, and still sends no more
+    // than once per min_interval_s (5 s): four or five in those 20 s, not 100.
+    std::size_t changed_phase = 0;
+    for (std::size_t k = 3; k < sent_at.size(); ++k) {
+        CHECK(sent_at[k] - sent_at[k - 1] >= 5'000);
+        ++changed_phase;
+    }
+    CHECK(changed_phase >= 3);
+    CHECK(changed_phase <= 5);
+}
+
+TEST_CASE("a reload does not cut a server's Retry-After short") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    const std::int64_t sent = w.now;
+    REQUIRE(w.transport.answer("alpha", error_response(429, "", "60")));
+    (*d)->step(std::chrono::milliseconds(0));
+    const int started = w.transport.started;
+    Config scoped = w.cfg;
+    scoped.credentials[0].scope = "files.read";
+    while (w.now < sent + 59'900) {
+        w.now += 1'000;
+        (*d)->reload(w.now % 2'000 ? scoped : w.cfg);  // changed every time
+        (*d)->step(std::chrono::milliseconds(0));
+        if (w.now < sent + 60'000) REQUIRE(w.transport.body_for("alpha").empty());
+    }
+    w.now = sent + 60'000;
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.started == started + 1);
 }
