@@ -362,24 +362,43 @@ void CredentialRefresher::fail(std::int64_t now_ms, FailureKind kind,
     if (cfg_.issuer && token_endpoint_ && !cfg_.token_endpoint &&
         backoff_.failures() + 1 >= kRediscoverAfter)
         token_endpoint_.reset();  // look the endpoint up again next time
-    const RetryDelay retry = retry_delay(backoff_, retry_after, random01_());
-    if (retry.capped_from)
-        log_event(Level::warn, cfg_.name, "retry_after_capped",
-                  "the server asked to wait " + seconds_text(retry.capped_from->count()) +
-                      " (Retry-After); waiting max_backoff_s=" +
-                      seconds_text(backoff_.max().count()) + " instead");
-    const std::int64_t delay = retry.delay.count();
-    next_attempt_ms_ = now_ms + delay;
-    not_before_ms_ = now_ms + retry.server_wait.count();
-    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
+    const std::int64_t delay = schedule_retry(now_ms, retry_after);
     if (has_live_token(now_ms))
         pub_.state = shm::RecordState::stale;
     else if (!pub_.access_token.empty())
         pub_.state = shm::RecordState::expired;
     changed();
     log_event(Level::warn, cfg_.name, event,
-              message + "; failures=" + std::to_string(pub_.failures) +
+              pub_.last_error + "; failures=" + std::to_string(pub_.failures) +
                   " retry_in=" + seconds_text(delay));
+}
+
+std::int64_t CredentialRefresher::schedule_retry(
+    std::int64_t now_ms, std::optional<std::chrono::milliseconds> retry_after) {
+    const RetryDelay retry = retry_delay(backoff_, retry_after, random01_());
+    std::string asked;
+    if (retry_after)
+        asked = "the server asked to wait " +
+                seconds_text((retry.capped_from ? *retry.capped_from : retry.server_wait).count()) +
+                " (Retry-After)";
+    if (retry.capped_from)
+        log_event(
+            Level::warn, cfg_.name, "retry_after_capped",
+            asked + "; waiting max_backoff_s=" + seconds_text(backoff_.max().count()) + " instead");
+    next_attempt_ms_ = now_ms + retry.delay.count();
+    not_before_ms_ = now_ms + retry.server_wait.count();
+    pub_.next_refresh_ms = unix_of(next_attempt_ms_);
+    // Honoured, but readers and the status table must see why the token will
+    // run out with no attempt to replace it.
+    if (retry.server_wait.count() > 0 && has_live_token(now_ms) && not_before_ms_ > expires_at_ms_)
+        pub_.last_error =
+            asked +
+            (retry.capped_from
+                 ? ", capped at max_backoff_s " + seconds_text(retry.server_wait.count())
+                 : std::string()) +
+            "; the current token expires in " + seconds_text(expires_at_ms_ - now_ms) +
+            ", before that; " + pub_.last_error;
+    return retry.delay.count();
 }
 
 }  // namespace tokenshm::refresher

@@ -125,6 +125,11 @@ class CredentialRefresher {
     void fail(std::int64_t now_ms, FailureKind kind, const std::string& raw_message,
               std::optional<std::chrono::milliseconds> retry_after, const std::string& event,
               const std::string& oauth_error = {});
+    // After a failure: the next attempt, from the backoff and Retry-After; says
+    // so in last_error when the server's wait runs past the token's expiry.
+    // Returns the delay.
+    std::int64_t schedule_retry(std::int64_t now_ms,
+                                std::optional<std::chrono::milliseconds> retry_after);
     void succeed(TokenSuccess& s, std::int64_t now_ms);
     // Takes a rotated refresh token: to disk first, and into use whatever
     // happens. True when it differs from the one in use.

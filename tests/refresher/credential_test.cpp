@@ -530,3 +530,53 @@ TEST_CASE("a resumed record's Unix times become monotonic deadlines") {
     CHECK_FALSE(gone.cred.resume(prev, now));
     CHECK(gone.cred.published().state == RecordState::empty);
 }
+
+TEST_CASE("a Retry-After past the token's expiry is honoured, and the record says so") {
+    QuietLogs quiet;
+    Harness h;  // max_backoff 300 s
+    REQUIRE(h.cred.poll(at(0)));
+    h.cred.on_response(token_response("at", 200), at(0));  // expires at 200 s
+    const std::int64_t t = 100'000;
+    REQUIRE(h.cred.poll(at(t)));
+    auto r = json_response(503, "");
+    r.retry_after = "240";  // until 340 s: after the token expires
+    h.cred.on_response(r, at(t));
+    const Published& p = h.cred.published();
+    CHECK(p.state == RecordState::stale);
+    CHECK(p.next_refresh_ms == t + 240'000);
+    CHECK_THAT(p.last_error, Catch::StartsWith("the server asked to wait 240s (Retry-After); the "
+                                               "current token expires in 100s, before that; "));
+    CHECK_THAT(p.last_error, Catch::Contains("503"));
+    CHECK_FALSE(h.cred.poll(at(t + 239'999)));
+    CHECK(h.cred.published().state == RecordState::expired);  // the reason stays with it
+    CHECK_THAT(h.cred.published().last_error, Catch::Contains("Retry-After"));
+    CHECK(h.cred.poll(at(t + 240'000)));
+}
+
+TEST_CASE("a capped Retry-After past the token's expiry names both waits") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(at(0)));
+    h.cred.on_response(token_response("at", 200), at(0));
+    REQUIRE(h.cred.poll(at(100'000)));
+    auto r = json_response(429, "");
+    r.retry_after = "86400";
+    h.cred.on_response(r, at(100'000));
+    CHECK(h.cred.published().next_refresh_ms == 400'000);
+    CHECK_THAT(h.cred.published().last_error,
+               Catch::StartsWith("the server asked to wait 86400s (Retry-After), capped at "
+                                 "max_backoff_s 300s; the current token expires in 100s"));
+}
+
+TEST_CASE("a Retry-After within the token's lifetime leaves the error as it was") {
+    QuietLogs quiet;
+    Harness h;
+    REQUIRE(h.cred.poll(at(0)));
+    h.cred.on_response(token_response("at", 200), at(0));
+    REQUIRE(h.cred.poll(at(100'000)));
+    auto r = json_response(503, "");
+    r.retry_after = "60";
+    h.cred.on_response(r, at(100'000));
+    CHECK(h.cred.published().next_refresh_ms == 160'000);
+    CHECK(h.cred.published().last_error.find("Retry-After") == std::string::npos);
+}
