@@ -601,3 +601,42 @@ TEST_CASE("a reload does not cut a server's Retry-After short") {
     (*d)->step(std::chrono::milliseconds(0));
     CHECK(w.transport.started == started + 1);
 }
+
+TEST_CASE("the wall clock stepped an hour either way: no storm, no missed refresh") {
+    for (const std::int64_t step : {std::int64_t{3'600'000}, std::int64_t{-3'600'000}}) {
+        INFO("wall clock stepped by " << step << " ms");
+        World w;
+        auto d = Daemon::start(w.cfg, w.deps());
+        REQUIRE(d);
+        (*d)->step(std::chrono::milliseconds(0));
+        REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+        REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+        (*d)->step(std::chrono::milliseconds(0));
+        const auto before = *w.read("alpha");
+        const std::int64_t due = w.mono_of(before.next_refresh_ms());
+        const int started = w.transport.started;
+
+        // Ten seconds on, the wall clock jumps; the loop goes on every 250 ms.
+        w.now += 10'000;
+        w.wall += step;
+        (*d)->step(std::chrono::milliseconds(0));
+        const auto after = *w.read("alpha");
+        CHECK(after.version() > before.version());  // republished in the new wall time
+        CHECK(after.expires_at_ms() == before.expires_at_ms() + step);
+        CHECK(after.expires_at_ms() - (w.now + w.wall) == 590'000);  // what a reader has left
+        CHECK(after.state() == tokenshm::State::valid);
+        while (w.now + 250 < due) {
+            w.now += 250;
+            (*d)->step(std::chrono::milliseconds(0));
+        }
+        CHECK(w.transport.started == started);                 // nothing early
+        CHECK(w.read("alpha")->version() == after.version());  // and republished only once
+        w.now = due;
+        (*d)->step(std::chrono::milliseconds(0));
+        CHECK(w.transport.started == started + 2);  // alpha and beta, on time
+        REQUIRE(w.transport.answer("alpha", token("at-alpha-2", 600)));
+        (*d)->step(std::chrono::milliseconds(0));
+        CHECK(w.read("alpha")->token() == "at-alpha-2");
+        CHECK(w.read("alpha")->expires_at_ms() == due + w.wall + 600'000);
+    }
+}
