@@ -163,7 +163,6 @@ void CredentialRefresher::continue_after_reload(const CredentialRefresher& from,
     if (from.reauth_ && from.rt_refused_ && refresh_token_ == from.refresh_token_) {
         // Sending it again cannot help, and a strict server may count it as replay.
         reauth_ = rt_refused_ = true;
-        changed();
         log_event(Level::warn, cfg_.name, "reauth",
                   "settings changed, but the refresh token is still the one the server "
                   "rejected; put a new one in refresh_token_file, then send SIGHUP");

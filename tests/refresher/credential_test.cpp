@@ -580,3 +580,30 @@ TEST_CASE("a Retry-After within the token's lifetime leaves the error as it was"
     CHECK(h.cred.published().next_refresh_ms == 160'000);
     CHECK(h.cred.published().last_error.find("Retry-After") == std::string::npos);
 }
+
+TEST_CASE("a credential rebuilt by a reload goes on with the old one's backoff and record") {
+    QuietLogs quiet;
+    Harness old;  // min_backoff 1 s, max 300 s, min_interval 5 s, dice at 0.5
+    std::int64_t now = 0;
+    for (int i = 0; i < 3; ++i) {  // three failures: the next window is up to 8 s
+        REQUIRE(old.cred.poll(at(now)));
+        old.cred.on_response(json_response(503, ""), at(now));
+        now = old.cred.next_action_ms();
+    }
+    CredentialConfig changed = base_config();
+    changed.scope = "files.read";
+    Harness rebuilt(changed);
+    rebuilt.cred.continue_after_reload(old.cred, at(now));
+    CHECK(rebuilt.cred.published().failures == 3);
+    CHECK(rebuilt.cred.published().state == old.cred.published().state);
+    CHECK_THAT(rebuilt.cred.published().last_error, Catch::Contains("503"));
+    // Changed settings are tried as soon as min_interval_s allows: the last
+    // request went out at 2.5 s (failures at 0, 1 s, 2.5 s), so not before 7.5 s.
+    REQUIRE(now == 5'000);
+    CHECK(rebuilt.cred.next_action_ms() == 7'500);
+    CHECK_FALSE(rebuilt.cred.poll(at(7'499)));
+    REQUIRE(rebuilt.cred.poll(at(7'500)));
+    rebuilt.cred.on_response(json_response(503, ""), at(7'500));
+    // The fourth failure's delay (1 s + half of 7 s), not a fresh first one (1 s).
+    CHECK(rebuilt.cred.next_action_ms() == 7'500 + 4'500);
+}
