@@ -640,3 +640,33 @@ TEST_CASE("the wall clock stepped an hour either way: no storm, no missed refres
         CHECK(w.read("alpha")->expires_at_ms() == due + w.wall + 600'000);
     }
 }
+
+TEST_CASE("reloads after a rotated refresh token was rejected send the file's token once at most") {
+    // The issue's case: the state directory's token is set aside, and
+    // refresh_token_file still holds the first token, rotated away long ago.
+    // Reloads may try it once (the ledger of spent tokens makes that none);
+    // rejected too, it is not sent again however many SIGHUPs follow.
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    w.now = w.mono_of(w.read("alpha")->next_refresh_ms());
+    const HttpResponse rejected =
+        error_response(400, R"({"error":"invalid_grant","error_description":"revoked"})");
+    int alpha_requests = 0;
+    for (int i = 0; i < 200; ++i) {  // 20 s of SIGHUPs, 100 ms apart
+        if (i > 0) (*d)->reload(w.cfg);
+        (*d)->step(std::chrono::milliseconds(0));
+        if (!w.transport.body_for("alpha").empty()) {
+            ++alpha_requests;
+            REQUIRE(w.transport.answer("alpha", rejected));
+        }
+        w.transport.answer("beta", token("at-beta", 600));
+        w.now += 100;
+    }
+    CHECK(alpha_requests <= 2);  // the rejected rt-alpha-2 once, rt-alpha-1 at most once
+    CHECK(w.read("alpha")->state() == tokenshm::State::reauth);
+}
