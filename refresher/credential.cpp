@@ -111,7 +111,9 @@ void CredentialRefresher::follow_wall_clock(Now now) {
     }
     if (!moved) return;
     changed();
-    log_event(Level::warn, cfg_.name, "wall_clock_step",
+    // NTP's slewing adds up to a second now and then; a real step is news.
+    const bool big = step >= 60'000 || step <= -60'000;
+    log_event(big ? Level::warn : Level::info, cfg_.name, "wall_clock_step",
               "the wall clock moved " + std::string(step > 0 ? "forward" : "back") + " by " +
                   seconds_text(step > 0 ? step : -step) +
                   "; deadlines run on CLOCK_MONOTONIC, the published times follow the new wall "
