@@ -5,9 +5,9 @@ libtokenshm's C ABI (ctypes) in a loop and checks every read.
     chaos_reader.py LIBTOKENSHM SEGMENT NAME ISSUED_LOG OUT_JSON
 
 Each successful read must return a token the authorization server issued (its
---issued-log, re-read when a token is not yet known), the same token for the
-same version, a version that never goes backwards, and an expiry in the
-future. A token the server never issued counts as torn. On SIGTERM it writes
+--issued-log, re-read when a token is not yet known), the same token, expiry
+and state for the same version, a version that never goes backwards, and an
+expiry in the future. A token the server never issued counts as torn. On SIGTERM it writes
 its figures to OUT_JSON and exits 0. It never prints a token: it keeps
 SHA-256 digests only.
 """
@@ -123,11 +123,13 @@ def check_read(tok, issued, fig, by_version, now_ms):
     known, exp_ms = issued.lookup(digest)
     if not known:
         fig.torn += 1
+    # One version is one record: the same token, expiry and state every time.
+    record = (digest, tok.expires_at_ms, tok.issued_at_ms, tok.state)
     seen = by_version.get(tok.version)
     if seen is None:
-        by_version[tok.version] = digest
+        by_version[tok.version] = record
         fig.versions_seen += 1
-    elif seen != digest:
+    elif seen != record:
         fig.version_token_mismatch += 1
     if tok.expires_at_ms <= now_ms:
         fig.expired_served += 1
