@@ -1,5 +1,6 @@
 #include "credential.hpp"
 
+#include "fault_point.hpp"
 #include "log.hpp"
 
 #include <algorithm>
@@ -259,6 +260,7 @@ void CredentialRefresher::on_response(const HttpResponse& response, Now now) {
 
 bool CredentialRefresher::adopt_refresh_token(Secret token, std::int64_t now_ms) {
     if (refresh_token_ && token == *refresh_token_) return false;
+    fault_point(FaultPoint::after_response_before_rename);
     // The successor goes to disk before the new access token is published.
     // Whatever happens next, it replaces the old one in memory: the old one
     // is spent, and using it again would make the server revoke the grant.
@@ -315,6 +317,7 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     bool rotated = false;
     if (s.refresh_token) rotated = adopt_refresh_token(std::move(*s.refresh_token), now_ms);
     const bool persisted = !unpersisted_;
+    fault_point(FaultPoint::after_rename_before_publish);
 
     const std::int64_t expires_at = sent_at_ms_ + s.expires_in.count() * 1000;
     pub_.state = shm::RecordState::valid;

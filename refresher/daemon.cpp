@@ -1,5 +1,6 @@
 #include "daemon.hpp"
 
+#include "fault_point.hpp"
 #include "log.hpp"
 
 #include <sys/signalfd.h>
@@ -26,6 +27,7 @@ shm::SegmentSpec segment_spec(const Config& c) {
     s.mode = c.mode;
     s.group = c.group_id;
     s.max_token_bytes = c.max_token_bytes;
+    s.step_hook = fault_step_hook();
     // Room for credentials added by a reload without a restart.
     s.slot_count = static_cast<std::uint32_t>(
         std::clamp<std::size_t>(c.credentials.size() * 4, 64, TOKENSHM_MAX_SLOTS));
@@ -350,6 +352,7 @@ void Daemon::reload(Config cfg) {
         else
             update_credential(it->second, c);
     }
+    fault_point(FaultPoint::during_reload);
     remove_unlisted(keep);
     cfg_ = std::move(cfg);
     publish_changed();

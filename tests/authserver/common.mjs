@@ -43,7 +43,9 @@ export function consoleToStderr() {
 // with mode 0600 (and never through a symlink). The integration harness's
 // no-secrets scan loads it, so it knows values the tests never saw. Kind
 // "client_id" marks a public value: part of a secret that also occurs in one
-// is no evidence of a leak. Returns record(kind, value); a no-op without FILE.
+// is no evidence of a leak. Returns record(kind, value, facts): `facts` are
+// extra fields of the line (the oidc server adds an access token's expiry,
+// "exp_ms"); a no-op without FILE.
 export function openIssuedLog(name, path) {
   if (!path) return () => {};
   let fd;
@@ -56,12 +58,12 @@ export function openIssuedLog(name, path) {
     process.exit(2);
   }
   const recorded = new Set();
-  return (kind, value) => {
+  return (kind, value, facts = {}) => {
     if (typeof value !== 'string' || value === '') return;
     const key = `${kind}\u0000${value}`;
     if (recorded.has(key)) return;
     recorded.add(key);
-    fs.writeSync(fd, `${JSON.stringify({ kind, value })}\n`);
+    fs.writeSync(fd, `${JSON.stringify({ ...facts, kind, value })}\n`);
   };
 }
 

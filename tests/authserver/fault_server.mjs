@@ -77,7 +77,8 @@ function checkStep(step, path) {
     }
     return null;
   }
-  if (step.drop === true || step.garbage === true || step.html === true || step.truncated === true) return null;
+  if (step.drop === true || step.garbage === true || step.html === true || step.truncated === true
+      || step.stall_body === true) return null;
   if ('huge_bytes' in step) return isInt(step.huge_bytes, 1) ? null : `${path}.huge_bytes: a positive integer`;
   if ('error' in step) {
     if (typeof step.error !== 'string') return `${path}.error: a string`;
@@ -97,7 +98,7 @@ function checkStep(step, path) {
 
 function kindOf(step) {
   if ('slow_ms' in step) return `slow_ms(${step.slow_ms})+${kindOf(step.then)}`;
-  for (const k of ['ok', 'drop', 'garbage', 'html', 'truncated', 'huge_bytes', 'error']) {
+  for (const k of ['ok', 'drop', 'garbage', 'html', 'truncated', 'stall_body', 'huge_bytes', 'error']) {
     if (k in step) return k;
   }
   if (step.empty) return `status(${step.status},empty)`;
@@ -202,6 +203,19 @@ async function perform(step, req, res) {
     // give the bytes a moment to leave, then cut the connection
     setTimeout(() => req.socket.destroy(), 50);
     return {};
+  }
+  if (step.stall_body) {
+    // Headers and the start of a body, then nothing: the connection stays
+    // open until the client gives up (or 60 s pass).
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': 4096 });
+    res.write('{"access_token":"stall');
+    const started = Date.now();
+    await new Promise((resolve) => {
+      const timer = setTimeout(resolve, 60000);
+      req.socket.once('close', () => { clearTimeout(timer); resolve(); });
+    });
+    req.socket.destroy();
+    return { held_ms: Date.now() - started };
   }
   if ('error' in step) {
     const out = { error: step.error };

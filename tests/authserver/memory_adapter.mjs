@@ -48,6 +48,10 @@ function sweep() {
   }
 }
 
+// Called with (model, id, payload) after each upsert: the server reads the
+// expiry it enforces for an access token from here.
+export const upsertListener = { call: null };
+
 export default class MemoryAdapter {
   constructor(model) {
     this.model = model;
@@ -69,6 +73,7 @@ export default class MemoryAdapter {
     }
     if (this.model === 'Session' && payload.uid) set(`sessionUid:${payload.uid}`, id, expiresIn);
     if (payload.userCode) set(`userCode:${payload.userCode}`, id, expiresIn);
+    upsertListener.call?.(this.model, id, payload);
   }
 
   async find(id) {

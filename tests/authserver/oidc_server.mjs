@@ -15,7 +15,7 @@ import Provider, { errors } from 'oidc-provider';
 import {
   consoleToStderr, hostForUrl, openIssuedLog, printReady, serve,
 } from './common.mjs';
-import MemoryAdapter from './memory_adapter.mjs';
+import MemoryAdapter, { upsertListener } from './memory_adapter.mjs';
 
 consoleToStderr();
 
@@ -23,7 +23,7 @@ const USAGE = `usage: oidc_server.mjs [--port N] [--host ADDR] [--tls-cert FILE 
   [--access-ttl S] [--refresh-ttl S] [--issuer-url URL] [--clients FILE]
   [--mint-refresh-token CLIENT_ID --refresh-token-out FILE]... [--mint-scope SCOPE]
   [--mint-resource URI]
-  [--access-token-format opaque|jwt] [--log FILE] [--issued-log FILE]`;
+  [--access-token-format opaque|jwt] [--log FILE] [--issued-log FILE] [--test-control]`;
 
 function die(msg) {
   process.stderr.write(`oidc_server: ${msg}\n${USAGE}\n`);
@@ -49,6 +49,7 @@ try {
       'access-token-format': { type: 'string', default: 'opaque' },
       log: { type: 'string' },
       'issued-log': { type: 'string' },
+      'test-control': { type: 'boolean', default: false },
       help: { type: 'boolean', short: 'h' },
     },
     strict: true,
@@ -164,6 +165,23 @@ function logLine(obj) {
   }
 }
 
+// ---------------------------------------------------------------- counters
+// What a chaos test needs to know without reading the log: how many refresh
+// tokens were presented again after they were spent (oidc-provider then
+// revokes the whole grant), and whether a token request is still being
+// answered (a client killed mid-request may still cause a rotation).
+const stats = {
+  token_requests: 0,
+  token_requests_in_flight: 0,
+  refresh_ok: 0,
+  replays: 0,
+  grants_revoked: 0,
+  rejected: 0,
+  minted: 0,
+  last_refresh_ok_ms: null,
+  last_replay_ms: null,
+};
+
 // ---------------------------------------------------------------- server
 let server;
 if (tls) {
@@ -276,7 +294,15 @@ provider.Client.prototype.compareClientSecret = function strictCompare(actual) {
   return origCompare.call(this, actual);
 };
 
+// The expiry the server itself enforces (whole seconds), for the issued log:
+// a reader that is served a token after it can tell.
+const accessTokenExpiry = new Map();
+upsertListener.call = (model, id, payload) => {
+  if (model === 'AccessToken' && Number.isInteger(payload?.exp)) accessTokenExpiry.set(id, payload.exp * 1000);
+};
+
 provider.on('grant.revoked', (ctx, grantId) => {
+  stats.grants_revoked += 1;
   const info = reqInfo.getStore();
   if (info) info.grantRevoked = true;
   else logLine({ event: 'grant.revoked', client_id: ctx?.oidc?.client?.clientId ?? null });
@@ -310,7 +336,12 @@ provider.use(async (ctx, next) => {
     authMethod: authz !== undefined ? 'client_secret_basic' : 'client_secret_post',
     grantRevoked: false,
   };
-  await reqInfo.run(info, next);
+  if (isToken) stats.token_requests_in_flight += 1;
+  try {
+    await reqInfo.run(info, next);
+  } finally {
+    if (isToken) stats.token_requests_in_flight -= 1;
+  }
   recordAuthorizationCode(ctx);
   if (!isToken) return;
   let oidc;
@@ -327,9 +358,14 @@ provider.use(async (ctx, next) => {
     body.error = 'unauthorized_client';
   }
   if (ctx.status === 200) {
-    for (const kind of ['access_token', 'refresh_token', 'id_token']) recordIssued(kind, body[kind]);
+    const expMs = accessTokenExpiry.get(body.access_token);
+    accessTokenExpiry.delete(body.access_token);
+    recordIssued('access_token', body.access_token, expMs ? { exp_ms: expMs } : {});
+    for (const kind of ['refresh_token', 'id_token']) recordIssued(kind, body[kind]);
   }
   const entities = oidc?.entities ?? {};
+  const replay = info.detail === 'refresh token already used';
+  countTokenRequest(ctx.status, oidc?.params?.grant_type, replay);
   logLine({
     client_id: oidc?.client?.clientId ?? null,
     grant_type: oidc?.params?.grant_type ?? null,
@@ -341,13 +377,35 @@ provider.use(async (ctx, next) => {
     rotated: ctx.status === 200 && !!entities.RotatedRefreshToken,
     refresh_token_issued: ctx.status === 200 && typeof body.refresh_token === 'string',
     grant_revoked: info.grantRevoked,
+    replay,
   });
 });
+
+function countTokenRequest(status, grantType, replay) {
+  stats.token_requests += 1;
+  if (status === 200 && grantType === 'refresh_token') {
+    stats.refresh_ok += 1;
+    stats.last_refresh_ok_ms = Date.now();
+  } else if (status !== 200) {
+    stats.rejected += 1;
+  }
+  if (replay) {
+    stats.replays += 1;
+    stats.last_replay_ms = Date.now();
+  }
+}
 
 // Serve under the issuer's path when --issuer-url has one (mount emulation:
 // oidc-provider derives the mount path from req.originalUrl).
 const handler = provider.callback();
 server.on('request', (req, res) => {
+  if (args['test-control'] && req.url.startsWith('/_test/')) {
+    testControl(req, res).catch((e) => {
+      console.error(`oidc_server: /_test: ${e.stack ?? e}`);
+      req.socket.destroy();
+    });
+    return;
+  }
   if (issuerPath) {
     if (!req.url.startsWith(`${issuerPath}/`) && req.url !== issuerPath) {
       res.writeHead(404, { 'content-type': 'application/json' });
@@ -390,6 +448,52 @@ async function mintRefreshToken(clientId, scope, resource) {
     rotations: 0,
   });
   return rt.save();
+}
+
+// --test-control: GET /_test/stats (the counters above) and POST
+// /_test/mint {"client_id"} → {"refresh_token"} (a new grant, recorded in
+// the issued log first), for tests that must hand the refresher a fresh grant
+// after one was lost, as a person would. Loopback only, like the server.
+function sendJson(res, status, obj) {
+  const body = JSON.stringify(obj);
+  res.writeHead(status, { 'content-type': 'application/json', 'cache-control': 'no-store' });
+  res.end(body);
+}
+
+async function readSmallBody(req) {
+  let raw = '';
+  for await (const chunk of req) {
+    raw += chunk;
+    if (raw.length > 4096) throw new Error('body too large');
+  }
+  return raw;
+}
+
+async function testControl(req, res) {
+  if (req.method === 'GET' && req.url === '/_test/stats') {
+    sendJson(res, 200, stats);
+    return;
+  }
+  if (req.method === 'POST' && req.url === '/_test/mint') {
+    let clientId;
+    try {
+      clientId = JSON.parse(await readSmallBody(req)).client_id;
+    } catch (e) {
+      sendJson(res, 400, { error: `mint body: ${e.message}` });
+      return;
+    }
+    if (!registeredMethod.has(clientId)) {
+      sendJson(res, 400, { error: 'unknown client_id' });
+      return;
+    }
+    const value = await mintRefreshToken(clientId, args['mint-scope'], args['mint-resource']);
+    recordIssued('refresh_token', value);
+    stats.minted += 1;
+    logLine({ event: 'minted_refresh_token', client_id: clientId });
+    sendJson(res, 200, { refresh_token: value });
+    return;
+  }
+  sendJson(res, 404, { error: 'not_found' });
 }
 
 for (let i = 0; i < args['mint-refresh-token'].length; i += 1) {

@@ -276,6 +276,60 @@ describe('oidc_server', () => {
   });
 });
 
+describe('oidc_server --test-control', () => {
+  let srv;
+  let base;
+  const issued = path.join(tmp, 'control-issued.jsonl');
+  const log = path.join(tmp, 'control.log');
+  before(async () => {
+    srv = await start('oidc_server.mjs', ['--test-control', '--access-ttl', '3', '--issued-log', issued, '--log', log]);
+    base = srv.issuer;
+  });
+  after(async () => {
+    assert.equal(await stop(srv.child), 0);
+  });
+  const stats = async () => (await request(`${base}/_test/stats`)).json;
+  const mint = () => request(`${base}/_test/mint`, { method: 'POST', body: JSON.stringify({ client_id: 'tokenshm-demo' }) });
+
+  test('mint gives a working grant; stats count refreshes, replays and revocations', async () => {
+    const s0 = await stats();
+    assert.deepEqual([s0.refresh_ok, s0.replays, s0.minted, s0.token_requests_in_flight], [0, 0, 0, 0]);
+    const m = await mint();
+    assert.equal(m.status, 200, m.text);
+    const first = m.json.refresh_token;
+    const auth = basic('tokenshm-demo', 'demo-secret');
+    const r1 = await token(base, { grant_type: 'refresh_token', refresh_token: first }, { auth });
+    assert.equal(r1.status, 200, r1.text);
+    const replay = await token(base, { grant_type: 'refresh_token', refresh_token: first }, { auth });
+    assert.equal(replay.json.error, 'invalid_grant');
+    const s1 = await stats();
+    assert.deepEqual([s1.refresh_ok, s1.replays, s1.grants_revoked, s1.minted, s1.token_requests],
+      [1, 1, 1, 1, 2]);
+    const lines = fs.readFileSync(log, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.equal(lines.filter((l) => l.replay === true).length, 1);
+    const items = fs.readFileSync(issued, 'utf8').trim().split('\n').map((l) => JSON.parse(l));
+    assert.ok(items.some((i) => i.kind === 'refresh_token' && i.value === first), 'the minted token is in the issued log');
+    const at = items.find((i) => i.value === r1.json.access_token);
+    assert.equal(at.kind, 'access_token');
+    // exp_ms: the server's own expiry, whole seconds, ttl after issue
+    assert.equal(at.exp_ms % 1000, 0);
+    assert.ok(Math.abs(at.exp_ms - (Date.now() + 3000)) < 2000, `exp_ms ${at.exp_ms}`);
+  });
+
+  test('an unknown client or path is refused; without the flag there is no /_test', async () => {
+    const bad = await request(`${base}/_test/mint`, { method: 'POST', body: '{"client_id":"nobody"}' });
+    assert.equal(bad.status, 400);
+    assert.equal((await request(`${base}/_test/other`)).status, 404);
+    const plain = await start('oidc_server.mjs', []);
+    try {
+      const r = await request(`${plain.issuer}/_test/stats`);
+      assert.notEqual(r.status, 200);
+    } finally {
+      await stop(plain.child);
+    }
+  });
+});
+
 describe('oidc_server over HTTPS', () => {
   test('verifies with the right CA only', async (t) => {
     try {
@@ -414,6 +468,32 @@ describe('fault_server', () => {
     assert.equal(e.step, 0);
     assert.ok(!JSON.stringify(c.json.log).includes('R0'));
     assert.deepEqual(c.json.log.map((l) => l.step), [0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 12]);
+  });
+
+  test('stall_body: headers and a piece of the body, then nothing until the client closes', async () => {
+    await script([{ stall_body: true }]);
+    const got = await new Promise((resolve) => {
+      const req = http.request(`${base}/token`, { method: 'POST', headers: FORM, agent: false }, (res) => {
+        let text = '';
+        res.on('data', (d) => { text += d; });
+        setTimeout(() => { resolve({ status: res.statusCode, text }); req.destroy(); }, 500);
+      });
+      req.on('error', () => {});
+      req.end(form({ grant_type: 'refresh_token', refresh_token: 'R0' }));
+    });
+    assert.equal(got.status, 200);
+    assert.equal(got.text, '{"access_token":"stall');
+    for (let i = 0; i < 20; i += 1) {
+      // eslint-disable-next-line no-await-in-loop
+      const c = await request(`${base}/control`);
+      if (c.json.log[0].held_ms !== undefined) {
+        assert.ok(c.json.log[0].held_ms >= 400, `held ${c.json.log[0].held_ms} ms`);
+        return;
+      }
+      // eslint-disable-next-line no-await-in-loop
+      await new Promise((r) => { setTimeout(r, 100); });
+    }
+    assert.fail('the stalled request never ended after the client closed');
   });
 
   test('a bad script is refused and changes nothing', async () => {
