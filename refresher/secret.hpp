@@ -120,4 +120,16 @@ class WipedString {
     std::string v_;
 };
 
+// A secret file's content without its line end: one trailing "\r\n" or "\n"
+// is dropped, the same way for every secret file (client secret, refresh
+// token), whichever editor wrote it.
+inline std::string_view without_line_end(std::string_view content) noexcept {
+    if (content.ends_with("\r\n")) {
+        content.remove_suffix(2);
+    } else if (content.ends_with('\n')) {
+        content.remove_suffix(1);
+    }
+    return content;
+}
+
 }  // namespace tokenshm::refresher
