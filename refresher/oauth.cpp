@@ -33,12 +33,28 @@ bool is_visible(char c) {
     return c > 0x20 && c <= 0x7e;
 }  // VCHAR: printable, no space
 
+// RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+bool is_b64token_char(char c) {
+    return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' ||
+           c == '/';
+}
+// RFC 9110 §5.6.2 tchar: what a single token (an auth scheme) may hold.
+bool is_tchar(char c) {
+    return is_alpha(c) || is_digit(c) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
 bool all_of(std::string_view s, bool (*pred)(char)) {
     return std::all_of(s.begin(), s.end(), pred);
 }
 
 char ascii_lower(char c) {
     return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool is_b64token(std::string_view s) {
+    const std::size_t last = s.find_last_not_of('=');
+    return last != std::string_view::npos && all_of(s.substr(0, last + 1), is_b64token_char);
 }
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -230,6 +246,42 @@ Expected<std::chrono::seconds, std::string> parse_expires_in(const rapidjson::Va
     return std::chrono::seconds(std::min(seconds, cap));
 }
 
+// Why `at` (the access_token member, null when absent) cannot be published,
+// or "" when it can. It goes into "Authorization: Bearer <token>" as is:
+// anything but an RFC 6750 b64token could split or bend that header in a
+// consumer's hands.
+std::string access_token_problem(const rapidjson::Value* at, std::size_t max_token_bytes) {
+    if (!at) return "no access_token";
+    if (!at->IsString()) return "access_token is not a string";
+    if (at->GetStringLength() == 0) return "access_token is empty";
+    if (at->GetStringLength() > max_token_bytes)
+        return "access_token is " + std::to_string(at->GetStringLength()) +
+               " bytes, more than max_token_bytes (" + std::to_string(max_token_bytes) + ")";
+    if (!all_of(str(*at), is_vschar))
+        return "access_token contains characters other than printable ASCII";
+    if (!is_b64token(str(*at)))
+        return "access_token is not an RFC 6750 b64token (letters, digits, -._~+/ and only "
+               "trailing '=')";
+    return {};
+}
+
+// Why `tt` (the token_type member) is not a single RFC 9110 token (an auth
+// scheme), or "" when it is.
+std::string token_type_problem(const rapidjson::Value* tt) {
+    if (!tt) return "no token_type";
+    if (!tt->IsString()) return "token_type is not a string";
+    const std::string_view type = str(*tt);
+    if (type.empty()) return "token_type is empty";
+    if (type.size() > kMaxTokenType)
+        return "token_type is longer than " + std::to_string(kMaxTokenType) + " characters";
+    if (!all_of(type, is_visible))
+        return "token_type contains characters other than printable ASCII";
+    if (!all_of(type, is_tchar))
+        return "token_type contains characters other than an RFC 9110 token's (letters, "
+               "digits, !#$%&'*+-.^_`|~)";
+    return {};
+}
+
 // Everything of a 200 response but the refresh token (parse_success).
 TokenOutcome parse_success_fields(const rapidjson::Document& doc,
                                   std::chrono::seconds default_lifetime,
@@ -242,26 +294,11 @@ TokenOutcome parse_success_fields(const rapidjson::Document& doc,
     };
     TokenSuccess ok;
     const auto* at = get("access_token");
-    if (!at) return retry(200, head + "no access_token");
-    if (!at->IsString()) return retry(200, head + "access_token is not a string");
-    if (at->GetStringLength() == 0) return retry(200, head + "access_token is empty");
-    if (at->GetStringLength() > max_token_bytes)
-        return retry(200, head + "access_token is " + std::to_string(at->GetStringLength()) +
-                              " bytes, more than max_token_bytes (" +
-                              std::to_string(max_token_bytes) + ")");
-    if (!all_of(str(*at), is_vschar))
-        return retry(200, head + "access_token contains characters other than printable ASCII");
-
+    if (std::string why = access_token_problem(at, max_token_bytes); !why.empty())
+        return retry(200, head + why);
     const auto* tt = get("token_type");
-    if (!tt) return retry(200, head + "no token_type");
-    if (!tt->IsString()) return retry(200, head + "token_type is not a string");
+    if (std::string why = token_type_problem(tt); !why.empty()) return retry(200, head + why);
     const std::string_view type = str(*tt);
-    if (type.empty()) return retry(200, head + "token_type is empty");
-    if (type.size() > kMaxTokenType)
-        return retry(200, head + "token_type is longer than " + std::to_string(kMaxTokenType) +
-                              " characters");
-    if (!all_of(type, is_visible))
-        return retry(200, head + "token_type contains characters other than printable ASCII");
     ok.token_type = iequals(type, "bearer") ? std::string("Bearer") : std::string(type);
 
     ok.expires_in = std::min(default_lifetime, kMaxLifetime);
