@@ -1,6 +1,7 @@
 #include "curl_transport.hpp"
 
 #include "log.hpp"
+#include "wiping_heap.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -57,8 +58,13 @@ constexpr std::size_t kMaxHeaderValue = 256;
 constexpr std::size_t kMaxErrorText = 300;
 
 // libcurl's global state, initialised once per process (thread-safe static).
+// Its heap is ours: every buffer it frees (the request it composed with the
+// body and the Authorization header, the response it received, header list
+// copies) is wiped first. This must be the process's first libcurl call.
 CURLcode global_init() {
-    static const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    static const CURLcode rc =
+        curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
+                             wiping_strdup, wiping_calloc);
     return rc;
 }
 

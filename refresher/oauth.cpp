@@ -1,5 +1,7 @@
 #include "oauth.hpp"
 
+#include "wiping_heap.hpp"
+
 #include <tokenshm/layout.h>
 
 #include <rapidjson/document.h>
@@ -16,8 +18,21 @@ namespace tokenshm::refresher {
 
 namespace {
 
-using JsonDocument = rapidjson::Document;
-using JsonValue = rapidjson::Value;
+// RapidJSON's buffers for a token response hold the tokens (its parse stack
+// and its value pool both get copies): every block is wiped before it is
+// freed, and growing one wipes the block it leaves.
+struct WipingAllocator {
+    static const bool kNeedFree = true;
+    void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
+    void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
+        return wiping_realloc(old, new_size);
+    }
+    static void Free(void* p) { wiping_free(p); }
+};
+using JsonDocument =
+    rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
+                               WipingAllocator>;
+using JsonValue = JsonDocument::ValueType;
 
 constexpr std::size_t kMaxTokenType = TOKENSHM_TYPE_CAP;
 constexpr std::size_t kMaxScope = TOKENSHM_SCOPE_CAP;
@@ -549,15 +564,23 @@ void append_base64(WipedString& out, std::string_view bytes) {
 
 Secret basic_authorization(std::string_view client_id, const Secret& client_secret,
                            BasicEncoding encoding) {
-    std::string pair;
+    // Every buffer that holds the secret in any form is a WipedString.
+    WipedString pair;
+    pair.reserve(3 * (client_id.size() + client_secret.size()) + 1);
     if (encoding == BasicEncoding::form) {
-        pair = form_urlencode(client_id) + ":" + form_urlencode(client_secret.reveal());
+        append_form_urlencoded(pair, client_id);
+        pair.append(":", 1);
+        append_form_urlencoded(pair, client_secret.reveal());
     } else {
-        pair = std::string(client_id) + ":" + std::string(client_secret.reveal());
+        pair.append(client_id.data(), client_id.size());
+        pair.append(":", 1);
+        pair.append(client_secret.reveal().data(), client_secret.size());
     }
-    Secret header("Basic " + base64_encode(pair));
-    Secret wipe(std::move(pair));  // the plain pair is wiped when `wipe` goes
-    return header;
+    WipedString header;
+    header.reserve(6 + (pair.size() + 2) / 3 * 4);
+    header.append("Basic ", 6);
+    append_base64(header, pair.view());
+    return Secret(std::move(header));
 }
 
 namespace {
@@ -582,12 +605,15 @@ Expected<HttpRequest, RefresherError> build_token_request(const CredentialConfig
     r.headers.push_back("Content-Type: application/x-www-form-urlencoded");
     apply_common(r, c);
 
-    std::string body;
+    // The body carries the refresh token or the client secret: built in a
+    // WipedString, encoded in place, so no unwiped copy is left behind.
+    WipedString body;
+    body.reserve(512 + 3 * (c.client_secret.size() + (refresh_token ? refresh_token->size() : 0)));
     auto add = [&body](std::string_view name, std::string_view value) {
-        if (!body.empty()) body += '&';
-        body += form_urlencode(name);
-        body += '=';
-        body += form_urlencode(value);
+        if (!body.empty()) body.append("&", 1);
+        append_form_urlencoded(body, name);
+        body.append("=", 1);
+        append_form_urlencoded(body, value);
     };
     if (c.grant == Grant::refresh_token) {
         add("grant_type", "refresh_token");
