@@ -16,6 +16,7 @@
 #include "daemon.hpp"
 #include "error.hpp"
 #include "log.hpp"
+#include "regular_file.hpp"
 #include "state_store.hpp"
 
 #include <sys/prctl.h>
@@ -135,11 +136,20 @@ Expected<Done, RefresherError> set_dumpable(bool allow) {
 }
 
 // --check-config: the refresh tokens must be reachable too (state_dir, else
-// refresh_token_file). A missing one is a configuration error.
+// refresh_token_file). A missing one is a configuration error. A
+// refresh_token_file that exists must be a regular file we may trust (it is
+// checked without blocking before anything reads it); whether a missing one
+// matters depends on the state directory.
 Expected<Done, RefresherError> check_refresh_tokens(const Config& cfg, FileSystem& fs) {
     StateStore store(fs, cfg.state_dir);
     for (const auto& c : cfg.credentials) {
         if (c.grant != Grant::refresh_token) continue;
+        if (c.refresh_token_file) {
+            auto ok = check_regular_file(*c.refresh_token_file);
+            if (!ok && ok.error().err != ENOENT)
+                return Unexpected{RefresherError::config_error(
+                    "credentials: " + c.name + ": refresh_token_file: " + ok.error().message)};
+        }
         auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
         if (!rt) return Unexpected{RefresherError::config_error(rt.error().message)};
     }

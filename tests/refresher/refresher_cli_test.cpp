@@ -1,5 +1,6 @@
-// The tokenshm-refresher binary itself: a running refresher is not dumpable
-// unless --allow-core-dumps says so. Every child is bounded
+// The tokenshm-refresher binary itself: --check-config judges every file the
+// configuration names without ever blocking on one, and a running refresher
+// is not dumpable unless --allow-core-dumps says so. Every child is bounded
 // in time and killed if it overstays.
 #include "ci_skip.hpp"
 
@@ -114,7 +115,81 @@ Child start(const std::vector<std::string>& args, std::optional<uid_t> run_as = 
     return Child{pid, fds[0], {}};
 }
 
+std::string credential_json(const std::string& fields) {
+    return R"({"credentials": [{"name": "storage", "client_id": "uploader",
+        "token_endpoint": "http://127.0.0.1:9/token", )" +
+           fields + "}]}";
+}
+
+std::size_t lines(const std::string& s) {
+    std::size_t n = 0;
+    for (char c : s)
+        n += c == '\n';
+    return n;
+}
+
 }  // namespace
+
+TEST_CASE("--check-config names a FIFO secret file at once, in one line, exit 2", "[cli]") {
+    TempDir dir;
+    const std::string fifo = dir.path + "/secret.fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    SECTION("client_secret_file") {
+        const std::string config =
+            dir.write("c.json",
+                      credential_json(R"("grant": "client_credentials", "client_secret_file": ")" +
+                                      fifo + "\""),
+                      0600);
+        Child c = start({"--config", config, "--check-config"});
+        CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(2));
+        CHECK(c.output.find(fifo + ": not a regular file (a FIFO)") != std::string::npos);
+        CHECK(lines(c.output) == 1);
+    }
+    SECTION("refresh_token_file") {
+        const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);
+        const std::string fixed =
+            dir.write("rt.json",
+                      R"({"state_dir": ")" + dir.path +
+                          R"(/state", "credentials": [{"name": "storage", "client_id": "uploader",
+                "token_endpoint": "http://127.0.0.1:9/token", "grant": "refresh_token",
+                "client_secret_file": ")" +
+                          secret + R"(", "refresh_token_file": ")" + fifo + R"("}]})",
+                      0600);
+        REQUIRE(::mkdir((dir.path + "/state").c_str(), 0700) == 0);
+        Child c = start({"--config", fixed, "--check-config"});
+        CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(2));
+        CHECK(c.output.find("refresh_token_file: " + fifo + ": not a regular file (a FIFO)") !=
+              std::string::npos);
+        CHECK(lines(c.output) == 1);
+    }
+}
+
+TEST_CASE("--check-config checks ca_file: missing is exit 2, present is OK", "[cli]") {
+    TempDir dir;
+    const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);
+    const auto config_with_ca = [&](const std::string& ca) {
+        return dir.write(
+            "c.json",
+            credential_json(R"("grant": "client_credentials", "client_secret_file": ")" + secret +
+                            R"(", "ca_file": ")" + ca + "\""),
+            0600);
+    };
+    {
+        const std::string config = config_with_ca(dir.path + "/missing-ca.pem");
+        Child c = start({"--config", config, "--check-config"});
+        CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(2));
+        CHECK(c.output.find("credentials[0].ca_file: " + dir.path +
+                            "/missing-ca.pem: No such file or directory") != std::string::npos);
+        CHECK(lines(c.output) == 1);
+    }
+    {
+        const std::string ca = dir.write("ca.pem", "-----BEGIN CERTIFICATE-----\n", 0644);
+        const std::string config = config_with_ca(ca);
+        Child c = start({"--config", config, "--check-config"});
+        CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(0));
+        CHECK(c.output.find(": OK, 1 credential(s)") != std::string::npos);
+    }
+}
 
 TEST_CASE("a running refresher is not dumpable unless --allow-core-dumps", "[cli]") {
     // The kernel shows it in /proc/<pid>: the files of a non-dumpable process
