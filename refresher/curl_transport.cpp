@@ -1,6 +1,7 @@
 #include "curl_transport.hpp"
 
 #include "log.hpp"
+#include "regular_file.hpp"
 #include "wiping_heap.hpp"
 
 #include <arpa/inet.h>
@@ -62,9 +63,8 @@ constexpr std::size_t kMaxErrorText = 300;
 // body and the Authorization header, the response it received, header list
 // copies) is wiped first. This must be the process's first libcurl call.
 CURLcode global_init() {
-    static const CURLcode rc =
-        curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
-                             wiping_strdup, wiping_calloc);
+    static const CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free,
+                                                    wiping_realloc, wiping_strdup, wiping_calloc);
     return rc;
 }
 
@@ -366,6 +366,12 @@ Expected<Done, RefresherError> sendable(const HttpRequest& request) {
     if (has_line_break(request.authorization.reveal()) ||
         std::any_of(request.headers.begin(), request.headers.end(), has_line_break))
         return refused("a request header contains a line break");
+    // OpenSSL opens ca_file with a blocking fopen: a FIFO swapped in since the
+    // config was loaded would freeze the event loop. Checked at every request.
+    if (!request.ca_file.empty()) {
+        if (auto ca = check_regular_file(request.ca_file); !ca)
+            return refused("ca_file " + ca.error().message);
+    }
     return libcurl_agrees(request.url);
 }
 
