@@ -230,3 +230,36 @@ TEST_CASE("a running refresher is not dumpable unless --allow-core-dumps", "[cli
     CHECK(owner_of_proc_status({}) == 0);
     CHECK(owner_of_proc_status({"--allow-core-dumps"}) == uid);
 }
+
+TEST_CASE("a FIFO as client_secret_file cannot freeze a running refresher on SIGHUP", "[cli]") {
+    TempDir dir;
+    const std::string state = dir.path + "/state";
+    REQUIRE(::mkdir(state.c_str(), 0700) == 0);
+    const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);
+    const std::string segment = "tokenshm-cli-hup-" + std::to_string(::getpid());
+    const std::string config =
+        dir.write("c.json",
+                  R"({"segment": ")" + segment + R"(", "state_dir": ")" + state +
+                      R"(", "control_socket": ")" + state +
+                      R"(/ctl.sock", "credentials": [{"name": "storage", "client_id": "uploader",
+            "token_endpoint": "http://127.0.0.1:9/token", "grant": "client_credentials",
+            "client_secret_file": ")" +
+                      secret + R"("}]})",
+                  0600);
+    Child c = start({"--config", config});
+    const bool started = c.read_until("event=started", std::chrono::seconds(20));
+    // Planted while it runs: the next reload must not wait for a writer.
+    REQUIRE(::unlink(secret.c_str()) == 0);
+    REQUIRE(::mkfifo(secret.c_str(), 0600) == 0);
+    ::kill(c.pid, SIGHUP);
+    const bool refused =
+        c.read_until(secret + ": not a regular file (a FIFO)", std::chrono::seconds(10));
+    ::kill(c.pid, SIGTERM);  // still answering signals: it stops cleanly
+    const auto exit = c.wait(std::chrono::seconds(10));
+    ::shm_unlink(("/" + segment).c_str());
+    INFO(c.output);
+    CHECK(started);
+    CHECK(refused);
+    CHECK(c.output.find("keeping the running configuration") != std::string::npos);
+    CHECK(exit == std::optional<int>(0));
+}
