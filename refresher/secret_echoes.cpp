@@ -114,15 +114,27 @@ void SecretEchoes::add_basic_pair(std::string_view client_id, std::string_view s
     }
 }
 
+// The text may hold secrets until every pattern is replaced: it is worked on
+// in WipedStrings, one pass per pattern, and only the redacted result leaves
+// as a plain string.
 std::string SecretEchoes::redact(std::string text) const {
+    WipedString current(std::move(text));
     for (const Secret& p : patterns_) {
         const std::string_view pattern = p.reveal();
-        for (std::size_t at = 0; (at = text.find(pattern, at)) != std::string::npos;) {
-            text.replace(at, pattern.size(), Secret::redacted);
-            at += Secret::redacted.size();
+        const std::string_view in = current.view();
+        if (in.find(pattern) == std::string_view::npos) continue;
+        WipedString next;
+        next.reserve(in.size());
+        std::size_t from = 0;
+        for (std::size_t at; (at = in.find(pattern, from)) != std::string_view::npos;) {
+            next.append(in.data() + from, at - from);
+            next.append(Secret::redacted.data(), Secret::redacted.size());
+            from = at + pattern.size();
         }
+        next.append(in.data() + from, in.size() - from);
+        current = std::move(next);
     }
-    return text;
+    return std::string(current.view());
 }
 
 }  // namespace tokenshm::refresher

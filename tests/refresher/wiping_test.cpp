@@ -218,6 +218,31 @@ TEST_CASE("parsing a token response frees no copy of a token") {
     CHECK(hits == 0);
 }
 
+TEST_CASE("an error response that echoes the secrets frees no copy of them") {
+    const SecretEchoes echoes = all_secrets();
+    const RedactEchoes redact = [&echoes](std::string s) { return echoes.redact(std::move(s)); };
+    const std::string json = R"({"error":"invalid_grant","error_description":"you sent )" +
+                             form_urlencode(kRefresh) + " and " +
+                             base64_encode(kClientId + ":" + kClientSecret) + R"("})";
+    HttpResponse r;
+    r.outcome = HttpResponse::Outcome::response;
+    r.status = 400;
+    r.content_type = "application/json";
+    r.body = WipedString(json);
+    FreedMemoryScan scan(echoes);
+    std::string message;
+    {
+        HttpResponse response = std::move(r);
+        auto o = parse_token_response(response, 3600s, 8192, redact);
+        if (o.ok()) t_scanning = false;
+        REQUIRE_FALSE(o.ok());
+        message = std::move(o.failure().message);
+    }
+    const std::size_t hits = scan.stop();
+    CHECK(hits == 0);
+    CHECK(message.find("[redacted]") != std::string::npos);
+}
+
 TEST_CASE("reading a client secret file frees no copy of it") {
     const SecretEchoes echoes = all_secrets();
     const std::string dir = std::filesystem::temp_directory_path() / "wiping_test.XXXXXX";
