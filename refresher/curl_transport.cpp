@@ -59,12 +59,20 @@ constexpr std::size_t kMaxHeaderValue = 256;
 constexpr std::size_t kMaxErrorText = 300;
 
 // libcurl's global state, initialised once per process (thread-safe static).
-// Its heap is ours: every buffer it frees (the request it composed with the
-// body and the Authorization header, the response it received, header list
-// copies) is wiped first. This must be the process's first libcurl call.
+// Its heap is ours, and OpenSSL's: every buffer they free (the request
+// composed with the body and the Authorization header, the response
+// received, TLS records, header list copies) is wiped first. This must be
+// the process's first libcurl and OpenSSL call.
 CURLcode global_init() {
-    static const CURLcode rc = curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free,
-                                                    wiping_realloc, wiping_strdup, wiping_calloc);
+    static const CURLcode rc = [] {
+        // libcurl initialises OpenSSL: OpenSSL's heap must be ours before that.
+        if (!install_wiping_heap_for_openssl())
+            log_event(Level::warn, {}, "openssl_heap",
+                      "OpenSSL had allocated before libcurl started: its TLS buffers are not "
+                      "wiped when freed");
+        return curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
+                                    wiping_strdup, wiping_calloc);
+    }();
     return rc;
 }
 

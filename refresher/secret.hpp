@@ -9,16 +9,16 @@
 //    moved from or grown (their whole buffer, not just size() bytes);
 //  - the token request: its form body and the Basic header are built in
 //    WipedStrings, encoded in place (oauth.cpp), never in a plain string;
-//  - libcurl's heap: every block it frees (the request it composed, the
-//    response it received, its header list copies) is wiped first
-//    (wiping_heap.hpp, installed by curl_global_init_mem);
+//  - libcurl's and OpenSSL's heaps: every block they free (the request
+//    composed, the response received, TLS records, header list copies) is
+//    wiped first (wiping_heap.hpp, installed before libcurl starts);
 //  - RapidJSON's parse of a token response (its stack and value pool are on
 //    the same wiping heap) and the HTTP response body (a WipedString);
 //  - the read buffers of a client secret file and of the configuration
 //    (regular_file.cpp), and of a refresh token file (state_store.cpp).
-// Not wiped: the process environment a client_secret_env comes from;
-// OpenSSL's own buffers (TLS records); a server's error text on its way to
-// redaction (it may echo a secret; see secret_echoes.hpp); and the shared
+// Not wiped: the process environment a client_secret_env comes from; the
+// stack (a few bytes of a short string moved into a Secret, read buffers);
+// memory returned to the kernel by munmap; and the shared
 // segment, which holds the access token for readers by design and is never
 // cleared by the refresher (it is mapped MADV_DONTDUMP, mode 0600 or 0640).
 // The refresher is not dumpable (main.cpp), so none of it reaches a core

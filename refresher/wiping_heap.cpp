@@ -1,6 +1,7 @@
 #include "wiping_heap.hpp"
 
 #include <malloc.h>
+#include <openssl/crypto.h>
 #include <string.h>
 
 #include <algorithm>
@@ -41,6 +42,24 @@ char* wiping_strdup(const char* s) {
     auto* copy = static_cast<char*>(std::malloc(n));
     if (copy != nullptr) std::memcpy(copy, s, n);
     return copy;
+}
+
+namespace {
+
+void* openssl_malloc(std::size_t n, const char*, int) {
+    return wiping_malloc(n);
+}
+void* openssl_realloc(void* p, std::size_t n, const char*, int) {
+    return wiping_realloc(p, n);
+}
+void openssl_free(void* p, const char*, int) {
+    wiping_free(p);
+}
+
+}  // namespace
+
+bool install_wiping_heap_for_openssl() {
+    return CRYPTO_set_mem_functions(openssl_malloc, openssl_realloc, openssl_free) == 1;
 }
 
 }  // namespace tokenshm::refresher

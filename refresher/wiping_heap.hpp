@@ -1,7 +1,8 @@
 // Heap functions that wipe a block before it goes back to malloc, for the
 // libraries that keep copies of our secrets in their own buffers: libcurl
 // (request body, Authorization header, response; installed by
-// curl_transport.cpp with curl_global_init_mem) and RapidJSON (its parse
+// curl_transport.cpp with curl_global_init_mem), OpenSSL under it (TLS
+// records) and RapidJSON (its parse
 // stack and value pool hold the tokens of a response; oauth.cpp). The block's
 // size comes from malloc_usable_size, so every byte the block had is wiped.
 #pragma once
@@ -19,5 +20,11 @@ void wiping_free(void* p);
 // the old bytes behind when the allocator moves the block.)
 void* wiping_realloc(void* p, std::size_t new_size);
 char* wiping_strdup(const char* s);
+
+// Routes OpenSSL's heap (TLS records, decrypted in place: the response in
+// clear) through the functions above. OpenSSL accepts this only before its
+// first allocation, so call it before libcurl initialises OpenSSL; false
+// when it was too late.
+bool install_wiping_heap_for_openssl();
 
 }  // namespace tokenshm::refresher
