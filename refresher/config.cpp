@@ -6,6 +6,8 @@
 // validated, so a typo never touches a secret file.
 #include "config.hpp"
 
+#include "regular_file.hpp"
+
 #include <tokenshm/layout.h>
 #include <tokenshm/shm/segment.hpp>
 
@@ -56,7 +58,6 @@ namespace {
 using Value = rapidjson::Value;
 
 constexpr std::size_t max_credentials = 4096;
-constexpr std::size_t max_file_bytes = 1024 * 1024;
 constexpr std::size_t max_path_bytes = 4095;
 constexpr std::size_t max_socket_path_bytes = 107;  // sizeof(sockaddr_un::sun_path) - 1
 // libshm's valid_segment_name allows this many; only messages need the number.
@@ -468,7 +469,7 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
 // multi-line secrets are errors. Messages name the source, never the content.
 Secret read_secret(const SecretSource& src, const ConfigSources& sources,
                    std::vector<std::string>& warnings) {
-    std::string value;
+    WipedString value;  // wiped when dropped, on every path
     if (src.from_file) {
         if (!sources.read_file) fail(src.key_path, "no way to read files here");
         bool loose = false;
@@ -484,13 +485,7 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         if (!env) fail(src.key_path, "environment variable " + src.where + " is not set");
         value = std::move(*env);
     }
-    Secret secret(std::move(value));  // from here on the value is wiped when dropped
-    std::string_view s = secret.reveal();
-    if (s.ends_with("\r\n")) {
-        s.remove_suffix(2);
-    } else if (s.ends_with('\n')) {
-        s.remove_suffix(1);
-    }
+    const std::string_view s = without_line_end(value.view());
     const std::string what =
         src.from_file ? "file " + src.where : "environment variable " + src.where;
     if (s.empty()) fail(src.key_path, "the secret in " + what + " is empty");
@@ -498,7 +493,6 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         fail(src.key_path,
              "the secret in " + what + " contains a control character or more than one line");
     }
-    if (s.size() == secret.size()) return secret;
     return Secret(std::string(s));
 }
 
@@ -607,6 +601,11 @@ void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
     }
     for (std::size_t i = 0; i < secrets.size(); ++i) {
         cfg.credentials[i].client_secret = read_secret(secrets[i], sources, cfg.warnings);
+        if (const auto& ca = cfg.credentials[i].ca_file) {
+            const std::string key = index_path("credentials", i) + ".ca_file";
+            if (!sources.check_file) fail(key, "no way to check files here");
+            if (auto ok = sources.check_file(*ca); !ok) fail(key, ok.error().message);
+        }
     }
 }
 
@@ -644,48 +643,18 @@ std::optional<std::string> system_getenv(const std::string& name) {
     return std::string(v);
 }
 
-Expected<std::string, RefresherError> system_read_file(const std::string& path, bool& loose_mode) {
-    const auto unreadable = [&path](std::string why) {
-        return Unexpected{RefresherError::config_error(path + ": " + why)};
-    };
-    const auto sys_error = [&unreadable](int err) { return unreadable(std::strerror(err)); };
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
-    if (fd < 0) return sys_error(errno);
-    struct FdCloser {
-        int fd;
-        ~FdCloser() { ::close(fd); }
-    } closer{fd};
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) return sys_error(errno);
-    if (!S_ISREG(st.st_mode)) return unreadable("not a regular file");
-    if (static_cast<std::uint64_t>(st.st_size) > max_file_bytes) {
-        return unreadable("larger than 1 MiB");
-    }
-    loose_mode = (st.st_mode & 077) != 0;
-    std::string out;
-    // Read one byte past the limit so a file that grew since fstat is still caught.
-    out.resize(max_file_bytes + 1);
-    std::size_t got = 0;
-    while (got < out.size()) {
-        const ssize_t n = ::read(fd, out.data() + got, out.size() - got);
-        if (n < 0) {
-            if (errno == EINTR) continue;
-            const int err = errno;
-            explicit_bzero(out.data(), got);
-            return sys_error(err);
-        }
-        if (n == 0) break;
-        got += static_cast<std::size_t>(n);
-    }
-    if (got > max_file_bytes) {
-        explicit_bzero(out.data(), got);
-        return unreadable("larger than 1 MiB");
-    }
-    // A right-sized copy; the read buffer (it may hold a client secret) is
-    // wiped before it is freed.
-    std::string exact(out, 0, got);
-    explicit_bzero(out.data(), got);
-    return exact;
+Expected<WipedString, RefresherError> system_read_file(const std::string& path, bool& loose_mode) {
+    FileFacts facts;
+    auto content = read_regular_file(path, FileRules{}, &facts);
+    if (!content) return Unexpected{RefresherError::config_error(content.error().message)};
+    loose_mode = facts.loose();
+    return std::move(*content);
+}
+
+Expected<Done, RefresherError> system_check_file(const std::string& path) {
+    if (auto ok = check_regular_file(path); !ok)
+        return Unexpected{RefresherError::config_error(ok.error().message)};
+    return Done{};
 }
 
 std::optional<gid_t> system_group_id(const std::string& name) {
@@ -712,7 +681,7 @@ std::optional<gid_t> system_group_id(const std::string& name) {
 }  // namespace
 
 ConfigSources ConfigSources::system() {
-    return ConfigSources{system_getenv, system_read_file, system_group_id};
+    return ConfigSources{system_getenv, system_read_file, system_check_file, system_group_id};
 }
 
 Expected<Config, RefresherError> parse_config(std::string_view json, const ConfigSources& sources) {
@@ -746,7 +715,7 @@ Expected<Config, RefresherError> load_config(const std::string& path,
     bool loose = false;  // the configuration holds no secret: its mode does not matter
     auto text = sources.read_file(path, loose);
     if (!text) return Unexpected{text.error()};
-    auto cfg = parse_config(*text, sources);
+    auto cfg = parse_config(text->view(), sources);
     if (!cfg) return error(path + ": " + cfg.error().message);
     return cfg;
 }

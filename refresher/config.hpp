@@ -72,8 +72,13 @@ struct ConfigSources {
     std::function<std::optional<std::string>(const std::string& name)> getenv;
     // Returns the file's contents, or a config error ("/x: No such file or
     // directory"). `loose_mode` is set when the file is readable by group or others.
-    std::function<Expected<std::string, RefresherError>(const std::string& path, bool& loose_mode)>
+    // The system's reads through read_regular_file (regular_file.hpp): never
+    // blocks on a FIFO, refuses a file owned by another uid than ours or root.
+    std::function<Expected<WipedString, RefresherError>(const std::string& path, bool& loose_mode)>
         read_file;
+    // Whether a file another library reads (ca_file) exists, is a regular
+    // file we may trust and can be opened for reading; a config error if not.
+    std::function<Expected<Done, RefresherError>(const std::string& path)> check_file;
     std::function<std::optional<gid_t>(const std::string& group)> group_id;
     static ConfigSources system();
 };

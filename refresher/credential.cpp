@@ -2,6 +2,7 @@
 
 #include "fault_point.hpp"
 #include "log.hpp"
+#include "secret_echoes.hpp"
 
 #include <algorithm>
 #include <limits>
@@ -245,7 +246,8 @@ void CredentialRefresher::on_response(const HttpResponse& response, Now now) {
     }
     if (was != Request::token) return;
 
-    TokenOutcome out = parse_token_response(response, cfg_.default_lifetime, max_token_bytes_);
+    TokenOutcome out = parse_token_response(response, cfg_.default_lifetime, max_token_bytes_,
+                                            [this](std::string s) { return redact(std::move(s)); });
     if (out.ok()) {
         succeed(out.success(), now_ms);
         return;
@@ -301,16 +303,13 @@ void CredentialRefresher::inherit_unsaved(CredentialRefresher& from, std::int64_
 }
 
 std::string CredentialRefresher::redact(std::string msg) const {
-    auto scrub = [&msg](std::string_view secret) {
-        if (secret.size() < 4) return;  // too short to be worth it, and would mangle text
-        for (std::size_t at; (at = msg.find(secret)) != std::string::npos;)
-            msg.replace(at, secret.size(), Secret::redacted);
-    };
-    if (refresh_token_) scrub(refresh_token_->reveal());
-    if (unpersisted_) scrub(unpersisted_->reveal());
-    scrub(cfg_.client_secret.reveal());
-    scrub(pub_.access_token.reveal());
-    return msg;
+    // Verbatim, form-encoded and Base64 (secret_echoes.hpp).
+    SecretEchoes echoes;
+    if (refresh_token_) echoes.add(refresh_token_->reveal());
+    if (unpersisted_) echoes.add(unpersisted_->reveal());
+    echoes.add_basic_pair(cfg_.client_id, cfg_.client_secret.reveal());
+    echoes.add(pub_.access_token.reveal());
+    return echoes.redact(std::move(msg));
 }
 
 void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {

@@ -1,6 +1,8 @@
 #include "curl_transport.hpp"
 
 #include "log.hpp"
+#include "regular_file.hpp"
+#include "wiping_heap.hpp"
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -57,8 +59,20 @@ constexpr std::size_t kMaxHeaderValue = 256;
 constexpr std::size_t kMaxErrorText = 300;
 
 // libcurl's global state, initialised once per process (thread-safe static).
+// Its heap is ours, and OpenSSL's: every buffer they free (the request
+// composed with the body and the Authorization header, the response
+// received, TLS records, header list copies) is wiped first. This must be
+// the process's first libcurl and OpenSSL call.
 CURLcode global_init() {
-    static const CURLcode rc = curl_global_init(CURL_GLOBAL_DEFAULT);
+    static const CURLcode rc = [] {
+        // libcurl initialises OpenSSL: OpenSSL's heap must be ours before that.
+        if (!install_wiping_heap_for_openssl())
+            log_event(Level::warn, {}, "openssl_heap",
+                      "OpenSSL had allocated before libcurl started: its TLS buffers are not "
+                      "wiped when freed");
+        return curl_global_init_mem(CURL_GLOBAL_DEFAULT, wiping_malloc, wiping_free, wiping_realloc,
+                                    wiping_strdup, wiping_calloc);
+    }();
     return rc;
 }
 
@@ -360,6 +374,12 @@ Expected<Done, RefresherError> sendable(const HttpRequest& request) {
     if (has_line_break(request.authorization.reveal()) ||
         std::any_of(request.headers.begin(), request.headers.end(), has_line_break))
         return refused("a request header contains a line break");
+    // OpenSSL opens ca_file with a blocking fopen: a FIFO swapped in since the
+    // config was loaded would freeze the event loop. Checked at every request.
+    if (!request.ca_file.empty()) {
+        if (auto ca = check_regular_file(request.ca_file); !ca)
+            return refused("ca_file " + ca.error().message);
+    }
     return libcurl_agrees(request.url);
 }
 

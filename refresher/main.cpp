@@ -1,6 +1,12 @@
 // tokenshm-refresher --config FILE [--check-config | --once] [--log-level L]
+//                    [--allow-core-dumps]
 // Exit codes: 0 ok, 1 runtime failure (segment held by another refresher,
 // state_dir unusable, a --once refresh failed), 2 usage or configuration error.
+//
+// The process makes itself non-dumpable (prctl PR_SET_DUMPABLE 0) before it
+// reads any secret: no core file, no ptrace by other processes of the same
+// uid, /proc/<pid>/mem closed to them. --allow-core-dumps keeps the default
+// (dumpable) for debugging, and says so in the log.
 //
 // Errors: every step below returns Expected<T, RefresherError> (error.hpp);
 // fail() is the one place that prints an error and turns its kind into the
@@ -10,8 +16,10 @@
 #include "daemon.hpp"
 #include "error.hpp"
 #include "log.hpp"
+#include "regular_file.hpp"
 #include "state_store.hpp"
 
+#include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <unistd.h>
 
@@ -32,7 +40,11 @@ namespace {
 
 const char* const kUsage =
     "usage: tokenshm-refresher --config FILE [--check-config | --once] [--log-level "
-    "debug|info|warn|error]\n";
+    "debug|info|warn|error] [--allow-core-dumps]\n"
+    "  --check-config      validate the configuration and every file it names, then exit\n"
+    "  --once              refresh every credential once, publish, exit (0 if all succeeded)\n"
+    "  --allow-core-dumps  stay dumpable (core files, ptrace) for debugging; by default the\n"
+    "                      refresher is not dumpable, so no core holds its secrets\n";
 
 // Prints `e` as one line (and the usage after a usage error); the exit code.
 int fail(const RefresherError& e) {
@@ -47,6 +59,7 @@ struct Arguments {
     bool once = false;
     bool help = false;
     bool version = false;
+    bool allow_core_dumps = false;
 };
 
 Unexpected<RefresherError> usage_error(std::string message) {
@@ -74,6 +87,8 @@ Expected<Arguments, RefresherError> parse_arguments(int argc, char** argv) {
             args.check_only = true;
         } else if (a == "--once") {
             args.once = true;
+        } else if (a == "--allow-core-dumps") {
+            args.allow_core_dumps = true;
         } else if (a == "--log-level") {
             if (i + 1 >= argc) return usage_error("--log-level needs a level");
             const auto level = parse_level(argv[++i]);
@@ -104,12 +119,37 @@ Expected<Config, RefresherError> load_and_warn(const std::string& path) {
     return cfg;
 }
 
+// Core files and ptrace would expose every secret this process holds: off,
+// unless --allow-core-dumps. The kernel's answer is read back, not assumed.
+Expected<Done, RefresherError> set_dumpable(bool allow) {
+    if (::prctl(PR_SET_DUMPABLE, allow ? 1 : 0, 0, 0, 0) != 0)
+        return Unexpected{RefresherError::runtime_error(std::string("prctl(PR_SET_DUMPABLE): ") +
+                                                        std::strerror(errno))};
+    const int now = ::prctl(PR_GET_DUMPABLE, 0, 0, 0, 0);
+    if (now != (allow ? 1 : 0))
+        return Unexpected{RefresherError::runtime_error("prctl(PR_GET_DUMPABLE) reads " +
+                                                        std::to_string(now) + " after setting it")};
+    if (allow)
+        log_event(Level::warn, "", "core_dumps_allowed",
+                  "--allow-core-dumps: a core file or a debugger can read every secret");
+    return Done{};
+}
+
 // --check-config: the refresh tokens must be reachable too (state_dir, else
-// refresh_token_file). A missing one is a configuration error.
+// refresh_token_file). A missing one is a configuration error. A
+// refresh_token_file that exists must be a regular file we may trust (it is
+// checked without blocking before anything reads it); whether a missing one
+// matters depends on the state directory.
 Expected<Done, RefresherError> check_refresh_tokens(const Config& cfg, FileSystem& fs) {
     StateStore store(fs, cfg.state_dir);
     for (const auto& c : cfg.credentials) {
         if (c.grant != Grant::refresh_token) continue;
+        if (c.refresh_token_file) {
+            auto ok = check_regular_file(*c.refresh_token_file);
+            if (!ok && ok.error().err != ENOENT)
+                return Unexpected{RefresherError::config_error(
+                    "credentials: " + c.name + ": refresh_token_file: " + ok.error().message)};
+        }
         auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
         if (!rt) return Unexpected{RefresherError::config_error(rt.error().message)};
     }
@@ -188,6 +228,7 @@ int main(int argc, char** argv) {
         std::puts("tokenshm-refresher " TOKENSHM_VERSION);
         return 0;
     }
+    if (auto ok = set_dumpable(args->allow_core_dumps); !ok) return fail(ok.error());
     const auto rc = run(*args);
     return rc ? *rc : fail(rc.error());
 }

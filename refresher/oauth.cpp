@@ -1,5 +1,7 @@
 #include "oauth.hpp"
 
+#include "wiping_heap.hpp"
+
 #include <tokenshm/layout.h>
 
 #include <rapidjson/document.h>
@@ -15,6 +17,22 @@
 namespace tokenshm::refresher {
 
 namespace {
+
+// RapidJSON's buffers for a token response hold the tokens (its parse stack
+// and its value pool both get copies): every block is wiped before it is
+// freed, and growing one wipes the block it leaves.
+struct WipingAllocator {
+    static const bool kNeedFree = true;
+    void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
+    void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
+        return wiping_realloc(old, new_size);
+    }
+    static void Free(void* p) { wiping_free(p); }
+};
+using JsonDocument =
+    rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
+                               WipingAllocator>;
+using JsonValue = JsonDocument::ValueType;
 
 constexpr std::size_t kMaxTokenType = TOKENSHM_TYPE_CAP;
 constexpr std::size_t kMaxScope = TOKENSHM_SCOPE_CAP;
@@ -33,12 +51,28 @@ bool is_visible(char c) {
     return c > 0x20 && c <= 0x7e;
 }  // VCHAR: printable, no space
 
+// RFC 6750 §2.1 b64token: 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+bool is_b64token_char(char c) {
+    return is_alpha(c) || is_digit(c) || c == '-' || c == '.' || c == '_' || c == '~' || c == '+' ||
+           c == '/';
+}
+// RFC 9110 §5.6.2 tchar: what a single token (an auth scheme) may hold.
+bool is_tchar(char c) {
+    return is_alpha(c) || is_digit(c) ||
+           std::string_view("!#$%&'*+-.^_`|~").find(c) != std::string_view::npos;
+}
+
 bool all_of(std::string_view s, bool (*pred)(char)) {
     return std::all_of(s.begin(), s.end(), pred);
 }
 
 char ascii_lower(char c) {
     return (c >= 'A' && c <= 'Z') ? static_cast<char>(c - 'A' + 'a') : c;
+}
+
+bool is_b64token(std::string_view s) {
+    const std::size_t last = s.find_last_not_of('=');
+    return last != std::string_view::npos && all_of(s.substr(0, last + 1), is_b64token_char);
 }
 
 bool iequals(std::string_view a, std::string_view b) {
@@ -102,7 +136,7 @@ bool blank(std::string_view s) {
 // Parses without recursion (a body of a million '[' must not blow the stack)
 // and rejects invalid UTF-8. On failure, `why` says what and where, and
 // never quotes the body.
-bool parse_json(std::string_view body, rapidjson::Document& doc, std::string& why) {
+bool parse_json(std::string_view body, JsonDocument& doc, std::string& why) {
     doc.Parse<rapidjson::kParseIterativeFlag | rapidjson::kParseValidateEncodingFlag>(body.data(),
                                                                                       body.size());
     if (!doc.HasParseError()) return true;
@@ -114,8 +148,8 @@ bool parse_json(std::string_view body, rapidjson::Document& doc, std::string& wh
 
 // A member by name, or null when absent. A name given twice is ambiguous
 // (two parsers could disagree on which one counts), so it is reported.
-const rapidjson::Value* member(const rapidjson::Value& obj, const char* name, bool& duplicate) {
-    const rapidjson::Value* found = nullptr;
+const JsonValue* member(const JsonValue& obj, const char* name, bool& duplicate) {
+    const JsonValue* found = nullptr;
     duplicate = false;
     const std::string_view want(name);
     for (auto it = obj.MemberBegin(); it != obj.MemberEnd(); ++it) {
@@ -126,7 +160,7 @@ const rapidjson::Value* member(const rapidjson::Value& obj, const char* name, bo
     return found;
 }
 
-std::string_view str(const rapidjson::Value& v) {
+std::string_view str(const JsonValue& v) {
     return {v.GetString(), v.GetStringLength()};
 }
 
@@ -165,15 +199,20 @@ const char* reauth_advice(std::string_view code) {
 }
 
 // An error response (RFC 6749 §5.2), or a 200 that carries `error`.
-TokenOutcome classify_error(long status, const rapidjson::Document* doc) {
+// Echoed secrets are redacted before the text is made printable and cut:
+// a cut through a secret would leave its first part behind, unmatched.
+TokenOutcome classify_error(long status, const JsonDocument* doc, const RedactEchoes& redact) {
+    const auto server_text = [&redact](std::string_view raw, std::size_t max) {
+        return sanitize(redact ? redact(std::string(raw)) : std::string(raw), max);
+    };
     std::string code;
     std::string description;
     if (doc && doc->IsObject()) {
         bool dup = false;
         if (const auto* e = member(*doc, "error", dup); e && e->IsString())
-            code = sanitize(str(*e), kMaxErrorCode);
+            code = server_text(str(*e), kMaxErrorCode);
         if (const auto* d = member(*doc, "error_description", dup); d && d->IsString())
-            description = sanitize(str(*d), kMaxDescription);
+            description = server_text(str(*d), kMaxDescription);
     }
     std::string head = http(status);
     if (!code.empty()) head += " " + code;
@@ -199,7 +238,7 @@ TokenOutcome classify_error(long status, const rapidjson::Document* doc) {
 // expires_in as seconds, or an error line. Integers, whole-number strings
 // (some servers quote it) and positive non-integral numbers (floored) are
 // accepted; zero, negatives and anything else are not.
-Expected<std::chrono::seconds, std::string> parse_expires_in(const rapidjson::Value& v) {
+Expected<std::chrono::seconds, std::string> parse_expires_in(const JsonValue& v) {
     constexpr std::int64_t cap = kMaxLifetime.count();
     std::int64_t seconds = 0;
     if (v.IsInt64()) {
@@ -230,38 +269,58 @@ Expected<std::chrono::seconds, std::string> parse_expires_in(const rapidjson::Va
     return std::chrono::seconds(std::min(seconds, cap));
 }
 
+// Why `at` (the access_token member, null when absent) cannot be published,
+// or "" when it can. It goes into "Authorization: Bearer <token>" as is:
+// anything but an RFC 6750 b64token could split or bend that header in a
+// consumer's hands.
+std::string access_token_problem(const JsonValue* at, std::size_t max_token_bytes) {
+    if (!at) return "no access_token";
+    if (!at->IsString()) return "access_token is not a string";
+    if (at->GetStringLength() == 0) return "access_token is empty";
+    if (at->GetStringLength() > max_token_bytes)
+        return "access_token is " + std::to_string(at->GetStringLength()) +
+               " bytes, more than max_token_bytes (" + std::to_string(max_token_bytes) + ")";
+    if (!all_of(str(*at), is_vschar))
+        return "access_token contains characters other than printable ASCII";
+    if (!is_b64token(str(*at)))
+        return "access_token is not an RFC 6750 b64token (letters, digits, -._~+/ and only "
+               "trailing '=')";
+    return {};
+}
+
+// Why `tt` (the token_type member) is not a single RFC 9110 token (an auth
+// scheme), or "" when it is.
+std::string token_type_problem(const JsonValue* tt) {
+    if (!tt) return "no token_type";
+    if (!tt->IsString()) return "token_type is not a string";
+    const std::string_view type = str(*tt);
+    if (type.empty()) return "token_type is empty";
+    if (type.size() > kMaxTokenType)
+        return "token_type is longer than " + std::to_string(kMaxTokenType) + " characters";
+    if (!all_of(type, is_visible))
+        return "token_type contains characters other than printable ASCII";
+    if (!all_of(type, is_tchar))
+        return "token_type contains characters other than an RFC 9110 token's (letters, "
+               "digits, !#$%&'*+-.^_`|~)";
+    return {};
+}
+
 // Everything of a 200 response but the refresh token (parse_success).
-TokenOutcome parse_success_fields(const rapidjson::Document& doc,
-                                  std::chrono::seconds default_lifetime,
+TokenOutcome parse_success_fields(const JsonDocument& doc, std::chrono::seconds default_lifetime,
                                   std::size_t max_token_bytes) {
     const std::string head = "HTTP 200 token response: ";
     bool dup = false;
-    auto get = [&](const char* name) -> const rapidjson::Value* {
-        const rapidjson::Value* v = member(doc, name, dup);
+    auto get = [&](const char* name) -> const JsonValue* {
+        const JsonValue* v = member(doc, name, dup);
         return (v && v->IsNull()) ? nullptr : v;  // null counts as absent
     };
     TokenSuccess ok;
     const auto* at = get("access_token");
-    if (!at) return retry(200, head + "no access_token");
-    if (!at->IsString()) return retry(200, head + "access_token is not a string");
-    if (at->GetStringLength() == 0) return retry(200, head + "access_token is empty");
-    if (at->GetStringLength() > max_token_bytes)
-        return retry(200, head + "access_token is " + std::to_string(at->GetStringLength()) +
-                              " bytes, more than max_token_bytes (" +
-                              std::to_string(max_token_bytes) + ")");
-    if (!all_of(str(*at), is_vschar))
-        return retry(200, head + "access_token contains characters other than printable ASCII");
-
+    if (std::string why = access_token_problem(at, max_token_bytes); !why.empty())
+        return retry(200, head + why);
     const auto* tt = get("token_type");
-    if (!tt) return retry(200, head + "no token_type");
-    if (!tt->IsString()) return retry(200, head + "token_type is not a string");
+    if (std::string why = token_type_problem(tt); !why.empty()) return retry(200, head + why);
     const std::string_view type = str(*tt);
-    if (type.empty()) return retry(200, head + "token_type is empty");
-    if (type.size() > kMaxTokenType)
-        return retry(200, head + "token_type is longer than " + std::to_string(kMaxTokenType) +
-                              " characters");
-    if (!all_of(type, is_visible))
-        return retry(200, head + "token_type contains characters other than printable ASCII");
     ok.token_type = iequals(type, "bearer") ? std::string("Bearer") : std::string(type);
 
     ok.expires_in = std::min(default_lifetime, kMaxLifetime);
@@ -288,12 +347,12 @@ TokenOutcome parse_success_fields(const rapidjson::Document& doc,
 // A 200 response. The refresh token is read first and travels with a failure
 // too: the server has rotated it even when the rest of the answer is unusable
 // (say, an access token larger than the slot), and the old one is spent.
-TokenOutcome parse_success(const rapidjson::Document& doc, std::chrono::seconds default_lifetime,
+TokenOutcome parse_success(const JsonDocument& doc, std::chrono::seconds default_lifetime,
                            std::size_t max_token_bytes) {
     const std::string head = "HTTP 200 token response: ";
     bool dup = false;
-    auto get = [&](const char* name) -> const rapidjson::Value* {
-        const rapidjson::Value* v = member(doc, name, dup);
+    auto get = [&](const char* name) -> const JsonValue* {
+        const JsonValue* v = member(doc, name, dup);
         return (v && v->IsNull()) ? nullptr : v;  // null counts as absent
     };
     for (const char* name :
@@ -432,68 +491,96 @@ std::optional<std::int64_t> parse_http_date(std::string_view s, std::int64_t now
 
 }  // namespace
 
-std::string form_urlencode(std::string_view s) {
+namespace {
+
+// The encoders write through `put(const char*, std::size_t)`, so the same
+// code fills a std::string (public values) or a WipedString (secrets).
+template <class Out>
+void put(Out& out, const char* data, std::size_t n) {
+    out.append(data, n);
+}
+
+template <class Out>
+void form_urlencode_into(Out& out, std::string_view s) {
     static constexpr char kHex[] = "0123456789ABCDEF";
-    std::string out;
-    out.reserve(s.size() * 3);
     for (char ch : s) {
         const auto c = static_cast<unsigned char>(ch);
         if (is_alpha(ch) || is_digit(ch) || ch == '-' || ch == '.' || ch == '_' || ch == '*') {
-            out += ch;
+            put(out, &ch, 1);
         } else if (ch == ' ') {
-            out += '+';
+            put(out, "+", 1);
         } else {
-            out += '%';
-            out += kHex[c >> 4];
-            out += kHex[c & 0xF];
+            const char esc[3] = {'%', kHex[c >> 4], kHex[c & 0xF]};
+            put(out, esc, 3);
         }
     }
+}
+
+template <class Out>
+void base64_into(Out& out, std::string_view bytes) {
+    static constexpr char kAlphabet[] =
+        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    const auto byte = [&](std::size_t k) {
+        return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[k]));
+    };
+    std::size_t i = 0;
+    for (; i + 3 <= bytes.size(); i += 3) {
+        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
+        const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
+                              kAlphabet[(n >> 6) & 63], kAlphabet[n & 63]};
+        put(out, quad, 4);
+    }
+    const std::size_t left = bytes.size() - i;
+    if (left == 0) return;
+    const std::uint32_t n = byte(i) << 16 | (left == 2 ? byte(i + 1) << 8 : 0);
+    const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
+                          left == 2 ? kAlphabet[(n >> 6) & 63] : '=', '='};
+    put(out, quad, 4);
+}
+
+}  // namespace
+
+std::string form_urlencode(std::string_view s) {
+    std::string out;
+    out.reserve(s.size() * 3);
+    form_urlencode_into(out, s);
     return out;
 }
 
+void append_form_urlencoded(WipedString& out, std::string_view s) {
+    form_urlencode_into(out, s);
+}
+
 std::string base64_encode(std::string_view bytes) {
-    static constexpr char kAlphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
     std::string out;
     out.reserve((bytes.size() + 2) / 3 * 4);
-    std::size_t i = 0;
-    auto byte = [&](std::size_t k) {
-        return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[k]));
-    };
-    for (; i + 3 <= bytes.size(); i += 3) {
-        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
-        out += kAlphabet[(n >> 18) & 63];
-        out += kAlphabet[(n >> 12) & 63];
-        out += kAlphabet[(n >> 6) & 63];
-        out += kAlphabet[n & 63];
-    }
-    const std::size_t left = bytes.size() - i;
-    if (left == 1) {
-        const std::uint32_t n = byte(i) << 16;
-        out += kAlphabet[(n >> 18) & 63];
-        out += kAlphabet[(n >> 12) & 63];
-        out += "==";
-    } else if (left == 2) {
-        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8;
-        out += kAlphabet[(n >> 18) & 63];
-        out += kAlphabet[(n >> 12) & 63];
-        out += kAlphabet[(n >> 6) & 63];
-        out += '=';
-    }
+    base64_into(out, bytes);
     return out;
+}
+
+void append_base64(WipedString& out, std::string_view bytes) {
+    base64_into(out, bytes);
 }
 
 Secret basic_authorization(std::string_view client_id, const Secret& client_secret,
                            BasicEncoding encoding) {
-    std::string pair;
+    // Every buffer that holds the secret in any form is a WipedString.
+    WipedString pair;
+    pair.reserve(3 * (client_id.size() + client_secret.size()) + 1);
     if (encoding == BasicEncoding::form) {
-        pair = form_urlencode(client_id) + ":" + form_urlencode(client_secret.reveal());
+        append_form_urlencoded(pair, client_id);
+        pair.append(":", 1);
+        append_form_urlencoded(pair, client_secret.reveal());
     } else {
-        pair = std::string(client_id) + ":" + std::string(client_secret.reveal());
+        pair.append(client_id.data(), client_id.size());
+        pair.append(":", 1);
+        pair.append(client_secret.reveal().data(), client_secret.size());
     }
-    Secret header("Basic " + base64_encode(pair));
-    Secret wipe(std::move(pair));  // the plain pair is wiped when `wipe` goes
-    return header;
+    WipedString header;
+    header.reserve(6 + (pair.size() + 2) / 3 * 4);
+    header.append("Basic ", 6);
+    append_base64(header, pair.view());
+    return Secret(std::move(header));
 }
 
 namespace {
@@ -518,12 +605,15 @@ Expected<HttpRequest, RefresherError> build_token_request(const CredentialConfig
     r.headers.push_back("Content-Type: application/x-www-form-urlencoded");
     apply_common(r, c);
 
-    std::string body;
+    // The body carries the refresh token or the client secret: built in a
+    // WipedString, encoded in place, so no unwiped copy is left behind.
+    WipedString body;
+    body.reserve(512 + 3 * (c.client_secret.size() + (refresh_token ? refresh_token->size() : 0)));
     auto add = [&body](std::string_view name, std::string_view value) {
-        if (!body.empty()) body += '&';
-        body += form_urlencode(name);
-        body += '=';
-        body += form_urlencode(value);
+        if (!body.empty()) body.append("&", 1);
+        append_form_urlencoded(body, name);
+        body.append("=", 1);
+        append_form_urlencoded(body, value);
     };
     if (c.grant == Grant::refresh_token) {
         add("grant_type", "refresh_token");
@@ -579,7 +669,7 @@ Unexpected<RefresherError> discovery_error(std::string message) {
 }
 
 // The metadata document of a discovery response, or why there is none.
-Expected<rapidjson::Document, RefresherError> discovery_document(const HttpResponse& response) {
+Expected<JsonDocument, RefresherError> discovery_document(const HttpResponse& response) {
     switch (response.outcome) {
         case HttpResponse::Outcome::not_sent:
             return discovery_error("discovery request not sent: " +
@@ -595,7 +685,7 @@ Expected<rapidjson::Document, RefresherError> discovery_document(const HttpRespo
         return discovery_error("discovery returned " + http(response.status) + " (expected 200)");
     if (looks_like_html(response))
         return discovery_error("discovery returned an HTML page, not JSON metadata (check issuer)");
-    rapidjson::Document doc;
+    JsonDocument doc;
     std::string why;
     if (!parse_json(response.body.view(), doc, why))
         return discovery_error("discovery response is not valid JSON (" + why + ")");
@@ -610,7 +700,7 @@ Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& respon
     auto doc = discovery_document(response);
     if (!doc) return Unexpected{doc.error()};
     bool dup = false;
-    const rapidjson::Value* iss = member(*doc, "issuer", dup);
+    const JsonValue* iss = member(*doc, "issuer", dup);
     if (dup) return discovery_error("discovery metadata has issuer more than once");
     if (iss && !iss->IsNull()) {
         if (!iss->IsString()) return discovery_error("discovery metadata: issuer is not a string");
@@ -618,7 +708,7 @@ Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& respon
             return discovery_error("discovery metadata names issuer " + quoted(str(*iss), 100) +
                                    ", not the configured " + quoted(issuer.text(), 100));
     }
-    const rapidjson::Value* te = member(*doc, "token_endpoint", dup);
+    const JsonValue* te = member(*doc, "token_endpoint", dup);
     if (dup) return discovery_error("discovery metadata has token_endpoint more than once");
     if (!te || te->IsNull()) return discovery_error("discovery metadata has no token_endpoint");
     if (!te->IsString())
@@ -631,7 +721,7 @@ Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& respon
 
 TokenOutcome parse_token_response(const HttpResponse& response,
                                   std::chrono::seconds default_lifetime,
-                                  std::size_t max_token_bytes) {
+                                  std::size_t max_token_bytes, const RedactEchoes& redact) {
     switch (response.outcome) {
         case HttpResponse::Outcome::not_sent:
             return retry(0, "token request not sent: " + sanitize(response.transport_error, 200));
@@ -645,7 +735,7 @@ TokenOutcome parse_token_response(const HttpResponse& response,
     if (response.too_large) return retry(status, "response body larger than 1 MiB");
 
     const bool html = looks_like_html(response);
-    rapidjson::Document doc;
+    JsonDocument doc;
     std::string why;
     const bool json =
         !html && !blank(response.body.view()) && parse_json(response.body.view(), doc, why);
@@ -666,7 +756,8 @@ TokenOutcome parse_token_response(const HttpResponse& response,
         bool dup = false;
         const auto* err = member(doc, "error", dup);
         const auto* at = member(doc, "access_token", dup);
-        if (err && err->IsString() && (!at || at->IsNull())) return classify_error(200, &doc);
+        if (err && err->IsString() && (!at || at->IsNull()))
+            return classify_error(200, &doc, redact);
         return parse_success(doc, default_lifetime, max_token_bytes);
     }
     if (status >= 200 && status <= 299)
@@ -677,7 +768,7 @@ TokenOutcome parse_token_response(const HttpResponse& response,
                                  "token_endpoint)");
     if (status < 400 || status > 599)
         return retry(status, "unexpected " + http(status) + " from the token endpoint");
-    return classify_error(status, json ? &doc : nullptr);
+    return classify_error(status, json ? &doc : nullptr, redact);
 }
 
 std::optional<std::chrono::milliseconds> parse_retry_after(std::string_view value,

@@ -20,6 +20,7 @@
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -36,6 +37,11 @@ std::string form_urlencode(std::string_view s);
 
 // Standard Base64 (RFC 4648 §4, with padding), as HTTP Basic uses it.
 std::string base64_encode(std::string_view bytes);
+
+// The same two encodings appended to a buffer that is wiped when it goes:
+// for secrets, so no unwiped copy of one is ever freed.
+void append_form_urlencoded(WipedString& out, std::string_view s);
+void append_base64(WipedString& out, std::string_view bytes);
 
 // "Basic " base64(id ":" secret). RFC 6749 §2.3.1 says to form-encode id and
 // secret first (so a ':' in the id cannot split it); `raw` exists because
@@ -135,9 +141,15 @@ inline constexpr std::size_t kMaxDescription = 160;
 // optional member is treated as absent, as several servers send it that way.
 // Messages never contain the token, the refresh token or any part of the
 // body other than a sanitised, cut error_description.
+//
+// `redact` (SecretEchoes::redact, bound to the credential's secrets) is
+// applied to the server's error code and error_description before they are
+// made printable and cut to kMaxDescription, so a cut never leaves part of
+// an echoed secret behind.
+using RedactEchoes = std::function<std::string(std::string)>;
 TokenOutcome parse_token_response(const HttpResponse& response,
                                   std::chrono::seconds default_lifetime,
-                                  std::size_t max_token_bytes);
+                                  std::size_t max_token_bytes, const RedactEchoes& redact = {});
 
 // Retry-After (RFC 9110 §10.2.3): delta-seconds, or an HTTP-date in any of
 // the three forms a recipient must accept (§5.6.7): IMF-fixdate

@@ -5,72 +5,36 @@
 // compile error.
 //
 // What is wiped (explicit_bzero) and what is not:
-//  - every Secret, when it is destroyed, assigned over or moved from;
-//  - an HTTP response body (a WipedString) and the curl transport's copy of
-//    the Authorization header, when the response or request goes;
-//  - the read buffers of a refresh token file (state_store.cpp) and of a
-//    client secret file (config.cpp), on every path.
-// Not wiped: RapidJSON's parse of a response (its strings are copied into a
-// Secret, then the document is freed unwiped); the process environment a
-// client_secret_env comes from; the few bytes a short std::string leaves in
-// its inline buffer when it is moved into a Secret; libcurl's and OpenSSL's
-// own buffers (the request body on the socket, TLS records); and the shared
+//  - every Secret and WipedString, when it is destroyed, assigned over,
+//    moved from or grown (their whole buffer, not just size() bytes);
+//  - the token request: its form body and the Basic header are built in
+//    WipedStrings, encoded in place (oauth.cpp), never in a plain string;
+//  - libcurl's and OpenSSL's heaps: every block they free (the request
+//    composed, the response received, TLS records, header list copies) is
+//    wiped first (wiping_heap.hpp, installed before libcurl starts);
+//  - RapidJSON's parse of a token response (its stack and value pool are on
+//    the same wiping heap) and the HTTP response body (a WipedString);
+//  - the read buffers of a client secret file and of the configuration
+//    (regular_file.cpp), and of a refresh token file (state_store.cpp).
+// Not wiped: the process environment a client_secret_env comes from; the
+// stack (a few bytes of a short string moved into a Secret, read buffers);
+// memory returned to the kernel by munmap; and the shared
 // segment, which holds the access token for readers by design and is never
 // cleared by the refresher (it is mapped MADV_DONTDUMP, mode 0600 or 0640).
+// The refresher is not dumpable (main.cpp), so none of it reaches a core
+// file unless --allow-core-dumps asks for that.
 #pragma once
 
 #include <string.h>
 
 #include <algorithm>
+#include <concepts>
 #include <ostream>
 #include <string>
 #include <string_view>
 #include <utility>
 
 namespace tokenshm::refresher {
-
-class Secret {
-  public:
-    Secret() = default;
-    explicit Secret(std::string value) : v_(std::move(value)) {}
-    Secret(const Secret&) = default;
-    Secret(Secret&& o) noexcept : v_(std::move(o.v_)) { o.wipe(); }
-    Secret& operator=(const Secret& o) {
-        if (this != &o) {
-            wipe();
-            v_ = o.v_;
-        }
-        return *this;
-    }
-    Secret& operator=(Secret&& o) noexcept {
-        if (this != &o) {
-            wipe();
-            v_ = std::move(o.v_);
-            o.wipe();
-        }
-        return *this;
-    }
-    ~Secret() { wipe(); }
-
-    // The only way to the value. Call it where the value leaves the process
-    // (HTTP body or header, the segment, the state file) and nowhere else.
-    std::string_view reveal() const noexcept { return v_; }
-    bool empty() const noexcept { return v_.empty(); }
-    std::size_t size() const noexcept { return v_.size(); }
-    friend bool operator==(const Secret& a, const Secret& b) noexcept { return a.v_ == b.v_; }
-
-    // What logs and error messages may show instead of the value.
-    static constexpr std::string_view redacted = "[redacted]";
-
-  private:
-    void wipe() noexcept {
-        if (!v_.empty()) ::explicit_bzero(v_.data(), v_.size());
-        v_.clear();
-    }
-    std::string v_;
-};
-
-std::ostream& operator<<(std::ostream&, const Secret&) = delete;
 
 // WipedString: bytes that may hold a secret but must be parsed (an HTTP
 // response body). Readable, unlike Secret, and wiped when destroyed, assigned
@@ -108,8 +72,10 @@ class WipedString {
         clear();
         v_.assign(n, c);
     }
+    // Wipes the whole buffer, not just size() bytes: a short string moved
+    // away leaves its bytes in the inline buffer, a shrunk one past size().
     void clear() noexcept {
-        if (!v_.empty()) ::explicit_bzero(v_.data(), v_.size());
+        ::explicit_bzero(v_.data(), v_.capacity());
         v_.clear();
     }
     friend bool operator==(const WipedString& a, std::string_view b) noexcept {
@@ -117,7 +83,68 @@ class WipedString {
     }
 
   private:
+    friend class Secret;
     std::string v_;
 };
+
+class Secret {
+  public:
+    Secret() = default;
+    explicit Secret(std::string value) : v_(std::move(value)) {}
+    // Takes the bytes over without a copy; `from` is left empty and wiped.
+    // (A template so that a string literal does not find two ways here.)
+    template <class W>
+    requires std::same_as<W, WipedString>
+    explicit Secret(W&& from) noexcept : v_(std::move(from.v_)) { from.clear(); }
+    Secret(const Secret&) = default;
+    Secret(Secret&& o) noexcept : v_(std::move(o.v_)) { o.wipe(); }
+    Secret& operator=(const Secret& o) {
+        if (this != &o) {
+            wipe();
+            v_ = o.v_;
+        }
+        return *this;
+    }
+    Secret& operator=(Secret&& o) noexcept {
+        if (this != &o) {
+            wipe();
+            v_ = std::move(o.v_);
+            o.wipe();
+        }
+        return *this;
+    }
+    ~Secret() { wipe(); }
+
+    // The only way to the value. Call it where the value leaves the process
+    // (HTTP body or header, the segment, the state file) and nowhere else.
+    std::string_view reveal() const noexcept { return v_; }
+    bool empty() const noexcept { return v_.empty(); }
+    std::size_t size() const noexcept { return v_.size(); }
+    friend bool operator==(const Secret& a, const Secret& b) noexcept { return a.v_ == b.v_; }
+
+    // What logs and error messages may show instead of the value.
+    static constexpr std::string_view redacted = "[redacted]";
+
+  private:
+    void wipe() noexcept {
+        ::explicit_bzero(v_.data(), v_.capacity());
+        v_.clear();
+    }
+    std::string v_;
+};
+
+std::ostream& operator<<(std::ostream&, const Secret&) = delete;
+
+// A secret file's content without its line end: one trailing "\r\n" or "\n"
+// is dropped, the same way for every secret file (client secret, refresh
+// token), whichever editor wrote it.
+inline std::string_view without_line_end(std::string_view content) noexcept {
+    if (content.ends_with("\r\n")) {
+        content.remove_suffix(2);
+    } else if (content.ends_with('\n')) {
+        content.remove_suffix(1);
+    }
+    return content;
+}
 
 }  // namespace tokenshm::refresher

@@ -2,11 +2,15 @@
 // clear line naming the key's path for each kind of bad input. The secrets
 // used here must never show up in an error or a warning.
 #include "config.hpp"
+#include "ci_skip.hpp"
 
 #include <catch2/catch.hpp>
 
 #include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -38,6 +42,7 @@ struct FakeSystem {
     std::map<std::string, File> files;
     std::map<std::string, gid_t> groups{{"tokenshm-readers", 1234}};
     std::vector<std::string> files_read;
+    std::vector<std::string> files_checked;
 
     ConfigSources sources() {
         ConfigSources s;
@@ -47,7 +52,7 @@ struct FakeSystem {
             return it->second;
         };
         s.read_file = [this](const std::string& path,
-                             bool& loose) -> tokenshm::Expected<std::string, RefresherError> {
+                             bool& loose) -> tokenshm::Expected<WipedString, RefresherError> {
             files_read.push_back(path);
             const auto it = files.find(path);
             if (it == files.end()) {
@@ -55,7 +60,15 @@ struct FakeSystem {
                     RefresherError::config_error(path + ": No such file or directory")};
             }
             loose = it->second.loose;
-            return it->second.content;
+            return WipedString(it->second.content);
+        };
+        s.check_file = [this](const std::string& path) -> tokenshm::Expected<Done, RefresherError> {
+            files_checked.push_back(path);
+            if (files.count(path) == 0) {
+                return tokenshm::Unexpected{
+                    RefresherError::config_error(path + ": No such file or directory")};
+            }
+            return Done{};
         };
         s.group_id = [this](const std::string& name) -> std::optional<gid_t> {
             const auto it = groups.find(name);
@@ -466,6 +479,7 @@ TEST_CASE("the default control socket follows the segment name", "[config]") {
 
 TEST_CASE("every field of the SPEC example is parsed", "[config]") {
     FakeSystem sys;
+    sys.files["/etc/ssl/private-ca.pem"] = {"-----BEGIN CERTIFICATE-----\n", false};
     sys.files["/etc/tokenshm/storage.secret"] = {std::string(kSecret) + "\r\n", false};
     const std::string json = R"({
   "segment": "tokenshm-a",
@@ -733,4 +747,149 @@ TEST_CASE("a URL's query is never quoted in an error (it may carry a key)", "[co
     CHECK(r.error().message.rfind("credentials[0].token_endpoint: ", 0) == 0);
     CHECK(r.error().message.find("k3y-s3cr3t") == std::string::npos);
     CHECK(r.error().message.find("query not shown") != std::string::npos);
+}
+
+TEST_CASE("a ca_file must exist: the error names the key and the file", "[config]") {
+    FakeSystem sys;
+    const std::string json = document("", credential({{"ca_file", R"("/etc/ssl/none.pem")"}}));
+    const auto missing = parse_config(json, sys.sources());
+    REQUIRE_FALSE(missing.has_value());
+    CHECK(missing.error().message ==
+          "credentials[0].ca_file: /etc/ssl/none.pem: No such file or directory");
+    sys.files["/etc/ssl/none.pem"] = {"pem", false};
+    CHECK(parse_config(json, sys.sources()).has_value());
+    CHECK(sys.files_checked == std::vector<std::string>{"/etc/ssl/none.pem", "/etc/ssl/none.pem"});
+}
+
+namespace {
+
+// load_config(config) in a child process, so a read that blocks (a FIFO)
+// fails the test after a bounded wait instead of hanging it. The error line,
+// or "OK".
+std::string load_in_child(const std::string& config) {
+    int fds[2];
+    REQUIRE(::pipe2(fds, O_CLOEXEC) == 0);
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        ::close(fds[0]);
+        const auto r = load_config(config, ConfigSources::system());
+        const std::string out = r ? "OK" : r.error().message;
+        const ssize_t n = ::write(fds[1], out.data(), out.size());
+        ::_exit(n == static_cast<ssize_t>(out.size()) ? 0 : 1);
+    }
+    ::close(fds[1]);
+    pollfd p{fds[0], POLLIN, 0};
+    const int ready = ::poll(&p, 1, 10'000);
+    std::string out;
+    if (ready == 1) {
+        char buf[4096];
+        ssize_t n;
+        while ((n = ::read(fds[0], buf, sizeof buf)) > 0)
+            out.append(buf, static_cast<std::size_t>(n));
+    }
+    ::close(fds[0]);
+    if (ready != 1) ::kill(pid, SIGKILL);
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(ready == 1);  // else load_config blocked for 10 s
+    CHECK(WIFEXITED(status));
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("a FIFO, a device or a directory is never read as a config or secret file", "[config]") {
+    TempDir dir;
+    const std::string fifo = dir.path + "/planted.fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    const auto config_with_secret = [&](const std::string& secret_file) {
+        return dir.write(
+            "tokenshm.json",
+            document("", credential({{"client_secret_file", "\"" + secret_file + "\""}},
+                                    {"client_secret_env"})),
+            0600);
+    };
+    SECTION("a FIFO as client_secret_file fails at once, saying what it is") {
+        const std::string config = config_with_secret(fifo);
+        CHECK(load_in_child(config) == config + ": credentials[0].client_secret_file: " + fifo +
+                                           ": not a regular file (a FIFO)");
+    }
+    SECTION("a FIFO as the configuration itself") {
+        CHECK(load_in_child(fifo) == fifo + ": not a regular file (a FIFO)");
+    }
+    SECTION("a character device as client_secret_file") {
+        const std::string config = config_with_secret("/dev/zero");
+        CHECK(load_in_child(config) == config +
+                                           ": credentials[0].client_secret_file: /dev/zero: not a "
+                                           "regular file (a character device)");
+    }
+    SECTION("a directory as ca_file") {
+        const std::string secret = dir.write("s.secret", std::string(kSecret) + "\n", 0600);
+        const std::string config =
+            dir.write("ca.json",
+                      document("", credential({{"client_secret_file", "\"" + secret + "\""},
+                                               {"ca_file", "\"" + dir.path + "\""}},
+                                              {"client_secret_env"})),
+                      0600);
+        CHECK(load_in_child(config) == config + ": credentials[0].ca_file: " + dir.path +
+                                           ": not a regular file (a directory)");
+    }
+    SECTION("a FIFO as ca_file") {
+        const std::string secret = dir.write("s.secret", std::string(kSecret) + "\n", 0600);
+        const std::string config =
+            dir.write("ca.json",
+                      document("", credential({{"client_secret_file", "\"" + secret + "\""},
+                                               {"ca_file", "\"" + fifo + "\""}},
+                                              {"client_secret_env"})),
+                      0600);
+        CHECK(load_in_child(config) ==
+              config + ": credentials[0].ca_file: " + fifo + ": not a regular file (a FIFO)");
+    }
+}
+
+TEST_CASE("secret files are followed through symlinks to files of our uid or root only",
+          "[config]") {
+    TempDir dir;
+    const std::string target = dir.write("real.secret", std::string(kSecret) + "\r\n", 0600);
+    const std::string link = dir.path + "/mounted.secret";
+    REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);
+    const std::string config = dir.write(
+        "tokenshm.json",
+        document("",
+                 credential({{"client_secret_file", "\"" + link + "\""}}, {"client_secret_env"})),
+        0600);
+
+    SECTION("a link to our own file is followed, and CRLF is dropped as for LF") {
+        const auto r = load_config(config, ConfigSources::system());
+        REQUIRE(r.has_value());
+        CHECK(r->credentials[0].client_secret == Secret(kSecret));
+    }
+    SECTION("a file (or the file behind a link) owned by another uid is refused") {
+        if (::geteuid() != 0) SKIP_OR_FAIL_UNDER_CI("chown to another uid needs root");
+        REQUIRE(::chown(target.c_str(), 12345, static_cast<gid_t>(-1)) == 0);
+        const auto r = load_config(config, ConfigSources::system());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().message == config + ": credentials[0].client_secret_file: " + link +
+                                       ": owned by uid 12345, not by this process's uid 0 or "
+                                       "root; refused");
+        CHECK(r.error().message.find(kSecret) == std::string::npos);
+        const std::string direct =
+            dir.write("direct.json",
+                      document("", credential({{"client_secret_file", "\"" + target + "\""}},
+                                              {"client_secret_env"})),
+                      0600);
+        const auto d = load_config(direct, ConfigSources::system());
+        REQUIRE_FALSE(d.has_value());
+        CHECK(d.error().message.find("owned by uid 12345") != std::string::npos);
+    }
+    SECTION("a configuration owned by another uid is refused too") {
+        if (::geteuid() != 0) SKIP_OR_FAIL_UNDER_CI("chown to another uid needs root");
+        REQUIRE(::chown(config.c_str(), 12345, static_cast<gid_t>(-1)) == 0);
+        const auto r = load_config(config, ConfigSources::system());
+        REQUIRE_FALSE(r.has_value());
+        CHECK(r.error().message == config +
+                                       ": owned by uid 12345, not by this process's uid 0 or "
+                                       "root; refused");
+    }
 }

@@ -592,6 +592,17 @@ TEST_CASE("requests the transport cannot send safely are refused before any conn
         req.method = "PUT";
         CHECK_THAT(refused(std::move(req)), Catch::Contains("method \"PUT\" not supported"));
     }
+    SECTION("a ca_file that is a FIFO (OpenSSL would block opening it)") {
+        std::string dir = (std::filesystem::temp_directory_path() / "ca_fifo.XXXXXX").string();
+        REQUIRE(::mkdtemp(dir.data()) != nullptr);
+        const std::string fifo = dir + "/ca.pem";
+        REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+        HttpRequest req = post("http://127.0.0.1:1/token", "client_secret=s3cr3t-body");
+        req.ca_file = fifo;
+        CHECK_THAT(refused(std::move(req)),
+                   Catch::Contains("ca_file " + fifo + ": not a regular file (a FIFO)"));
+        std::filesystem::remove_all(dir);
+    }
     for (const std::string& line : logged)
         CHECK_FALSE(contains(line, "s3cr3t"));
     tokenshm::refresher::set_log_sink({});

@@ -615,3 +615,58 @@ TEST_CASE("Retry-After: garbage is ignored") {
         CHECK_FALSE(parse_retry_after(g, now).has_value());
     }
 }
+
+TEST_CASE("token response: only a b64token access_token and a one-token token_type are published") {
+    const auto parse = [](const std::string& at, const std::string& tt) {
+        return parse_token_response(
+            reply(200, R"({"access_token":")" + at + R"(","token_type":")" + tt + R"("})"), 3600s,
+            8192);
+    };
+    SECTION("every b64token character, and '=' padding, is accepted") {
+        const auto o = parse("AZaz09-._~+/x==", "DPoP");
+        REQUIRE(o.ok());
+        CHECK(o.success().access_token.reveal() == "AZaz09-._~+/x==");
+        CHECK(o.success().token_type == "DPoP");
+        CHECK(parse("x", "N_A!#$%&'*+-.^_`|~").ok());  // every tchar
+    }
+    const std::vector<std::pair<const char*, std::string>> bad_tokens = {
+        {"a space", "AT-secret abc"},
+        {"CRLF", R"(AT-secret\r\nX-Evil: 1)"},
+        {"NUL", R"(AT-secret\u0000abc)"},
+        {"UTF-8", "AT-secret-\xc3\xa9t\xc3\xa9"},
+        {"a tab", R"(AT-secret\tabc)"},
+        {"'=' before the end", "AT-secret=abc"},
+        {"only '='", "=="},
+        {"a double quote", R"(AT-secret\"abc)"},
+        {"a comma", "AT-secret,abc"},
+    };
+    for (const auto& [what, token] : bad_tokens) {
+        INFO("access_token with " << what);
+        const auto o = parse(token, "Bearer");
+        REQUIRE_FALSE(o.ok());
+        CHECK(o.failure().kind == FailureKind::retry);
+        CHECK(contains(o.failure().message, "access_token "));
+        CHECK(one_printable_line(o.failure().message));
+        CHECK_FALSE(contains(o.failure().message, "secret"));
+    }
+    const std::vector<std::pair<const char*, std::string>> bad_types = {
+        {"a space", "Bearer x"},
+        {"CRLF", R"(Bearer\r\nX-Evil: 1)"},
+        {"NUL", R"(Bear\u0000er)"},
+        {"UTF-8",
+         "B\xc3\xa9"
+         "arer"},
+        {"a comma", "Bearer,DPoP"},
+        {"a slash", "Bearer/1"},
+        {"parentheses", "(Bearer)"},
+        {"a colon", "Bearer:"},
+    };
+    for (const auto& [what, type] : bad_types) {
+        INFO("token_type with " << what);
+        const auto o = parse("AT-ok", type);
+        REQUIRE_FALSE(o.ok());
+        CHECK(o.failure().kind == FailureKind::retry);
+        CHECK(contains(o.failure().message, "token_type contains characters other than"));
+        CHECK(one_printable_line(o.failure().message));
+    }
+}
