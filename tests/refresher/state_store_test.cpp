@@ -111,8 +111,9 @@ struct Warnings {
 class FaultyFileSystem final : public FileSystem {
   public:
     int fail_at = 0;
-    std::vector<std::string> calls;     // "open", "write_all", ... in order
-    std::optional<uid_t> reported_uid;  // stat() pretends this owner
+    std::vector<std::string> calls;          // "open", "write_all", ... in order
+    std::optional<uid_t> reported_uid;       // stat() pretends this owner
+    std::optional<uid_t> reported_file_uid;  // fstat() pretends this owner
 
     FsResult<int> open(const std::string& path, int flags, mode_t mode) override {
         if (hit("open")) return injected("open", EMFILE, path);
@@ -150,7 +151,9 @@ class FaultyFileSystem final : public FileSystem {
     }
     FsResult<struct stat> fstat(int fd, const std::string& path) override {
         if (hit("fstat")) return injected("fstat", EIO, path);
-        return real_.fstat(fd, path);
+        auto st = real_.fstat(fd, path);
+        if (st && reported_file_uid) st->st_uid = *reported_file_uid;
+        return st;
     }
     FsResult<struct stat> stat(const std::string& path) override {
         if (hit("stat")) return injected("stat", EACCES, path);
@@ -791,4 +794,176 @@ TEST_CASE("initial_refresh_token prefers the state directory, then the config fi
                   "line of printable text)");
     }
     CHECK(w.seen.empty());
+}
+
+// ------------------------------------------------------------------ the state file format
+
+TEST_CASE("decode_state_file reads what encode_state_file writes, and format v1", "[state_store]") {
+    auto v2 = decode_state_file(state_file_of("rt-test-1"));
+    REQUIRE(v2);
+    CHECK(v2->token.reveal() == "rt-test-1");
+    CHECK(v2->format == StateFileFormat::v2);
+    for (const std::string v1 : {"rt-test-1", "rt-test-1\n"}) {
+        auto old = decode_state_file(v1);
+        REQUIRE(old);
+        CHECK(old->token.reveal() == "rt-test-1");
+        CHECK(old->format == StateFileFormat::v1);
+    }
+}
+
+TEST_CASE("a state file cut short or damaged anywhere is reported and never read as a token",
+          "[state_store]") {
+    const std::string token = "LEAKMARKER-rt-test-1";
+    const std::string good = state_file_of(token);
+    const std::string torn =
+        "F is torn or damaged (its checksum does not match: a write cut short by a crash or a "
+        "power loss); its refresh token is not used (move the file aside to fall back to "
+        "refresh_token_file)";
+    // Every proper prefix, as a crash or power loss may leave it.
+    for (std::size_t n = 1; n < good.size(); ++n) {
+        INFO("the first " << n << " of " << good.size() << " bytes");
+        auto d = decode_state_file(good.substr(0, n), "F");
+        REQUIRE_FALSE(d);
+        CHECK(d.error().message == torn);
+    }
+    CHECK(decode_state_file("", "F").error().message == "F is empty");
+    // Every single byte changed (a delayed allocation zeroes blocks, a disk flips bits).
+    for (std::size_t i = 0; i < good.size(); ++i) {
+        for (const char c : {'\0', 'x'}) {
+            std::string bad = good;
+            if (bad[i] == c) continue;
+            bad[i] = c;
+            INFO("byte " << i << " changed");
+            auto d = decode_state_file(bad, "F");
+            REQUIRE_FALSE(d);
+            CHECK(d.error().message.find("LEAKMARKER") == std::string::npos);
+        }
+    }
+    auto longer = decode_state_file(good + "x\n", "F");
+    REQUIRE_FALSE(longer);
+    CHECK(longer.error().message == torn);
+    auto newer = decode_state_file("tokenshm-state v3 blake3=00\n" + token + "\n", "F");
+    REQUIRE_FALSE(newer);
+    CHECK(newer.error().message ==
+          "F has a format this version does not know (written by a newer tokenshm?); it is not "
+          "used");
+}
+
+TEST_CASE("a torn state file stops the credential's start; the token in it is not used",
+          "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    StateStore store(fs, tmp.path());
+    const std::string cfg = tmp.path() + "/storage.refresh";
+    write_file(cfg, "rt-test-config\n", 0600);
+    const std::string file = tmp.path() + "/storage.refresh_token";
+    const std::string good = state_file_of("rt-test-rotated");
+    write_file(file, good.substr(0, good.size() - 4), 0600);
+    auto rt = obtain_refresh_token(store, "storage", cfg);
+    REQUIRE_FALSE(rt);
+    CHECK(rt.error().message.rfind("credentials: storage: " + file + " is torn or damaged", 0) ==
+          0);
+    CHECK(read_file(file) == good.substr(0, good.size() - 4));  // left for a person to see
+}
+
+TEST_CASE("a v1 state file is used and rewritten as v2 at start, not by --check-config",
+          "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    Warnings w;
+    StateStore store(fs, tmp.path(), w.sink());
+    const std::string file = tmp.path() + "/storage.refresh_token";
+    write_file(file, "rt-test-old-format\n", 0600);
+
+    auto checked = initial_refresh_token(store, fs, "storage", std::nullopt);
+    REQUIRE(checked);
+    CHECK(checked->reveal() == "rt-test-old-format");
+    CHECK(read_file(file) == "rt-test-old-format\n");
+
+    auto started = obtain_refresh_token(store, "storage", std::nullopt);
+    REQUIRE(started);
+    REQUIRE(started->token);
+    CHECK(started->token->reveal() == "rt-test-old-format");
+    CHECK(read_file(file) == state_file_of("rt-test-old-format"));
+    CHECK(mode_of(file) == 0600);
+    CHECK(w.seen.empty());
+}
+
+TEST_CASE("state files owned by another uid are refused", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem real;
+    StateStore setup(real, tmp.path());
+    REQUIRE(setup.save("storage", Secret("rt-test-1")));
+    FaultyFileSystem fs;
+    fs.reported_file_uid = ::geteuid() + 1;
+    StateStore store(fs, tmp.path());
+    auto loaded = store.load("storage");
+    REQUIRE_FALSE(loaded);
+    CHECK(loaded.error().message ==
+          tmp.path() + "/storage.refresh_token is owned by uid " + std::to_string(::geteuid() + 1) +
+              ", not by the refresher's uid " + std::to_string(::geteuid()) +
+              " or root; refusing to read a refresh token from it");
+    fs.reported_file_uid = 0;  // root's are trusted
+    REQUIRE(store.load("storage"));
+}
+
+TEST_CASE("save records the time from the token response to the rename", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    StateStore store(fs, tmp.path());
+    REQUIRE(store.save("storage", Secret("rt-test-1")));
+    CHECK(store.persist_times().count == 0);  // no response: a rewrite, not a rotation
+
+    Rotation r;
+    r.response_at = std::chrono::steady_clock::now() - std::chrono::milliseconds(30);
+    REQUIRE(store.save("storage", Secret("rt-test-2"), r));
+    const PersistTimes& t = store.persist_times();
+    CHECK(t.count == 1);
+    CHECK(t.last_ms >= 30);
+    CHECK(t.last_ms < 30'000);
+    // 30 ms is over the first five buckets' bounds (1 to 20 ms).
+    CHECK(t.buckets[0] + t.buckets[1] + t.buckets[2] + t.buckets[3] + t.buckets[4] == 0);
+}
+
+// ------------------------------------------------------------------ refresh_token_file checks
+
+TEST_CASE("read_secret_file drops a trailing CRLF like every secret file", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    const std::string file = tmp.path() + "/storage.refresh";
+    for (const std::string content : {"rt-test-cfg\r\n", "rt-test-cfg\n", "rt-test-cfg"}) {
+        write_file(file, content, 0600);
+        auto read = StateStore::read_secret_file(fs, file);
+        REQUIRE(read);
+        CHECK(read->reveal() == "rt-test-cfg");
+    }
+    write_file(file, "rt-test-cfg\r\r\n", 0600);
+    CHECK_FALSE(StateStore::read_secret_file(fs, file));
+}
+
+TEST_CASE(
+    "read_secret_file refuses a FIFO (also through a link) without blocking, and a file "
+    "of another uid",
+    "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    const std::string fifo = tmp.path() + "/fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto direct = StateStore::read_secret_file(fs, fifo);
+    REQUIRE_FALSE(direct);
+    CHECK(direct.error().message == fifo + " is not a regular file");
+    const std::string link = tmp.path() + "/link";
+    REQUIRE(::symlink("fifo", link.c_str()) == 0);
+    auto linked = StateStore::read_secret_file(fs, link);
+    REQUIRE_FALSE(linked);
+    CHECK(linked.error().message == link + " is not a regular file");
+
+    const std::string file = tmp.path() + "/storage.refresh";
+    write_file(file, "rt-test-cfg\n", 0600);
+    FaultyFileSystem foreign;
+    foreign.reported_file_uid = ::geteuid() + 1;
+    auto refused = StateStore::read_secret_file(foreign, file);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message.find(file + " is owned by uid " +
+                                       std::to_string(::geteuid() + 1)) == 0);
 }
