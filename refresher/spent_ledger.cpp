@@ -131,7 +131,6 @@ Expected<SpentLedger::Contents, RefresherError> SpentLedger::read() {
     if (!*read) return c;
     c.exists = true;
     std::string_view bytes = (*read)->bytes.reveal();
-    c.ends_with_newline = bytes.empty() || bytes.back() == '\n';
     while (!bytes.empty()) {
         const auto nl = bytes.find('\n');
         // A last line without its "\n" was cut short by a crash: damaged.
@@ -191,9 +190,9 @@ void SpentLedger::warn_ledger(std::size_t damaged) const {
 Expected<Done, RefresherError> SpentLedger::append_lines(const Contents& now,
                                                          const std::vector<Record>& records) {
     const std::string p = path();
-    // A line a crash cut short gets its own line end first, so the new record
-    // is not glued to it (read() would then skip both).
-    std::string lines = now.ends_with_newline ? "" : "\n";
+    // A line a crash cut short is damage, and damage means rewrite(): here
+    // the file ends with a complete line.
+    std::string lines;
     for (const Record& r : records)
         lines += encode_ledger_line(r);
     auto opened =

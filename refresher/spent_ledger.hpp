@@ -54,7 +54,6 @@ class SpentLedger {
         std::vector<Record> records;
         std::size_t damaged = 0;
         bool exists = false;
-        bool ends_with_newline = true;
     };
 
     static constexpr std::string_view file_name = "spent.ledger";
