@@ -343,7 +343,8 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     backoff_.reset();
     reauth_ = rt_refused_ = false;
-    last_ok_ = persisted;  // --once must not report success with the successor only in memory
+    // --once also needs the successor saved: Daemon::save_unsaved_before_exit checks that.
+    last_ok_ = true;
     changed();
     log_event(Level::info, cfg_.name, "refreshed",
               "expires_in=" + seconds_text(expires_at - now_ms) + " next_refresh_in=" +
