@@ -106,6 +106,8 @@ class CredentialRefresher {
     bool in_reauth() const noexcept { return reauth_; }
     // A received refresh token that could not be saved yet.
     bool has_unsaved_refresh_token() const noexcept { return unpersisted_.has_value(); }
+    // Fingerprints of the tokens it replaced: spent, not yet in the ledger.
+    const std::vector<std::string>& spent_unledgered() const noexcept { return spent_unledgered_; }
     // One more attempt to save it (at shutdown, and --once's retries); done
     // when nothing is unsaved, else the save's error.
     Expected<Done, RefresherError> flush_refresh_token();

@@ -313,15 +313,23 @@ bool Daemon::save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd) {
     }
     const std::string tried =
         budget_ms > 0 ? " after retrying for " + std::to_string(budget_ms / 1000) + "s" : "";
-    for (const auto& [name, error] : unsaved)
+    for (const auto& [name, error] : unsaved) {
+        // The successor dies with this process, so the token it replaced is
+        // spent for good: ledgered, the next run refuses it instead of
+        // sending it (a strict server would revoke the grant). The ledger may
+        // be as unwritable as the state file, though.
+        const auto ledgered = store_->record_spent(name, entries_[name].cred->spent_unledgered());
         log_event(Level::error, name, "successor_lost",
                   "the rotated refresh token could not be saved" + tried + " (" + error +
-                      "); it is lost when this process exits, and the refresh token on disk "
-                      "is spent: the next run will send it and be refused (reauth; a server "
-                      "that detects reuse revokes the grant). Make " +
-                      cfg_.state_dir + " writable, remove " + store_->token_path(name) +
+                      "); it is lost when this process exits, and the refresh token on disk is "
+                      "spent: " +
+                      (ledgered ? "the next run will not send it and stays in reauth"
+                                : "the next run will send it and be refused (reauth; a server "
+                                  "that detects reuse revokes the grant)") +
+                      ". Make " + cfg_.state_dir + " writable, remove " + store_->token_path(name) +
                       " and put a fresh refresh token from the authorization server in "
                       "refresh_token_file");
+    }
     return false;
 }
 

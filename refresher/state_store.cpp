@@ -555,20 +555,25 @@ void StateStore::record_persist_time(std::string_view name, const Rotation& rota
 // only leaves a spent token out of the ledger while its successor is safe on
 // disk, so it can only come back if the state file is lost as well.
 void StateStore::ledger_spent(std::string_view name, const Rotation& rotation) {
-    if (rotation.spent.empty()) return;
-    std::vector<SpentLedger::Record> records;
-    const auto configured = configured_.find(name);
-    for (const std::string& fp : rotation.spent) {
-        const bool from_file = configured != configured_.end() && configured->second == fp;
-        records.push_back({std::string(name),
-                           from_file ? SpentLedger::Kind::configured : SpentLedger::Kind::rotated,
-                           fp});
-    }
-    if (auto r = ledger_->append(records); !r)
+    if (auto r = record_spent(name, rotation.spent); !r)
         warn_to(warn_, name,
                 r.error().message +
                     " (the new refresh token is saved; the ledger entry is kept in memory and "
                     "written with the next one)");
+}
+
+Expected<Done, RefresherError> StateStore::record_spent(
+    std::string_view credential_name, const std::vector<std::string>& fingerprints) {
+    if (fingerprints.empty()) return Done{};
+    std::vector<SpentLedger::Record> records;
+    const auto configured = configured_.find(credential_name);
+    for (const std::string& fp : fingerprints) {
+        const bool from_file = configured != configured_.end() && configured->second == fp;
+        records.push_back({std::string(credential_name),
+                           from_file ? SpentLedger::Kind::configured : SpentLedger::Kind::rotated,
+                           fp});
+    }
+    return ledger_->append(records);
 }
 
 Expected<bool, RefresherError> StateStore::set_aside(std::string_view credential_name) {

@@ -212,6 +212,10 @@ class StateStore {
     // The token `credential_name` starts with came from refresh_token_file:
     // once spent, its record is kept longer (spent_ledger.hpp says why).
     void note_configured_token(std::string_view credential_name, std::string fingerprint);
+    // Ledgers tokens of `credential_name` as spent (save() does it for a
+    // successor it saved; the daemon for a successor it had to give up).
+    Expected<Done, RefresherError> record_spent(std::string_view credential_name,
+                                                const std::vector<std::string>& fingerprints);
     SpentLedger& ledger() noexcept { return *ledger_; }
     const PersistTimes& persist_times() const noexcept { return persist_times_; }
 

@@ -85,10 +85,17 @@ HttpResponse invalid_grant() {
 }
 
 // Makes the rename of a state file fail (read-only or full state directory)
-// while `failing` is set; counts the attempts.
+// while `failing` is set, and the ledger's open while `fail_ledger` is;
+// counts the attempts.
 struct FailingRenames : PosixFileSystem {
     bool failing = false;
+    bool fail_ledger = false;
     int attempts = 0;
+    FsResult<int> open(const std::string& path, int flags, mode_t mode) override {
+        if (fail_ledger && path.find("spent.ledger") != std::string::npos)
+            return tokenshm::Unexpected<FsError>{FsError{"open", EROFS, path}};
+        return PosixFileSystem::open(path, flags, mode);
+    }
     FsResult<Done> rename(const std::string& from, const std::string& to) override {
         if (to.ends_with(".refresh_token")) {
             ++attempts;
@@ -252,9 +259,39 @@ TEST_CASE("--once retries a successor it cannot save for a bounded time, then ex
     CHECK(
         w.logged("event=successor_lost the rotated refresh token could not be saved after "
                  "retrying for 10s (saving the refresh token of alpha: rename("));
-    CHECK(w.logged("the next run will send it and be refused (reauth"));
     CHECK_FALSE(w.logged("rt-alpha-2"));  // never the token itself
     CHECK_FALSE(stdfs::exists(w.cfg.state_dir + "/alpha.refresh_token"));
+    // Only renames fail here, so the ledger could take the spent original:
+    // the next run does not send it.
+    CHECK(w.logged("the next run will not send it and stays in reauth"));
+    d->reset();
+    w.fs.failing = false;
+    w.transport.on_poll = {};
+    w.transport.bodies.clear();
+    auto next = Daemon::start(w.cfg, w.deps());
+    REQUIRE(next);
+    w.now += 3'600'000;
+    (*next)->step(std::chrono::milliseconds(0));
+    CHECK(w.transport.bodies.empty());
+    CHECK(w.slot()->first == tokenshm::State::reauth);
+}
+
+TEST_CASE(
+    "--once with a ledger as unwritable as the state file says the next run sends the "
+    "spent token") {
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    w.fs.failing = true;
+    w.fs.fail_ledger = true;
+    w.transport.on_poll = [&w] {
+        w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2"));
+        w.now += 1000;
+    };
+    CHECK((*d)->run(-1, true) == 1);
+    CHECK(
+        w.logged("the next run will send it and be refused (reauth; a server that detects "
+                 "reuse revokes the grant)"));
 }
 
 TEST_CASE("--once saves the successor when the state directory recovers within the bound") {
