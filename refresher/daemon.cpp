@@ -294,6 +294,10 @@ int Daemon::run(int signal_fd, bool once) {
     if (!save_unsaved_before_exit(once && ok ? kOnceSaveRetryMs : 0, signal_fd)) ok = false;
     for (auto& [name, e] : entries_)
         if (e.cred && once && e.cred->last_attempt_ok() != true) ok = false;
+    // How long successors waited between their response and the rename (a
+    // SIGKILL in that window loses one): the distribution, for the figures.
+    if (store_->persist_times().count > 0)
+        log_event(Level::info, "", "persist_times", store_->persist_times().summary());
     return ok ? 0 : 1;
 }
 

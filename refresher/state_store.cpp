@@ -321,6 +321,13 @@ void PersistTimes::add(std::int64_t ms) noexcept {
     max_ms = std::max(max_ms, ms);
 }
 
+std::string PersistTimes::summary() const {
+    std::string s = "count=" + std::to_string(count) + " max_ms=" + std::to_string(max_ms);
+    for (std::size_t b = 0; b < bounds.size(); ++b)
+        s += " le" + std::to_string(bounds[b]) + "=" + std::to_string(buckets[b]);
+    return s + " more=" + std::to_string(buckets[bounds.size()]);
+}
+
 // ---------------------------------------------------------------- shared file helpers
 
 namespace detail {

@@ -149,6 +149,8 @@ struct PersistTimes {
     std::int64_t last_ms = 0;
     std::int64_t max_ms = 0;
     void add(std::int64_t ms) noexcept;
+    // "count=3 max_ms=41 le1=0 le2=1 ... le1000=0 more=0": the figures, one line.
+    std::string summary() const;
 };
 
 class SpentLedger;

@@ -307,6 +307,8 @@ TEST_CASE("--once saves the successor when the state directory recovers within t
     };
     CHECK((*d)->run(-1, true) == 0);
     CHECK_FALSE(w.logged("successor_lost"));
+    // The response-to-rename time, retries included, is reported at exit.
+    CHECK(w.logged("event=persist_times count=1 max_ms="));
     PosixFileSystem posix;
     StateStore store(posix, w.cfg.state_dir);
     auto saved = store.load("alpha");

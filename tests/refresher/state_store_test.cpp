@@ -923,6 +923,13 @@ TEST_CASE("save records the time from the token response to the rename", "[state
     CHECK(t.last_ms < 30'000);
     // 30 ms is over the first five buckets' bounds (1 to 20 ms).
     CHECK(t.buckets[0] + t.buckets[1] + t.buckets[2] + t.buckets[3] + t.buckets[4] == 0);
+
+    PersistTimes fixed;
+    for (const std::int64_t ms : {0, 2, 3, 1000, 1001, 70'000})
+        fixed.add(ms);
+    CHECK(fixed.summary() ==
+          "count=6 max_ms=70000 le1=1 le2=1 le5=1 le10=0 le20=0 le50=0 le100=0 le200=0 le500=0 "
+          "le1000=1 more=2");
 }
 
 // ------------------------------------------------------------------ refresh_token_file checks
