@@ -122,8 +122,7 @@ struct StateFileContents {
     StateFileFormat format = StateFileFormat::v2;
 };
 // Parses a state file's bytes; `what` names the file in messages, which never
-// quote the content. Pure (no I/O, no allocation beyond the result): the
-// fuzzing target for state files.
+// quote the content. Pure (no I/O): the fuzzing target for state files.
 Expected<StateFileContents, RefresherError> decode_state_file(
     std::string_view bytes, const std::string& what = "the state file");
 // The v2 bytes of a state file holding `token`.
