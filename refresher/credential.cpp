@@ -183,9 +183,7 @@ std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
     expire_if_due(now_ms);
 
     if (unpersisted_ && now_ms >= next_persist_ms_) {
-        if (auto r = persist_(cfg_.name, *unpersisted_); r) {
-            unpersisted_.reset();
-            next_persist_ms_ = kNever;
+        if (auto r = persist_unsaved(); r) {
             log_event(Level::info, cfg_.name, "refresh_token_persisted",
                       "the rotated refresh token is on disk now");
         } else {
@@ -195,9 +193,7 @@ std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
 
     if (in_flight() || reauth_ || now_ms < next_attempt_ms_) return std::nullopt;
     if (cfg_.grant == Grant::refresh_token && !refresh_token_) {
-        fail(now_ms, FailureKind::reauth,
-             "no refresh token: put one in refresh_token_file, then send SIGHUP", std::nullopt,
-             "reauth");
+        fail(now_ms, FailureKind::reauth, no_token_reason_, std::nullopt, "reauth");
         return std::nullopt;
     }
 
@@ -223,6 +219,7 @@ void CredentialRefresher::on_response(const HttpResponse& response, Now now) {
     follow_wall_clock(now);
     const std::int64_t now_ms = now.mono_ms;
     const Request was = std::exchange(in_flight_, Request::none);
+    response_at_ = std::chrono::steady_clock::now();
     if (was == Request::discovery) {
         auto ep = parse_discovery(response, *cfg_.issuer);
         if (ep) {
@@ -266,39 +263,51 @@ bool CredentialRefresher::adopt_refresh_token(Secret token, std::int64_t now_ms)
     // The successor goes to disk before the new access token is published.
     // Whatever happens next, it replaces the old one in memory: the old one
     // is spent, and using it again would make the server revoke the grant.
-    if (auto r = persist_(cfg_.name, token); !r) {
+    // The old one's fingerprint is ledgered once the successor is saved.
+    if (refresh_token_)
+        spent_unledgered_.push_back(refresh_token_fingerprint(refresh_token_->reveal()));
+    unpersisted_ = token;
+    unpersisted_response_at_ = response_at_;
+    if (auto r = persist_unsaved(); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
                   "could not save the rotated refresh token (" + r.error().message +
                       "); keeping it in memory and retrying every second");
-        unpersisted_ = token;
         next_persist_ms_ = now_ms + kPersistRetryMs;
-    } else {
-        unpersisted_.reset();
-        next_persist_ms_ = kNever;
     }
     refresh_token_ = std::move(token);
     return true;
 }
 
-bool CredentialRefresher::flush_refresh_token() {
-    if (!unpersisted_) return true;
-    if (auto r = persist_(cfg_.name, *unpersisted_); !r) {
+Expected<Done, RefresherError> CredentialRefresher::persist_unsaved() {
+    if (!unpersisted_) return Done{};
+    const Rotation rotation{unpersisted_response_at_, spent_unledgered_};
+    if (auto r = persist_(cfg_.name, *unpersisted_, rotation); !r) return r;
+    unpersisted_.reset();
+    unpersisted_response_at_.reset();
+    spent_unledgered_.clear();
+    next_persist_ms_ = kNever;
+    return Done{};
+}
+
+Expected<Done, RefresherError> CredentialRefresher::flush_refresh_token() {
+    if (!unpersisted_) return Done{};
+    if (auto r = persist_unsaved(); !r) {
         log_event(Level::error, cfg_.name, "persist_failed",
                   "the rotated refresh token is still not saved (" + r.error().message +
-                      "); it is lost when this process ends");
-        return false;
+                      "); it is lost if this process ends before a save succeeds");
+        return r;
     }
-    unpersisted_.reset();
-    next_persist_ms_ = kNever;
     log_event(Level::info, cfg_.name, "refresh_token_persisted",
               "the rotated refresh token is on disk now");
-    return true;
+    return Done{};
 }
 
 void CredentialRefresher::inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms) {
     if (!from.unpersisted_) return;
     unpersisted_ = std::move(from.unpersisted_);
     from.unpersisted_.reset();
+    unpersisted_response_at_ = std::exchange(from.unpersisted_response_at_, std::nullopt);
+    spent_unledgered_ = std::exchange(from.spent_unledgered_, {});
     next_persist_ms_ = now_ms;
 }
 
@@ -333,7 +342,8 @@ void CredentialRefresher::succeed(TokenSuccess& s, std::int64_t now_ms) {
     pub_.next_refresh_ms = unix_of(next_attempt_ms_);
     backoff_.reset();
     reauth_ = rt_refused_ = false;
-    last_ok_ = persisted;  // --once must not report success with the successor only in memory
+    // --once also needs the successor saved: Daemon::save_unsaved_before_exit checks that.
+    last_ok_ = true;
     changed();
     log_event(Level::info, cfg_.name, "refreshed",
               "expires_in=" + seconds_text(expires_at - now_ms) + " next_refresh_in=" +

@@ -26,12 +26,14 @@
 
 #include <tokenshm/shm/record.hpp>
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 #include <limits>
 #include <optional>
 #include <string>
 #include <utility>
+#include <vector>
 
 namespace tokenshm::refresher {
 
@@ -55,9 +57,11 @@ struct Published : shm::RecordFields {
 // Told, by the credential itself, each time what it publishes changed.
 using RecordChanged = std::function<void()>;
 
-// Where rotated refresh tokens go; the daemon passes the StateStore.
-using PersistRefreshToken =
-    std::function<Expected<Done, RefresherError>(std::string_view name, const Secret& token)>;
+// Where rotated refresh tokens go; the daemon passes the StateStore. The
+// Rotation says when the response came and which tokens the successor makes
+// spent (to be ledgered once it is saved).
+using PersistRefreshToken = std::function<Expected<Done, RefresherError>(
+    std::string_view name, const Secret& token, const Rotation& rotation)>;
 
 class CredentialRefresher {
   public:
@@ -102,8 +106,14 @@ class CredentialRefresher {
     bool in_reauth() const noexcept { return reauth_; }
     // A received refresh token that could not be saved yet.
     bool has_unsaved_refresh_token() const noexcept { return unpersisted_.has_value(); }
-    // One more attempt to save it (at shutdown); true when nothing is unsaved.
-    bool flush_refresh_token();
+    // Fingerprints of the tokens it replaced: spent, not yet in the ledger.
+    const std::vector<std::string>& spent_unledgered() const noexcept { return spent_unledgered_; }
+    // One more attempt to save it (at shutdown, and --once's retries); done
+    // when nothing is unsaved, else the save's error.
+    Expected<Done, RefresherError> flush_refresh_token();
+    // The credential starts without a usable refresh token (the one it would
+    // use is spent): the reauth it goes to says `why`.
+    void set_no_refresh_token_reason(std::string why) { no_token_reason_ = std::move(why); }
     // A reload replaces this credential: take over its unsaved refresh token
     // (`now_ms` monotonic).
     void inherit_unsaved(CredentialRefresher& from, std::int64_t now_ms);
@@ -134,6 +144,8 @@ class CredentialRefresher {
     // Takes a rotated refresh token: to disk first, and into use whatever
     // happens. True when it differs from the one in use.
     bool adopt_refresh_token(Secret token, std::int64_t now_ms);
+    // Saves the unsaved successor with the spent tokens it replaces.
+    Expected<Done, RefresherError> persist_unsaved();
     // `msg` with every secret this credential knows replaced by [redacted].
     std::string redact(std::string msg) const;
     void expire_if_due(std::int64_t now_ms);
@@ -168,6 +180,13 @@ class CredentialRefresher {
     bool rt_rejected_ = false;
     bool rt_refused_ = false;  // refresh_token_ is the one the server rejected (invalid_grant)
     std::optional<Secret> unpersisted_;  // a received refresh token not yet on disk
+    // Fingerprints of the tokens unpersisted_ replaced: ledgered with its save.
+    std::vector<std::string> spent_unledgered_;
+    // When the last token response was handed over, and the one unpersisted_ came in.
+    std::chrono::steady_clock::time_point response_at_{};
+    std::optional<std::chrono::steady_clock::time_point> unpersisted_response_at_;
+    std::string no_token_reason_ =
+        "no refresh token: put one in refresh_token_file, then send SIGHUP";
     std::int64_t next_persist_ms_ = kNever;
     // Unix minus monotonic, as pub_'s times were computed; unset before the first Now.
     std::optional<std::int64_t> wall_offset_ms_;

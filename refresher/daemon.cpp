@@ -20,6 +20,13 @@ namespace {
 constexpr std::int64_t kHeartbeatEveryMs = TOKENSHM_HEARTBEAT_PERIOD_MS;
 constexpr std::int64_t kSegmentCheckEveryMs = 1000;
 constexpr std::int64_t kMaxWaitMs = 250;
+// --once: how long a successor that cannot be saved (state_dir full, read-only)
+// is retried before the process exits and loses it, and how often. Long
+// enough to ride out a brief fault (a log rotation freeing space, a remount),
+// short enough not to hold up the timer or script that runs --once; the
+// access token is published already, so waiting costs readers nothing.
+constexpr std::int64_t kOnceSaveRetryMs = 10'000;
+constexpr std::int64_t kSaveRetryEveryMs = 1'000;
 
 shm::SegmentSpec segment_spec(const Config& c) {
     shm::SegmentSpec s;
@@ -82,16 +89,22 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
 Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_credential(
     const CredentialConfig& c, const std::optional<Secret>& carried) {
     std::optional<Secret> rt = carried;
+    std::string no_token_reason;  // the token it would use is spent
     if (!rt && c.grant == Grant::refresh_token) {
-        auto loaded = initial_refresh_token(*store_, *deps_.fs, c.name, c.refresh_token_file);
+        auto loaded = obtain_refresh_token(*store_, c.name, c.refresh_token_file);
         if (!loaded) return Unexpected{std::move(loaded).error()};
-        rt = std::move(*loaded);
+        rt = std::move(loaded->token);
+        no_token_reason = std::move(loaded->reauth_reason);
     }
     StateStore* store = store_.get();
-    return std::make_unique<CredentialRefresher>(
+    auto cred = std::make_unique<CredentialRefresher>(
         c, cfg_.max_token_bytes, std::move(rt),
-        [store](std::string_view name, const Secret& t) { return store->save(name, t); },
+        [store](std::string_view name, const Secret& t, const Rotation& r) {
+            return store->save(name, t, r);
+        },
         deps_.random01, [this, name = c.name] { changed_.insert(name); });
+    if (!no_token_reason.empty()) cred->set_no_refresh_token_reason(std::move(no_token_reason));
+    return cred;
 }
 
 Expected<Done, RefresherError> Daemon::attach_entry(Entry& e, const std::string& name,
@@ -278,12 +291,50 @@ int Daemon::run(int signal_fd, bool once) {
         stop_ = true;
     }
     bool ok = !failed_ && !abandoned;
-    for (auto& [name, e] : entries_) {
-        if (!e.cred) continue;
-        if (!e.cred->flush_refresh_token()) ok = false;
-        if (once && e.cred->last_attempt_ok() != true) ok = false;
-    }
+    if (!save_unsaved_before_exit(once && ok ? kOnceSaveRetryMs : 0, signal_fd)) ok = false;
+    for (auto& [name, e] : entries_)
+        if (e.cred && once && e.cred->last_attempt_ok() != true) ok = false;
+    // How long successors waited between their response and the rename (a
+    // SIGKILL in that window loses one): the distribution, for the figures.
+    if (store_->persist_times().count > 0)
+        log_event(Level::info, "", "persist_times", store_->persist_times().summary());
     return ok ? 0 : 1;
+}
+
+bool Daemon::save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd) {
+    const std::int64_t until = deps_.now().mono_ms + budget_ms;
+    std::map<std::string, std::string> unsaved;  // name -> the last save error
+    for (;;) {
+        unsaved.clear();
+        for (auto& [name, e] : entries_)
+            if (e.cred)
+                if (auto r = e.cred->flush_refresh_token(); !r) unsaved[name] = r.error().message;
+        if (unsaved.empty()) return true;
+        // Nothing may be in flight: an answer would be dropped here.
+        if (deps_.now().mono_ms >= until || deps_.transport->in_flight() > 0) break;
+        (void)deps_.transport->poll(std::chrono::milliseconds(kSaveRetryEveryMs), signal_fd);
+        if (signal_fd >= 0 && read_signals(signal_fd)) break;
+    }
+    const std::string tried =
+        budget_ms > 0 ? " after retrying for " + std::to_string(budget_ms / 1000) + "s" : "";
+    for (const auto& [name, error] : unsaved) {
+        // The successor dies with this process, so the token it replaced is
+        // spent for good: ledgered, the next run refuses it instead of
+        // sending it (a strict server would revoke the grant). The ledger may
+        // be as unwritable as the state file, though.
+        const auto ledgered = store_->record_spent(name, entries_[name].cred->spent_unledgered());
+        log_event(Level::error, name, "successor_lost",
+                  "the rotated refresh token could not be saved" + tried + " (" + error +
+                      "); it is lost when this process exits, and the refresh token on disk is "
+                      "spent: " +
+                      (ledgered ? "the next run will not send it and stays in reauth"
+                                : "the next run will send it and be refused (reauth; a server "
+                                  "that detects reuse revokes the grant)") +
+                      ". Make " + cfg_.state_dir + " writable, remove " + store_->token_path(name) +
+                      " and put a fresh refresh token from the authorization server in "
+                      "refresh_token_file");
+    }
+    return false;
 }
 
 void Daemon::remove_entry(const std::string& name, Entry& e) {

@@ -93,6 +93,9 @@ class Daemon {
     // Reads what arrived on the signalfd; true when SIGTERM or SIGINT did.
     bool read_signals(int signal_fd);
     bool all_attempted() const;
+    // Saves the rotated refresh tokens still only in memory, retrying for up
+    // to `budget_ms`; says, per credential, what is lost when it cannot.
+    bool save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd);
 
     Config cfg_;
     DaemonDeps deps_;

@@ -67,8 +67,8 @@ struct Harness {
     explicit Harness(CredentialConfig c = base_config(), double jitter = 0.5)
         : cred(
               std::move(c), 8192, Secret("rt-test-1"),
-              [this](std::string_view,
-                     const Secret& t) -> tokenshm::Expected<Done, RefresherError> {
+              [this](std::string_view, const Secret& t,
+                     const Rotation&) -> tokenshm::Expected<Done, RefresherError> {
                   if (persist_fails)
                       return tokenshm::Unexpected{RefresherError::runtime_error("disk full")};
                   persisted.emplace_back(t.reveal());
@@ -360,9 +360,8 @@ TEST_CASE("client_credentials needs no refresh token") {
     c.auth_method = AuthMethod::client_secret_post;
     CredentialRefresher cred(
         c, 8192, std::nullopt,
-        [](std::string_view, const Secret&) -> tokenshm::Expected<Done, RefresherError> {
-            return Done{};
-        },
+        [](std::string_view, const Secret&,
+           const Rotation&) -> tokenshm::Expected<Done, RefresherError> { return Done{}; },
         [] { return 0.5; });
     auto req = cred.poll(at(0));
     REQUIRE(req);

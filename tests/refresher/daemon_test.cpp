@@ -142,6 +142,12 @@ struct World {
     }
     // The monotonic instant a published (Unix) time stands for, as of now.
     std::int64_t mono_of(std::int64_t unix_ms) const { return unix_ms - wall; }
+    // The refresh token the state directory holds for `name` ("" when none).
+    std::string saved_refresh_token(const std::string& name) {
+        auto t = StateStore(posix, cfg.state_dir).load(name);
+        REQUIRE(t);
+        return *t ? std::string((*t)->reveal()) : std::string();
+    }
     // An owned copy of what the slot's Token shows: the handle that read it
     // is gone when read() returns, and a Token is a view into its handle.
     struct Snap {
@@ -210,10 +216,7 @@ TEST_CASE("a rotated refresh token is on disk before the access token is publish
     CHECK(spy.seen_at_rename[0] == "");  // nothing published yet when the token hit the disk
     CHECK(w.read("alpha")->token() == "at-alpha-1");
 
-    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
-    std::string saved;
-    std::getline(f, saved);
-    CHECK(saved == "rt-alpha-2");
+    CHECK(w.saved_refresh_token("alpha") == "rt-alpha-2");
     CHECK((fs::status(fs::path(w.cfg.state_dir) / "alpha.refresh_token").permissions() &
            fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write));
 }
@@ -406,10 +409,7 @@ TEST_CASE(
     REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600, "rt-alpha-2")));
     (*d)->step(std::chrono::milliseconds(0));
 
-    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
-    std::string saved;
-    std::getline(f, saved);
-    CHECK(saved == "rt-alpha-2");
+    CHECK(w.saved_refresh_token("alpha") == "rt-alpha-2");
     CHECK(w.read("alpha").error() == tokenshm::Error::no_such_credential);
     CHECK((*d)->credential("alpha") == nullptr);
 }
@@ -460,10 +460,7 @@ TEST_CASE("stopping waits for the answer in flight and saves its rotated refresh
     REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
     (*d)->request_stop();  // SIGTERM arrives while the answers are on their way
     CHECK((*d)->run(-1, false) == 0);
-    std::ifstream f(fs::path(w.cfg.state_dir) / "alpha.refresh_token");
-    std::string saved;
-    std::getline(f, saved);
-    CHECK(saved == "rt-alpha-2");
+    CHECK(w.saved_refresh_token("alpha") == "rt-alpha-2");
 }
 
 namespace {

@@ -68,6 +68,11 @@ std::string read_file(const std::string& path) {
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
+// What a state file holding `token` contains (format v2).
+std::string state_file_of(const std::string& token) {
+    return std::string(encode_state_file(Secret(token)).reveal());
+}
+
 mode_t mode_of(const std::string& path) {
     struct stat st {};
     REQUIRE(::lstat(path.c_str(), &st) == 0);
@@ -106,8 +111,9 @@ struct Warnings {
 class FaultyFileSystem final : public FileSystem {
   public:
     int fail_at = 0;
-    std::vector<std::string> calls;     // "open", "write_all", ... in order
-    std::optional<uid_t> reported_uid;  // stat() pretends this owner
+    std::vector<std::string> calls;          // "open", "write_all", ... in order
+    std::optional<uid_t> reported_uid;       // stat() pretends this owner
+    std::optional<uid_t> reported_file_uid;  // fstat() pretends this owner
 
     FsResult<int> open(const std::string& path, int flags, mode_t mode) override {
         if (hit("open")) return injected("open", EMFILE, path);
@@ -145,7 +151,9 @@ class FaultyFileSystem final : public FileSystem {
     }
     FsResult<struct stat> fstat(int fd, const std::string& path) override {
         if (hit("fstat")) return injected("fstat", EIO, path);
-        return real_.fstat(fd, path);
+        auto st = real_.fstat(fd, path);
+        if (st && reported_file_uid) st->st_uid = *reported_file_uid;
+        return st;
     }
     FsResult<struct stat> stat(const std::string& path) override {
         if (hit("stat")) return injected("stat", EACCES, path);
@@ -333,7 +341,10 @@ TEST_CASE("save then load round-trips with modes 0600 and 0700", "[state_store]"
     REQUIRE(store.save("storage", Secret("rt-test-1")));
     const std::string file = tmp.path() + "/state/storage.refresh_token";
     CHECK(store.token_path("storage") == file);
-    CHECK(read_file(file) == "rt-test-1\n");
+    // The header, with the SHA-256 of the token, then the token.
+    CHECK(read_file(file) ==
+          "tokenshm-state v2 "
+          "sha256=a5b57562346c5968ca8f2545fc245a21a84098f13631a46a1eda70be23cf1ced\nrt-test-1\n");
     CHECK(mode_of(file) == 0600);
     CHECK(mode_of(tmp.path() + "/state") == 0700);
     CHECK(entries(tmp.path() + "/state") == std::set<std::string>{"storage.refresh_token"});
@@ -366,7 +377,7 @@ TEST_CASE("save writes mode 0600 whatever the umask or a leftover temp file", "[
     ::umask(old_umask);
     REQUIRE(saved);
     CHECK(mode_of(file) == 0600);
-    CHECK(read_file(file) == "rt-test-1\n");
+    CHECK(read_file(file) == state_file_of("rt-test-1"));
     CHECK_FALSE(exists(file + ".tmp"));
 }
 
@@ -387,12 +398,12 @@ TEST_CASE("save refuses a value load would refuse, keeping the old file", "[stat
                   "saving the refresh token of storage: the new refresh token ", 0) == 0);
         CHECK(saved.error().message.find("LEAKMARKER") == std::string::npos);
         CHECK(saved.error().message.find("LLLL") == std::string::npos);
-        CHECK(read_file(file) == "rt-test-1\n");
+        CHECK(read_file(file) == state_file_of("rt-test-1"));
         CHECK(entries(tmp.path()) == std::set<std::string>{"storage.refresh_token"});
     }
 }
 
-TEST_CASE("save does not follow a symbolic link at the temp path", "[state_store]") {
+TEST_CASE("save does not follow a link or open a FIFO left at the temp path", "[state_store]") {
     TempDir tmp;
     PosixFileSystem fs;
     const std::string dir = tmp.path() + "/state";
@@ -401,19 +412,19 @@ TEST_CASE("save does not follow a symbolic link at the temp path", "[state_store
     const std::string victim = tmp.path() + "/victim";
     write_file(victim, "untouched", 0644);
     const std::string temp = dir + "/storage.refresh_token.tmp";
-    REQUIRE(::symlink(victim.c_str(), temp.c_str()) == 0);
 
-    auto saved = store.save("storage", Secret("rt-test-1"));
-    REQUIRE_FALSE(saved);
-    CHECK(saved.error().message == "saving the refresh token of storage: open(" + temp +
-                                       "): Too many levels of symbolic links; " + dir +
-                                       "/storage.refresh_token is unchanged");
-    CHECK(read_file(victim) == "untouched");
-    CHECK_FALSE(exists(temp));  // the link was removed, so the next save works
-
+    SECTION("symbolic link") {
+        REQUIRE(::symlink(victim.c_str(), temp.c_str()) == 0);
+    }
+    SECTION("FIFO (an open without O_EXCL | O_NONBLOCK would block)") {
+        REQUIRE(::mkfifo(temp.c_str(), 0600) == 0);
+    }
+    // The temp file is created exclusively: what was there goes, nothing is
+    // written through it.
     REQUIRE(store.save("storage", Secret("rt-test-1")));
     CHECK(read_file(victim) == "untouched");
-    CHECK(read_file(dir + "/storage.refresh_token") == "rt-test-1\n");
+    CHECK_FALSE(exists(temp));
+    CHECK(read_file(dir + "/storage.refresh_token") == state_file_of("rt-test-1"));
 }
 
 TEST_CASE("load of an absent file is nullopt", "[state_store]") {
@@ -487,7 +498,8 @@ TEST_CASE("load rejects bad contents without quoting them", "[state_store]") {
          file + " is larger than " + max + " bytes"},
         {std::string(StateStore::max_token_bytes + 1, 'L') + "\n",
          file + " is larger than " + max + " bytes"},
-        {std::string(1 << 20, 'L'), file + " is larger than " + max + " bytes"},
+        {std::string(1 << 20, 'L'),
+         file + " is larger than " + std::to_string(StateStore::max_file_bytes) + " bytes"},
         {std::string("LEAKMARKER\0LEAKMARKER", 21),
          file + " contains a NUL or control character (a refresh token is one line of printable "
                 "text)"},
@@ -601,25 +613,30 @@ TEST_CASE("save survives the failure of each of its operations", "[state_store]"
     FaultyFileSystem dry;
     StateStore probe(dry, dir);
     REQUIRE(probe.save("storage", Secret("rt-test-0")));
+    // The rename comes before any fsync: a SIGKILL after it loses nothing.
     const std::vector<std::string> sequence = {"open",           "fchmod", "write_all",
-                                               "fsync",          "close",  "rename",
+                                               "rename",         "fsync",  "close",
                                                "open_directory", "fsync",  "close"};
     REQUIRE(dry.calls == sequence);
 
     const std::string prefix = "saving the refresh token of storage: ";
     const std::string unchanged = "; " + file + " is unchanged";
     const std::string not_durable =
-        "; " + file + " holds the new refresh token but may not survive a crash";
+        "; " + file + " holds the new refresh token but may not survive a power loss";
     const std::vector<std::string> expected = {
         prefix + "open(" + temp + "): Too many open files" + unchanged,
         prefix + "fchmod(" + temp + "): Operation not permitted" + unchanged,
         prefix + "write(" + temp + "): No space left on device" + unchanged,
-        prefix + "fsync(" + temp + "): Input/output error" + unchanged,
-        prefix + "close(" + temp + "): Input/output error" + unchanged,
         prefix + "rename(" + temp + " -> " + file + "): No space left on device" + unchanged,
+        prefix + "fsync(" + file + "): Input/output error" + not_durable,
+        "",  // closing the synced file: success with a warning
         prefix + "open(" + dir + "): Too many open files" + not_durable,
         prefix + "fsync(" + dir + "): Input/output error" + not_durable,
         "",  // closing the synced directory: success with a warning
+    };
+    const std::vector<std::string> warnings = {
+        "close(" + file + "): Input/output error (ignored: the file was already synced)",
+        "close(" + dir + "): Input/output error (ignored: the directory was already synced)",
     };
     REQUIRE(expected.size() == sequence.size());
 
@@ -640,23 +657,21 @@ TEST_CASE("save survives the failure of each of its operations", "[state_store]"
         auto loaded = plain.load("storage");
         REQUIRE(loaded);
         REQUIRE(loaded->has_value());
-        if (k <= 6) {  // up to and including the rename: the old token, intact
+        if (k <= 4) {  // up to and including the rename: the old token, intact
             REQUIRE_FALSE(saved);
             CHECK(saved.error().message == expected[k - 1]);
             CHECK((*loaded)->reveal() == "rt-test-old");
-            CHECK(read_file(file) == "rt-test-old\n");
-        } else if (k <= 8) {  // after the rename, directory not synced: an error, new token on disk
-            REQUIRE_FALSE(saved);
-            CHECK(saved.error().message == expected[k - 1]);
-            CHECK((*loaded)->reveal() == "rt-test-new");
-        } else {
+            CHECK(read_file(file) == state_file_of("rt-test-old"));
+        } else if (expected[k - 1].empty()) {  // a close after its fsync: a warning
             REQUIRE(saved);
             CHECK((*loaded)->reveal() == "rt-test-new");
             REQUIRE(w.seen.size() == 1);
             CHECK(w.seen[0].first == "storage");
-            CHECK(w.seen[0].second == "close(" + dir +
-                                          "): Input/output error (ignored: the directory was "
-                                          "already synced)");
+            CHECK(w.seen[0].second == warnings[k == 6 ? 0 : 1]);
+        } else {  // after the rename, not synced: an error, the new token in place
+            REQUIRE_FALSE(saved);
+            CHECK(saved.error().message == expected[k - 1]);
+            CHECK((*loaded)->reveal() == "rt-test-new");
         }
         CHECK(entries(dir) == std::set<std::string>{"storage.refresh_token"});
     }
@@ -678,7 +693,7 @@ TEST_CASE("a failed first save leaves no token and no temp file", "[state_store]
 TEST_CASE("a failed cleanup is named too", "[state_store]") {
     TempDir tmp;
     FaultyFileSystem fs;
-    fs.fail_at = 7;  // open, fchmod, write_all, fsync, close, rename (fails), unlink (fails)
+    fs.fail_at = 6;  // open, fchmod, write_all, rename (fails), close, unlink (fails)
     // Make the rename fail for real by putting a non-empty directory in its way.
     const std::string file = tmp.path() + "/storage.refresh_token";
     REQUIRE(::mkdir(file.c_str(), 0700) == 0);
@@ -779,4 +794,183 @@ TEST_CASE("initial_refresh_token prefers the state directory, then the config fi
                   "line of printable text)");
     }
     CHECK(w.seen.empty());
+}
+
+// ------------------------------------------------------------------ the state file format
+
+TEST_CASE("decode_state_file reads what encode_state_file writes, and format v1", "[state_store]") {
+    auto v2 = decode_state_file(state_file_of("rt-test-1"));
+    REQUIRE(v2);
+    CHECK(v2->token.reveal() == "rt-test-1");
+    CHECK(v2->format == StateFileFormat::v2);
+    for (const std::string v1 : {"rt-test-1", "rt-test-1\n"}) {
+        auto old = decode_state_file(v1);
+        REQUIRE(old);
+        CHECK(old->token.reveal() == "rt-test-1");
+        CHECK(old->format == StateFileFormat::v1);
+    }
+}
+
+TEST_CASE("a state file cut short or damaged anywhere is reported and never read as a token",
+          "[state_store]") {
+    const std::string token = "LEAKMARKER-rt-test-1";
+    const std::string good = state_file_of(token);
+    const std::string torn =
+        "F is torn or damaged (its checksum does not match: a write cut short by a crash or a "
+        "power loss); its refresh token is not used (move the file aside to fall back to "
+        "refresh_token_file)";
+    // Every proper prefix, as a crash or power loss may leave it.
+    for (std::size_t n = 1; n < good.size(); ++n) {
+        INFO("the first " << n << " of " << good.size() << " bytes");
+        auto d = decode_state_file(good.substr(0, n), "F");
+        REQUIRE_FALSE(d);
+        CHECK(d.error().message == torn);
+    }
+    CHECK(decode_state_file("", "F").error().message == "F is empty");
+    // Every single byte changed (a delayed allocation zeroes blocks, a disk flips bits).
+    for (std::size_t i = 0; i < good.size(); ++i) {
+        for (const char c : {'\0', 'x'}) {
+            std::string bad = good;
+            if (bad[i] == c) continue;
+            bad[i] = c;
+            INFO("byte " << i << " changed");
+            auto d = decode_state_file(bad, "F");
+            REQUIRE_FALSE(d);
+            CHECK(d.error().message.find("LEAKMARKER") == std::string::npos);
+        }
+    }
+    auto longer = decode_state_file(good + "x\n", "F");
+    REQUIRE_FALSE(longer);
+    CHECK(longer.error().message == torn);
+    auto newer = decode_state_file("tokenshm-state v3 blake3=00\n" + token + "\n", "F");
+    REQUIRE_FALSE(newer);
+    CHECK(newer.error().message ==
+          "F has a format this version does not know (written by a newer tokenshm?); it is not "
+          "used");
+}
+
+TEST_CASE("a torn state file stops the credential's start; the token in it is not used",
+          "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    StateStore store(fs, tmp.path());
+    const std::string cfg = tmp.path() + "/storage.refresh";
+    write_file(cfg, "rt-test-config\n", 0600);
+    const std::string file = tmp.path() + "/storage.refresh_token";
+    const std::string good = state_file_of("rt-test-rotated");
+    write_file(file, good.substr(0, good.size() - 4), 0600);
+    auto rt = obtain_refresh_token(store, "storage", cfg);
+    REQUIRE_FALSE(rt);
+    CHECK(rt.error().message.rfind("credentials: storage: " + file + " is torn or damaged", 0) ==
+          0);
+    CHECK(read_file(file) == good.substr(0, good.size() - 4));  // left for a person to see
+}
+
+TEST_CASE("a v1 state file is used and rewritten as v2 at start, not by --check-config",
+          "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    Warnings w;
+    StateStore store(fs, tmp.path(), w.sink());
+    const std::string file = tmp.path() + "/storage.refresh_token";
+    write_file(file, "rt-test-old-format\n", 0600);
+
+    auto checked = initial_refresh_token(store, fs, "storage", std::nullopt);
+    REQUIRE(checked);
+    CHECK(checked->reveal() == "rt-test-old-format");
+    CHECK(read_file(file) == "rt-test-old-format\n");
+
+    auto started = obtain_refresh_token(store, "storage", std::nullopt);
+    REQUIRE(started);
+    REQUIRE(started->token);
+    CHECK(started->token->reveal() == "rt-test-old-format");
+    CHECK(read_file(file) == state_file_of("rt-test-old-format"));
+    CHECK(mode_of(file) == 0600);
+    CHECK(w.seen.empty());
+}
+
+TEST_CASE("state files owned by another uid are refused", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem real;
+    StateStore setup(real, tmp.path());
+    REQUIRE(setup.save("storage", Secret("rt-test-1")));
+    FaultyFileSystem fs;
+    fs.reported_file_uid = ::geteuid() + 1;
+    StateStore store(fs, tmp.path());
+    auto loaded = store.load("storage");
+    REQUIRE_FALSE(loaded);
+    CHECK(loaded.error().message ==
+          tmp.path() + "/storage.refresh_token is owned by uid " + std::to_string(::geteuid() + 1) +
+              ", not by the refresher's uid " + std::to_string(::geteuid()) +
+              " or root; refusing to read a refresh token from it");
+    fs.reported_file_uid = 0;  // root's are trusted
+    REQUIRE(store.load("storage"));
+}
+
+TEST_CASE("save records the time from the token response to the rename", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    StateStore store(fs, tmp.path());
+    REQUIRE(store.save("storage", Secret("rt-test-1")));
+    CHECK(store.persist_times().count == 0);  // no response: a rewrite, not a rotation
+
+    Rotation r;
+    r.response_at = std::chrono::steady_clock::now() - std::chrono::milliseconds(30);
+    REQUIRE(store.save("storage", Secret("rt-test-2"), r));
+    const PersistTimes& t = store.persist_times();
+    CHECK(t.count == 1);
+    CHECK(t.last_ms >= 30);
+    CHECK(t.last_ms < 30'000);
+    // 30 ms is over the first five buckets' bounds (1 to 20 ms).
+    CHECK(t.buckets[0] + t.buckets[1] + t.buckets[2] + t.buckets[3] + t.buckets[4] == 0);
+
+    PersistTimes fixed;
+    for (const std::int64_t ms : {0, 2, 3, 1000, 1001, 70'000})
+        fixed.add(ms);
+    CHECK(fixed.summary() ==
+          "count=6 max_ms=70000 le1=1 le2=1 le5=1 le10=0 le20=0 le50=0 le100=0 le200=0 le500=0 "
+          "le1000=1 more=2");
+}
+
+// ------------------------------------------------------------------ refresh_token_file checks
+
+TEST_CASE("read_secret_file drops a trailing CRLF like every secret file", "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    const std::string file = tmp.path() + "/storage.refresh";
+    for (const std::string content : {"rt-test-cfg\r\n", "rt-test-cfg\n", "rt-test-cfg"}) {
+        write_file(file, content, 0600);
+        auto read = StateStore::read_secret_file(fs, file);
+        REQUIRE(read);
+        CHECK(read->reveal() == "rt-test-cfg");
+    }
+    write_file(file, "rt-test-cfg\r\r\n", 0600);
+    CHECK_FALSE(StateStore::read_secret_file(fs, file));
+}
+
+TEST_CASE(
+    "read_secret_file refuses a FIFO (also through a link) without blocking, and a file "
+    "of another uid",
+    "[state_store]") {
+    TempDir tmp;
+    PosixFileSystem fs;
+    const std::string fifo = tmp.path() + "/fifo";
+    REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
+    auto direct = StateStore::read_secret_file(fs, fifo);
+    REQUIRE_FALSE(direct);
+    CHECK(direct.error().message == fifo + " is not a regular file");
+    const std::string link = tmp.path() + "/link";
+    REQUIRE(::symlink("fifo", link.c_str()) == 0);
+    auto linked = StateStore::read_secret_file(fs, link);
+    REQUIRE_FALSE(linked);
+    CHECK(linked.error().message == link + " is not a regular file");
+
+    const std::string file = tmp.path() + "/storage.refresh";
+    write_file(file, "rt-test-cfg\n", 0600);
+    FaultyFileSystem foreign;
+    foreign.reported_file_uid = ::geteuid() + 1;
+    auto refused = StateStore::read_secret_file(foreign, file);
+    REQUIRE_FALSE(refused);
+    CHECK(refused.error().message.find(file + " is owned by uid " +
+                                       std::to_string(::geteuid() + 1)) == 0);
 }
