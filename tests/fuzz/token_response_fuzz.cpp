@@ -8,7 +8,8 @@
 //
 // Promises checked (oauth.hpp): only a 200 is a success; a success carries a
 // non-empty access_token within the size limit made of VSCHARs, a one-word
-// token_type, and 0 < expires_in <= kMaxLifetime; a failure's message is one
+// token_type, a rotated refresh token only of VSCHARs, and
+// 0 < expires_in <= kMaxLifetime; a failure's message is one
 // printable line; Retry-After is never negative.
 #include "fuzz_check.hpp"
 #include "oauth.hpp"
@@ -27,7 +28,18 @@ using tokenshm::fuzz::expect;
 using tokenshm::fuzz::one_printable_line;
 using namespace std::chrono_literals;
 
+// RFC 6749 A.12's VSCHAR (%x20-7E): what oauth.hpp promises of an
+// access_token and a refresh_token today. SPEC's b64token rule for the
+// access_token (no space) is stricter; this check tightens with the parser.
 bool all_vschar(std::string_view s) {
+    for (const char c : s)
+        if (c < 0x20 || c > 0x7e) return false;
+    return true;
+}
+
+// One word of printable ASCII: no space.
+bool one_word(std::string_view s) {
+    if (s.empty()) return false;
     for (const char c : s)
         if (c < 0x21 || c > 0x7e) return false;
     return true;
@@ -41,7 +53,10 @@ void check_outcome(const TokenOutcome& o, long status, std::size_t max_token_byt
         expect(!token.empty() && token.size() <= max_token_bytes,
                "access_token is non-empty and within max_token_bytes");
         expect(all_vschar(token), "access_token is VSCHARs");
-        expect(!s.token_type.empty() && all_vschar(s.token_type), "token_type is one word");
+        expect(one_word(s.token_type), "token_type is one word");
+        if (s.refresh_token)
+            expect(!s.refresh_token->reveal().empty() && all_vschar(s.refresh_token->reveal()),
+                   "a rotated refresh_token is non-empty VSCHARs");
         expect(s.expires_in.count() > 0 && s.expires_in <= kMaxLifetime,
                "expires_in is positive and capped");
         if (s.scope) expect(one_printable_line(*s.scope) || s.scope->empty(), "scope is one line");
