@@ -15,6 +15,12 @@ std::string quote(std::string_view s, std::size_t limit) {
             char b[8];
             std::snprintf(b, sizeof b, "\\u%04x", u);
             out += b;
+        } else if (u >= 0x80) {
+            // Raw, a byte here could be a C1 control (U+009B is a terminal's
+            // CSI) or half of a character the limit cut in two.
+            char b[8];
+            std::snprintf(b, sizeof b, "\\x%02x", u);
+            out += b;
         } else {
             out += s[i];
         }

@@ -36,8 +36,9 @@ struct RefresherError {
 };
 
 // A value an error message names (a key, a name, a URL without its query),
-// in double quotes, JSON-escaped and cut at `limit` bytes, so whatever a file
-// held stays on one printable line. Never pass a secret.
+// in double quotes, JSON-escaped (and bytes above 0x7f as \xNN) and cut at
+// `limit` bytes, so whatever a file held stays on one line of printable
+// ASCII. Never pass a secret.
 std::string quote(std::string_view s, std::size_t limit = 64);
 
 // SPEC.md, "Exit codes": 2 usage or config error, 1 runtime failure.

@@ -248,13 +248,13 @@ Expected<std::chrono::seconds, std::string> parse_expires_in(const JsonValue& v)
     } else if (v.IsNumber()) {
         const double d = v.GetDouble();
         if (!std::isfinite(d) || d < 1)
-            return Unexpected(std::string("expires_in is less than one second"));
+            return Unexpected{std::string("expires_in is less than one second")};
         seconds = d >= static_cast<double>(cap) ? cap : static_cast<std::int64_t>(std::floor(d));
     } else if (v.IsString()) {
         const std::string_view s = str(v);
         if (s.empty() || !all_of(s, is_digit))
-            return Unexpected(
-                std::string("expires_in is a string that is not a number of seconds"));
+            return Unexpected{
+                std::string("expires_in is a string that is not a number of seconds")};
         for (char c : s) {
             seconds = seconds * 10 + (c - '0');
             if (seconds > cap) {
@@ -263,9 +263,9 @@ Expected<std::chrono::seconds, std::string> parse_expires_in(const JsonValue& v)
             }
         }
     } else {
-        return Unexpected(std::string("expires_in is not a number"));
+        return Unexpected{std::string("expires_in is not a number")};
     }
-    if (seconds <= 0) return Unexpected(std::string("expires_in is zero or negative"));
+    if (seconds <= 0) return Unexpected{std::string("expires_in is zero or negative")};
     return std::chrono::seconds(std::min(seconds, cap));
 }
 
