@@ -32,12 +32,19 @@ ConfigSources fake_sources() {
         return std::string("env-secret");
     };
     s.read_file = [](const std::string& path,
-                     bool& loose_mode) -> tokenshm::Expected<std::string, RefresherError> {
+                     bool& loose_mode) -> tokenshm::Expected<WipedString, RefresherError> {
         if (path.find("missing") != std::string::npos)
             return tokenshm::Unexpected{
                 RefresherError::config_error(path + ": No such file or directory")};
         loose_mode = path.find("loose") != std::string::npos;
-        return std::string("file-secret\r\n");
+        return WipedString("file-secret\r\n");
+    };
+    s.check_file =
+        [](const std::string& path) -> tokenshm::Expected<tokenshm::Done, RefresherError> {
+        if (path.find("missing") != std::string::npos)
+            return tokenshm::Unexpected{
+                RefresherError::config_error(path + ": No such file or directory")};
+        return tokenshm::Done{};
     };
     s.group_id = [](const std::string& group) -> std::optional<gid_t> {
         if (group == "nosuchgroup") return std::nullopt;

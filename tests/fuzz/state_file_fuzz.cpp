@@ -5,9 +5,9 @@
 // in-memory state directory (memory_file_system.hpp): no disk, and every run
 // starts from the same state.
 //
-// read_state_file() is the decoder under test; a pure decoder of the file's
-// bytes replaces its one call in LLVMFuzzerTestOneInput, and check_decoded
-// takes any Expected whose value token_of() knows.
+// load() decodes the bytes with decode_state_file (format v2 with its
+// checksum) and falls back to the bare token of format v1, so going through
+// it fuzzes both and the upgrade decision between them.
 //
 // Promises checked: a token that comes out is non-empty, within
 // StateStore::max_token_bytes and free of NUL and control characters; an error is one

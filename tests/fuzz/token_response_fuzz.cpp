@@ -7,8 +7,8 @@
 // Retry-After value.
 //
 // Promises checked (oauth.hpp): only a 200 is a success; a success carries a
-// non-empty access_token within the size limit made of VSCHARs, a one-word
-// token_type, a rotated refresh token only of VSCHARs, and
+// non-empty access_token within the size limit matching RFC 6750's b64token,
+// a token_type that is one RFC 7230 token, a rotated refresh token only of VSCHARs, and
 // 0 < expires_in <= kMaxLifetime; a failure's message is one
 // printable line; Retry-After is never negative.
 #include "fuzz_check.hpp"
@@ -28,20 +28,38 @@ using tokenshm::fuzz::expect;
 using tokenshm::fuzz::one_printable_line;
 using namespace std::chrono_literals;
 
-// RFC 6749 A.12's VSCHAR (%x20-7E): what oauth.hpp promises of an
-// access_token and a refresh_token today. SPEC's b64token rule for the
-// access_token (no space) is stricter; this check tightens with the parser.
+// RFC 6749 A.12's VSCHAR (%x20-7E): what oauth.hpp promises of a rotated
+// refresh_token.
 bool all_vschar(std::string_view s) {
     for (const char c : s)
         if (c < 0x20 || c > 0x7e) return false;
     return true;
 }
 
-// One word of printable ASCII: no space.
-bool one_word(std::string_view s) {
+bool ascii_alnum(char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9');
+}
+
+// RFC 6750 2.1: b64token = 1*( ALPHA / DIGIT / "-" / "." / "_" / "~" / "+" / "/" ) *"="
+// Written out here on its own, so the target does not trust the parser's check.
+bool b64token(std::string_view s) {
+    std::size_t i = 0;
+    while (i < s.size() &&
+           (ascii_alnum(s[i]) || std::string_view("-._~+/").find(s[i]) != std::string_view::npos))
+        ++i;
+    if (i == 0) return false;
+    while (i < s.size() && s[i] == '=')
+        ++i;
+    return i == s.size();
+}
+
+// RFC 7230 3.2.6: token = 1*tchar
+bool http_token(std::string_view s) {
     if (s.empty()) return false;
     for (const char c : s)
-        if (c < 0x21 || c > 0x7e) return false;
+        if (!ascii_alnum(c) &&
+            std::string_view("!#$%&'*+-.^_`|~").find(c) == std::string_view::npos)
+            return false;
     return true;
 }
 
@@ -52,8 +70,8 @@ void check_outcome(const TokenOutcome& o, long status, std::size_t max_token_byt
         const std::string_view token = s.access_token.reveal();
         expect(!token.empty() && token.size() <= max_token_bytes,
                "access_token is non-empty and within max_token_bytes");
-        expect(all_vschar(token), "access_token is VSCHARs");
-        expect(one_word(s.token_type), "token_type is one word");
+        expect(b64token(token), "access_token is a b64token");
+        expect(http_token(s.token_type), "token_type is one HTTP token");
         if (s.refresh_token)
             expect(!s.refresh_token->reveal().empty() && all_vschar(s.refresh_token->reveal()),
                    "a rotated refresh_token is non-empty VSCHARs");
