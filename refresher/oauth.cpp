@@ -22,7 +22,7 @@ namespace {
 // and its value pool both get copies): every block is wiped before it is
 // freed, and growing one wipes the block it leaves.
 struct WipingAllocator {
-    static const bool kNeedFree = true;
+    [[maybe_unused]] static const bool kNeedFree = true;  // RapidJSON's Allocator concept
     void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
     void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
         return wiping_realloc(old, new_size);
