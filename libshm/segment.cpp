@@ -42,6 +42,40 @@ std::string range_text(std::uint64_t lo, std::uint64_t hi) {
     return std::to_string(lo) + ".." + std::to_string(hi);
 }
 
+const char* kind_of(mode_t m) {
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISLNK(m)) return "a symlink";
+    return "of an unknown type";
+}
+
+// The one home of the rule that a segment is a regular file, for readers and
+// the writer alike: a symlink, FIFO, directory or device planted at the name
+// is refused before it is locked, mapped or read (SPEC exit 6, "untrusted").
+SegResult<Done> check_regular_file(const struct stat& st, const std::string& name) {
+    if (S_ISREG(st.st_mode)) return Done{};
+    return fail(SegmentErrc::untrusted, "segment '" + name + "' is not a regular file (it is " +
+                                            kind_of(st.st_mode) + "): refusing it");
+}
+
+// A failed shm_open of the segment. ENOENT is the caller's business.
+Unexpected<SegmentError> open_failure(const SysError& e, const std::string& name) {
+    if (e.is_symlink())
+        return fail(SegmentErrc::untrusted,
+                    "segment '" + name + "' is a symlink: refusing it (" + e.message() + ")");
+    if (e.is_not_regular_file())
+        return fail(
+            SegmentErrc::untrusted,
+            "segment '" + name + "' is not a regular file: refusing it (" + e.message() + ")");
+    if (e.is_permission_denied())
+        return fail(SegmentErrc::untrusted,
+                    "segment '" + name + "': permission denied (" + e.message() + ")");
+    return fail_sys(e);
+}
+
 }  // namespace
 
 // Geometry first (magic, version, header size), then the sizes against each
@@ -131,13 +165,11 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
         if (fd.error().is_not_found())
             return fail(SegmentErrc::no_segment,
                         "segment '" + name + "' does not exist (is tokenshm-refresher running?)");
-        if (fd.error().is_permission_denied())
-            return fail(SegmentErrc::untrusted,
-                        "segment '" + name + "': permission denied (" + fd.error().message() + ")");
-        return fail_sys(fd.error());
+        return open_failure(fd.error(), name);
     }
     auto st = sys::fstat(fd->get(), path_of(name));
     if (!st) return fail_sys(st.error());
+    if (auto ok = check_regular_file(*st, name); !ok) return Unexpected{std::move(ok).error()};
     if (auto ok = check_file(*st, name, opts.trusted_uid); !ok)
         return Unexpected{std::move(ok).error()};
 
@@ -188,18 +220,18 @@ struct OpenedSegment {
 };
 
 // Opens the segment, or creates it exclusively when it does not exist.
-SegResult<OpenedSegment> open_or_create(const std::string& path, const std::string& seg,
-                                        mode_t mode) {
+SegResult<OpenedSegment> open_or_create(const std::string& name, mode_t mode) {
+    const std::string path = path_of(name);
     for (int attempt = 0; attempt < 3; ++attempt) {
         auto fd = sys::shm_open(path, O_RDWR, 0);
         if (fd) return OpenedSegment{std::move(*fd), false};
-        if (!fd.error().is_not_found()) return fail_sys(fd.error());
+        if (!fd.error().is_not_found()) return open_failure(fd.error(), name);
         auto created = sys::shm_open(path, O_RDWR | O_CREAT | O_EXCL, mode);
         if (created) return OpenedSegment{std::move(*created), true};
-        if (!created.error().is_already_exists()) return fail_sys(created.error());
+        if (!created.error().is_already_exists()) return open_failure(created.error(), name);
         // Another process created it between our two calls; attach to it.
     }
-    return fail(SegmentErrc::system, seg + ": could not open or create it");
+    return fail(SegmentErrc::system, "segment '" + name + "': could not open or create it");
 }
 
 // Takes the writer's lock, or says which refresher holds it.
@@ -216,6 +248,13 @@ SegResult<Done> lock_writer(int fd, const std::string& path, const std::string& 
         }
     }
     return fail(SegmentErrc::locked, seg + " is held by " + who);
+}
+
+// What must hold before the file is locked or anything in it is read.
+SegResult<Done> check_before_lock(int fd, const std::string& name) {
+    auto st = sys::fstat(fd, path_of(name));
+    if (!st) return fail_sys(st.error());
+    return check_regular_file(*st, name);
 }
 
 // A creator killed between O_CREAT and publishing the magic leaves an empty or
@@ -255,10 +294,12 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
     w.geo_ = Geometry{spec.max_token_bytes, spec.slot_count};
     w.step_hook_ = spec.step_hook;
 
-    auto opened = open_or_create(path, seg, spec.mode);
+    auto opened = open_or_create(spec.name, spec.mode);
     if (!opened) return Unexpected{std::move(opened).error()};
     w.fd_ = std::move(opened->fd);
     w.created_ = opened->created;
+    if (auto ok = check_before_lock(w.fd_.get(), spec.name); !ok)
+        return Unexpected{std::move(ok).error()};
     if (auto lk = lock_writer(w.fd_.get(), path, seg); !lk)
         return Unexpected{std::move(lk).error()};
 
