@@ -250,11 +250,18 @@ SegResult<Done> lock_writer(int fd, const std::string& path, const std::string& 
     return fail(SegmentErrc::locked, seg + " is held by " + who);
 }
 
-// What must hold before the file is locked or anything in it is read.
+// What must hold before the file is locked or anything in it is read: a
+// regular file of our own. A foreign file's header (its "writer pid", its
+// geometry) is never read, not even for an error message.
 SegResult<Done> check_before_lock(int fd, const std::string& name) {
     auto st = sys::fstat(fd, path_of(name));
     if (!st) return fail_sys(st.error());
-    return check_regular_file(*st, name);
+    if (auto ok = check_regular_file(*st, name); !ok) return ok;
+    if (st->st_uid != ::geteuid())
+        return fail(SegmentErrc::untrusted, "segment '" + name + "' is owned by uid " +
+                                                std::to_string(st->st_uid) +
+                                                ", not by us: refusing to adopt it");
+    return Done{};
 }
 
 // A creator killed between O_CREAT and publishing the magic leaves an empty or
@@ -352,9 +359,7 @@ SegResult<Done> WriterSegment::initialise(const SegmentSpec& spec) {
 SegResult<Done> WriterSegment::adopt(const SegmentSpec& spec, const struct stat& st) {
     const std::string seg = "segment '" + name_ + "'";
     const std::string remove_it = ": remove it (rm /dev/shm/" + name_ + ") and restart";
-    if (st.st_uid != ::geteuid())
-        return fail(SegmentErrc::untrusted, seg + " is owned by uid " + std::to_string(st.st_uid) +
-                                                ", not by us: refusing to adopt it");
+    // The owner was checked before the lock was taken (check_before_lock).
     if ((st.st_mode & 07777) != spec.mode)
         return fail(SegmentErrc::untrusted, seg + " has mode " + octal(st.st_mode) +
                                                 ", configured " + octal(spec.mode) +

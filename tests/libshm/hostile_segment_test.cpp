@@ -656,6 +656,27 @@ TEST_CASE("a writer never adopts a segment owned by another uid") {
     CHECK_THAT(w.error().message, Catch::Contains("uid 65534"));
 }
 
+TEST_CASE("a foreign segment is refused on its owner before its lock or header is believed") {
+    if (::geteuid() != 0) {
+        SKIP_OR_FAIL_UNDER_CI("not root: cannot chown the segment to another uid");
+    }
+    SegmentGuard g{segtest::unique_segment("hforeignlock")};
+    make_valid(g.name);
+    RawSegment raw(g.name);
+    REQUIRE(raw.ok());
+    // What a hostile owner plants: a lock held and a header naming pid 1.
+    raw.put<std::int64_t>(TOKENSHM_HDR_WRITER_PID, 1);
+    REQUIRE(shm::sys::lock_exclusive(raw.fd(), g.name));
+    REQUIRE(::fchown(raw.fd(), 65534, 65534) == 0);
+    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kMaxToken, kSlots));
+    REQUIRE_FALSE(w);
+    INFO(w.error().message);
+    CHECK(w.error().code == shm::SegmentErrc::untrusted);
+    CHECK_THAT(w.error().message, Catch::Contains("owned by uid 65534"));
+    CHECK_THAT(w.error().message, !Catch::Contains("pid") && !Catch::Contains("held by"));
+    CHECK(open_error(g.name, "owned by uid 65534") == Error::untrusted);
+}
+
 TEST_CASE("a writer refuses a segment made with another max_token_bytes") {
     SegmentGuard g{segtest::unique_segment("hcfg")};
     make_valid(g.name);
