@@ -95,6 +95,13 @@ SysResult<struct stat> fstat(int fd, const std::string& subject) {
     return st;
 }
 
+SysResult<struct stat> lstat_shm(const std::string& path) {
+    const std::string file = "/dev/shm" + path;
+    struct stat st {};
+    if (::lstat(file.c_str(), &st) != 0) return fail("lstat", errno, file);
+    return st;
+}
+
 SysResult<Done> fchmod(int fd, mode_t mode, const std::string& subject) {
     if (::fchmod(fd, mode) != 0) return fail("fchmod", errno, subject);
     return Done{};

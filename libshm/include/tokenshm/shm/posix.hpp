@@ -83,6 +83,8 @@ namespace sys {
 SysResult<Fd> shm_open(const std::string& path, int flags, mode_t mode);
 SysResult<Done> shm_unlink(const std::string& path);
 SysResult<struct stat> fstat(int fd, const std::string& subject);
+// lstat of the segment "/<name>", i.e. of /dev/shm/<name>.
+SysResult<struct stat> lstat_shm(const std::string& path);
 SysResult<Done> fchmod(int fd, mode_t mode, const std::string& subject);
 SysResult<Done> fchown(int fd, uid_t uid, gid_t gid, const std::string& subject);
 SysResult<Done> posix_fallocate(int fd, off_t len, const std::string& subject);
