@@ -181,6 +181,8 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
         return Unexpected{std::move(ok).error()};
 
     seg.geo_ = Geometry{hdr.max_token_bytes, hdr.slot_count};
+    seg.dev_ = st->st_dev;
+    seg.ino_ = st->st_ino;
     seg.fd_ = std::move(*fd);
     seg.map_ = std::move(*map);
     return seg;

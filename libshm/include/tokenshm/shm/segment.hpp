@@ -80,12 +80,18 @@ class ReadOnlySegment {
     bool retired() const noexcept { return header().retired.load(std::memory_order_acquire) != 0; }
     // Whether a refresher holds the segment's lock now (a syscall: slow path only).
     SysResult<bool> writer_holds_lock() const;
+    // True when `other` maps the same file (device and inode) as this one.
+    bool same_file(const ReadOnlySegment& other) const noexcept {
+        return dev_ == other.dev_ && ino_ == other.ino_;
+    }
 
   private:
     std::string name_;
     Fd fd_;
     Mapping map_;
     Geometry geo_{};
+    dev_t dev_ = 0;
+    ino_t ino_ = 0;
 };
 
 // Steps of the writer's work at which a test can stop or kill it, to show
