@@ -37,6 +37,12 @@ bool SysError::is_no_space() const noexcept {
 bool SysError::is_lock_held() const noexcept {
     return err == EAGAIN || err == EACCES;
 }
+bool SysError::is_symlink() const noexcept {
+    return err == ELOOP;
+}
+bool SysError::is_not_regular_file() const noexcept {
+    return err == EISDIR || err == ENXIO;
+}
 
 Fd& Fd::operator=(Fd&& o) noexcept {
     if (this != &o) {
@@ -69,8 +75,12 @@ Unexpected<SysError> fail(const char* call, int err, const std::string& subject)
 }  // namespace
 
 SysResult<Fd> shm_open(const std::string& path, int flags, mode_t mode) {
-    const int fd = ::shm_open(path.c_str(), flags | O_CLOEXEC, mode);
-    if (fd < 0) return fail("shm_open", errno, path);
+    // open(2) of /dev/shm/<name> (where glibc's shm_open looks) rather than
+    // shm_open itself, which turns EISDIR into EINVAL and documents no flags
+    // beyond O_RDONLY, O_RDWR, O_CREAT, O_EXCL and O_TRUNC.
+    const std::string file = "/dev/shm" + path;
+    const int fd = ::open(file.c_str(), flags | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, mode);
+    if (fd < 0) return fail("open", errno, file);
     return Fd(fd);
 }
 
@@ -82,6 +92,13 @@ SysResult<Done> shm_unlink(const std::string& path) {
 SysResult<struct stat> fstat(int fd, const std::string& subject) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return fail("fstat", errno, subject);
+    return st;
+}
+
+SysResult<struct stat> lstat_shm(const std::string& path) {
+    const std::string file = "/dev/shm" + path;
+    struct stat st {};
+    if (::lstat(file.c_str(), &st) != 0) return fail("lstat", errno, file);
     return st;
 }
 

@@ -5,6 +5,7 @@
 #include <pwd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <cstring>
 
@@ -40,6 +41,40 @@ std::string octal(mode_t m) {
 
 std::string range_text(std::uint64_t lo, std::uint64_t hi) {
     return std::to_string(lo) + ".." + std::to_string(hi);
+}
+
+const char* kind_of(mode_t m) {
+    if (S_ISDIR(m)) return "a directory";
+    if (S_ISFIFO(m)) return "a FIFO";
+    if (S_ISCHR(m)) return "a character device";
+    if (S_ISBLK(m)) return "a block device";
+    if (S_ISSOCK(m)) return "a socket";
+    if (S_ISLNK(m)) return "a symlink";
+    return "of an unknown type";
+}
+
+// The one home of the rule that a segment is a regular file, for readers and
+// the writer alike: a symlink, FIFO, directory or device planted at the name
+// is refused before it is locked, mapped or read (SPEC exit 6, "untrusted").
+SegResult<Done> check_regular_file(const struct stat& st, const std::string& name) {
+    if (S_ISREG(st.st_mode)) return Done{};
+    return fail(SegmentErrc::untrusted, "segment '" + name + "' is not a regular file (it is " +
+                                            kind_of(st.st_mode) + "): refusing it");
+}
+
+// A failed shm_open of the segment. ENOENT is the caller's business.
+Unexpected<SegmentError> open_failure(const SysError& e, const std::string& name) {
+    if (e.is_symlink())
+        return fail(SegmentErrc::untrusted,
+                    "segment '" + name + "' is a symlink: refusing it (" + e.message() + ")");
+    if (e.is_not_regular_file())
+        return fail(
+            SegmentErrc::untrusted,
+            "segment '" + name + "' is not a regular file: refusing it (" + e.message() + ")");
+    if (e.is_permission_denied())
+        return fail(SegmentErrc::untrusted,
+                    "segment '" + name + "': permission denied (" + e.message() + ")");
+    return fail_sys(e);
 }
 
 }  // namespace
@@ -131,13 +166,11 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
         if (fd.error().is_not_found())
             return fail(SegmentErrc::no_segment,
                         "segment '" + name + "' does not exist (is tokenshm-refresher running?)");
-        if (fd.error().is_permission_denied())
-            return fail(SegmentErrc::untrusted,
-                        "segment '" + name + "': permission denied (" + fd.error().message() + ")");
-        return fail_sys(fd.error());
+        return open_failure(fd.error(), name);
     }
     auto st = sys::fstat(fd->get(), path_of(name));
     if (!st) return fail_sys(st.error());
+    if (auto ok = check_regular_file(*st, name); !ok) return Unexpected{std::move(ok).error()};
     if (auto ok = check_file(*st, name, opts.trusted_uid); !ok)
         return Unexpected{std::move(ok).error()};
 
@@ -148,6 +181,8 @@ SegResult<ReadOnlySegment> ReadOnlySegment::open(std::string_view name_in, const
         return Unexpected{std::move(ok).error()};
 
     seg.geo_ = Geometry{hdr.max_token_bytes, hdr.slot_count};
+    seg.dev_ = st->st_dev;
+    seg.ino_ = st->st_ino;
     seg.fd_ = std::move(*fd);
     seg.map_ = std::move(*map);
     return seg;
@@ -188,18 +223,18 @@ struct OpenedSegment {
 };
 
 // Opens the segment, or creates it exclusively when it does not exist.
-SegResult<OpenedSegment> open_or_create(const std::string& path, const std::string& seg,
-                                        mode_t mode) {
+SegResult<OpenedSegment> open_or_create(const std::string& name, mode_t mode) {
+    const std::string path = path_of(name);
     for (int attempt = 0; attempt < 3; ++attempt) {
         auto fd = sys::shm_open(path, O_RDWR, 0);
         if (fd) return OpenedSegment{std::move(*fd), false};
-        if (!fd.error().is_not_found()) return fail_sys(fd.error());
+        if (!fd.error().is_not_found()) return open_failure(fd.error(), name);
         auto created = sys::shm_open(path, O_RDWR | O_CREAT | O_EXCL, mode);
         if (created) return OpenedSegment{std::move(*created), true};
-        if (!created.error().is_already_exists()) return fail_sys(created.error());
+        if (!created.error().is_already_exists()) return open_failure(created.error(), name);
         // Another process created it between our two calls; attach to it.
     }
-    return fail(SegmentErrc::system, seg + ": could not open or create it");
+    return fail(SegmentErrc::system, "segment '" + name + "': could not open or create it");
 }
 
 // Takes the writer's lock, or says which refresher holds it.
@@ -216,6 +251,20 @@ SegResult<Done> lock_writer(int fd, const std::string& path, const std::string& 
         }
     }
     return fail(SegmentErrc::locked, seg + " is held by " + who);
+}
+
+// What must hold before the file is locked or anything in it is read: a
+// regular file of our own. A foreign file's header (its "writer pid", its
+// geometry) is never read, not even for an error message.
+SegResult<Done> check_before_lock(int fd, const std::string& name) {
+    auto st = sys::fstat(fd, path_of(name));
+    if (!st) return fail_sys(st.error());
+    if (auto ok = check_regular_file(*st, name); !ok) return ok;
+    if (st->st_uid != ::geteuid())
+        return fail(SegmentErrc::untrusted, "segment '" + name + "' is owned by uid " +
+                                                std::to_string(st->st_uid) +
+                                                ", not by us: refusing to adopt it");
+    return Done{};
 }
 
 // A creator killed between O_CREAT and publishing the magic leaves an empty or
@@ -247,6 +296,14 @@ SegResult<Done> check_spec(const SegmentSpec& spec, const std::string& seg) {
 
 SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec,
                                                          std::vector<std::string>* repaired) {
+    auto w = open_unstamped(spec, repaired);
+    if (!w) return w;
+    w->stamp_writer();
+    return w;
+}
+
+SegResult<WriterSegment> WriterSegment::open_unstamped(const SegmentSpec& spec,
+                                                       std::vector<std::string>* repaired) {
     const std::string path = path_of(spec.name);
     const std::string seg = "segment '" + spec.name + "'";
     if (auto ok = check_spec(spec, seg); !ok) return Unexpected{std::move(ok).error()};
@@ -254,11 +311,14 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
     w.name_ = spec.name;
     w.geo_ = Geometry{spec.max_token_bytes, spec.slot_count};
     w.step_hook_ = spec.step_hook;
+    w.spec_ = spec;
 
-    auto opened = open_or_create(path, seg, spec.mode);
+    auto opened = open_or_create(spec.name, spec.mode);
     if (!opened) return Unexpected{std::move(opened).error()};
     w.fd_ = std::move(opened->fd);
     w.created_ = opened->created;
+    if (auto ok = check_before_lock(w.fd_.get(), spec.name); !ok)
+        return Unexpected{std::move(ok).error()};
     if (auto lk = lock_writer(w.fd_.get(), path, seg); !lk)
         return Unexpected{std::move(lk).error()};
 
@@ -269,8 +329,18 @@ SegResult<WriterSegment> WriterSegment::create_or_attach(const SegmentSpec& spec
     auto ready = w.created_ ? w.initialise(spec) : w.adopt(spec, *st);
     if (!ready) return Unexpected{std::move(ready).error()};
     if (!w.created_) w.repair_slots(repaired);
-    w.stamp_writer();
+    w.remember_slots();
     return w;
+}
+
+void WriterSegment::remember_slots() {
+    slot_names_.assign(geo_.slot_count, SlotName{});
+    for (std::uint32_t i = 0; i < geo_.slot_count; ++i) {
+        const SlotControl* s = slot_ptr(i);
+        slot_names_[i].status = s->status.load(std::memory_order_relaxed);
+        if (slot_names_[i].status != TOKENSHM_SLOT_FREE)
+            slot_names_[i].name.assign(s->name, ::strnlen(s->name, sizeof s->name));
+    }
 }
 
 SegResult<Done> WriterSegment::initialise(const SegmentSpec& spec) {
@@ -311,9 +381,7 @@ SegResult<Done> WriterSegment::initialise(const SegmentSpec& spec) {
 SegResult<Done> WriterSegment::adopt(const SegmentSpec& spec, const struct stat& st) {
     const std::string seg = "segment '" + name_ + "'";
     const std::string remove_it = ": remove it (rm /dev/shm/" + name_ + ") and restart";
-    if (st.st_uid != ::geteuid())
-        return fail(SegmentErrc::untrusted, seg + " is owned by uid " + std::to_string(st.st_uid) +
-                                                ", not by us: refusing to adopt it");
+    // The owner was checked before the lock was taken (check_before_lock).
     if ((st.st_mode & 07777) != spec.mode)
         return fail(SegmentErrc::untrusted, seg + " has mode " + octal(st.st_mode) +
                                                 ", configured " + octal(spec.mode) +
@@ -399,6 +467,7 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
         if (std::strncmp(s->name, n.data(), sizeof s->name) == 0 && s->name[n.size()] == '\0') {
             if (status != TOKENSHM_SLOT_ACTIVE)
                 s->status.store(TOKENSHM_SLOT_ACTIVE, std::memory_order_release);
+            slot_names_[i].status = TOKENSHM_SLOT_ACTIVE;
             return i;
         }
     }
@@ -412,12 +481,14 @@ SegResult<std::uint32_t> WriterSegment::claim(std::string_view n) {
     step(WriterStep::slot_claim);
     // The name must be visible before any reader can find the slot active.
     s->status.store(TOKENSHM_SLOT_ACTIVE, std::memory_order_release);
+    slot_names_[*free_slot] = SlotName{std::string(n), TOKENSHM_SLOT_ACTIVE};
     return *free_slot;
 }
 
 void WriterSegment::retire(std::uint32_t slot) {
     SlotControl* s = slot_ptr(slot);
     s->status.store(TOKENSHM_SLOT_REMOVED, std::memory_order_release);
+    slot_names_[slot].status = TOKENSHM_SLOT_REMOVED;
     step(WriterStep::retire);
     s->futex.fetch_add(1, std::memory_order_release);
     sys::futex_wake_all(&s->futex);
@@ -435,6 +506,10 @@ std::vector<std::pair<std::string, std::uint32_t>> WriterSegment::active_slots()
 
 Expected<Done, EncodeError> WriterSegment::publish(std::uint32_t slot, const SlotRecord& rec) {
     if (auto ok = encode(rec, geo_.max_token_bytes, image_); !ok) return ok;
+    published_.keep(slot, image_);
+    // A truncated file would SIGBUS the stores below; the record waits in
+    // published_ for recreate() (ensure_intact()) to put it in a new segment.
+    if (!mapping_usable()) return Done{};
     SlotControl* s = slot_ptr(slot);
     const LatchWriter latch{&s->seq,
                             {copy_at(s, geo_.record_size(), 0), copy_at(s, geo_.record_size(), 1)}};
@@ -466,7 +541,7 @@ std::optional<RecordView> WriterSegment::current(std::uint32_t slot,
 }
 
 void WriterSegment::heartbeat(std::int64_t now_ms) noexcept {
-    header().heartbeat_ms.store(now_ms, std::memory_order_relaxed);
+    if (mapping_usable()) header().heartbeat_ms.store(now_ms, std::memory_order_relaxed);
 }
 
 bool WriterSegment::unlinked() const {
@@ -476,6 +551,141 @@ bool WriterSegment::unlinked() const {
 
 void WriterSegment::unlink() const {
     (void)sys::shm_unlink(path_of(name_));
+}
+
+// ------------------------------------------------------- a segment recreated
+
+const char* to_string(Integrity i) noexcept {
+    switch (i) {
+        case Integrity::intact:
+            return "intact";
+        case Integrity::truncated:
+            return "truncated";
+        case Integrity::unlinked:
+            return "unlinked";
+        case Integrity::replaced:
+            return "replaced by another file";
+    }
+    return "unknown";
+}
+
+PublishedImages& PublishedImages::operator=(PublishedImages&& o) noexcept {
+    if (this != &o) {
+        wipe();
+        images_ = std::move(o.images_);
+    }
+    return *this;
+}
+PublishedImages::~PublishedImages() {
+    wipe();
+}
+void PublishedImages::wipe() noexcept {
+    for (auto& img : images_)
+        if (!img.empty()) ::explicit_bzero(img.data(), img.size() * sizeof img[0]);
+}
+void PublishedImages::keep(std::uint32_t slot, const std::vector<std::uint64_t>& image) {
+    if (images_.size() <= slot) images_.resize(std::size_t{slot} + 1);
+    std::vector<std::uint64_t>& mine = images_[slot];
+    // Same capacity every time (the slot's record size): no reallocation
+    // leaves an unwiped copy behind.
+    if (!mine.empty()) ::explicit_bzero(mine.data(), mine.size() * sizeof mine[0]);
+    mine.assign(image.begin(), image.end());
+}
+const std::vector<std::uint64_t>& PublishedImages::of(std::uint32_t slot) const {
+    static const std::vector<std::uint64_t> kNone;
+    return slot < images_.size() ? images_[slot] : kNone;
+}
+
+bool WriterSegment::mapping_usable() const noexcept {
+    auto st = sys::fstat(fd_.get(), {});
+    return st && st->st_size >= static_cast<off_t>(geo_.total_size());
+}
+
+SegResult<Integrity> WriterSegment::check_intact() const {
+    const std::string path = path_of(name_);
+    auto mine = sys::fstat(fd_.get(), path);
+    if (!mine) return fail_sys(mine.error());
+    if (mine->st_size < static_cast<off_t>(geo_.total_size())) return Integrity::truncated;
+    auto named = sys::lstat_shm(path);
+    if (!named) {
+        if (named.error().is_not_found()) return Integrity::unlinked;
+        return fail_sys(named.error());
+    }
+    if (named->st_dev != mine->st_dev || named->st_ino != mine->st_ino) return Integrity::replaced;
+    return mine->st_nlink == 0 ? Integrity::unlinked : Integrity::intact;
+}
+
+SegResult<Integrity> WriterSegment::ensure_intact() {
+    auto found = check_intact();
+    if (!found || *found == Integrity::intact) return found;
+    if (auto made = recreate(*found); !made) return Unexpected{std::move(made).error()};
+    return found;
+}
+
+SegResult<Done> WriterSegment::recreate(Integrity why) {
+    if (why == Integrity::truncated) free_truncated_name();
+    SegmentSpec spec = spec_;
+    spec.step_hook = step_hook_;
+    auto fresh = open_unstamped(spec, nullptr);
+    if (!fresh) return Unexpected{std::move(fresh).error()};
+    if (!fresh->created_)
+        // The name holds a segment we did not make (a person's, another
+        // refresher's): not ours to overwrite. Ours stays as it was.
+        return fail(SegmentErrc::locked,
+                    "segment '" + name_ + "' was " + to_string(why) +
+                        " and the name now holds another segment: " + "not replacing it");
+    fresh->refill_from(*this);
+    fresh->stamp_writer();
+    if (mapping_usable()) retire_segment();
+    *this = std::move(*fresh);
+    return Done{};
+}
+
+// A truncated file: grow it back, so that readers still mapping it read
+// zeros (and then the retired marks) instead of faulting, and free its name
+// for the new segment. Failures only cost those readers: they are not fatal.
+void WriterSegment::free_truncated_name() {
+    const std::string path = path_of(name_);
+    (void)sys::posix_fallocate(fd_.get(), static_cast<off_t>(geo_.total_size()), path);
+    auto named = sys::lstat_shm(path);
+    auto mine = sys::fstat(fd_.get(), path);
+    if (named && mine && named->st_dev == mine->st_dev && named->st_ino == mine->st_ino)
+        (void)sys::shm_unlink(path);
+}
+
+// The same slots at the same indexes (the refresher keeps slot numbers) and
+// the last record of each, latched in as the new segment's first publish.
+void WriterSegment::refill_from(const WriterSegment& old) {
+    const std::uint32_t n = std::min(geo_.slot_count, old.geo_.slot_count);
+    for (std::uint32_t i = 0; i < n; ++i) {
+        const SlotName& was = old.slot_names_[i];
+        if (was.status != TOKENSHM_SLOT_ACTIVE && was.status != TOKENSHM_SLOT_REMOVED) continue;
+        SlotControl* s = slot_ptr(i);
+        std::memset(s->name, 0, sizeof s->name);
+        std::memcpy(s->name, was.name.data(), std::min(was.name.size(), sizeof s->name - 1));
+        s->status.store(was.status, std::memory_order_release);
+        slot_names_[i] = was;
+        const std::vector<std::uint64_t>& img = old.published_.of(i);
+        if (img.empty()) continue;
+        const LatchWriter latch{
+            &s->seq, {copy_at(s, geo_.record_size(), 0), copy_at(s, geo_.record_size(), 1)}};
+        latch.publish(img.data(), img.size(), [] {});
+        published_.keep(i, img);
+    }
+}
+
+// Tells readers of this (old) segment to reopen by name: the header flag,
+// then every slot retired (their inline get() checks the status, so each
+// falls to its slow path), then waiters woken.
+void WriterSegment::retire_segment() noexcept {
+    header().retired.store(1, std::memory_order_release);
+    for (std::uint32_t i = 0; i < geo_.slot_count; ++i) {
+        SlotControl* s = slot_ptr(i);
+        if (s->status.load(std::memory_order_relaxed) == TOKENSHM_SLOT_FREE) continue;
+        s->status.store(TOKENSHM_SLOT_RETIRED, std::memory_order_release);
+        s->futex.fetch_add(1, std::memory_order_release);
+        sys::futex_wake_all(&s->futex);
+    }
 }
 
 }  // namespace tokenshm::shm

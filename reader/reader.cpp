@@ -16,6 +16,7 @@ namespace detail {
 
 struct Segment {
     shm::ReadOnlySegment seg;
+    shm::ReadOnlySegment::Options trust;  // to reopen it by name with the same trust
 };
 
 // A handle's state: get()'s fast part first (reader.hpp), then what copying
@@ -33,6 +34,9 @@ struct HandleState : HandleFast {
     // Copies the writer invalidated (tests read it through copy_retries()).
     // Relaxed, and touched on the retry path only.
     std::atomic<std::uint64_t> copy_retries{0};
+    // Monotonic ns before which a dead writer's segment is not looked for
+    // again under its name (reopen_if_replaced).
+    std::int64_t next_replacement_probe_ns = 0;
 };
 
 }  // namespace detail
@@ -80,6 +84,10 @@ Error map_error(shm::SegmentErrc c) noexcept {
             return Error::system;
     }
     return Error::system;
+}
+
+std::int64_t monotonic_ns() noexcept {
+    return now_ns_of(CLOCK_MONOTONIC);
 }
 
 constexpr std::uintptr_t kPage = 4096;
@@ -224,6 +232,109 @@ const char* to_string(State s) noexcept {
     return shm::to_string(static_cast<shm::RecordState>(s));
 }
 
+// ------------------------------------------------------ a recreated segment
+//
+// When the refresher recreates its segment (unlinked, truncated, replaced),
+// it retires the old one: TOKENSHM_HDR_RETIRED and every slot
+// TOKENSHM_SLOT_RETIRED. get()'s inline path already checks that the slot is
+// active, so a retired slot sends it here, to the slow path, with nothing
+// added to the fast one. A writer killed before it could retire anything is
+// noticed when its token runs out: see reopen_if_replaced.
+
+namespace {
+
+constexpr std::int64_t kReplacementProbeEveryNs = 1'000'000'000;
+
+// Points the handle at slot `idx` of `seg`: the slot's words, a copy buffer
+// of its record size, and nothing copied yet. Allocates (lookup, and moving
+// to a recreated segment: never the steady state).
+void bind(detail::HandleState& h, std::shared_ptr<const detail::Segment> seg, std::uint32_t idx) {
+    const shm::ReadOnlySegment& s = seg->seg;
+    const shm::Geometry g = s.geometry();
+    const shm::SlotControl* slot = s.slot(idx);
+    h.seq = &slot->seq;
+    h.status = &slot->status;
+    h.futex = &slot->futex;
+    h.data.heartbeat_ms = &s.header().heartbeat_ms;
+    h.data.record = shm::RecordView{};
+    h.cached_seq = ~std::uint64_t{0};
+    h.fast_until_ns = 0;
+    h.latch = shm::LatchReader{
+        &slot->seq,
+        {shm::copy_at(slot, g.record_size(), 0), shm::copy_at(slot, g.record_size(), 1)}};
+    h.max_token_bytes = g.max_token_bytes;
+    h.prefetch_bytes = g.record_size();
+    if (!h.buf_storage || h.buf_words != g.record_size() / 8) {
+        h.buf_words = g.record_size() / 8;
+        h.buf_storage = std::make_unique<std::uint64_t[]>(h.buf_words + kPage / 8);
+    }
+    h.buf = place_buffer(h.buf_storage.get(), h.latch.copy[0], h.latch.copy[1]);
+    h.seg = std::move(seg);
+}
+
+// The segment now at `cur`'s name, opened with the same trust.
+Expected<std::shared_ptr<const detail::Segment>, Error> open_again(
+    const detail::Segment& cur) noexcept {
+    try {
+        auto seg = shm::ReadOnlySegment::open(cur.seg.name(), cur.trust);
+        if (!seg) return Unexpected{map_error(seg.error().code)};
+        return std::make_shared<const detail::Segment>(detail::Segment{std::move(*seg), cur.trust});
+    } catch (...) {  // allocation
+        return Unexpected{Error::system};
+    }
+}
+
+// Moves the handle to its credential in `seg`.
+Expected<Done, Error> move_to(detail::HandleState& h,
+                              std::shared_ptr<const detail::Segment> seg) noexcept {
+    const auto idx = seg->seg.find(h.name);
+    if (!idx) return Unexpected{Error::no_such_credential};
+    try {
+        bind(h, std::move(seg), *idx);
+    } catch (...) {  // allocation
+        return Unexpected{Error::system};
+    }
+    return Done{};
+}
+
+// The handle's slot is not active: removed (no_such_credential), or its
+// segment retired, and then the handle moves to the segment at the name, or
+// gets that one's typed error (no_segment, untrusted, incompatible...).
+Expected<Done, Error> follow_retired(detail::HandleState& h) noexcept {
+    if (h.status->load(std::memory_order_acquire) != TOKENSHM_SLOT_RETIRED && !h.seg->seg.retired())
+        return Unexpected{Error::no_such_credential};
+    auto seg = open_again(*h.seg);
+    if (!seg) return Unexpected{seg.error()};
+    if ((*seg)->seg.same_file(h.seg->seg)) return Unexpected{Error::no_such_credential};
+    return move_to(h, std::move(*seg));
+}
+
+// Called when get() has no usable token. A writer killed before it could
+// retire its segment, whose name another refresher has since filled with a
+// new segment, leaves the handle on a dead one: when the heartbeat says the
+// writer is dead, look (at most once a second) for another file at the name.
+// nullopt: nothing better found; else the handle moved (Done) or the segment
+// now at the name cannot be used (its typed error).
+std::optional<Expected<Done, Error>> reopen_if_replaced(detail::HandleState& h) noexcept {
+    const std::int64_t now = monotonic_ns();
+    if (now < h.next_replacement_probe_ns) return std::nullopt;
+    h.next_replacement_probe_ns = now + kReplacementProbeEveryNs;
+    const std::int64_t beat = h.data.heartbeat_ms->load(std::memory_order_relaxed);
+    const std::int64_t now_ms = coarse_now_ns() / 1'000'000;
+    if (beat <= now_ms + Token::kWriterAliveWithinMs && now_ms - beat < Token::kWriterAliveWithinMs)
+        return std::nullopt;  // alive: it will publish, or retire this one
+    auto seg = open_again(*h.seg);
+    if (!seg) {
+        if (seg.error() == Error::untrusted || seg.error() == Error::incompatible)
+            return Expected<Done, Error>{Unexpected{seg.error()}};
+        return std::nullopt;
+    }
+    if ((*seg)->seg.same_file(h.seg->seg)) return std::nullopt;
+    return move_to(h, std::move(*seg));
+}
+
+}  // namespace
+
 // ------------------------------------------------------------------ Handle
 
 Handle::Handle(std::unique_ptr<detail::HandleState> s) noexcept
@@ -242,13 +353,21 @@ std::uint64_t detail::copy_retries(const Handle& h) noexcept {
 
 namespace {
 // Brings the handle's copy up to date: a no-op (one atomic load) when the
-// slot's sequence has not moved since the last copy.
+// slot's sequence has not moved since the last copy. A slot whose segment
+// was retired sends the handle to the new segment at the name.
 inline Expected<Done, Error> sync(detail::HandleState& h) noexcept {
-    if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE)
-        return Unexpected{Error::no_such_credential};
+    if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE) [[unlikely]] {
+        if (auto moved = follow_retired(h); !moved) return Unexpected{moved.error()};
+        if (h.status->load(std::memory_order_relaxed) != TOKENSHM_SLOT_ACTIVE)
+            return Unexpected{Error::no_such_credential};
+    }
     const shm::LatchSeq s = h.latch.current();
     if (s.value() != h.cached_seq) return copy_record(h, s);
     return Done{};
+}
+
+bool no_usable_token(Error e) noexcept {
+    return e == Error::empty || e == Error::expired || e == Error::expiring || e == Error::reauth;
 }
 
 // get() off its fast path: a new version to copy, no token, an unusual
@@ -275,14 +394,17 @@ Expected<std::int64_t, Error> check_slow(detail::HandleState& h,
     return now_ns;
 }
 
-std::int64_t monotonic_ns() noexcept {
-    return now_ns_of(CLOCK_MONOTONIC);
-}
 }  // namespace
 
 Expected<Token, Error> Handle::get_slow(std::chrono::milliseconds min_valid) noexcept {
     detail::HandleState& h = *s_;
-    const auto judged = check_slow(h, min_valid.count());
+    auto judged = check_slow(h, min_valid.count());
+    if (!judged && no_usable_token(judged.error())) {
+        if (auto moved = reopen_if_replaced(h)) {
+            if (!*moved) return Unexpected{moved->error()};
+            judged = check_slow(h, min_valid.count());
+        }
+    }
     if (!judged) return Unexpected{judged.error()};
     return Token(&h.data, *judged);
 }
@@ -352,39 +474,38 @@ Expected<Reader, Failure> Reader::open(std::string_view segment, const OpenOptio
     if (!seg)
         return Unexpected{Failure{map_error(seg.error().code), std::move(seg).error().message}};
     Reader r;
-    r.seg_ = std::make_shared<const detail::Segment>(detail::Segment{std::move(*seg)});
+    r.seg_ = std::make_shared<const detail::Segment>(detail::Segment{std::move(*seg), o});
     return r;
 }
 
+namespace {
+// The reader's segment, or, once its writer retired it, the one now at its
+// name (not kept: each handle keeps the segment it reads).
+std::shared_ptr<const detail::Segment> current_segment(
+    const std::shared_ptr<const detail::Segment>& seg) {
+    if (!seg->seg.retired()) return seg;
+    auto again = open_again(*seg);
+    return again ? *again : seg;
+}
+}  // namespace
+
 Expected<Handle, Failure> Reader::lookup(std::string_view credential) const {
-    const shm::ReadOnlySegment& seg = seg_->seg;
+    std::shared_ptr<const detail::Segment> current = current_segment(seg_);
+    const shm::ReadOnlySegment& seg = current->seg;
     const auto idx = seg.find(credential);
     if (!idx)
         return Unexpected{Failure{
             Error::no_such_credential,
             "segment '" + seg.name() + "' has no credential '" + std::string(credential) + "'"}};
-    const shm::Geometry g = seg.geometry();
-    const shm::SlotControl* slot = seg.slot(*idx);
     auto h = std::make_unique<detail::HandleState>();
-    h->seq = &slot->seq;
-    h->status = &slot->status;
-    h->futex = &slot->futex;
-    h->data.heartbeat_ms = &seg.header().heartbeat_ms;
-    h->latch = shm::LatchReader{
-        &slot->seq,
-        {shm::copy_at(slot, g.record_size(), 0), shm::copy_at(slot, g.record_size(), 1)}};
-    h->max_token_bytes = g.max_token_bytes;
-    h->buf_words = g.record_size() / 8;
-    h->prefetch_bytes = g.record_size();
-    h->buf_storage = std::make_unique<std::uint64_t[]>(h->buf_words + kPage / 8);
-    h->buf = place_buffer(h->buf_storage.get(), h->latch.copy[0], h->latch.copy[1]);
-    h->seg = seg_;
     h->name = std::string(credential);
+    bind(*h, std::move(current), *idx);
     return Handle(std::move(h));
 }
 
 std::vector<std::string> Reader::credentials() const {
-    const shm::ReadOnlySegment& seg = seg_->seg;
+    const std::shared_ptr<const detail::Segment> current = current_segment(seg_);
+    const shm::ReadOnlySegment& seg = current->seg;
     std::vector<std::string> out;
     for (std::uint32_t i = 0; i < seg.geometry().slot_count; ++i) {
         const shm::SlotControl* s = seg.slot(i);
@@ -395,13 +516,14 @@ std::vector<std::string> Reader::credentials() const {
 }
 
 WriterStatus Reader::writer() const {
-    const shm::WriterInfo w = seg_->seg.writer();
+    const std::shared_ptr<const detail::Segment> current = current_segment(seg_);
+    const shm::WriterInfo w = current->seg.writer();
     WriterStatus st;
     st.pid = w.pid;
     st.start_ms = w.start_ms;
     st.heartbeat_ms = w.heartbeat_ms;
     st.generation = w.generation;
-    const auto held = seg_->seg.writer_holds_lock();
+    const auto held = current->seg.writer_holds_lock();
     st.lock_held = held && *held;
     return st;
 }

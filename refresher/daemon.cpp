@@ -18,7 +18,6 @@ namespace {
 // Readers call a writer alive within TOKENSHM_WRITER_ALIVE_WITHIN_MS of its
 // last beat; beating every TOKENSHM_HEARTBEAT_PERIOD_MS leaves them margin.
 constexpr std::int64_t kHeartbeatEveryMs = TOKENSHM_HEARTBEAT_PERIOD_MS;
-constexpr std::int64_t kSegmentCheckEveryMs = 1000;
 constexpr std::int64_t kMaxWaitMs = 250;
 // --once: how long a successor that cannot be saved (state_dir full, read-only)
 // is retried before the process exits and loses it, and how often. Long
@@ -150,35 +149,26 @@ void Daemon::publish_changed() {
 }
 
 void Daemon::check_segment(Now now) {
+    // Unlinked, truncated or replaced under us: libshm makes a new segment
+    // with every record and retires the old one; we publish everything again
+    // so versions move on.
+    auto intact = seg_->ensure_intact();
+    if (!intact) {
+        log_event(Level::error, "", "segment_recreate_failed", intact.error().message);
+        failed_ = stop_ = true;
+        return;
+    }
+    if (*intact != shm::Integrity::intact) {
+        log_event(Level::warn, "", "segment_recreated",
+                  "segment " + cfg_.segment + " was " + shm::to_string(*intact));
+        for (const auto& [name, e] : entries_)
+            changed_.insert(name);
+        publish_changed();
+    }
     if (now.mono_ms - last_heartbeat_ms_ >= kHeartbeatEveryMs) {
         seg_->heartbeat(now.unix_ms);  // readers compare it with their wall clock
         last_heartbeat_ms_ = now.mono_ms;
     }
-    if (now.mono_ms - last_segment_check_ms_ < kSegmentCheckEveryMs) return;
-    last_segment_check_ms_ = now.mono_ms;
-    if (!seg_->unlinked()) return;
-    // Someone removed the segment's name (systemd RemoveIPC, a person): make
-    // a new one and publish everything again, versions continuing.
-    log_event(Level::warn, "", "segment_unlinked",
-              "segment " + cfg_.segment + " was removed under us; recreating it");
-    seg_.reset();
-    auto seg = shm::WriterSegment::create_or_attach(segment_spec(cfg_));
-    if (!seg) {
-        log_event(Level::error, "", "segment_recreate_failed", seg.error().message);
-        failed_ = stop_ = true;
-        return;
-    }
-    seg_.emplace(std::move(*seg));
-    for (auto& [name, e] : entries_) {
-        const std::uint64_t v = e.version;
-        if (auto ok = attach_entry(e, name, false); !ok) {
-            log_event(Level::error, name, "no_slot", ok.error().message);
-            failed_ = stop_ = true;
-            return;
-        }
-        e.version = std::max(e.version, v);
-    }
-    publish_changed();
 }
 
 void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {

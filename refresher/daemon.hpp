@@ -109,7 +109,6 @@ class Daemon {
     std::uint64_t next_request_id_ = 1;
     // CLOCK_MONOTONIC ms; the heartbeat itself is published in Unix ms.
     std::int64_t last_heartbeat_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
-    std::int64_t last_segment_check_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
     std::atomic<bool> stop_{false};
     bool reload_requested_ = false;
     bool draining_ = false;  // stopping: no new requests, waiting for answers

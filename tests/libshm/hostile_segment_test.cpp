@@ -12,6 +12,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstdlib>
 #include <limits>
 #include <optional>
@@ -280,6 +281,96 @@ TEST_CASE("truncated files are refused before anything is read") {
     SECTION("a longer file than the header says is fine") {
         REQUIRE(raw.truncate(static_cast<off_t>(kGeo.total_size() + 4096)));
         CHECK_FALSE(open_error(g.name));
+    }
+}
+
+namespace {
+// Something planted at /dev/shm/<name> that is not a regular file; removed
+// (unlink or rmdir) when the test ends.
+struct PlantedFile {
+    std::string name;
+    std::string path() const { return "/dev/shm/" + name; }
+    ~PlantedFile() {
+        if (::unlink(path().c_str()) != 0) (void)::rmdir(path().c_str());
+    }
+};
+
+// What a reader's open and a writer's create_or_attach said of a segment, run
+// in a child so that a hang (a FIFO opened without O_NONBLOCK) ends as a
+// timeout of the test instead of blocking it.
+struct OpenOutcome {
+    bool finished = false;
+    std::string text;  // "<reader error> <writer errc>|<reader msg>|<writer msg>"
+};
+OpenOutcome open_in_child(const std::string& name) {
+    Pipe out;
+    Child child = Child::fork([&] {
+        std::string line;
+        auto r = tokenshm::Reader::open(name);
+        line += r ? "0" : std::to_string(static_cast<int>(r.error().code));
+        auto w = shm::WriterSegment::create_or_attach(segtest::spec(name, kMaxToken, kSlots));
+        line += w ? " ok" : " " + std::to_string(static_cast<int>(w.error().code));
+        line += "|" + (r ? std::string() : r.error().message);
+        line += "|" + (w ? std::string() : w.error().message) + "\n";
+        return segtest::write_all(out.wr(), line.data(), line.size()) ? 0 : 1;
+    });
+    out.close_write();
+    OpenOutcome o;
+    char buf[2048];
+    const std::size_t n = segtest::read_exact(out.rd(), buf, sizeof buf, 10s);
+    o.text.assign(buf, n);
+    o.finished = child.wait(10s) && child.exited_with(0);
+    return o;
+}
+
+std::string expected_codes() {
+    return std::to_string(static_cast<int>(Error::untrusted)) + " " +
+           std::to_string(static_cast<int>(shm::SegmentErrc::untrusted)) + "|";
+}
+}  // namespace
+
+TEST_CASE("a segment that is a symlink, a FIFO or a directory is refused at once, with why") {
+    PlantedFile planted{segtest::unique_segment("hkind")};
+    SegmentGuard target{segtest::unique_segment("hkindtarget")};
+    struct stat before {};
+
+    SECTION("a symlink to a valid segment is not followed") {
+        make_valid(target.name);
+        REQUIRE(::symlink(("/dev/shm/" + target.name).c_str(), planted.path().c_str()) == 0);
+        const OpenOutcome o = open_in_child(planted.name);
+        INFO(o.text);
+        REQUIRE(o.finished);
+        CHECK(o.text.rfind(expected_codes(), 0) == 0);
+        CHECK(std::count(o.text.begin(), o.text.end(), '|') == 2);
+        CHECK_THAT(o.text, Catch::Matches(".*\\|.*is a symlink.*\\|.*is a symlink.*\n"));
+        CHECK(cli_get_exit(planted.name) == 6);
+        REQUIRE(::lstat(planted.path().c_str(), &before) == 0);
+        CHECK(S_ISLNK(before.st_mode));
+    }
+    SECTION("a FIFO never blocks a reader or the writer") {
+        REQUIRE(::mkfifo(planted.path().c_str(), 0600) == 0);
+        const OpenOutcome o = open_in_child(planted.name);
+        INFO(o.text);
+        REQUIRE(o.finished);
+        CHECK(o.text.rfind(expected_codes(), 0) == 0);
+        CHECK_THAT(o.text, Catch::Matches(
+                               ".*\\|.*not a regular file \\(it is a FIFO\\).*\\|.*not a regular "
+                               "file \\(it is a FIFO\\).*\n"));
+        const CliResult cli = run_cli({"get", "c", "--segment", planted.name});
+        CHECK(cli.exit_code == 6);
+        CHECK_THAT(cli.err, Catch::Contains("not a regular file"));
+        REQUIRE(::lstat(planted.path().c_str(), &before) == 0);
+        CHECK(S_ISFIFO(before.st_mode));  // the writer left it where it was
+    }
+    SECTION("a directory") {
+        REQUIRE(::mkdir(planted.path().c_str(), 0700) == 0);
+        const OpenOutcome o = open_in_child(planted.name);
+        INFO(o.text);
+        REQUIRE(o.finished);
+        CHECK(o.text.rfind(expected_codes(), 0) == 0);
+        CHECK_THAT(o.text,
+                   Catch::Matches(".*\\|.*not a regular file.*\\|.*not a regular file.*\n"));
+        CHECK(cli_get_exit(planted.name) == 6);
     }
 }
 
@@ -563,6 +654,27 @@ TEST_CASE("a writer never adopts a segment owned by another uid") {
     REQUIRE_FALSE(w);
     CHECK(w.error().code == shm::SegmentErrc::untrusted);
     CHECK_THAT(w.error().message, Catch::Contains("uid 65534"));
+}
+
+TEST_CASE("a foreign segment is refused on its owner before its lock or header is believed") {
+    if (::geteuid() != 0) {
+        SKIP_OR_FAIL_UNDER_CI("not root: cannot chown the segment to another uid");
+    }
+    SegmentGuard g{segtest::unique_segment("hforeignlock")};
+    make_valid(g.name);
+    RawSegment raw(g.name);
+    REQUIRE(raw.ok());
+    // What a hostile owner plants: a lock held and a header naming pid 1.
+    raw.put<std::int64_t>(TOKENSHM_HDR_WRITER_PID, 1);
+    REQUIRE(shm::sys::lock_exclusive(raw.fd(), g.name));
+    REQUIRE(::fchown(raw.fd(), 65534, 65534) == 0);
+    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kMaxToken, kSlots));
+    REQUIRE_FALSE(w);
+    INFO(w.error().message);
+    CHECK(w.error().code == shm::SegmentErrc::untrusted);
+    CHECK_THAT(w.error().message, Catch::Contains("owned by uid 65534"));
+    CHECK_THAT(w.error().message, !Catch::Contains("pid") && !Catch::Contains("held by"));
+    CHECK(open_error(g.name, "owned by uid 65534") == Error::untrusted);
 }
 
 TEST_CASE("a writer refuses a segment made with another max_token_bytes") {

@@ -24,7 +24,8 @@ struct c_header {
     int64_t writer_pid;
     int64_t writer_start_ms;
     uint64_t writer_generation;
-    uint8_t pad1[40];
+    uint32_t retired;
+    uint8_t pad1[36];
     int64_t heartbeat_ms;
     uint8_t pad2[120];
 };
@@ -69,6 +70,7 @@ CHECK_AT(c_header, created_ms, TOKENSHM_HDR_CREATED_MS);
 CHECK_AT(c_header, writer_pid, TOKENSHM_HDR_WRITER_PID);
 CHECK_AT(c_header, writer_start_ms, TOKENSHM_HDR_WRITER_START_MS);
 CHECK_AT(c_header, writer_generation, TOKENSHM_HDR_WRITER_GENERATION);
+CHECK_AT(c_header, retired, TOKENSHM_HDR_RETIRED);
 CHECK_AT(c_header, heartbeat_ms, TOKENSHM_HDR_HEARTBEAT_MS);
 _Static_assert(sizeof(struct c_header) == TOKENSHM_HEADER_SIZE, "c_header size");
 
@@ -108,6 +110,7 @@ const struct layout_c_field layout_c_fields[] = {
     ROW(c_header, writer_pid),
     ROW(c_header, writer_start_ms),
     ROW(c_header, writer_generation),
+    ROW(c_header, retired),
     ROW(c_header, heartbeat_ms),
     ROW(c_slot_control, seq),
     ROW(c_slot_control, futex),

@@ -60,6 +60,7 @@ const std::map<std::string, Field>& cxx_fields() {
         CXX_ROW(c_header, Header, writer_pid),
         CXX_ROW(c_header, Header, writer_start_ms),
         CXX_ROW(c_header, Header, writer_generation),
+        CXX_ROW(c_header, Header, retired),
         CXX_ROW(c_header, Header, heartbeat_ms),
         CXX_ROW(c_slot_control, SlotControl, seq),
         CXX_ROW(c_slot_control, SlotControl, futex),

@@ -1,4 +1,5 @@
-/* tokenshm shared-segment layout, version 1.
+/* tokenshm shared-segment layout, version 1.1 (minor 1 added TOKENSHM_HDR_RETIRED
+ * and TOKENSHM_SLOT_RETIRED; a minor-0 reader sees a retired slot as absent).
  *
  * These constants are the contract for every process and language that maps
  * the segment. All integers are little-endian, native to x86-64 and arm64.
@@ -20,7 +21,7 @@
 
 #define TOKENSHM_MAGIC 0x314d48534e4b4f54ULL /* "TOKNSHM1" read as little-endian u64 */
 #define TOKENSHM_MAJOR 1u
-#define TOKENSHM_MINOR 0u
+#define TOKENSHM_MINOR 1u
 #define TOKENSHM_CACHE_LINE 64u
 
 /* Header (all offsets in bytes from the start of the segment). */
@@ -37,6 +38,9 @@
 #define TOKENSHM_HDR_WRITER_PID 64u        /* i64 (atomic) */
 #define TOKENSHM_HDR_WRITER_START_MS 72u   /* i64 (atomic), Unix ms */
 #define TOKENSHM_HDR_WRITER_GENERATION 80u /* u64 (atomic), +1 per writer attach */
+/* u32 (atomic): 1 once the writer replaced this segment by a new one at the
+ * same name (it was unlinked, truncated or replaced); readers reopen by name. */
+#define TOKENSHM_HDR_RETIRED 88u
 #define TOKENSHM_HDR_HEARTBEAT_MS 128u /* i64 (atomic), Unix ms, see TOKENSHM_HEARTBEAT_PERIOD_MS \
                                         */
 #define TOKENSHM_HEADER_SIZE 256u
@@ -44,7 +48,7 @@
 /* Slot control (offsets from the start of the slot). */
 #define TOKENSHM_SLOT_SEQ 0u     /* u64 (atomic): publish counter; copy (seq & 1) is current */
 #define TOKENSHM_SLOT_FUTEX 8u   /* u32 (atomic): +1 after every publish; FUTEX_WAIT on it */
-#define TOKENSHM_SLOT_STATUS 12u /* u32 (atomic): 0 free, 1 active, 2 removed */
+#define TOKENSHM_SLOT_STATUS 12u /* u32 (atomic): 0 free, 1 active, 2 removed, 3 retired */
 #define TOKENSHM_SLOT_NAME 64u   /* char[64], NUL-padded */
 #define TOKENSHM_SLOT_NAME_CAP 64u
 #define TOKENSHM_SLOT_COPIES 128u /* two records of record_size bytes each */
@@ -52,6 +56,9 @@
 #define TOKENSHM_SLOT_FREE 0u
 #define TOKENSHM_SLOT_ACTIVE 1u
 #define TOKENSHM_SLOT_REMOVED 2u
+/* The whole segment was retired (TOKENSHM_HDR_RETIRED): the credential lives
+ * on in the new segment at the same name. */
+#define TOKENSHM_SLOT_RETIRED 3u
 
 /* Record (offsets from the start of one copy). */
 #define TOKENSHM_REC_VERSION 0u          /* u64 */

@@ -183,6 +183,11 @@ class Handle {
     // loads of the slot's line, the vDSO clock and one compare, with no call
     // into the library. Everything else (a new version to copy, no token, a
     // deadline near enough for the exact clock) is get_slow().
+    //
+    // When the refresher recreated its segment (README, "When the segment is
+    // recreated"), get_slow() moves the handle to the new one; if that one
+    // cannot be used, get() returns its open error (no_segment, untrusted,
+    // incompatible, or system when memory runs out).
     Expected<Token, Error> get(std::chrono::milliseconds min_valid = {}) noexcept {
         detail::HandleFast& f = *fast_;
         const std::int64_t need = min_valid.count();

@@ -32,7 +32,8 @@ struct alignas(kCacheLine) Header {
     std::atomic<std::int64_t> writer_pid;
     std::atomic<std::int64_t> writer_start_ms;
     std::atomic<std::uint64_t> writer_generation;
-    std::uint8_t pad1[40];
+    std::atomic<std::uint32_t> retired;  // minor 1: 0, or 1 once replaced by a new segment
+    std::uint8_t pad1[36];
     // Line 2: heartbeat, alone on its line so its once-a-second store does not
     // evict the geometry line from readers' caches.
     alignas(kCacheLine) std::atomic<std::int64_t> heartbeat_ms;
@@ -62,6 +63,7 @@ static_assert(offsetof(Header, created_ms) == TOKENSHM_HDR_CREATED_MS);
 static_assert(offsetof(Header, writer_pid) == TOKENSHM_HDR_WRITER_PID);
 static_assert(offsetof(Header, writer_start_ms) == TOKENSHM_HDR_WRITER_START_MS);
 static_assert(offsetof(Header, writer_generation) == TOKENSHM_HDR_WRITER_GENERATION);
+static_assert(offsetof(Header, retired) == TOKENSHM_HDR_RETIRED);
 static_assert(offsetof(Header, heartbeat_ms) == TOKENSHM_HDR_HEARTBEAT_MS);
 static_assert(offsetof(Header, heartbeat_ms) % kCacheLine == 0);
 

@@ -28,6 +28,11 @@ struct SysError {
     bool is_no_space() const noexcept;           // ENOSPC
     // A lock another open file description holds (EAGAIN, EACCES from F_OFD_SETLK).
     bool is_lock_held() const noexcept;
+    // open() met a final symlink under O_NOFOLLOW (ELOOP).
+    bool is_symlink() const noexcept;
+    // open() met something that is not a regular file: a directory (EISDIR),
+    // a socket or a device without its driver (ENXIO).
+    bool is_not_regular_file() const noexcept;
 };
 
 template <class T>
@@ -71,9 +76,15 @@ class Mapping {
 };
 
 namespace sys {
+// Opens the segment "/<name>" as /dev/shm/<name> with O_NOFOLLOW | O_NONBLOCK
+// | O_CLOEXEC added: a symlink planted at the name fails (is_symlink()) and a
+// FIFO opens at once instead of blocking until some writer appears. Callers
+// fstat the result before believing it is a regular file.
 SysResult<Fd> shm_open(const std::string& path, int flags, mode_t mode);
 SysResult<Done> shm_unlink(const std::string& path);
 SysResult<struct stat> fstat(int fd, const std::string& subject);
+// lstat of the segment "/<name>", i.e. of /dev/shm/<name>.
+SysResult<struct stat> lstat_shm(const std::string& path);
 SysResult<Done> fchmod(int fd, mode_t mode, const std::string& subject);
 SysResult<Done> fchown(int fd, uid_t uid, gid_t gid, const std::string& subject);
 SysResult<Done> posix_fallocate(int fd, off_t len, const std::string& subject);

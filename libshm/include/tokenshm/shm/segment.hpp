@@ -75,14 +75,23 @@ class ReadOnlySegment {
     // Index of the active slot called `name`.
     std::optional<std::uint32_t> find(std::string_view name) const noexcept;
     WriterInfo writer() const noexcept;
+    // True once the writer replaced this segment by a new one at the same name
+    // (WriterSegment::recreate): readers reopen by name on their slow path.
+    bool retired() const noexcept { return header().retired.load(std::memory_order_acquire) != 0; }
     // Whether a refresher holds the segment's lock now (a syscall: slow path only).
     SysResult<bool> writer_holds_lock() const;
+    // True when `other` maps the same file (device and inode) as this one.
+    bool same_file(const ReadOnlySegment& other) const noexcept {
+        return dev_ == other.dev_ && ino_ == other.ino_;
+    }
 
   private:
     std::string name_;
     Fd fd_;
     Mapping map_;
     Geometry geo_{};
+    dev_t dev_ = 0;
+    ino_t ino_ = 0;
 };
 
 // Steps of the writer's work at which a test can stop or kill it, to show
@@ -103,6 +112,33 @@ struct SegmentSpec {
     std::uint32_t max_token_bytes = 8192;
     std::uint32_t slot_count = 16;  // capacity, fixed at creation
     WriterStepHook step_hook;       // tests only
+};
+
+// How the segment at the writer's name compares with the one it maps.
+enum class Integrity {
+    intact,
+    truncated,  // the file is shorter than the layout: touching the rest would SIGBUS
+    unlinked,   // nothing at the name any more (systemd RemoveIPC, a person)
+    replaced,   // another file at the name
+};
+const char* to_string(Integrity i) noexcept;
+
+// The last record published in each slot, in the writer's private memory, so
+// that a recreated segment gets every record back even when the old one was
+// truncated to nothing. Wiped when dropped: records hold access tokens.
+class PublishedImages {
+  public:
+    PublishedImages() = default;
+    PublishedImages(PublishedImages&&) noexcept = default;
+    PublishedImages& operator=(PublishedImages&& o) noexcept;
+    ~PublishedImages();
+    void keep(std::uint32_t slot, const std::vector<std::uint64_t>& image);
+    // Empty when nothing was published in `slot`.
+    const std::vector<std::uint64_t>& of(std::uint32_t slot) const;
+
+  private:
+    void wipe() noexcept;
+    std::vector<std::vector<std::uint64_t>> images_;
 };
 
 // The refresher's read-write handle. Holds the segment's exclusive lock for
@@ -134,7 +170,23 @@ class WriterSegment {
     std::optional<RecordView> current(std::uint32_t slot,
                                       std::vector<std::uint64_t>& scratch) const;
 
+    // Stores the heartbeat, unless the file was truncated under us.
     void heartbeat(std::int64_t now_ms) noexcept;
+
+    // Compares our mapping with the file at the name: fstat of our descriptor
+    // (size, link count) and lstat of /dev/shm/<name> (device and inode).
+    // Two syscalls; the refresher calls it on every heartbeat and before it
+    // publishes.
+    SegResult<Integrity> check_intact() const;
+    // Makes a new segment at the name with this one's slots (same indexes,
+    // names and statuses) and the last record published in each, publishes
+    // its magic, then retires this one (header flag, every slot retired,
+    // waiters woken) so readers move over, and becomes the new one. A name
+    // held by another file is left alone: that is an error, and this segment
+    // stays as it was.
+    SegResult<Done> recreate(Integrity why);
+    // check_intact(), and recreate() when it is not intact. Returns what was found.
+    SegResult<Integrity> ensure_intact();
     // Replaces the spec's step hook (tests arm it after setting a slot up).
     void set_step_hook(WriterStepHook hook) { step_hook_ = std::move(hook); }
     // True when the segment was unlinked under us (e.g. systemd RemoveIPC).
@@ -152,6 +204,15 @@ class WriterSegment {
     SegResult<Done> adopt(const SegmentSpec& spec, const struct stat& st);  // a previous writer's
     void repair_slots(std::vector<std::string>* repaired);
     void stamp_writer() noexcept;
+    // create_or_attach up to (not including) stamp_writer.
+    static SegResult<WriterSegment> open_unstamped(const SegmentSpec& spec,
+                                                   std::vector<std::string>* repaired);
+    // recreate()'s steps: the old file made whole again (so old mappings do
+    // not fault) and its name freed; the new one filled; the old one retired.
+    void free_truncated_name();
+    void refill_from(const WriterSegment& old);
+    void retire_segment() noexcept;
+    bool mapping_usable() const noexcept;
 
     std::string name_;
     Fd fd_;
@@ -159,6 +220,16 @@ class WriterSegment {
     Geometry geo_{};
     bool created_ = false;
     std::vector<std::uint64_t> image_;
+    PublishedImages published_;
+    // Each slot's name and status as this writer set them (a truncated file
+    // loses them): what recreate() claims in the new segment.
+    struct SlotName {
+        std::string name;
+        std::uint32_t status = TOKENSHM_SLOT_FREE;
+    };
+    std::vector<SlotName> slot_names_;
+    void remember_slots();
+    SegmentSpec spec_;  // to recreate the segment as it was made
     WriterStepHook step_hook_;
     void step(WriterStep at) const {
         if (step_hook_) step_hook_(at);
