@@ -159,7 +159,7 @@ class Lifecycle(IntegrationTest):
         st = ws.status()
         self.assertTrue(st["refresher"]["alive"])
         self.assertEqual(st["refresher"]["pid"], r.pid)
-        self.assertIn("event=segment_unlinked", r.log())
+        self.assertRegex(r.log(), r"event=segment_recreated segment \S+ was unlinked")
         self.assertTrue(r.alive())
 
 

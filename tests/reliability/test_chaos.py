@@ -29,6 +29,7 @@ BUILD/meson-logs/chaos-report).
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -144,7 +145,9 @@ class Chaos(IntegrationTest):
         self.log_offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         self.rotations_before_run = self.stats()["refresh_ok"]
         with open(self.log_path, "ab") as err:
-            self.proc = harness.spawn([harness.REFRESHER, "--config", self.cfg_link],
+            # debug: the successor_renamed lines time the response-to-rename window.
+            self.proc = harness.spawn([harness.REFRESHER, "--config", self.cfg_link,
+                                       "--log-level", "debug"],
                                       subprocess.DEVNULL, err, env=env)
         self.t.runs += 1
 
@@ -387,7 +390,22 @@ class Chaos(IntegrationTest):
             "longest_without_valid_token_ms": max(r["longest_gap_ms"] for r in readers),
             "longest_without_valid_token_outside_grant_recovery_ms": max(
                 [g[1] - g[0] for g in gaps if outside_recovery(g)] or [0]),
+            "response_to_rename_ms": self.persist_times(),
         }
+
+    def persist_times(self):
+        """The distribution of the refresher's own measure of each rotation's
+        window, from the last byte of the token response to the rename of
+        its successor (the debug lines `event=successor_renamed persist_ms=`)."""
+        with open(self.log_path, errors="replace") as f:
+            ms = sorted(float(m) for m in re.findall(r"persist_ms=([0-9]+\.[0-9]+)", f.read()))
+        if not ms:
+            return {"count": 0}
+
+        def q(p):
+            return round(ms[min(len(ms) - 1, int(p * len(ms)))], 3)
+        return {"count": len(ms), "median": q(0.5), "p90": q(0.9), "p99": q(0.99),
+                "max": round(ms[-1], 3)}
 
     def report(self, readers, seconds):
         self.fig = fig = self.figures(readers, seconds)
@@ -423,6 +441,9 @@ class Chaos(IntegrationTest):
         # expires_in is whole seconds and the server counts from the start of
         # its second: a token may outlive the server's expiry by < 1 s, never more.
         self.assertLess(fig["max_past_server_expiry_ms"], 1100)
+        # Every rotation the refresher saved timed its window (point 2's figure).
+        self.assertGreater(fig["response_to_rename_ms"]["count"], 0,
+                           "no successor_renamed timing in the refresher's debug log")
 
 
 if __name__ == "__main__":
