@@ -3,6 +3,7 @@
 // used here must never show up in an error or a warning.
 #include "config.hpp"
 #include "ci_skip.hpp"
+#include "temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -649,30 +650,12 @@ TEST_CASE("to_string names grants and auth methods as the config spells them", "
 namespace {
 
 // A temporary directory removed at scope exit.
-struct TempDir {
-    std::string path;
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "config_test.XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content, mode_t mode) const {
-        const std::string file = path + "/" + name;
-        const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        REQUIRE(fd >= 0);
-        REQUIRE(::write(fd, content.data(), content.size()) ==
-                static_cast<ssize_t>(content.size()));
-        REQUIRE(::fchmod(fd, mode) == 0);  // exact mode, whatever the umask
-        ::close(fd);
-        return file;
-    }
-};
+using tokenshm::test::TempDir;
 
 }  // namespace
 
 TEST_CASE("load_config reads a real file and a real 0644 secret file", "[config]") {
-    TempDir dir;
+    TempDir dir("config_test");
     const std::string secret = dir.write("storage.secret", std::string(kSecret) + "\n", 0644);
     const std::string config = dir.write(
         "tokenshm.json",
@@ -800,7 +783,7 @@ std::string load_in_child(const std::string& config) {
 }  // namespace
 
 TEST_CASE("a FIFO, a device or a directory is never read as a config or secret file", "[config]") {
-    TempDir dir;
+    TempDir dir("config_test");
     const std::string fifo = dir.path + "/planted.fifo";
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     const auto config_with_secret = [&](const std::string& secret_file) {
@@ -850,7 +833,7 @@ TEST_CASE("a FIFO, a device or a directory is never read as a config or secret f
 
 TEST_CASE("secret files are followed through symlinks to files of our uid or root only",
           "[config]") {
-    TempDir dir;
+    TempDir dir("config_test");
     const std::string target = dir.write("real.secret", std::string(kSecret) + "\r\n", 0600);
     const std::string link = dir.path + "/mounted.secret";
     REQUIRE(::symlink(target.c_str(), link.c_str()) == 0);

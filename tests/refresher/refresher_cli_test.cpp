@@ -3,6 +3,7 @@
 // is not dumpable unless --allow-core-dumps says so. Every child is bounded
 // in time and killed if it overstays.
 #include "ci_skip.hpp"
+#include "temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -31,26 +32,7 @@ std::string refresher_binary() {
     return std::string(build) + "/refresher/tokenshm-refresher";
 }
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        std::string tmpl = (std::filesystem::temp_directory_path() / "cli_test.XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        path = tmpl;
-        REQUIRE(::chmod(path.c_str(), 0755) == 0);  // a child under another uid walks in
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content, mode_t mode) const {
-        const std::string file = path + "/" + name;
-        const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        REQUIRE(fd >= 0);
-        REQUIRE(::write(fd, content.data(), content.size()) ==
-                static_cast<ssize_t>(content.size()));
-        REQUIRE(::fchmod(fd, mode) == 0);
-        ::close(fd);
-        return file;
-    }
-};
+using tokenshm::test::TempDir;
 
 // A started refresher: its pid and a pipe carrying its stdout and stderr.
 struct Child {
@@ -131,7 +113,7 @@ std::size_t lines(const std::string& s) {
 }  // namespace
 
 TEST_CASE("--check-config names a FIFO secret file at once, in one line, exit 2", "[cli]") {
-    TempDir dir;
+    TempDir dir("cli_test", 0755);
     const std::string fifo = dir.path + "/secret.fifo";
     REQUIRE(::mkfifo(fifo.c_str(), 0600) == 0);
     SECTION("client_secret_file") {
@@ -165,7 +147,7 @@ TEST_CASE("--check-config names a FIFO secret file at once, in one line, exit 2"
 }
 
 TEST_CASE("--check-config checks ca_file: missing is exit 2, present is OK", "[cli]") {
-    TempDir dir;
+    TempDir dir("cli_test", 0755);
     const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);
     const auto config_with_ca = [&](const std::string& ca) {
         return dir.write(
@@ -196,7 +178,7 @@ TEST_CASE("a running refresher is not dumpable unless --allow-core-dumps", "[cli
     // belong to root. So the refresher must run as a uid other than root.
     const bool root = ::geteuid() == 0;
     const uid_t uid = root ? 65534 : ::geteuid();
-    TempDir dir;
+    TempDir dir("cli_test", 0755);
     const std::string state = dir.path + "/state";
     REQUIRE(::mkdir(state.c_str(), 0700) == 0);
     if (root) REQUIRE(::chown(state.c_str(), uid, uid) == 0);
@@ -232,7 +214,7 @@ TEST_CASE("a running refresher is not dumpable unless --allow-core-dumps", "[cli
 }
 
 TEST_CASE("a FIFO as client_secret_file cannot freeze a running refresher on SIGHUP", "[cli]") {
-    TempDir dir;
+    TempDir dir("cli_test", 0755);
     const std::string state = dir.path + "/state";
     REQUIRE(::mkdir(state.c_str(), 0700) == 0);
     const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);

@@ -3,6 +3,7 @@
 // path and never the content.
 #include "regular_file.hpp"
 #include "ci_skip.hpp"
+#include "temp_dir.hpp"
 
 #include <catch2/catch.hpp>
 
@@ -18,31 +19,12 @@ using namespace tokenshm::refresher;
 
 namespace {
 
-struct TempDir {
-    std::string path;
-    TempDir() {
-        std::string tmpl =
-            (std::filesystem::temp_directory_path() / "regular_file_test.XXXXXX").string();
-        REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
-        path = tmpl;
-    }
-    ~TempDir() { std::filesystem::remove_all(path); }
-    std::string write(const std::string& name, const std::string& content, mode_t mode) const {
-        const std::string file = path + "/" + name;
-        const int fd = ::open(file.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
-        REQUIRE(fd >= 0);
-        REQUIRE(::write(fd, content.data(), content.size()) ==
-                static_cast<ssize_t>(content.size()));
-        REQUIRE(::fchmod(fd, mode) == 0);
-        ::close(fd);
-        return file;
-    }
-};
+using tokenshm::test::TempDir;
 
 }  // namespace
 
 TEST_CASE("a regular file of ours is read whole, with what fstat said") {
-    TempDir dir;
+    TempDir dir("regular_file_test");
     const std::string f = dir.write("a.secret", "value\r\n", 0640);
     FileFacts facts;
     const auto r = read_regular_file(f, {}, &facts);
@@ -55,7 +37,7 @@ TEST_CASE("a regular file of ours is read whole, with what fstat said") {
 }
 
 TEST_CASE("every refusal has its kind and one line naming the path") {
-    TempDir dir;
+    TempDir dir("regular_file_test");
     const std::string f = dir.write("big", std::string(2048, 'x'), 0600);
     SECTION("missing: the errno") {
         const auto r = read_regular_file(dir.path + "/none");
