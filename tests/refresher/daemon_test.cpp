@@ -1,6 +1,7 @@
 // The daemon loop with a fake transport and a fake clock, against a real
 // segment and a real state directory.
 #include "daemon.hpp"
+#include "fake_transport.hpp"
 #include "log.hpp"
 
 #include <tokenshm/reader.hpp>
@@ -25,43 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-class FakeTransport : public Transport {
-  public:
-    std::map<std::uint64_t, HttpRequest> pending;  // started, not answered
-    std::deque<std::pair<std::uint64_t, HttpResponse>> ready;
-    int started = 0;
-    std::function<void()> on_poll;  // e.g. moves a fake clock on
-
-    void start(std::uint64_t id, HttpRequest request) override {
-        ++started;
-        pending.emplace(id, std::move(request));
-    }
-    std::vector<std::pair<std::uint64_t, HttpResponse>> poll(std::chrono::milliseconds,
-                                                             int) override {
-        if (on_poll) on_poll();
-        std::vector<std::pair<std::uint64_t, HttpResponse>> out(ready.begin(), ready.end());
-        ready.clear();
-        return out;
-    }
-    std::size_t in_flight() const override { return pending.size() + ready.size(); }
-
-    // Answers the pending request whose URL contains `url_part`.
-    bool answer(const std::string& url_part, HttpResponse r) {
-        for (auto it = pending.begin(); it != pending.end(); ++it) {
-            if (it->second.url.text().find(url_part) == std::string::npos) continue;
-            ready.emplace_back(it->first, std::move(r));
-            pending.erase(it);
-            return true;
-        }
-        return false;
-    }
-    std::string body_for(const std::string& url_part) const {
-        for (const auto& [id, r] : pending)
-            if (r.url.text().find(url_part) != std::string::npos)
-                return std::string(r.body.reveal());
-        return {};
-    }
-};
+using tokenshm::test::FakeTransport;
 
 HttpResponse error_response(long status, const std::string& body,
                             std::optional<std::string> retry_after = std::nullopt) {
@@ -75,14 +40,7 @@ HttpResponse error_response(long status, const std::string& body,
 }
 
 HttpResponse token(const std::string& at, int expires_in, const std::string& rt = {}) {
-    HttpResponse r;
-    r.outcome = HttpResponse::Outcome::response;
-    r.status = 200;
-    r.content_type = "application/json";
-    r.body = R"({"access_token":")" + at + R"(","token_type":"Bearer","expires_in":)" +
-             std::to_string(expires_in) + (rt.empty() ? "" : R"(,"refresh_token":")" + rt + '"') +
-             "}";
-    return r;
+    return tokenshm::test::token_response(at, expires_in, rt);
 }
 
 struct TempDir {

@@ -4,6 +4,7 @@
 // runs with a fake transport and a fake clock against a real segment and a
 // real state directory (or one whose writes are made to fail).
 #include "daemon.hpp"
+#include "fake_transport.hpp"
 #include "log.hpp"
 #include "spent_ledger.hpp"
 
@@ -26,53 +27,10 @@ namespace stdfs = std::filesystem;
 
 namespace {
 
-class FakeTransport : public Transport {
-  public:
-    std::map<std::uint64_t, HttpRequest> pending;
-    std::deque<std::pair<std::uint64_t, HttpResponse>> ready;
-    std::vector<std::string> bodies;  // every request body sent, in order
-    std::function<void()> on_poll;
-
-    void start(std::uint64_t id, HttpRequest request) override {
-        bodies.emplace_back(request.body.reveal());
-        pending.emplace(id, std::move(request));
-    }
-    std::vector<std::pair<std::uint64_t, HttpResponse>> poll(std::chrono::milliseconds,
-                                                             int) override {
-        if (on_poll) on_poll();
-        std::vector<std::pair<std::uint64_t, HttpResponse>> out(ready.begin(), ready.end());
-        ready.clear();
-        return out;
-    }
-    std::size_t in_flight() const override { return pending.size() + ready.size(); }
-    bool answer(const std::string& url_part, HttpResponse r) {
-        for (auto it = pending.begin(); it != pending.end(); ++it) {
-            if (it->second.url.text().find(url_part) == std::string::npos) continue;
-            ready.emplace_back(it->first, std::move(r));
-            pending.erase(it);
-            return true;
-        }
-        return false;
-    }
-    std::size_t sent_with(const std::string& refresh_token) const {
-        std::size_t n = 0;
-        for (const auto& b : bodies)
-            if (b.find("refresh_token=" + refresh_token + "&") != std::string::npos ||
-                b.ends_with("refresh_token=" + refresh_token))
-                ++n;
-        return n;
-    }
-};
+using tokenshm::test::FakeTransport;
 
 HttpResponse token(const std::string& at, int expires_in, const std::string& rt = {}) {
-    HttpResponse r;
-    r.outcome = HttpResponse::Outcome::response;
-    r.status = 200;
-    r.content_type = "application/json";
-    r.body = R"({"access_token":")" + at + R"(","token_type":"Bearer","expires_in":)" +
-             std::to_string(expires_in) + (rt.empty() ? "" : R"(,"refresh_token":")" + rt + '"') +
-             "}";
-    return r;
+    return tokenshm::test::token_response(at, expires_in, rt);
 }
 
 HttpResponse invalid_grant() {
