@@ -162,6 +162,32 @@ class Lifecycle(IntegrationTest):
         self.assertRegex(r.log(), r"event=segment_recreated segment \S+ was unlinked")
         self.assertTrue(r.alive())
 
+    def test_05_truncated_segment_is_recreated(self):
+        """Truncating the live segment used to kill the refresher with SIGBUS
+        at its next store: it notices the size and recreates the segment,
+        and a new reader gets a token from the new one."""
+        ws = self.ws
+        r = ws.refresher(ws.config([self.cred("truncated")]))
+        ws.wait_state("truncated", "valid", 15)
+        v_old = ws.cred("truncated")["version"]
+        os.truncate("/dev/shm/" + ws.segment, 0)
+
+        def back():
+            if "event=segment_recreated" not in r.log():
+                return None
+            c = ws.cred("truncated")
+            return c if c and c["state"] == "valid" else None
+        c = wait_for(back, 5, "the truncated segment to be recreated")
+        self.assertGreater(c["version"], v_old, "versions did not continue")
+        rc, _, err = ws.get("truncated")
+        self.assertEqual(rc, 0, err)
+        self.assertRegex(r.log(), r"event=segment_recreated segment \S+ was truncated")
+        # Survived: still beating, still the same process.
+        self.assertTrue(r.alive(), "the refresher died after the truncation:\n" + r.log()[-2000:])
+        st = ws.status()
+        self.assertTrue(st["refresher"]["alive"])
+        self.assertEqual(st["refresher"]["pid"], r.pid)
+
 
     def test_05_second_sigterm_stops_the_drain_at_once(self):
         ws = self.ws
