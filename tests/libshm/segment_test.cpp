@@ -74,16 +74,7 @@ TEST_CASE("a second writer is refused with the holder's pid") {
 }
 
 namespace {
-shm::SlotRecord token_record(std::uint64_t version, const std::string& token) {
-    shm::SlotRecord r;
-    r.version = version;
-    r.state = shm::RecordState::valid;
-    r.token = token;
-    r.token_type = "Bearer";
-    r.issued_at_ms = shm::sys::realtime_ms();
-    r.expires_at_ms = r.issued_at_ms + 3'600'000;
-    return r;
-}
+using segtest::token_record;
 
 // The token and version a fresh reader of `name` gets for credential "c".
 std::string fresh_read(const std::string& name) {

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <tokenshm/reader.hpp>
+#include <tokenshm/shm/posix.hpp>
 #include <tokenshm/shm/record.hpp>
 #include <tokenshm/shm/segment.hpp>
 
@@ -126,6 +127,20 @@ inline OneSlotWriter one_slot_writer(const std::string& name, std::uint32_t max_
     out.slot = *slot;
     out.w.emplace(std::move(*w));
     return out;
+}
+
+// A valid Bearer record for `token` (a view: the caller keeps it alive),
+// issued now and valid for `valid_ms`.
+inline shm::SlotRecord token_record(std::uint64_t version, std::string_view token,
+                                    std::int64_t valid_ms = 3'600'000) {
+    shm::SlotRecord r;
+    r.version = version;
+    r.state = shm::RecordState::valid;
+    r.token = token;
+    r.token_type = "Bearer";
+    r.issued_at_ms = shm::sys::realtime_ms();
+    r.expires_at_ms = r.issued_at_ms + valid_ms;
+    return r;
 }
 
 inline std::int64_t monotonic_ns() {

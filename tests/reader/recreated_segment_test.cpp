@@ -24,17 +24,7 @@ namespace shm = tokenshm::shm;
 
 namespace {
 
-shm::SlotRecord token_record(std::uint64_t version, const std::string& token,
-                             std::int64_t valid_ms = 3'600'000) {
-    shm::SlotRecord r;
-    r.version = version;
-    r.state = shm::RecordState::valid;
-    r.token = token;
-    r.token_type = "Bearer";
-    r.issued_at_ms = shm::sys::realtime_ms();
-    r.expires_at_ms = r.issued_at_ms + valid_ms;
-    return r;
-}
+using segtest::token_record;
 
 // Reads lines from `fd` until one equals `want` (true) or `timeout` passes;
 // every line read is appended to `seen`.
