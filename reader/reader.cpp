@@ -319,9 +319,12 @@ std::optional<Expected<Done, Error>> reopen_if_replaced(detail::HandleState& h) 
     const std::int64_t now = monotonic_ns();
     if (now < h.next_replacement_probe_ns) return std::nullopt;
     h.next_replacement_probe_ns = now + kReplacementProbeEveryNs;
+    // Token::writer_alive's rule. The heartbeat is the segment's word: a
+    // hostile one (INT64_MIN) must not overflow the subtraction.
     const std::int64_t beat = h.data.heartbeat_ms->load(std::memory_order_relaxed);
-    const std::int64_t now_ms = coarse_now_ns() / 1'000'000;
-    if (beat <= now_ms + Token::kWriterAliveWithinMs && now_ms - beat < Token::kWriterAliveWithinMs)
+    std::int64_t age;
+    if (!__builtin_sub_overflow(coarse_now_ns() / 1'000'000, beat, &age) &&
+        age < Token::kWriterAliveWithinMs && age > -Token::kWriterAliveWithinMs)
         return std::nullopt;  // alive: it will publish, or retire this one
     auto seg = open_again(*h.seg);
     if (!seg) {
