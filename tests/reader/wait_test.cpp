@@ -61,14 +61,7 @@ void check_reader_was_in_futex(Child& writer) {
 }
 
 shm::SlotRecord record(std::uint64_t version, std::string_view token) {
-    shm::SlotRecord r;
-    r.version = version;
-    r.state = shm::RecordState::valid;
-    r.token = token;
-    r.token_type = "Bearer";
-    r.issued_at_ms = shm::sys::realtime_ms();
-    r.expires_at_ms = r.issued_at_ms + 600'000;
-    return r;
+    return segtest::token_record(version, token, 600'000);
 }
 
 std::int64_t elapsed_ms(std::chrono::steady_clock::time_point since) {
