@@ -477,8 +477,9 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         if (!r) fail(src.key_path, r.error().message);
         value = std::move(*r);
         if (loose) {
-            warnings.push_back(src.key_path + ": " + src.where +
-                               " is accessible to group or others; run chmod 600 " + src.where);
+            warnings.push_back(printable_line(src.key_path + ": " + src.where +
+                                              " is accessible to group or others; run chmod 600 " +
+                                              src.where));
         }
     } else {
         std::optional<std::string> env = sources.getenv ? sources.getenv(src.where) : std::nullopt;

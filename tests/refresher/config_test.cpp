@@ -614,6 +614,27 @@ TEST_CASE("a secret file open to group or others is a warning without the secret
     CHECK(w.find(kSecret) == std::string::npos);
 }
 
+TEST_CASE("a path with bytes above 0x7f is escaped in warnings and errors", "[config]") {
+    // \xc2\x9b is U+009B, a terminal's CSI: a path may hold it, a message may not.
+    const std::string path = "/etc/tokenshm/\xc2\x9b" "2J.secret";
+    const std::string shown = "/etc/tokenshm/\\xc2\\x9b2J.secret";
+    const std::string doc = document(
+        "", credential({{"client_secret_file", "\"" + path + "\""}}, {"client_secret_env"}));
+    FakeSystem sys;
+    sys.files[path] = {std::string(kSecret) + "\n", true};
+    const auto loose = parse_config(doc, sys.sources());
+    REQUIRE(loose.has_value());
+    REQUIRE(loose->warnings.size() == 1);
+    CHECK(loose->warnings[0].find(shown + " is accessible") != std::string::npos);
+    CHECK(loose->warnings[0].find('\xc2') == std::string::npos);
+
+    FakeSystem missing;
+    const auto r = parse_config(doc, missing.sources());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(shown + ": No such file") != std::string::npos);
+    CHECK(r.error().message.find('\xc2') == std::string::npos);
+}
+
 TEST_CASE("a group with mode 0600 is a warning", "[config]") {
     FakeSystem sys;
     const auto r = parse_config(document(R"("group": "tokenshm-readers", )"), sys.sources());
