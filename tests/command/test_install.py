@@ -2,8 +2,8 @@
 
   test_01: the tree holds the binaries, the headers, libtokenshm (with its
            soname link and the unversioned link to build against),
-           tokenshm.pc, the systemd unit, the sysusers file and the example
-           configuration.
+           tokenshm.pc, the systemd unit, the sysusers file, the example
+           configuration and the notes on running it under systemd.
   test_02: the installed tokenshm-refresher runs (--version names the
            project's version) and so does the installed tokenshm, which
            finds the installed libtokenshm.
@@ -61,7 +61,8 @@ class Install(IntegrationTest):
         for f in ("libtokenshm.so", "pkgconfig/tokenshm.pc"):
             if not os.path.exists(os.path.join(libdir, f)):
                 missing.append(os.path.join(libdir, f))
-        for p in (t.unit, t.sysusers, t.example_config):
+        for p in (t.unit, t.sysusers, t.example_config,
+                  os.path.join(os.path.dirname(t.example_config), "systemd.md")):
             if not os.path.isfile(p):
                 missing.append(p)
         self.assertEqual(missing, [], "not installed")
