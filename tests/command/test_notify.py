@@ -144,7 +144,8 @@ class Notify(IntegrationTest):
         r = self.start(n.address, WATCHDOG_USEC="2000000")
         ready = n.wait("READY", what="READY=1 after start")
         # READY means the segment is attached and the record published.
-        self.assertIsNotNone(ws.cred("notified"), "READY=1 before the credential was in the segment")
+        self.assertIsNotNone(ws.cred("notified"),
+                             "READY=1 before the credential was in the segment")
         self.assertEqual(n.count("READY"), 1, "READY=1 sent more than once before any reload")
         self.assertIn("STATUS", n.messages[ready], "READY=1 without a STATUS= summary")
 

@@ -132,7 +132,8 @@ class Packaging(IntegrationTest):
                          "its group and files: " + r.stdout + r.stderr)
         lines = r.stderr.strip().splitlines()
         self.assertEqual(len(lines), 1, r.stderr)
-        self.assertRegex(lines[0], r"no such group|No such file|does not exist|missing",
+        self.assertRegex(lines[0],
+                         r"no such group|No such file|Permission denied|does not exist|missing",
                          "the shipped example fails for another reason than what this host lacks")
 
         # Its files and group swapped for ones that exist here: OK.
