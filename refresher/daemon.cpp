@@ -210,6 +210,15 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     publish_changed();
     seg_->heartbeat(now.unix_ms);
     last_heartbeat_ms_ = now.mono_ms;
+    if (deps_.notifier) deps_.notifier->heartbeat(now.mono_ms, service_status(now));
+}
+
+std::string Daemon::service_status(Now now) const {
+    std::vector<CredentialBrief> briefs;
+    for (const auto& [name, e] : entries_)
+        if (e.cred)
+            briefs.push_back({e.cred->published().state, e.cred->published().next_refresh_ms});
+    return status_summary(briefs, now.unix_ms);
 }
 
 bool Daemon::all_attempted() const {
@@ -243,6 +252,7 @@ int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
             e.cred->refresh_soon(deps_.now());
+    if (deps_.notifier) deps_.notifier->ready(service_status(deps_.now()));
     while (!stop_) {
         step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
         if (once && all_attempted()) break;
@@ -250,9 +260,12 @@ int Daemon::run(int signal_fd, bool once) {
         if (read_signals(signal_fd)) stop_ = true;
         if (reload_requested_) {
             reload_requested_ = false;
+            if (deps_.notifier) deps_.notifier->reloading();
             if (reload_) reload_();
+            if (deps_.notifier) deps_.notifier->ready(service_status(deps_.now()));
         }
     }
+    if (deps_.notifier) deps_.notifier->stopping();
     // Let requests in flight answer (bounded by their timeout): an answer may
     // carry a rotated refresh token, and the old one is spent once sent. A
     // second SIGTERM/SIGINT cuts the wait short: the operator asked twice.
