@@ -304,6 +304,7 @@ int Daemon::run(int signal_fd, bool once) {
     // SIGKILL in that window loses one): the distribution, for the figures.
     if (store_->persist_times().count > 0)
         log_event(Level::info, "", "persist_times", store_->persist_times().summary());
+    metrics_.flush(deps_.now());
     return ok ? 0 : 1;
 }
 

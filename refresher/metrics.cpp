@@ -155,6 +155,14 @@ void RefresherMetrics::write_if_due(Now now) {
     if (textfile_.empty()) return;
     const std::int64_t since = now.mono_ms - last_write_mono_ms_;
     if (written_ && !(dirty_ && since >= kMinWriteGapMs) && since < kRefreshEveryMs) return;
+    write(now);
+}
+
+void RefresherMetrics::flush(Now now) {
+    if (!textfile_.empty() && (dirty_ || !written_)) write(now);
+}
+
+void RefresherMetrics::write(Now now) {
     last_write_mono_ms_ = now.mono_ms;
     written_ = true;  // a failed write is retried after the same gap
     ReplaceOptions opt;

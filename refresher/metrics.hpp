@@ -57,6 +57,9 @@ class RefresherMetrics {
     void removed(const std::string& cred);
     // Writes the textfile when due (see above); failures are logged, never fatal.
     void write_if_due(Now now);
+    // At exit: writes what changed since the last write, whatever the gap
+    // (a --once run may end within kMinWriteGapMs of its last request).
+    void flush(Now now);
 
     // The textfile's content at `now_unix_ms`, which is also the heartbeat it
     // shows: the file is written by the loop that beats the heart.
@@ -79,6 +82,8 @@ class RefresherMetrics {
     };
 
   private:
+    void write(Now now);
+
     struct Started {
         std::string cred;
         std::int64_t mono_ms = 0;

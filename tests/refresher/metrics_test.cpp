@@ -157,4 +157,12 @@ TEST_CASE("the textfile is written atomically, on change but not more often than
     CHECK(has_line(read(file), "tokenshm_token_expires_in_seconds{credential=\"storage\"} 1000"));
     m.write_if_due(Now{at + RefresherMetrics::kRefreshEveryMs, 4'001'000});
     CHECK(has_line(read(file), "tokenshm_token_expires_in_seconds{credential=\"storage\"} 999"));
+
+    // At exit, a change is written at once; nothing changed, nothing written.
+    m.replay_refused("storage");
+    m.flush(Now{at + RefresherMetrics::kRefreshEveryMs + 1, 4'001'001});
+    CHECK(has_line(read(file), "tokenshm_replays_refused_total{credential=\"storage\"} 1"));
+    REQUIRE(::unlink(file.c_str()) == 0);
+    m.flush(Now{at + RefresherMetrics::kRefreshEveryMs + 2, 4'001'002});
+    CHECK_FALSE(std::filesystem::exists(file));
 }
