@@ -7,6 +7,8 @@
 #include "credential.hpp"
 #include "error.hpp"
 #include "notify.hpp"
+#include "metrics.hpp"
+#include "sinks.hpp"
 #include "state_store.hpp"
 #include "transport.hpp"
 
@@ -119,6 +121,8 @@ class Daemon {
     bool draining_ = false;  // stopping: no new requests, waiting for answers
     bool failed_ = false;    // a fault that must end the daemon with exit 1
     std::function<void()> reload_;
+    RefresherMetrics metrics_;  // metrics.hpp: counters and the textfile
+    SinkWriter sinks_;          // sinks.hpp: token files for tools
 };
 
 }  // namespace tokenshm::refresher
