@@ -420,15 +420,17 @@ void Daemon::reload(Config cfg) {
 
 void Daemon::keep_restart_only_settings(Config& cfg) const {
     if (cfg.segment != cfg_.segment || cfg.mode != cfg_.mode || cfg.group_id != cfg_.group_id ||
-        cfg.max_token_bytes != cfg_.max_token_bytes || cfg.state_dir != cfg_.state_dir)
+        cfg.max_token_bytes != cfg_.max_token_bytes || cfg.state_dir != cfg_.state_dir ||
+        cfg.control_socket != cfg_.control_socket)
         log_event(Level::warn, "", "reload",
-                  "segment, mode, group, max_token_bytes and state_dir take effect only after a "
-                  "restart; applying the credentials");
+                  "segment, mode, group, max_token_bytes, state_dir and control_socket take effect "
+                  "only after a restart; applying the credentials");
     cfg.segment = cfg_.segment;
     cfg.mode = cfg_.mode;
     cfg.group_id = cfg_.group_id;
     cfg.max_token_bytes = cfg_.max_token_bytes;
     cfg.state_dir = cfg_.state_dir;
+    cfg.control_socket = cfg_.control_socket;
 }
 
 void Daemon::add_credential(const CredentialConfig& c) {
