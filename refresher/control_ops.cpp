@@ -158,6 +158,8 @@ std::string Daemon::answer_status() {
         put(w, "state", shm::to_string(p.state));
         put_u(w, "version", e.version);
         put(w, "expires_at_ms", p.expires_at_ms);
+        put(w, "expires_in_ms",
+            p.state == shm::RecordState::empty ? 0 : p.expires_at_ms - now.unix_ms);
         put(w, "issued_at_ms", p.issued_at_ms);
         put(w, "next_refresh_ms", p.next_refresh_ms);
         put(w, "last_attempt_ms", p.last_attempt_ms);

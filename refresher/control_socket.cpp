@@ -37,7 +37,9 @@ sockaddr_un address_of(const std::string& path) {
 // Whether a process accepts connections on the socket at `path` (a connect
 // to a killed refresher's socket is refused at once).
 bool somebody_answers(const std::string& path) {
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    // Non-blocking: a live process whose backlog is full answers EAGAIN
+    // instead of holding the start up.
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
     if (fd < 0) return true;  // cannot tell: do not remove it
     const sockaddr_un a = address_of(path);
     const int r = ::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a);

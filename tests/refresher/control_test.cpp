@@ -324,3 +324,26 @@ TEST_CASE("peers: our uid, root, or a member of the group; others refused with a
     // Our own groups, as /proc shows them, hold our gid... or at least parse.
     CHECK(proc_groups(::getpid()).has_value());
 }
+
+TEST_CASE("beyond max_clients, connections wait in the backlog until a client leaves") {
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 5000, 2});
+    REQUIRE(s);
+    const ControlHandler h = [](std::string_view, const PeerCred&) { return std::string("{}"); };
+    const int a = connect_to(path);
+    const int b = connect_to(path);
+    const int c = connect_to(path);
+    (*s)->service(0, h);
+    CHECK((*s)->clients() == 2);
+    ::close(a);
+    (*s)->service(0, h);  // reads a's end of file: a goes
+    CHECK((*s)->clients() == 1);
+    (*s)->service(0, h);  // and c, waiting in the backlog, comes in
+    CHECK((*s)->clients() == 2);
+    CHECK(roundtrip(**s, c, "hi\n") == "{\"ok\":true,\"echo\":\"hi\"}\n");
+    ::close(b);
+    ::close(c);
+    set_log_sink({});
+}
