@@ -208,6 +208,7 @@ Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, File
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     ServiceNotifier notifier = ServiceNotifier::from_environment();
     DaemonDeps deps{transport->get(), &fs, system_now, [&] { return unit(rng); }, &notifier};
+    deps.control_socket = true;
 
     auto daemon = Daemon::start(std::move(cfg), deps);
     if (!daemon) return Unexpected{daemon.error()};
