@@ -9,9 +9,10 @@
 // Not ctypes: get() runs the library's inline fast path and, while the version
 // is unchanged, returns the Token object it built for that version, so a call
 // costs little more than Python's own method call (bench/python_read_bench.py).
-// wait() releases the GIL while it blocks; each such call
-// uses a handle of its own (a Handle belongs to one thread at a time), taken
-// from a small pool, so get() from other threads never shares one with them.
+// wait() releases the GIL while it blocks; each such call uses a C++ handle
+// of its own (a Handle belongs to one thread at a time), taken from a small
+// pool, so get() from other threads never shares one with it. python/README.md
+// documents the API.
 //
 // Every error is a tokenshm.Error whose .name is the reader's error as an
 // identifier ("expired", "expiring", "timeout", "no_such_credential"...) and
