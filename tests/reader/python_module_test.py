@@ -97,7 +97,7 @@ class PythonModuleTest(unittest.TestCase):
                 handle.get()
             self.assertEqual(cm.exception.name, "empty")
             got = {}
-            waiter = threading.Thread(target=lambda: got.update(tok=handle.wait(0, timeout=60)))
+            waiter = threading.Thread(target=lambda: got.update(tok=handle.wait(0, timeout=20)))
             waiter.start()
             pub.publish_now()
             waiter.join(60)
@@ -107,9 +107,11 @@ class PythonModuleTest(unittest.TestCase):
             self.assertEqual(handle.get().version, got["tok"].version)
 
     def test_wait_releases_gil(self):
-        # The waiter blocks for up to 60 s. Were the GIL held during wait(),
+        # The waiter blocks for up to 20 s. Were the GIL held during wait(),
         # this thread could not run Python until then: in_futex() (Python,
-        # polling /proc) would only return after the waiter had timed out.
+        # polling /proc) would only return after the waiter had timed out, and
+        # `got` would hold its 'timeout'. (Both waits' 20 s keep that mutant's
+        # failure within the test's timeout; the publisher answers in ms.)
         with self.publisher("py-gil", extra=["--publish-on-stdin"]) as pub:
             handle = tokenshm.Reader(pub.segment).lookup("storage")
             got = {}
@@ -117,7 +119,7 @@ class PythonModuleTest(unittest.TestCase):
             def wait():
                 got["tid"] = threading.get_native_id()
                 try:
-                    got["tok"] = handle.wait(0, timeout=60)
+                    got["tok"] = handle.wait(0, timeout=20)
                 except tokenshm.Error as e:
                     got["error"] = e.name
 
