@@ -68,6 +68,10 @@ inline const char* error_name(tokenshm::Error e) {
             return "buffer_too_small";
         case Error::system:
             return "system";
+        case Error::unreachable:
+            return "unreachable";
+        case Error::refused:
+            return "refused";
     }
     return "other";
 }

@@ -201,6 +201,14 @@ std::optional<std::uint32_t> ReadOnlySegment::find(std::string_view n) const noe
     return std::nullopt;
 }
 
+std::string ReadOnlySegment::control_socket() const {
+    char buf[TOKENSHM_CONTROL_SOCKET_CAP];
+    std::memcpy(buf, header().control_socket, sizeof buf);  // the writer's, once per attach
+    const std::size_t n = ::strnlen(buf, sizeof buf);
+    if (n == 0 || n == sizeof buf || buf[0] != '/') return {};
+    return std::string(buf, n);
+}
+
 WriterInfo ReadOnlySegment::writer() const noexcept {
     const Header& h = header();
     return WriterInfo{h.writer_pid.load(std::memory_order_relaxed),
@@ -289,6 +297,12 @@ SegResult<Done> check_spec(const SegmentSpec& spec, const std::string& seg) {
     if ((spec.mode & ~mode_t{0640}) != 0)
         return fail(SegmentErrc::invalid,
                     seg + ": mode " + octal(spec.mode) + " must allow no more than 0640");
+    if (!spec.control_socket.empty() &&
+        (spec.control_socket.size() >= TOKENSHM_CONTROL_SOCKET_CAP ||
+         spec.control_socket.front() != '/' || spec.control_socket.find('\0') != std::string::npos))
+        return fail(SegmentErrc::invalid,
+                    seg + ": control socket path must be absolute and under " +
+                        std::to_string(TOKENSHM_CONTROL_SOCKET_CAP) + " bytes");
     return Done{};
 }
 
@@ -447,6 +461,12 @@ void WriterSegment::stamp_writer() noexcept {
     h.writer_start_ms.store(sys::realtime_ms(), std::memory_order_relaxed);
     h.writer_generation.fetch_add(1, std::memory_order_relaxed);
     h.heartbeat_ms.store(sys::realtime_ms(), std::memory_order_relaxed);
+    // Layout 1.2: name the control socket (an older segment adopted here
+    // becomes 1.2, which its older readers accept: only minors differ).
+    std::memset(h.control_socket, 0, sizeof h.control_socket);
+    std::memcpy(h.control_socket, spec_.control_socket.data(),
+                std::min(spec_.control_socket.size(), sizeof h.control_socket - 1));
+    if (h.minor < kMinor) h.minor = kMinor;
     // Publishing the magic last makes the geometry above visible to any reader
     // that sees a valid magic (they load it with acquire).
     h.magic.store(kMagic, std::memory_order_release);

@@ -199,6 +199,10 @@ const char* to_string(Error e) noexcept {
             return "buffer too small";
         case Error::system:
             return "system error";
+        case Error::unreachable:
+            return "refresher unreachable (no answer on its control socket)";
+        case Error::refused:
+            return "refused by the refresher";
     }
     return "unknown error";
 }
@@ -221,6 +225,9 @@ int exit_code(Error e) noexcept {
             return 6;
         case Error::invalid_argument:
             return 2;
+        case Error::unreachable:
+        case Error::refused:
+            return 7;
         case Error::buffer_too_small:
         case Error::system:
             return 1;
@@ -348,6 +355,10 @@ Handle::~Handle() = default;
 
 const std::string& Handle::name() const noexcept {
     return s_->name;
+}
+
+std::string Handle::control_socket() const {
+    return s_->seg->seg.control_socket();
 }
 
 std::uint64_t detail::copy_retries(const Handle& h) noexcept {

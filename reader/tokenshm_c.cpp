@@ -34,6 +34,8 @@ static_assert(same(TOKENSHM_ERR_BUSY, Error::busy));
 static_assert(same(TOKENSHM_ERR_INVALID_ARGUMENT, Error::invalid_argument));
 static_assert(same(TOKENSHM_ERR_BUFFER_TOO_SMALL, Error::buffer_too_small));
 static_assert(same(TOKENSHM_ERR_SYSTEM, Error::system));
+static_assert(same(TOKENSHM_ERR_UNREACHABLE, Error::unreachable));
+static_assert(same(TOKENSHM_ERR_REFUSED, Error::refused));
 static_assert(TOKENSHM_OK == 0);  // no Error has 0: success is not an error value
 
 constexpr bool same(tokenshm_state c, State s, unsigned layout) {
@@ -161,6 +163,16 @@ tokenshm_error tokenshm_wait(tokenshm_handle* handle, uint64_t seen_version, int
                                  std::chrono::milliseconds(min_valid_ms));
     if (!t) return c_error(t.error());
     fill(*t, out);
+    return TOKENSHM_OK;
+}
+
+tokenshm_error tokenshm_report_invalid(tokenshm_handle* handle, uint64_t version,
+                                       int64_t timeout_ms, uint64_t* current_version) {
+    if (handle == nullptr) return TOKENSHM_ERR_INVALID_ARGUMENT;
+    const std::chrono::milliseconds timeout(timeout_ms < 0 ? 5000 : timeout_ms);
+    auto cur = handle->handle.report_invalid(version, timeout);
+    if (!cur) return c_error(cur.error());
+    if (current_version != nullptr) *current_version = *cur;
     return TOKENSHM_OK;
 }
 

@@ -3,8 +3,8 @@
 // 0 ok, 1 a system error (writing to stdout, a failing syscall), 2 usage,
 // 3 no segment, 4 no such credential, 5 no valid token (empty, expired,
 // expiring, reauth; also a wait that timed out or a writer busy through every
-// retry), 6 incompatible or untrusted. SPEC's 7 (refresher unreachable) is
-// for the commands that talk to the control socket, which do not exist yet.
+// retry), 6 incompatible or untrusted, 7 refresher unreachable or refusing
+// (`refresh` and `get --invalid`, which talk to its control socket).
 #include <tokenshm/reader.hpp>
 
 #include <unistd.h>
@@ -31,12 +31,24 @@ constexpr int kExitSystem = 1;
 constexpr int kExitUsage = 2;
 
 const char* const kUsage =
-    "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--segment SEG]\n"
+    "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--invalid VERSION]\n"
+    "                         [--segment SEG]\n"
     "       tokenshm status [--json] [--segment SEG]\n"
     "       tokenshm watch NAME [--count N] [--segment SEG]\n"
+    "       tokenshm refresh NAME [--wait S] [--segment SEG]\n"
     "       tokenshm --help | --version\n"
+    "  get        print the token (--header: as an Authorization header); --wait S waits\n"
+    "             for a valid one; --invalid VERSION first tells the refresher that the\n"
+    "             token of that version was rejected (401), then waits (--wait, default\n"
+    "             30 s) for a newer one and prints it\n"
+    "  status     every credential's state, expiry, version, failures; the refresher's\n"
+    "             liveness\n"
+    "  watch      a line each time the token changes (never the token)\n"
+    "  refresh    ask the refresher to refresh now, through its control socket\n"
+    "             (min_interval_s still holds); --wait S waits for the new token\n"
     "exit codes: 0 ok, 1 system error, 2 usage, 3 no segment, 4 no such credential,\n"
-    "            5 no valid token, 6 segment incompatible or untrusted\n";
+    "            5 no valid token (or none new in time), 6 segment incompatible or\n"
+    "            untrusted, 7 refresher unreachable or refusing (control socket)\n";
 
 int usage_error(const std::string& msg) {
     std::fprintf(stderr, "tokenshm: %s\n%s", msg.c_str(), kUsage);
@@ -163,7 +175,16 @@ struct GetOptions {
     std::chrono::milliseconds wait{-1};  // negative: do not wait
     bool header = false;
     std::string segment;
+    std::optional<std::uint64_t> invalid;  // --invalid VERSION
 };
+
+// A version number: a whole number from 1.
+std::optional<std::uint64_t> parse_version(std::string_view s) {
+    std::uint64_t v = 0;
+    auto [p, ec] = std::from_chars(s.data(), s.data() + s.size(), v);
+    if (ec != std::errc{} || p != s.data() + s.size() || v == 0) return std::nullopt;
+    return v;
+}
 
 // Fills `o` from get's arguments; an exit code when they are wrong.
 std::optional<int> parse_get_args(const std::vector<std::string_view>& args, GetOptions& o) {
@@ -175,6 +196,13 @@ std::optional<int> parse_get_args(const std::vector<std::string_view>& args, Get
             if (auto rc = parse_duration_option(args, i, o.wait)) return *rc;
         } else if (a == "--header") {
             o.header = true;
+        } else if (a == "--invalid") {
+            auto v = option_value(args, i);
+            if (!v) return usage_error("--invalid needs the version that was rejected");
+            o.invalid = parse_version(*v);
+            if (!o.invalid)
+                return usage_error("--invalid: '" + std::string(*v) +
+                                   "' is not a version (1 or more)");
         } else if (a == "--segment") {
             auto v = option_value(args, i);
             if (!v) return usage_error("--segment needs a name");
@@ -256,6 +284,131 @@ int print_token(const tokenshm::Token& tok, bool header) {
     return 0;
 }
 
+// --- The control socket: `refresh` and `get --invalid` ---------------------
+
+constexpr auto kControlTimeout = 5s;
+constexpr auto kDefaultInvalidWait = 30s;
+
+int fail_control(const tokenshm::Handle& handle, const std::string& what, Error e) {
+    std::string msg = "'" + handle.name() + "': " + what + ": " + tokenshm::to_string(e);
+    if (e == Error::unreachable) {
+        const std::string path = handle.control_socket();
+        msg += path.empty() ? " (the segment names no control socket)" : " at " + path;
+    }
+    return fail(tokenshm::exit_code(e), msg);
+}
+
+// The issued_at of the token in the slot now (0 for none): a token issued
+// later is a new one, whatever other publishes (a failure, a state change) did
+// to the version meanwhile.
+std::int64_t issued_now(tokenshm::Handle& handle) {
+    auto rec = handle.inspect();
+    return rec && rec->state() != tokenshm::State::empty ? rec->issued_at_ms() : 0;
+}
+
+// Waits until a token issued after `base_issued` is in the slot, or the
+// refresh asked at `asked_ms` failed, or `deadline` passes. An exit code on failure.
+std::optional<int> wait_new_token(tokenshm::Handle& handle, std::int64_t base_issued,
+                                  std::int64_t asked_ms, std::int64_t deadline) {
+    const std::string who = "'" + handle.name() + "': ";
+    for (;;) {
+        auto rec = handle.inspect();
+        if (!rec)
+            return fail(tokenshm::exit_code(rec.error()), who + tokenshm::to_string(rec.error()));
+        if (rec->state() != tokenshm::State::empty && rec->issued_at_ms() > base_issued)
+            return std::nullopt;
+        if (rec->state() == tokenshm::State::reauth)
+            return fail(5, who + tokenshm::to_string(Error::reauth));
+        if (rec->failures() > 0 && rec->last_attempt_ms() >= asked_ms)
+            return fail(5,
+                        who + "the refresh failed; last error: " + json_escape(rec->last_error()));
+        const std::int64_t left = deadline - now_ms();
+        if (left <= 0) return fail(5, who + "no new token in time (the refresher is retrying)");
+        auto next = handle.wait(rec->version(), std::chrono::milliseconds(left));
+        if (!next && next.error() != Error::timeout && !no_valid_token(next.error()))
+            return fail(tokenshm::exit_code(next.error()), who + tokenshm::to_string(next.error()));
+    }
+}
+
+int get_after_invalid(tokenshm::Handle& handle, const GetOptions& o) {
+    const std::int64_t deadline =
+        now_ms() +
+        (o.wait.count() >= 0 ? o.wait : std::chrono::milliseconds(kDefaultInvalidWait)).count();
+    const std::int64_t base = issued_now(handle);
+    const std::int64_t asked = now_ms();
+    auto reply = handle.request_refresh(*o.invalid, kControlTimeout);
+    if (!reply)
+        return fail_control(handle, "reporting version " + std::to_string(*o.invalid),
+                            reply.error());
+    if (reply->action != tokenshm::RefreshReply::Action::newer)
+        if (auto rc = wait_new_token(handle, base, asked, deadline)) return *rc;
+    auto tok = handle.get(o.min_valid);
+    if (!tok) return fail_no_token(handle.name(), handle, tok.error(), o.min_valid);
+    return print_token(*tok, o.header);
+}
+
+struct RefreshOptions {
+    std::optional<std::string> name;
+    std::chrono::milliseconds wait{-1};  // negative: do not wait
+    std::string segment;
+};
+
+std::optional<int> parse_refresh_args(const std::vector<std::string_view>& args,
+                                      RefreshOptions& o) {
+    for (std::size_t i = 0; i < args.size(); ++i) {
+        const std::string_view a = args[i];
+        if (a == "--wait") {
+            if (auto rc = parse_duration_option(args, i, o.wait)) return *rc;
+        } else if (a == "--segment") {
+            auto v = option_value(args, i);
+            if (!v) return usage_error("--segment needs a name");
+            o.segment = std::string(*v);
+        } else if (!a.empty() && a[0] == '-') {
+            return usage_error("refresh: unknown option '" + std::string(a) + "'");
+        } else if (!o.name) {
+            o.name = std::string(a);
+        } else {
+            return usage_error("refresh: one credential name only ('" + std::string(a) +
+                               "' is extra)");
+        }
+    }
+    if (!o.name) return usage_error("refresh: which credential? (tokenshm refresh NAME)");
+    return std::nullopt;
+}
+
+// "NAME: refreshing (version 7)" or "NAME: waiting 3s (min_interval_s), then refreshing".
+std::string refresh_line(const std::string& name, const tokenshm::RefreshReply& r) {
+    std::string line = name + ": " + tokenshm::to_string(r.action) + " (version " +
+                       std::to_string(r.version) + ")";
+    if (r.action == tokenshm::RefreshReply::Action::waiting)
+        line += ", the token request goes out in " +
+                human_duration(std::max<std::int64_t>(0, r.not_before_unix_ms - now_ms())) +
+                " (min_interval_s)";
+    return line;
+}
+
+int cmd_refresh(const std::vector<std::string_view>& args) {
+    RefreshOptions o;
+    if (auto rc = parse_refresh_args(args, o)) return *rc;
+    auto reader = open_reader(o.segment, std::nullopt);
+    if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
+    auto handle = reader->lookup(*o.name);
+    if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
+    const std::int64_t base = issued_now(*handle);
+    const std::int64_t asked = now_ms();
+    auto reply = handle->request_refresh(0, kControlTimeout);
+    if (!reply) return fail_control(*handle, "asking for a refresh", reply.error());
+    std::printf("%s\n", refresh_line(*o.name, *reply).c_str());
+    if (o.wait.count() < 0) return std::fflush(stdout) == 0 ? 0 : kExitSystem;
+    if (auto rc = wait_new_token(*handle, base, asked, now_ms() + o.wait.count())) return *rc;
+    auto rec = handle->inspect();
+    if (!rec) return fail(tokenshm::exit_code(rec.error()), tokenshm::to_string(rec.error()));
+    std::printf("%s: new token, version %llu, expires in %s\n", o.name->c_str(),
+                static_cast<unsigned long long>(rec->version()),
+                human_duration(ms_diff(rec->expires_at_ms(), now_ms())).c_str());
+    return std::fflush(stdout) == 0 ? 0 : kExitSystem;
+}
+
 int cmd_get(const std::vector<std::string_view>& args) {
     GetOptions o;
     if (auto rc = parse_get_args(args, o)) return *rc;
@@ -265,6 +418,7 @@ int cmd_get(const std::vector<std::string_view>& args) {
     if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
     auto handle = lookup_handle(*reader, *o.name, deadline);
     if (!handle) return fail(tokenshm::exit_code(handle.error().code), handle.error().message);
+    if (o.invalid) return get_after_invalid(*handle, o);
     auto tok = get_token(*handle, o.min_valid, deadline);
     if (!tok) return fail_no_token(*o.name, *handle, tok.error(), o.min_valid);
     return print_token(*tok, o.header);
@@ -524,5 +678,6 @@ int main(int argc, char** argv) {
     if (cmd == "get") return cmd_get(args);
     if (cmd == "status") return cmd_status(args);
     if (cmd == "watch") return cmd_watch(args);
+    if (cmd == "refresh") return cmd_refresh(args);
     return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -83,6 +83,9 @@ class CredentialRefresher {
     // for a person.
     std::int64_t next_action_ms() const noexcept;
     bool in_flight() const noexcept { return in_flight_ != Request::none; }
+    // When the next request may go out (CLOCK_MONOTONIC ms), whatever the
+    // state: the control socket tells clients (not_before_unix_ms, status).
+    std::int64_t next_attempt_ms() const noexcept { return next_attempt_ms_; }
 
     // Updates time-driven state (expiry) and returns the request to send now,
     // if one is due. The caller must hand the response to on_response().

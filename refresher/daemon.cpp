@@ -27,8 +27,9 @@ constexpr std::int64_t kMaxWaitMs = 250;
 constexpr std::int64_t kOnceSaveRetryMs = 10'000;
 constexpr std::int64_t kSaveRetryEveryMs = 1'000;
 
-shm::SegmentSpec segment_spec(const Config& c) {
+shm::SegmentSpec segment_spec(const Config& c, bool control_socket) {
     shm::SegmentSpec s;
+    if (control_socket) s.control_socket = c.control_socket;
     s.name = c.segment;
     s.mode = c.mode;
     s.group = c.group_id;
@@ -55,13 +56,20 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
     if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
 
     std::vector<std::string> repaired;
-    auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_), &repaired);
+    auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_, d->deps_.control_socket),
+                                                    &repaired);
     if (!seg) return failed(seg.error().message);
     d->seg_.emplace(std::move(*seg));
     log_event(Level::info, "", d->seg_->created() ? "segment_created" : "segment_attached",
               "segment=" + d->cfg_.segment + " pid=" + std::to_string(::getpid()));
     for (const std::string& line : repaired)
         log_event(Level::warn, "", "segment_repaired", line);
+    // Under the segment's lock: a socket there is no other live refresher's.
+    if (d->deps_.control_socket) {
+        auto ctl = ControlServer::open(d->cfg_.control_socket, d->cfg_.mode, d->cfg_.group_id);
+        if (!ctl) return Unexpected{ctl.error()};
+        d->control_ = std::move(*ctl);
+    }
 
     // Slots of credentials no longer configured: readers must not be served them.
     std::set<std::string> names;
@@ -133,6 +141,7 @@ bool Daemon::publish(Entry& e) {
         return false;
     }
     e.version = r.version;
+    note_token(e, r);
     return true;
 }
 
@@ -199,6 +208,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         auto e = entries_.find(name);
         if (e == entries_.end() || !e->second.cred) continue;  // removed while in flight
         e->second.cred->on_response(resp, now);
+        if (!e->second.cred->in_flight()) e->second.refresh_asked = false;
         if (e->second.cred->take_refresh_token_rejected()) set_aside_rejected(name);
         if (e->second.remove_when_idle) {
             remove_entry(name, e->second);
@@ -243,8 +253,15 @@ int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
             e.cred->refresh_soon(deps_.now());
+    if (control_ && signal_fd >= 0)
+        if (auto ok = control_->add_wake_fd(signal_fd); !ok)
+            log_event(Level::error, "", "control_socket", ok.error().message);
+    // The loop sleeps in the transport's poll; the control socket's epoll fd
+    // (which holds the signalfd too) wakes it for clients and signals.
+    const int wake_fd = control_ ? control_->wait_fd() : signal_fd;
     while (!stop_) {
-        step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
+        step(std::chrono::milliseconds(kMaxWaitMs), wake_fd);
+        service_control();
         if (once && all_attempted()) break;
         if (signal_fd < 0) continue;
         if (read_signals(signal_fd)) stop_ = true;
@@ -268,7 +285,8 @@ int Daemon::run(int signal_fd, bool once) {
                   std::to_string(deps_.transport->in_flight()) +
                       " request(s) in flight; a second SIGTERM stops at once");
         while (deps_.transport->in_flight() > 0 && deps_.now().mono_ms < until && !failed_) {
-            step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
+            step(std::chrono::milliseconds(kMaxWaitMs), wake_fd);
+            service_control();
             if (signal_fd >= 0 && read_signals(signal_fd)) {
                 abandoned = true;
                 log_event(Level::warn, "", "abandoned",
@@ -288,6 +306,7 @@ int Daemon::run(int signal_fd, bool once) {
     // SIGKILL in that window loses one): the distribution, for the figures.
     if (store_->persist_times().count > 0)
         log_event(Level::info, "", "persist_times", store_->persist_times().summary());
+    control_.reset();  // removes the socket: nobody answers on it any more
     return ok ? 0 : 1;
 }
 

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "config.hpp"
+#include "control_socket.hpp"
 #include "credential.hpp"
 #include "error.hpp"
 #include "state_store.hpp"
@@ -20,6 +21,7 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <string_view>
 
 namespace tokenshm::refresher {
 
@@ -29,6 +31,9 @@ struct DaemonDeps {
     // Both clocks (system_now(); tests pass a fake whose wall time they step).
     std::function<Now()> now;
     std::function<double()> random01;
+    // Listen on cfg.control_socket and name it in the segment's header (the
+    // refresher does; unit tests that drive the daemon directly need not).
+    bool control_socket = false;
 };
 
 class Daemon {
@@ -56,6 +61,10 @@ class Daemon {
     // Called on SIGHUP from run(): re-reads the configuration and reload()s.
     void set_reload_handler(std::function<void()> f) { reload_ = std::move(f); }
 
+    // One control request line (SPEC.md, "The control socket") and its
+    // one-line JSON answer (control_ops.cpp). Tests call it directly.
+    std::string control_answer(std::string_view line);
+
     shm::WriterSegment& segment() noexcept { return *seg_; }
     const CredentialRefresher* credential(const std::string& name) const;
 
@@ -67,6 +76,14 @@ class Daemon {
         std::optional<CredentialConfig> pending;  // a changed config, applied when idle
         bool reload_tokens = false;     // re-read the refresh token from disk when applying it
         bool remove_when_idle = false;  // removed from the config while a request was in flight
+        // Control socket: a refresh was asked (refresh, invalid) and its token
+        // request has not answered yet; more asks join it.
+        bool refresh_asked = false;
+        // The first version that carries the current access token (0: not
+        // known, as after a restart): `invalid` for an older one is answered
+        // with the current version at once.
+        std::uint64_t token_version = 0;
+        std::optional<std::size_t> token_hash;  // of the token published last
     };
 
     Daemon(Config cfg, DaemonDeps deps);
@@ -90,6 +107,12 @@ class Daemon {
     void set_aside_rejected(const std::string& name);
     void remove_entry(const std::string& name, Entry& e);
     void check_segment(Now now);
+    // control_ops.cpp: the requests, and the loop's share of the socket.
+    std::string answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid);
+    std::string answer_status();
+    void service_control();
+    // After a publish: a new access token starts a new token_version.
+    void note_token(Entry& e, const shm::SlotRecord& r);
     // Reads what arrived on the signalfd; true when SIGTERM or SIGINT did.
     bool read_signals(int signal_fd);
     bool all_attempted() const;
@@ -114,6 +137,7 @@ class Daemon {
     bool draining_ = false;  // stopping: no new requests, waiting for answers
     bool failed_ = false;    // a fault that must end the daemon with exit 1
     std::function<void()> reload_;
+    std::unique_ptr<ControlServer> control_;
 };
 
 }  // namespace tokenshm::refresher

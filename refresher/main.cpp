@@ -183,6 +183,7 @@ Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, File
     std::mt19937_64 rng(std::random_device{}());
     std::uniform_real_distribution<double> unit(0.0, 1.0);
     DaemonDeps deps{transport->get(), &fs, system_now, [&] { return unit(rng); }};
+    deps.control_socket = true;
 
     auto daemon = Daemon::start(std::move(cfg), deps);
     if (!daemon) return Unexpected{daemon.error()};

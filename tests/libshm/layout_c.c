@@ -27,7 +27,8 @@ struct c_header {
     uint32_t retired;
     uint8_t pad1[36];
     int64_t heartbeat_ms;
-    uint8_t pad2[120];
+    char control_socket[TOKENSHM_CONTROL_SOCKET_CAP];
+    uint8_t pad2[12];
 };
 
 struct c_slot_control {
@@ -72,6 +73,7 @@ CHECK_AT(c_header, writer_start_ms, TOKENSHM_HDR_WRITER_START_MS);
 CHECK_AT(c_header, writer_generation, TOKENSHM_HDR_WRITER_GENERATION);
 CHECK_AT(c_header, retired, TOKENSHM_HDR_RETIRED);
 CHECK_AT(c_header, heartbeat_ms, TOKENSHM_HDR_HEARTBEAT_MS);
+CHECK_AT(c_header, control_socket, TOKENSHM_HDR_CONTROL_SOCKET);
 _Static_assert(sizeof(struct c_header) == TOKENSHM_HEADER_SIZE, "c_header size");
 
 CHECK_AT(c_slot_control, seq, TOKENSHM_SLOT_SEQ);
@@ -112,6 +114,7 @@ const struct layout_c_field layout_c_fields[] = {
     ROW(c_header, writer_generation),
     ROW(c_header, retired),
     ROW(c_header, heartbeat_ms),
+    ROW(c_header, control_socket),
     ROW(c_slot_control, seq),
     ROW(c_slot_control, futex),
     ROW(c_slot_control, status),

@@ -62,6 +62,7 @@ const std::map<std::string, Field>& cxx_fields() {
         CXX_ROW(c_header, Header, writer_generation),
         CXX_ROW(c_header, Header, retired),
         CXX_ROW(c_header, Header, heartbeat_ms),
+        CXX_ROW(c_header, Header, control_socket),
         CXX_ROW(c_slot_control, SlotControl, seq),
         CXX_ROW(c_slot_control, SlotControl, futex),
         CXX_ROW(c_slot_control, SlotControl, status),
@@ -125,7 +126,9 @@ TEST_CASE("a real segment puts every field where the C header says") {
     SegmentGuard g{segtest::unique_segment("layout")};
     constexpr std::uint32_t kMaxToken = 1000;  // not a multiple of 64: exercises the rounding
     constexpr std::uint32_t kSlots = 3;
-    auto w = shm::WriterSegment::create_or_attach(segtest::spec(g.name, kMaxToken, kSlots));
+    shm::SegmentSpec spec = segtest::spec(g.name, kMaxToken, kSlots);
+    spec.control_socket = "/run/test/ctl.sock";
+    auto w = shm::WriterSegment::create_or_attach(spec);
     REQUIRE(w);
     const std::uint32_t a = *w->claim("alpha");
     const std::uint32_t b = *w->claim("beta");
@@ -171,6 +174,8 @@ TEST_CASE("a real segment puts every field where the C header says") {
         CHECK(raw.get<std::int64_t>(TOKENSHM_HDR_WRITER_START_MS) > 1'600'000'000'000);
         CHECK(raw.get<std::uint64_t>(TOKENSHM_HDR_WRITER_GENERATION) == 1);
         CHECK(raw.get<std::int64_t>(TOKENSHM_HDR_HEARTBEAT_MS) > 1'600'000'000'000);
+        CHECK(std::string(raw.bytes() + TOKENSHM_HDR_CONTROL_SOCKET) == "/run/test/ctl.sock");
+        CHECK(raw.bytes()[TOKENSHM_HDR_CONTROL_SOCKET + TOKENSHM_CONTROL_SOCKET_CAP - 1] == 0);
 
         const std::size_t sa = TOKENSHM_HEADER_SIZE + a * slot_size;
         const std::size_t sb = TOKENSHM_HEADER_SIZE + b * slot_size;
@@ -212,6 +217,7 @@ TEST_CASE("a real segment puts every field where the C header says") {
     SECTION("the reader's mapping: seq words aligned and lock-free") {
         auto ro = shm::ReadOnlySegment::open(g.name, {});
         REQUIRE(ro);
+        CHECK(ro->control_socket() == "/run/test/ctl.sock");
         const auto base = reinterpret_cast<std::uintptr_t>(&ro->header());
         CHECK(base % 4096 == 0);
         for (std::uint32_t i = 0; i < kSlots; ++i) {

@@ -1,5 +1,7 @@
-/* tokenshm shared-segment layout, version 1.1 (minor 1 added TOKENSHM_HDR_RETIRED
- * and TOKENSHM_SLOT_RETIRED; a minor-0 reader sees a retired slot as absent).
+/* tokenshm shared-segment layout, version 1.2 (minor 1 added TOKENSHM_HDR_RETIRED
+ * and TOKENSHM_SLOT_RETIRED; a minor-0 reader sees a retired slot as absent.
+ * Minor 2 added TOKENSHM_HDR_CONTROL_SOCKET; older segments hold zeros there,
+ * which reads as "no control socket").
  *
  * These constants are the contract for every process and language that maps
  * the segment. All integers are little-endian, native to x86-64 and arm64.
@@ -21,7 +23,7 @@
 
 #define TOKENSHM_MAGIC 0x314d48534e4b4f54ULL /* "TOKNSHM1" read as little-endian u64 */
 #define TOKENSHM_MAJOR 1u
-#define TOKENSHM_MINOR 1u
+#define TOKENSHM_MINOR 2u
 #define TOKENSHM_CACHE_LINE 64u
 
 /* Header (all offsets in bytes from the start of the segment). */
@@ -43,6 +45,12 @@
 #define TOKENSHM_HDR_RETIRED 88u
 #define TOKENSHM_HDR_HEARTBEAT_MS 128u /* i64 (atomic), Unix ms, see TOKENSHM_HEARTBEAT_PERIOD_MS \
                                         */
+/* char[TOKENSHM_CONTROL_SOCKET_CAP], NUL-padded: the refresher's control socket
+ * (an absolute path), written by the writer when it attaches; empty when it
+ * has none. Not atomic: readers read it only on their slow path (report_invalid,
+ * `tokenshm refresh`) and validate it (NUL within the field). */
+#define TOKENSHM_HDR_CONTROL_SOCKET 136u
+#define TOKENSHM_CONTROL_SOCKET_CAP 108u /* sizeof(sockaddr_un.sun_path) */
 #define TOKENSHM_HEADER_SIZE 256u
 
 /* Slot control (offsets from the start of the slot). */

@@ -50,10 +50,16 @@ enum class Error : int {
     invalid_argument = 11,
     buffer_too_small = 12,
     system = 13,  // a syscall failed (open path only)
+    // The control socket (report_invalid, request_refresh): none named in the
+    // segment, connect failed, or no answer in time.
+    unreachable = 14,
+    // The refresher refused this process (SO_PEERCRED), or answered an error
+    // that maps to no other value.
+    refused = 15,
 };
 const char* to_string(Error e) noexcept;
 // SPEC's exit codes: 3 no segment, 4 no such credential, 5 no valid token, 6
-// incompatible or untrusted, 2 usage, 1 otherwise.
+// incompatible or untrusted, 7 refresher unreachable or refusing, 2 usage, 1 otherwise.
 int exit_code(Error e) noexcept;
 
 // A record's state; the values are layout.h's TOKENSHM_STATE_*.
@@ -163,6 +169,20 @@ struct HandleFast {
 inline constexpr std::int64_t kMaxFastMs = std::numeric_limits<std::int64_t>::max() / 1'000'000;
 }  // namespace detail
 
+// What the refresher answered through its control socket to a refresh asked
+// for, or a version reported invalid.
+struct RefreshReply {
+    enum class Action {
+        refreshing,  // this ask started a token request
+        joined,      // a token request already asked for or in flight will serve it
+        waiting,     // min_interval_s holds: the request goes out at not_before_unix_ms
+        newer,       // (invalid) a newer token than the one reported is in the segment
+    };
+    std::uint64_t version = 0;  // the version the refresher calls current
+    Action action = Action::refreshing;
+    std::int64_t not_before_unix_ms = 0;  // when the token request may go out
+};
+const char* to_string(RefreshReply::Action a) noexcept;
 class Handle;
 namespace detail {
 // For tests: how many of this handle's copies the writer invalidated (each one
@@ -212,6 +232,26 @@ class Handle {
     // The current record whatever its state (empty, expired...), for status
     // displays; fails only when the slot is gone or its copy is corrupt.
     Expected<Token, Error> inspect() noexcept;
+    // Tells the refresher, through the control socket the segment names, that
+    // the token of `version` was rejected (HTTP 401). Returns the version the
+    // refresher calls current: if > version, a newer token is already in the
+    // segment (get() it); otherwise a refresh was started or joined, and
+    // wait(version, timeout) returns the new one. Reports of one version by
+    // many processes cause one token request. Errors: unreachable (no
+    // refresher answers), refused, no_such_credential, reauth, busy (it is
+    // stopping), invalid_argument (a version it never published). Makes
+    // syscalls (connect, send, receive), bounded by `timeout`; get() still makes none.
+    Expected<std::uint64_t, Error> report_invalid(
+        std::uint64_t version,
+        std::chrono::milliseconds timeout = std::chrono::seconds(5)) noexcept;
+    // Asks the refresher to refresh now (min_interval_s still holds): a
+    // plain refresh when `invalid_version` is 0, else report_invalid's
+    // request; the whole answer.
+    Expected<RefreshReply, Error> request_refresh(
+        std::uint64_t invalid_version = 0,
+        std::chrono::milliseconds timeout = std::chrono::seconds(5)) noexcept;
+    // The control socket the segment names (empty: none).
+    std::string control_socket() const;
     const std::string& name() const noexcept;
 
   private:

@@ -27,7 +27,9 @@ typedef enum tokenshm_error {
     TOKENSHM_ERR_BUSY = 10,
     TOKENSHM_ERR_INVALID_ARGUMENT = 11,
     TOKENSHM_ERR_BUFFER_TOO_SMALL = 12,
-    TOKENSHM_ERR_SYSTEM = 13
+    TOKENSHM_ERR_SYSTEM = 13,
+    TOKENSHM_ERR_UNREACHABLE = 14, /* no refresher answers on the control socket */
+    TOKENSHM_ERR_REFUSED = 15      /* the refresher refused this process */
 } tokenshm_error;
 
 /* A record's state (tokenshm_token.state). The values are layout.h's
@@ -95,6 +97,15 @@ tokenshm_error tokenshm_get_into(tokenshm_handle* handle, int64_t min_valid_ms, 
  * timeout_ms < 0 waits forever. */
 tokenshm_error tokenshm_wait(tokenshm_handle* handle, uint64_t seen_version, int64_t timeout_ms,
                              int64_t min_valid_ms, tokenshm_token* out);
+
+/* Tells the refresher (through the control socket the segment names) that the
+ * token of `version` was rejected (HTTP 401). `current_version` (may be NULL)
+ * receives the version the refresher calls current: greater than `version`
+ * when a newer token is already there (get it); otherwise a refresh was
+ * started or joined: tokenshm_wait(handle, version, ...) returns the new one.
+ * Makes syscalls, at most timeout_ms (< 0: 5 s); tokenshm_get still makes none. */
+tokenshm_error tokenshm_report_invalid(tokenshm_handle* handle, uint64_t version,
+                                       int64_t timeout_ms, uint64_t* current_version);
 
 const char* tokenshm_strerror(tokenshm_error err);
 const char* tokenshm_state_name(uint32_t state);

@@ -37,8 +37,10 @@ struct alignas(kCacheLine) Header {
     // Line 2: heartbeat, alone on its line so its once-a-second store does not
     // evict the geometry line from readers' caches.
     alignas(kCacheLine) std::atomic<std::int64_t> heartbeat_ms;
-    std::uint8_t pad2[56];
-    std::uint8_t pad3[64];
+    // Minor 2: the control socket's path, NUL-padded; written at attach,
+    // read on readers' slow path only, so sharing the heartbeat's line is fine.
+    char control_socket[TOKENSHM_CONTROL_SOCKET_CAP];
+    std::uint8_t pad2[12];
 };
 
 struct alignas(kCacheLine) SlotControl {
@@ -66,6 +68,7 @@ static_assert(offsetof(Header, writer_generation) == TOKENSHM_HDR_WRITER_GENERAT
 static_assert(offsetof(Header, retired) == TOKENSHM_HDR_RETIRED);
 static_assert(offsetof(Header, heartbeat_ms) == TOKENSHM_HDR_HEARTBEAT_MS);
 static_assert(offsetof(Header, heartbeat_ms) % kCacheLine == 0);
+static_assert(offsetof(Header, control_socket) == TOKENSHM_HDR_CONTROL_SOCKET);
 
 static_assert(sizeof(SlotControl) == TOKENSHM_SLOT_COPIES);
 static_assert(offsetof(SlotControl, seq) == TOKENSHM_SLOT_SEQ);

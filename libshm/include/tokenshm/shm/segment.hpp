@@ -78,6 +78,9 @@ class ReadOnlySegment {
     // True once the writer replaced this segment by a new one at the same name
     // (WriterSegment::recreate): readers reopen by name on their slow path.
     bool retired() const noexcept { return header().retired.load(std::memory_order_acquire) != 0; }
+    // The control socket the header names (layout 1.2); empty when it names
+    // none, or holds no NUL-terminated absolute path (a corrupt header).
+    std::string control_socket() const;
     // Whether a refresher holds the segment's lock now (a syscall: slow path only).
     SysResult<bool> writer_holds_lock() const;
     // True when `other` maps the same file (device and inode) as this one.
@@ -111,6 +114,10 @@ struct SegmentSpec {
     std::optional<gid_t> group;
     std::uint32_t max_token_bytes = 8192;
     std::uint32_t slot_count = 16;  // capacity, fixed at creation
+    // The refresher's control socket, named in the header (layout 1.2) so
+    // readers find it from the segment alone; empty for none. An absolute
+    // path shorter than TOKENSHM_CONTROL_SOCKET_CAP.
+    std::string control_socket;
     WriterStepHook step_hook;       // tests only
 };
 

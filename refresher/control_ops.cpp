@@ -1,0 +1,195 @@
+// What the control socket's requests do (SPEC.md, "The control socket"):
+//   {"op":"refresh","name":N}              refresh now (min_interval_s holds)
+//   {"op":"invalid","name":N,"version":V}  a consumer got 401 with version V
+//   {"op":"status"}                        the segment's view plus the loop's
+// Requests for one credential share one token request: while one is asked
+// for or in flight, more asks join it. The answers never wait for the token:
+// clients wait on the segment (Handle::wait) for the version after `version`.
+#include "daemon.hpp"
+#include "log.hpp"
+
+#include <rapidjson/document.h>
+#include <rapidjson/stringbuffer.h>
+#include <rapidjson/writer.h>
+
+#include <tokenshm/shm/names.hpp>
+
+#include <unistd.h>
+
+#include <algorithm>
+#include <functional>
+
+namespace tokenshm::refresher {
+
+namespace {
+
+using JsonWriter = rapidjson::Writer<rapidjson::StringBuffer>;
+
+void put(JsonWriter& w, const char* key, std::string_view v) {
+    w.Key(key);
+    w.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+}
+void put(JsonWriter& w, const char* key, std::int64_t v) {
+    w.Key(key);
+    w.Int64(v);
+}
+void put_u(JsonWriter& w, const char* key, std::uint64_t v) {
+    w.Key(key);
+    w.Uint64(v);
+}
+void put_b(JsonWriter& w, const char* key, bool v) {
+    w.Key(key);
+    w.Bool(v);
+}
+
+// The parsed request, or the bad_request message.
+struct Request {
+    std::string op;
+    std::string name;
+    std::optional<std::uint64_t> version;
+};
+
+Expected<Request, std::string> parse_request(std::string_view line) {
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseStopWhenDoneFlag>(line.data(), line.size());
+    if (d.HasParseError() || !d.IsObject()) return Unexpected{std::string("not a JSON object")};
+    Request r;
+    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+        const std::string_view key(m->name.GetString(), m->name.GetStringLength());
+        if (key == "op" && m->value.IsString()) {
+            r.op.assign(m->value.GetString(), m->value.GetStringLength());
+        } else if (key == "name" && m->value.IsString()) {
+            r.name.assign(m->value.GetString(), m->value.GetStringLength());
+        } else if (key == "version" && m->value.IsUint64() && m->value.GetUint64() > 0) {
+            r.version = m->value.GetUint64();
+        } else {
+            return Unexpected{"\"" + std::string(key).substr(0, 40) +
+                              "\": unknown key or wrong type"};
+        }
+    }
+    if (r.op != "refresh" && r.op != "invalid" && r.op != "status")
+        return Unexpected{std::string("\"op\" must be \"refresh\", \"invalid\" or \"status\"")};
+    if (r.op != "status" && !shm::valid_credential_name(r.name))
+        return Unexpected{std::string("\"name\" must be a credential name")};
+    if ((r.op == "invalid") != r.version.has_value())
+        return Unexpected{std::string(r.op == "invalid"
+                                          ? "\"invalid\" needs \"version\" (1 or more)"
+                                          : "\"version\" belongs to \"invalid\" only")};
+    return r;
+}
+
+}  // namespace
+
+std::string Daemon::control_answer(std::string_view line) {
+    auto req = parse_request(line);
+    if (!req) return control_error("bad_request", req.error());
+    if (req->op == "status") return answer_status();
+    if (draining_ || stop_) return control_error("busy", "the refresher is stopping");
+    return answer_refresh(req->name, req->version);
+}
+
+std::string Daemon::answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid) {
+    auto it = entries_.find(name);
+    if (it == entries_.end() || !it->second.cred)
+        return control_error("no_such_credential", "no credential called " + name);
+    Entry& e = it->second;
+    CredentialRefresher& cred = *e.cred;
+    const Now now = deps_.now();
+    if (invalid && *invalid > e.version)
+        return control_error("bad_request", "version " + std::to_string(*invalid) +
+                                                " was never published (current " +
+                                                std::to_string(e.version) + ")");
+    std::string action;
+    if (invalid && *invalid < e.token_version) {
+        action = "newer";  // the consumer had an older token: the current one is news
+    } else if (cred.in_reauth()) {
+        return control_error("reauth", name + " needs a new refresh token before it can refresh");
+    } else if (cred.in_flight()) {
+        action = "joined";
+    } else if (e.refresh_asked) {
+        action = cred.next_attempt_ms() > now.mono_ms ? "waiting" : "joined";
+    } else {
+        cred.refresh_soon(now);
+        e.refresh_asked = true;
+        action = cred.next_attempt_ms() > now.mono_ms ? "waiting" : "refreshing";
+        log_event(
+            Level::info, name, invalid ? "invalid_reported" : "refresh_asked",
+            (invalid ? "version " + std::to_string(*invalid) + " rejected; " : std::string()) +
+                (action == "waiting"
+                     ? "refreshing in " + std::to_string(cred.next_attempt_ms() - now.mono_ms) +
+                           " ms (min_interval_s)"
+                     : std::string("refreshing now")));
+    }
+    const std::int64_t not_before =
+        now.unix_ms + std::max<std::int64_t>(0, cred.next_attempt_ms() - now.mono_ms);
+    rapidjson::StringBuffer b;
+    JsonWriter w(b);
+    w.StartObject();
+    put_b(w, "ok", true);
+    put(w, "name", name);
+    put_u(w, "version", e.version);
+    put(w, "action", action);
+    put(w, "not_before_unix_ms", action == "newer" ? now.unix_ms : not_before);
+    w.EndObject();
+    return b.GetString();
+}
+
+std::string Daemon::answer_status() {
+    const Now now = deps_.now();
+    rapidjson::StringBuffer b;
+    JsonWriter w(b);
+    w.StartObject();
+    put_b(w, "ok", true);
+    put(w, "segment", cfg_.segment);
+    w.Key("refresher");
+    w.StartObject();
+    put(w, "pid", static_cast<std::int64_t>(::getpid()));
+    put(w, "requests_in_flight", static_cast<std::int64_t>(deps_.transport->in_flight()));
+    put_b(w, "stopping", draining_);
+    w.EndObject();
+    w.Key("credentials");
+    w.StartArray();
+    for (const auto& [name, e] : entries_) {
+        if (!e.cred) continue;
+        const Published& p = e.cred->published();
+        const std::int64_t next = e.cred->next_attempt_ms() - now.mono_ms;
+        w.StartObject();
+        put(w, "name", name);
+        put(w, "state", shm::to_string(p.state));
+        put_u(w, "version", e.version);
+        put(w, "expires_at_ms", p.expires_at_ms);
+        put(w, "issued_at_ms", p.issued_at_ms);
+        put(w, "next_refresh_ms", p.next_refresh_ms);
+        put(w, "last_attempt_ms", p.last_attempt_ms);
+        put(w, "failures", static_cast<std::int64_t>(p.failures));
+        put(w, "token_type", p.token_type);
+        put(w, "scope", p.scope);
+        put(w, "last_error", p.last_error);
+        put_b(w, "in_flight", e.cred->in_flight());
+        put_b(w, "refresh_asked", e.refresh_asked);
+        put_b(w, "reauth", e.cred->in_reauth());
+        put(w, "next_attempt_unix_ms", now.unix_ms + std::max<std::int64_t>(0, next));
+        put(w, "backoff_ms", p.failures > 0 ? std::max<std::int64_t>(0, next) : 0);
+        w.EndObject();
+    }
+    w.EndArray();
+    w.EndObject();
+    return b.GetString();
+}
+
+void Daemon::service_control() {
+    if (!control_) return;
+    control_->service(deps_.now().mono_ms, [this](std::string_view line, const PeerCred&) {
+        return control_answer(line);
+    });
+}
+
+void Daemon::note_token(Entry& e, const shm::SlotRecord& r) {
+    const std::size_t h = std::hash<std::string_view>{}(r.token);
+    // The first publish after a start does not know which version first
+    // carried its token: every version up to it counts as current.
+    if (e.token_hash && *e.token_hash != h) e.token_version = r.version;
+    e.token_hash = h;
+}
+
+}  // namespace tokenshm::refresher

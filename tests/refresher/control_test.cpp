@@ -1,0 +1,326 @@
+// The control socket: what its requests do to the daemon (fake clock, fake
+// transport, a real segment), and the socket itself (a real one in a temp dir).
+#include "control_socket.hpp"
+#include "daemon.hpp"
+#include "fake_transport.hpp"
+#include "log.hpp"
+
+#include <rapidjson/document.h>
+
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <catch2/catch.hpp>
+
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <string>
+#include <vector>
+
+using namespace tokenshm::refresher;
+namespace fs = std::filesystem;
+
+namespace {
+
+struct TempDir {
+    fs::path path;
+    TempDir() {
+        std::string t = (fs::temp_directory_path() / "tokenshm-control-XXXXXX").string();
+        REQUIRE(::mkdtemp(t.data()) != nullptr);
+        path = t;
+    }
+    ~TempDir() { fs::remove_all(path); }
+};
+
+rapidjson::Document json(const std::string& s) {
+    rapidjson::Document d;
+    d.Parse(s.c_str());
+    REQUIRE_FALSE(d.HasParseError());
+    REQUIRE(d.IsObject());
+    return d;
+}
+
+struct World {
+    TempDir dir;
+    std::string segment = "tokenshm-test-control-" + std::to_string(::getpid());
+    tokenshm::test::FakeTransport transport;
+    PosixFileSystem posix;
+    std::int64_t now = 7'200'000;
+    const std::int64_t wall = 1'700'000'000'000 - 7'200'000;
+    Config cfg;
+    std::unique_ptr<Daemon> daemon;
+
+    World() {
+        set_log_sink([](std::string_view) {});
+        cfg.segment = segment;
+        cfg.state_dir = (dir.path / "state").string();
+        CredentialConfig c;
+        c.name = "alpha";
+        c.token_endpoint = EndpointUrl::parse("https://alpha.example.test/token").value();
+        c.grant = Grant::client_credentials;
+        c.client_id = "alpha-client";
+        c.client_secret = Secret("secret-alpha");
+        c.min_interval = std::chrono::seconds(5);
+        cfg.credentials.push_back(c);
+        auto d = Daemon::start(cfg, DaemonDeps{&transport, &posix,
+                                               [this] {
+                                                   return Now{now, now + wall};
+                                               },
+                                               [] { return 0.5; }});
+        REQUIRE(d);
+        daemon = std::move(*d);
+    }
+    ~World() {
+        daemon.reset();
+        (void)tokenshm::shm::sys::shm_unlink("/" + segment);
+        set_log_sink({});
+    }
+    void step() { daemon->step(std::chrono::milliseconds(0)); }
+    // Steps until alpha has its first token; returns its version.
+    std::uint64_t first_token() {
+        step();
+        REQUIRE(transport.answer("alpha", tokenshm::test::token_response("at-1", 3600)));
+        step();
+        return version();
+    }
+    std::uint64_t version() {
+        auto st = json(daemon->control_answer(R"({"op":"status"})"));
+        return st["credentials"][0]["version"].GetUint64();
+    }
+    rapidjson::Document ask(const std::string& line) { return json(daemon->control_answer(line)); }
+};
+
+std::string invalid(std::uint64_t v) {
+    return R"({"op":"invalid","name":"alpha","version":)" + std::to_string(v) + "}";
+}
+
+}  // namespace
+
+TEST_CASE("refresh asks within min_interval_s share one token request, and say when") {
+    World w;
+    const std::uint64_t v1 = w.first_token();
+    REQUIRE(w.transport.started == 1);
+    for (int i = 0; i < 10; ++i) {
+        auto a = w.ask(R"({"op":"refresh","name":"alpha"})");
+        CHECK(a["ok"].GetBool());
+        CHECK(std::string(a["action"].GetString()) == "waiting");
+        CHECK(a["version"].GetUint64() == v1);
+        // The first request went out at `now`: the next may at now + 5 s.
+        CHECK(a["not_before_unix_ms"].GetInt64() == w.now + w.wall + 5000);
+        auto r = w.ask(invalid(v1));
+        CHECK(std::string(r["action"].GetString()) == "waiting");
+        w.step();
+    }
+    CHECK(w.transport.started == 1);  // min_interval_s holds
+    w.now += 5000;
+    w.step();
+    CHECK(w.transport.started == 2);
+    // Asks while it is in flight join it.
+    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "joined");
+    CHECK(std::string(w.ask(R"({"op":"refresh","name":"alpha"})")["action"].GetString()) ==
+          "joined");
+    REQUIRE(w.transport.answer("alpha", tokenshm::test::token_response("at-2", 3600)));
+    w.step();
+    CHECK(w.transport.started == 2);
+    const std::uint64_t v2 = w.version();
+    CHECK(v2 > v1);
+    // A report of the old token is answered with the new one, no request.
+    auto old = w.ask(invalid(v1));
+    CHECK(std::string(old["action"].GetString()) == "newer");
+    CHECK(old["version"].GetUint64() == v2);
+    w.now += 60'000;
+    w.step();
+    CHECK(w.transport.started == 2);
+}
+
+TEST_CASE("a hundred reports of the current version cause one token request") {
+    World w;
+    const std::uint64_t v1 = w.first_token();
+    w.now += 10'000;  // past min_interval_s
+    auto first = w.ask(invalid(v1));
+    CHECK(std::string(first["action"].GetString()) == "refreshing");
+    for (int i = 0; i < 99; ++i) {
+        auto a = w.ask(invalid(v1));
+        CHECK(std::string(a["action"].GetString()) == "joined");
+        if (i % 10 == 0) w.step();
+    }
+    CHECK(w.transport.started == 2);
+    REQUIRE(w.transport.answer("alpha", tokenshm::test::token_response("at-2", 3600)));
+    w.step();
+    for (int i = 0; i < 100; ++i)
+        CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "newer");
+    w.now += 10'000;
+    w.step();
+    CHECK(w.transport.started == 2);
+}
+
+TEST_CASE("a failed refresh republishes the same token: its versions still count as current") {
+    World w;
+    const std::uint64_t v1 = w.first_token();
+    w.now += 10'000;
+    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "refreshing");
+    w.step();
+    HttpResponse down;
+    down.outcome = HttpResponse::Outcome::response;
+    down.status = 503;
+    REQUIRE(w.transport.answer("alpha", down));
+    w.step();
+    const std::uint64_t v2 = w.version();
+    CHECK(v2 > v1);  // stale, with the same token
+    w.now += 10'000;
+    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "refreshing");
+}
+
+TEST_CASE("bad requests, unknown credentials and status") {
+    World w;
+    const std::uint64_t v1 = w.first_token();
+    for (const char* bad :
+         {"", "nonsense", "[]", R"({"op":"nope"})", R"({"op":"refresh"})",
+          R"({"op":"refresh","name":"../x"})", R"({"op":"invalid","name":"alpha"})",
+          R"({"op":"invalid","name":"alpha","version":0})",
+          R"({"op":"invalid","name":"alpha","version":"1"})",
+          R"({"op":"refresh","name":"alpha","version":1})",
+          R"({"op":"refresh","name":"alpha","extra":1})"}) {
+        INFO(bad);
+        auto a = w.ask(bad);
+        CHECK_FALSE(a["ok"].GetBool());
+        CHECK(std::string(a["error"].GetString()) == "bad_request");
+        CHECK(std::string(a["message"].GetString()).find('\n') == std::string::npos);
+    }
+    auto never = w.ask(invalid(v1 + 100));
+    CHECK(std::string(never["error"].GetString()) == "bad_request");
+    auto unknown = w.ask(R"({"op":"refresh","name":"gamma"})");
+    CHECK(std::string(unknown["error"].GetString()) == "no_such_credential");
+
+    auto st = w.ask(R"({"op":"status"})");
+    CHECK(st["ok"].GetBool());
+    CHECK(st["refresher"]["pid"].GetInt64() == ::getpid());
+    CHECK(st["refresher"]["requests_in_flight"].GetInt64() == 0);
+    const auto& c = st["credentials"][0];
+    CHECK(std::string(c["name"].GetString()) == "alpha");
+    CHECK(std::string(c["state"].GetString()) == "valid");
+    CHECK_FALSE(c["in_flight"].GetBool());
+    CHECK(c["backoff_ms"].GetInt64() == 0);
+    CHECK_FALSE(c.HasMember("token"));
+    CHECK(w.daemon->control_answer(R"({"op":"status"})").find("at-1") == std::string::npos);
+}
+
+// ---------------------------------------------------------------- the socket
+
+namespace {
+
+int connect_to(const std::string& path) {
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+    REQUIRE(fd >= 0);
+    sockaddr_un a{};
+    a.sun_family = AF_UNIX;
+    std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+    REQUIRE(::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    return fd;
+}
+
+// Sends `line`, services the server until an answer line arrives.
+std::string roundtrip(ControlServer& s, int fd, const std::string& line, std::int64_t now = 0) {
+    REQUIRE(::send(fd, line.data(), line.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(line.size()));
+    std::string in;
+    for (int i = 0; i < 1000 && in.find('\n') == std::string::npos; ++i) {
+        s.service(now, [](std::string_view l, const PeerCred&) {
+            return R"({"ok":true,"echo":")" + std::string(l) + "\"}";
+        });
+        char buf[8192];
+        const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) in.append(buf, static_cast<std::size_t>(n));
+        if (n == 0) break;
+    }
+    return in;
+}
+
+}  // namespace
+
+TEST_CASE("the socket: mode, one answer per line, size cap, removed when closed") {
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    {
+        auto s = ControlServer::open(path, 0640, std::nullopt, ControlLimits{64, 5000, 4});
+        REQUIRE(s);
+        struct stat st {};
+        REQUIRE(::lstat(path.c_str(), &st) == 0);
+        CHECK(S_ISSOCK(st.st_mode));
+        CHECK((st.st_mode & 07777) == 0660);
+        const int fd = connect_to(path);
+        CHECK(roundtrip(**s, fd, "hello\n") == "{\"ok\":true,\"echo\":\"hello\"}\n");
+        CHECK(roundtrip(**s, fd, "again\n") == "{\"ok\":true,\"echo\":\"again\"}\n");
+        const std::string big(100, 'x');
+        const std::string answer = roundtrip(**s, fd, big);
+        CHECK(answer.find("bad_request") != std::string::npos);
+        CHECK(answer.find("longer than 64 bytes") != std::string::npos);
+        ::close(fd);
+    }
+    CHECK_FALSE(fs::exists(path));
+}
+
+TEST_CASE("a client that sends nothing is dropped after the read timeout") {
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 1000, 4});
+    REQUIRE(s);
+    const int fd = connect_to(path);
+    const ControlHandler h = [](std::string_view, const PeerCred&) { return std::string("{}"); };
+    (*s)->service(0, h);
+    CHECK((*s)->clients() == 1);
+    (*s)->service(999, h);
+    CHECK((*s)->clients() == 1);
+    (*s)->service(1000, h);
+    CHECK((*s)->clients() == 0);
+    ::close(fd);
+}
+
+TEST_CASE("a stale socket is replaced; a live one or a non-socket is an error") {
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    {
+        // A socket nobody listens on any more, as a killed refresher leaves it.
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        REQUIRE(::bind(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+        ::close(fd);
+    }
+    auto s = ControlServer::open(path, 0600, std::nullopt);
+    REQUIRE(s);
+    auto second = ControlServer::open(path, 0600, std::nullopt);
+    REQUIRE_FALSE(second);
+    CHECK(second.error().message.find("in use by another process") != std::string::npos);
+    s->reset();
+
+    std::ofstream(path) << "keep me";
+    auto file = ControlServer::open(path, 0600, std::nullopt);
+    REQUIRE_FALSE(file);
+    CHECK(file.error().message.find("is not a socket") != std::string::npos);
+    std::ifstream in(path);
+    std::string kept;
+    std::getline(in, kept);
+    CHECK(kept == "keep me");
+}
+
+TEST_CASE("peers: our uid, root, or a member of the group; others refused with a reason") {
+    const GroupsOf none = [](pid_t) { return std::optional<std::string>(); };
+    const GroupsOf member = [](pid_t) { return std::optional<std::string>("\t10 27 1000"); };
+    CHECK_FALSE(refuse_reason(PeerCred{1, 1000, 1000}, 1000, std::nullopt, none));
+    CHECK_FALSE(refuse_reason(PeerCred{1, 0, 0}, 1000, std::nullopt, none));
+    auto why = refuse_reason(PeerCred{1, 65534, 65534}, 1000, std::nullopt, none);
+    REQUIRE(why);
+    CHECK(why->find("uid 65534") != std::string::npos);
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 27}, 1000, gid_t{27}, none));    // primary group
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{27}, member));  // supplementary
+    auto not_member = refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{28}, member);
+    REQUIRE(not_member);
+    CHECK(not_member->find("group 28") != std::string::npos);
+    // Our own groups, as /proc shows them, hold our gid... or at least parse.
+    CHECK(proc_groups(::getpid()).has_value());
+}
