@@ -9,10 +9,10 @@
 // Not ctypes: get() runs the library's inline fast path and, while the version
 // is unchanged, returns the Token object it built for that version, so a call
 // costs little more than Python's own method call (bench/python_read_bench.py).
-// wait() releases the GIL while it blocks; each such call uses a C++ handle
-// of its own (a Handle belongs to one thread at a time), taken from a small
-// pool, so get() from other threads never shares one with it. python/README.md
-// documents the API.
+// wait() and report_invalid() release the GIL while they block; each such
+// call uses a C++ handle of its own (a Handle belongs to one thread at a
+// time), taken from a small pool, so get() from other threads never shares
+// one with it. python/README.md documents the API.
 //
 // Every error is a tokenshm.Error whose .name is the reader's error as an
 // identifier ("expired", "expiring", "timeout", "no_such_credential"...) and
@@ -334,6 +334,27 @@ PyObject* handle_wait(PyObject* self, PyObject* args, PyObject* kwargs) {
     return result;
 }
 
+PyObject* handle_report_invalid(PyObject* self, PyObject* args, PyObject* kwargs) {
+    auto* h = reinterpret_cast<HandleObject*>(self);
+    static const char* kw[] = {"version", "timeout", nullptr};
+    unsigned long long version = 0;
+    PyObject* timeout_obj = nullptr;
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "K|O:report_invalid", const_cast<char**>(kw),
+                                     &version, &timeout_obj))
+        return nullptr;
+    milliseconds timeout = std::chrono::seconds(5);
+    if (timeout_obj && !seconds_to_ms(timeout_obj, "timeout", timeout)) return nullptr;
+    std::optional<tokenshm::Handle> s = take_spare(h);
+    if (!s) return nullptr;
+    std::optional<tokenshm::Expected<std::uint64_t, tokenshm::Error>> r;
+    Py_BEGIN_ALLOW_THREADS
+    r.emplace(s->report_invalid(version, timeout));
+    Py_END_ALLOW_THREADS
+    give_back(h, std::move(*s));
+    if (!*r) return raise(r->error());
+    return PyLong_FromUnsignedLongLong(**r);
+}
+
 PyObject* handle_name(PyObject* self, void*) {
     return Py_NewRef(reinterpret_cast<HandleObject*>(self)->name);
 }
@@ -357,6 +378,14 @@ PyMethodDef handle_methods[] = {
                "the GIL) until the version exceeds seen_version, then\nreturns get(min_valid)'s "
                "result. timeout in seconds, None: forever;\nraises tokenshm.Error 'timeout' when "
                "it passes first.")},
+    {"report_invalid",
+     reinterpret_cast<PyCFunction>(reinterpret_cast<void (*)()>(handle_report_invalid)),
+     METH_VARARGS | METH_KEYWORDS,
+     PyDoc_STR("report_invalid(version, timeout=5.0) -> int\n\nTells the refresher that the "
+               "token of `version` was rejected (a 401).\nReturns the version it calls current: "
+               "if greater than `version`, get()\nhas a newer token; else a refresh runs and "
+               "wait(version, ...) returns\nit. Releases the GIL; raises tokenshm.Error "
+               "('unreachable', 'refused'...).")},
     {nullptr, nullptr, 0, nullptr},
 };
 PyGetSetDef handle_getset[] = {

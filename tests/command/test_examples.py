@@ -11,6 +11,10 @@ authorization server; issue 10, points 10 and 13.
            to the token the test marks rejected: the uploader reports that
            version, gets the refresher's next one, retries once and succeeds;
            the authorization server saw exactly one more token request.
+  test_04: the Python module's report_invalid against the live refresher:
+           the answer is the reported version (a refresh started), wait()
+           returns the next one, and a second report of the old version
+           answers the newer one at once without another token request.
 
 The examples are found under TOKENSHM_BUILD_DIR (examples/, python/); the
 Python example runs with the interpreter the module was built for
@@ -215,6 +219,35 @@ class Examples(IntegrationTest):
         self.assertEqual(len(self.srv.token_log()), requests_before + 1)
         rc, now, _ = ws.get("up")
         self.assertEqual(hashlib.sha256(now.encode()).hexdigest(), digests[1])
+
+    def test_04_module_report_invalid(self):
+        py, path = module_python()
+        if py is None:
+            self.not_built("the Python module (python3-dev missing?)")
+        ws = self.ws
+        ws.refresher(ws.config([self.cred("py")]))
+        ws.wait_state("py", "valid", 15)
+        requests_before = len(self.srv.token_log())
+        # Prints versions only: the token stays in the child.
+        script = (
+            "import tokenshm\n"
+            "h = tokenshm.Reader().lookup('py')\n"
+            "old = h.get().version\n"
+            "now = h.report_invalid(old)\n"
+            "new = h.wait(old, timeout=30) if now <= old else h.get()\n"
+            "again = h.report_invalid(old)\n"
+            "print(old, now, new.version, again, new.state)\n")
+        env = dict(os.environ, TOKENSHM_SEGMENT=ws.segment, PYTHONPATH=path)
+        r = subprocess.run([py, "-B", "-c", script], env=env, stdin=subprocess.DEVNULL,
+                           capture_output=True, text=True, timeout=60)
+        self.assertEqual(r.returncode, 0, r.stderr)
+        old, now, new, again, state = r.stdout.split()
+        old, now, new, again = int(old), int(now), int(new), int(again)
+        self.assertEqual(now, old, "the refresher did not start a refresh for the current version")
+        self.assertGreater(new, old)
+        self.assertEqual(again, new, "a report of a replaced version must answer the newer one")
+        self.assertEqual(state, "valid")
+        self.assertEqual(len(self.srv.token_log()), requests_before + 1)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,10 @@ itself with the ASan runtime preloaded when the module was built with ASan.
   test_wait_releases_gil:   while one thread is blocked in wait() (in futex,
                             says /proc), another thread runs Python.
   test_errors:              no segment, no such credential, bad arguments.
+  test_report_invalid_unreachable: a segment naming no control socket (the
+                            publisher's) gives Error 'unreachable' (14).
+                            Against a live refresher: tests/command/
+                            test_examples.py.
 """
 
 import os
@@ -157,6 +161,19 @@ class PythonModuleTest(unittest.TestCase):
                 tokenshm.Handle()
             with self.assertRaises(TypeError):
                 reader.lookup(3)
+
+    def test_report_invalid_unreachable(self):
+        with self.publisher("py-report") as pub:
+            handle = tokenshm.Reader(pub.segment).lookup("storage")
+            tok = handle.get()
+            with self.assertRaises(tokenshm.Error) as cm:
+                handle.report_invalid(tok.version, timeout=2)
+            self.assertEqual((cm.exception.name, cm.exception.code), ("unreachable", 14))
+            with self.assertRaises(TypeError):
+                handle.report_invalid()
+            with self.assertRaises(ValueError):
+                handle.report_invalid(tok.version, timeout=-1)
+            self.assertIs(handle.get(), tok)
 
 
 def got_tid(got, timeout=20):
