@@ -61,6 +61,19 @@ const char* error_name(tokenshm::Error code) {
     return i < std::size(kNames) ? kNames[i] : "error";
 }
 
+// Releases the GIL for its lifetime (Py_BEGIN/END_ALLOW_THREADS as a scope).
+// Nothing in its scope may touch a Python object.
+class WithoutGil {
+  public:
+    WithoutGil() noexcept : state_(PyEval_SaveThread()) {}
+    ~WithoutGil() { PyEval_RestoreThread(state_); }
+    WithoutGil(const WithoutGil&) = delete;
+    WithoutGil& operator=(const WithoutGil&) = delete;
+
+  private:
+    PyThreadState* state_;
+};
+
 // Raises tokenshm.Error(message) with .name and .code; returns nullptr.
 PyObject* raise(tokenshm::Error code, const std::string& message) {
     PyObject* exc = PyObject_CallFunction(g_error_type, "s#", message.data(),
@@ -302,8 +315,11 @@ PyObject* wait_on(tokenshm::Handle& s, std::uint64_t seen, std::optional<millise
             slice = std::max(milliseconds{0}, std::min(kSlice, left));
         }
         std::optional<tokenshm::Expected<tokenshm::Token, tokenshm::Error>> r;
-        Py_BEGIN_ALLOW_THREADS r.emplace(s.wait(seen, slice, min_valid));
-        Py_END_ALLOW_THREADS if (*r) return token_from(**r);
+        {
+            const WithoutGil nogil;
+            r.emplace(s.wait(seen, slice, min_valid));
+        }
+        if (*r) return token_from(**r);
         if (r->error() != tokenshm::Error::timeout) return raise(r->error());
         if (timeout && std::chrono::steady_clock::now() >= deadline) return raise(r->error());
         if (PyErr_CheckSignals() != 0) return nullptr;
@@ -347,9 +363,10 @@ PyObject* handle_report_invalid(PyObject* self, PyObject* args, PyObject* kwargs
     std::optional<tokenshm::Handle> s = take_spare(h);
     if (!s) return nullptr;
     std::optional<tokenshm::Expected<std::uint64_t, tokenshm::Error>> r;
-    Py_BEGIN_ALLOW_THREADS
-    r.emplace(s->report_invalid(version, timeout));
-    Py_END_ALLOW_THREADS
+    {
+        const WithoutGil nogil;
+        r.emplace(s->report_invalid(version, timeout));
+    }
     give_back(h, std::move(*s));
     if (!*r) return raise(r->error());
     return PyLong_FromUnsignedLongLong(**r);
