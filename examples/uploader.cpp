@@ -78,6 +78,7 @@ bool parse_args(int argc, char** argv, Args& a, const char*& why) {
 struct Credential {
     std::string header;  // "Authorization: <type> <token>"
     std::uint64_t version = 0;
+    std::int64_t issued_at_ms = 0;  // tells a new token from the same one republished
 };
 
 tokenshm::Expected<Credential, tokenshm::Error> credential_of(
@@ -87,6 +88,7 @@ tokenshm::Expected<Credential, tokenshm::Error> credential_of(
     c.header = "Authorization: ";
     c.header.append(t->token_type()).append(" ").append(t->token());
     c.version = t->version();
+    c.issued_at_ms = t->issued_at_ms();
     return c;
 }
 
@@ -101,14 +103,25 @@ tokenshm::Expected<Credential, tokenshm::Error> current(tokenshm::Handle& h,
     return credential_of(h.wait(seen ? seen->version() : 0, kWaitForToken, min_valid));
 }
 
-// After a 401 for `rejected`: the refresher's replacement for it.
+// After a 401 for `rejected`: the refresher's replacement for it. A record
+// with the rejected token again (republished as stale after a failed try) is
+// no replacement: wait on for one issued later.
 tokenshm::Expected<Credential, tokenshm::Error> replacement(tokenshm::Handle& h,
-                                                            std::uint64_t rejected,
+                                                            const Credential& rejected,
                                                             milliseconds min_valid) {
-    auto now = h.report_invalid(rejected);
+    auto now = h.report_invalid(rejected.version);
     if (!now) return tokenshm::Unexpected{now.error()};
-    if (*now > rejected) return current(h, min_valid);  // a newer one is already there
-    return credential_of(h.wait(rejected, kWaitForToken, min_valid));
+    if (*now > rejected.version) return current(h, min_valid);  // a newer one is already there
+    const auto until = std::chrono::steady_clock::now() + kWaitForToken;
+    std::uint64_t seen = rejected.version;
+    for (;;) {
+        const auto left =
+            std::chrono::duration_cast<milliseconds>(until - std::chrono::steady_clock::now());
+        if (left <= milliseconds(0)) return tokenshm::Unexpected{tokenshm::Error::timeout};
+        auto t = h.wait(seen, left, min_valid);
+        if (!t || t->issued_at_ms() != rejected.issued_at_ms) return credential_of(t);
+        seen = t->version();
+    }
 }
 
 size_t discard(char*, size_t size, size_t n, void*) {
@@ -150,8 +163,9 @@ bool request(CURL* curl, tokenshm::Handle& h, const Args& a, int i) {
     }
     long status = post(curl, a.url, *cred, i);
     if (status == 401) {
-        const std::uint64_t rejected = cred->version;
-        cred = replacement(h, rejected, min_valid);
+        const Credential was = *cred;
+        const std::uint64_t rejected = was.version;
+        cred = replacement(h, was, min_valid);
         if (!cred) {
             std::printf("request %d: HTTP 401 with token version %llu; no replacement: %s\n", i,
                         static_cast<unsigned long long>(rejected),

@@ -252,7 +252,9 @@ Expected<std::uint64_t, Error> Handle::report_invalid(std::uint64_t version,
     if (version == 0) return Unexpected{Error::invalid_argument};
     auto r = request_refresh(version, timeout);
     if (!r) return Unexpected{r.error()};
-    return r->version;
+    // Only "newer" means another token: the record's version also moves when
+    // the refresher republishes the same token (stale after a failed try).
+    return r->action == RefreshReply::Action::newer ? r->version : version;
 }
 
 }  // namespace tokenshm

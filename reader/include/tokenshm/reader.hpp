@@ -235,8 +235,10 @@ class Handle {
     // Tells the refresher, through the control socket the segment names, that
     // the token of `version` was rejected (HTTP 401). Returns the version the
     // refresher calls current: if > version, a newer token is already in the
-    // segment (get() it); otherwise a refresh was started or joined, and
-    // wait(version, timeout) returns the new one. Reports of one version by
+    // segment (get() it); otherwise (== version) a refresh was started or
+    // joined, and wait(version, timeout) returns the next record. That record
+    // may carry the same token again (republished as stale after a failed
+    // try): compare issued_at, as `tokenshm get --invalid` does. Reports of one version by
     // many processes cause one token request. Errors: unreachable (no
     // refresher answers), refused, no_such_credential, reauth, busy (it is
     // stopping), invalid_argument (a version it never published). Makes
