@@ -5,6 +5,8 @@
 // expiring, reauth; also a wait that timed out or a writer busy through every
 // retry), 6 incompatible or untrusted. SPEC's 7 (refresher unreachable) is
 // for the commands that talk to the control socket, which do not exist yet.
+#include "tokenshm_login.hpp"
+
 #include <tokenshm/reader.hpp>
 
 #include <unistd.h>
@@ -34,6 +36,7 @@ const char* const kUsage =
     "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--segment SEG]\n"
     "       tokenshm status [--json] [--segment SEG]\n"
     "       tokenshm watch NAME [--count N] [--segment SEG]\n"
+    "       tokenshm login --config FILE NAME [--timeout S] [--open]\n"
     "       tokenshm --help | --version\n"
     "exit codes: 0 ok, 1 system error, 2 usage, 3 no segment, 4 no such credential,\n"
     "            5 no valid token, 6 segment incompatible or untrusted\n";
@@ -524,5 +527,6 @@ int main(int argc, char** argv) {
     if (cmd == "get") return cmd_get(args);
     if (cmd == "status") return cmd_status(args);
     if (cmd == "watch") return cmd_watch(args);
+    if (cmd == "login") return tokenshm_cli::cmd_login(args);
     return usage_error("unknown command '" + std::string(cmd) + "'");
 }

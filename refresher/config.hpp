@@ -5,6 +5,7 @@
 
 #include "endpoint_url.hpp"
 #include "error.hpp"
+#include "redirect_uri.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -49,6 +50,8 @@ struct CredentialConfig {
     std::chrono::seconds max_backoff{300};
     std::chrono::seconds timeout{20};
     std::optional<std::string> ca_file;
+    // Where `tokenshm login` listens for the browser; none: a free port.
+    std::optional<RedirectUri> redirect_uri;
 
     // Same settings and same secret: a reload leaves such a credential alone.
     friend bool operator==(const CredentialConfig&, const CredentialConfig&) = default;

@@ -474,8 +474,9 @@ TEST_CASE("token response: a table of odd and bad answers") {
         {"invalid_grant",
          reply(400, R"({"error":"invalid_grant","error_description":"Token is not active"})"),
          K::reauth,
-         "HTTP 400 invalid_grant: the refresh token was rejected: put a new refresh token in "
-         "refresh_token_file, then send SIGHUP (server: \"Token is not active\")",
+         "HTTP 400 invalid_grant: the refresh token was rejected: run tokenshm login --config "
+         "FILE NAME, or put a new refresh token in refresh_token_file and send SIGHUP (server: "
+         "\"Token is not active\")",
          "invalid_grant"},
         {"invalid_client on 401", reply(401, R"({"error":"invalid_client"})"), K::reauth,
          "the client id or secret was rejected: check client_id and client_secret_file/env",
