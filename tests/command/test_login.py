@@ -6,12 +6,14 @@ a person's browser would.
            the refresh token (v2, mode 0600), a refresher started afterwards
            gets an access token with it.
   test_02: a refresher in reauth (its configured refresh token was refused)
-           is told (SIGHUP) and resumes with the new token.
+           is told (SIGHUP) and resumes with the new token; the listener
+           takes the configured redirect_uri.
   test_03: a redirect with another state: exit 5, nothing stored, the browser
            gets an error page.
   test_04: the person cancels (error=access_denied): exit 5, nothing stored.
   test_05: no redirect within --timeout: exit 5.
   test_06: bad arguments and configurations: exit 2 or 4, one line.
+  test_07: a client_secret_post client logs in the same way.
 
 No token, code or secret appears in the command's output: its stdout and
 stderr are files in the workspace's logs/, which the harness scans.
@@ -21,6 +23,7 @@ import http.cookiejar
 import os
 import re
 import select
+import socket
 import stat
 import subprocess
 import sys
@@ -33,6 +36,13 @@ import harness  # noqa: E402
 from harness import Deadline, IntegrationTest, Workspace, remember_basic, spawn  # noqa: E402
 
 EXIT_NO_TOKEN = 5
+
+
+def free_port():
+    """A port nothing listens on now (the kernel's choice for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 class Login:
@@ -151,13 +161,17 @@ class LoginTest(IntegrationTest):
         self.assertTrue(head.startswith("tokenshm-state v2 sha256="), "not a v2 state file")
         self.ws.remember_state()
 
-    def login_ok(self, config, name):
+    def login_ok(self, config, name, redirect=None):
         login = Login(self.ws, config, name, "--timeout", "60")
         url = login.url()
         self.assertTrue(url.startswith(self.srv.base + "/auth?"), "not the issuer's authorization URL")
         q = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)
         self.assertEqual(q["code_challenge_method"], ["S256"])
-        self.assertRegex(q["redirect_uri"][0], r"^http://127\.0\.0\.1:\d+/callback$")
+        self.assertEqual(len(q["code_challenge"][0]), 43)
+        if redirect:
+            self.assertEqual(q["redirect_uri"], [redirect])
+        else:
+            self.assertRegex(q["redirect_uri"][0], r"^http://127\.0\.0\.1:\d+/callback$")
         status, _, page = Browser().log_in_and_consent(url)
         rc = login.wait()
         self.assertEqual(rc, 0, login.stderr())
@@ -178,17 +192,30 @@ class LoginTest(IntegrationTest):
     def test_02_refresher_in_reauth_resumes(self):
         ws = self.ws
         bogus = ws.secret_file("bogus.refresh", "not-a-refresh-token-at-all")
-        cfg = ws.config([self.cred("again", refresh_token_file=bogus)])
+        # The test server registers http://127.0.0.1/callback (any port: RFC 8252 §7.3).
+        redirect = f"http://127.0.0.1:{free_port()}/callback"
+        cfg = ws.config([self.cred("again", refresh_token_file=bogus, redirect_uri=redirect)])
         r = ws.refresher(cfg)
         ws.wait_state("again", "reauth", 20)
         self.assertTrue(any("tokenshm login --config" in line for line in r.log_lines(cred="again")),
                         "the reauth advice does not name tokenshm login")
-        login = self.login_ok(cfg, "again")
+        login = self.login_ok(cfg, "again", redirect)
         self.assertIn(f"pid {r.pid}", login.stdout())
         self.assert_stored("again")
         ws.wait_state("again", "valid", 20)
         self.assertEqual(ws.get("again")[0], 0)
         self.assertTrue(r.alive())
+
+    def test_07_client_secret_post(self):
+        ws = self.ws
+        remember_basic("tokenshm-post", "post-secret")
+        cfg = ws.config([self.cred("post", client_id="tokenshm-post",
+                                   auth_method="client_secret_post",
+                                   client_secret_file=ws.secret_file("post.secret", "post-secret"))])
+        self.login_ok(cfg, "post")
+        self.assert_stored("post")
+        ws.refresher(cfg)
+        ws.wait_state("post", "valid", 20)
 
     def test_03_wrong_state_is_refused(self):
         ws = self.ws
