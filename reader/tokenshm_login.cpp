@@ -153,6 +153,16 @@ int tell_refresher(const std::string& segment, const std::string& name) {
                                                  "; send it SIGHUP");
     std::printf("told the refresher (pid %lld) to load it (SIGHUP)\n",
                 static_cast<long long>(w.pid));
+    // A reload reads refresh tokens again only for a credential in reauth
+    // (daemon.cpp, update_credential); one that works keeps the token it has.
+    if (auto h = reader->lookup(name)) {
+        if (auto t = h->inspect();
+            t && t->state() != tokenshm::State::reauth && t->state() != tokenshm::State::empty)
+            std::printf(
+                "%s is %s, not in reauth: the refresher keeps the refresh token it has, "
+                "and its next rotation replaces the one stored now\n",
+                name.c_str(), tokenshm::to_string(t->state()));
+    }
     return login_exit::ok;
 }
 

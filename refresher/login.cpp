@@ -292,9 +292,10 @@ class LoopbackListener {
         return out;
     }
 
-    // Reads up to the end of the request head (at most 16 KiB, 10 s).
+    // Reads up to the end of the request head (at most 16 KiB, 5 s: a browser
+    // sends its request at once; an idle connection must not hold the real one up long).
     static bool read_head(int fd, Clock::time_point deadline, WipedString& head) {
-        const auto until = std::min(deadline, Clock::now() + std::chrono::seconds(10));
+        const auto until = std::min(deadline, Clock::now() + std::chrono::seconds(5));
         char buf[2048];
         while (head.size() < 16384 && head.view().find("\r\n\r\n") == std::string_view::npos) {
             pollfd p{fd, POLLIN, 0};

@@ -4,7 +4,8 @@ a person's browser would.
 
   test_01: login with no refresher running: exit 0, the state directory holds
            the refresh token (v2, mode 0600), a refresher started afterwards
-           gets an access token with it.
+           gets an access token with it; a second login while it works says
+           the refresher keeps its own token.
   test_02: a refresher in reauth (its configured refresh token was refused)
            is told (SIGHUP) and resumes with the new token; the listener
            takes the configured redirect_uri.
@@ -185,9 +186,16 @@ class LoginTest(IntegrationTest):
         login = self.login_ok(cfg, "first")
         self.assertIn("no refresher runs", login.stdout())
         self.assert_stored("first")
-        ws.refresher(cfg)
+        r = ws.refresher(cfg)
         ws.wait_state("first", "valid", 20)
         self.assertEqual(ws.get("first")[0], 0)
+        # A second login while the credential works: stored, the refresher is
+        # told, and the command says the working token stays in use.
+        again = self.login_ok(cfg, "first")
+        self.assertIn(f"pid {r.pid}", again.stdout())
+        self.assertIn("not in reauth", again.stdout())
+        self.assertTrue(r.alive())
+        ws.wait_state("first", "valid", 20)
 
     def test_02_refresher_in_reauth_resumes(self):
         ws = self.ws
