@@ -9,8 +9,8 @@ a person's browser would.
   test_02: a refresher in reauth (its configured refresh token was refused)
            is told (SIGHUP) and resumes with the new token; the listener
            takes the configured redirect_uri.
-  test_03: a redirect with another state: exit 5, nothing stored, the browser
-           gets an error page.
+  test_03: the server's real code delivered with another state: exit 5,
+           nothing stored, the browser gets an error page.
   test_04: the person cancels (error=access_denied): exit 5, nothing stored.
   test_05: no redirect within --timeout: exit 5.
   test_06: bad arguments and configurations: exit 2 or 4, one line.
@@ -87,9 +87,20 @@ class Browser:
     """urllib with a cookie jar: follows redirects, including the last one to
     the login command's loopback listener."""
 
-    def __init__(self):
+    def __init__(self, stop_at=None):
+        """stop_at: a URL prefix whose redirect is not followed; open() then
+        returns the redirect's Location as its `url`."""
+        stop = self
+
+        class Redirects(urllib.request.HTTPRedirectHandler):
+            def redirect_request(self, req, fp, code, msg, headers, newurl):
+                if stop.stop_at and newurl.startswith(stop.stop_at):
+                    return None
+                return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+        self.stop_at = stop_at
         self.opener = urllib.request.build_opener(
-            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()), Redirects())
 
     def open(self, url, form=None):
         data = urllib.parse.urlencode(form).encode() if form is not None else None
@@ -97,6 +108,8 @@ class Browser:
             with self.opener.open(url, data=data, timeout=30) as r:
                 return r.status, r.geturl(), r.read().decode(errors="replace")
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:
+                return e.code, e.headers.get("Location", ""), ""
             return e.code, e.geturl(), e.read().decode(errors="replace")
 
     def interaction(self, page_url, body):
@@ -229,10 +242,16 @@ class LoginTest(IntegrationTest):
         ws = self.ws
         cfg = ws.config([self.cred("forged")])
         login = Login(ws, cfg, "forged", "--timeout", "60")
-        q = urllib.parse.parse_qs(urllib.parse.urlsplit(login.url()).query)
-        redirect = q["redirect_uri"][0]
-        forged = redirect + "?" + urllib.parse.urlencode({"code": "forged-code", "state": "other"})
-        status, _, page = Browser().open(forged)
+        url = login.url()
+        redirect = urllib.parse.parse_qs(urllib.parse.urlsplit(url).query)["redirect_uri"][0]
+        # A real code from the server, delivered with another state: only the
+        # state check stands between it and a stored token.
+        code, location, _ = Browser(stop_at=redirect).log_in_and_consent(url)
+        self.assertEqual(code, 303)
+        answer = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
+        self.assertIn("code", answer)
+        answer["state"] = "not-the-state-login-sent"
+        status, _, page = Browser().open(redirect + "?" + urllib.parse.urlencode(answer))
         self.assertEqual(login.wait(), EXIT_NO_TOKEN)
         self.assertEqual(status, 400)
         self.assertIn("state", login.stderr())
