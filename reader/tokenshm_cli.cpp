@@ -5,6 +5,7 @@
 // expiring, reauth; also a wait that timed out or a writer busy through every
 // retry), 6 incompatible or untrusted. SPEC's 7 (refresher unreachable) is
 // for the commands that talk to the control socket, which do not exist yet.
+#include "prometheus_text.hpp"
 #include "tokenshm_login.hpp"
 
 #include <tokenshm/reader.hpp>
@@ -34,7 +35,7 @@ constexpr int kExitUsage = 2;
 
 const char* const kUsage =
     "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--segment SEG]\n"
-    "       tokenshm status [--json] [--segment SEG]\n"
+    "       tokenshm status [--json | --prometheus] [--segment SEG]\n"
     "       tokenshm watch NAME [--count N] [--segment SEG]\n"
     "       tokenshm login --config FILE NAME [--timeout S] [--open]\n"
     "       tokenshm --help | --version\n"
@@ -276,10 +277,9 @@ int cmd_get(const std::vector<std::string_view>& args) {
 // The state a person should see: a token past its expiry is "expired"
 // whatever the record says, except "reauth", which says more.
 const char* shown_state(const tokenshm::Token& t, std::int64_t now) {
-    if (t.state() != tokenshm::State::empty && t.expires_at_ms() <= now &&
-        t.state() != tokenshm::State::reauth)
-        return "expired";
-    return tokenshm::to_string(t.state());
+    const auto s = tokenshm::metrics::shown_state(
+        static_cast<tokenshm::shm::RecordState>(t.state()), t.expires_at_ms(), now);
+    return tokenshm::to_string(static_cast<tokenshm::State>(s));
 }
 
 struct Row {
@@ -392,13 +392,33 @@ void print_status_table(const StatusView& v) {
         print_status_row(r, v.now);
 }
 
+// node_exporter's textfile format (prometheus_text.hpp); credentials whose
+// record cannot be read are left out.
+void print_status_prometheus(const StatusView& v) {
+    tokenshm::metrics::SegmentSample s;
+    s.now_ms = v.now;
+    s.heartbeat_ms = v.writer.heartbeat_ms;
+    s.refresher_up = v.alive;
+    for (const Row& r : v.rows) {
+        if (!r.rec) continue;
+        s.credentials.push_back({r.name, static_cast<tokenshm::shm::RecordState>(r.rec->state()),
+                                 r.rec->version(), r.rec->expires_at_ms(), r.rec->failures()});
+    }
+    tokenshm::metrics::MetricsText out;
+    tokenshm::metrics::render_segment(out, s);
+    std::fputs(out.text().c_str(), stdout);
+}
+
 int cmd_status(const std::vector<std::string_view>& args) {
     bool json = false;
+    bool prometheus = false;
     std::string segment;
     for (std::size_t i = 0; i < args.size(); ++i) {
         const std::string_view a = args[i];
         if (a == "--json") {
             json = true;
+        } else if (a == "--prometheus") {
+            prometheus = true;
         } else if (a == "--segment") {
             auto v = option_value(args, i);
             if (!v) return usage_error("--segment needs a name");
@@ -407,10 +427,13 @@ int cmd_status(const std::vector<std::string_view>& args) {
             return usage_error("status: unexpected argument '" + std::string(a) + "'");
         }
     }
+    if (json && prometheus) return usage_error("status: --json or --prometheus, not both");
     auto reader = tokenshm::Reader::open(segment);
     if (!reader) return fail(tokenshm::exit_code(reader.error().code), reader.error().message);
     const StatusView view = read_status(*reader);
-    if (json)
+    if (prometheus)
+        print_status_prometheus(view);
+    else if (json)
         print_status_json(view);
     else
         print_status_table(view);

@@ -53,6 +53,18 @@ const char* to_string(AuthMethod m) noexcept {
     return "unknown";
 }
 
+const char* to_string(SinkFormat f) noexcept {
+    switch (f) {
+        case SinkFormat::token:
+            return "token";
+        case SinkFormat::header:
+            return "header";
+        case SinkFormat::json:
+            return "json";
+    }
+    return "unknown";
+}
+
 namespace {
 
 using Value = rapidjson::Value;
@@ -259,16 +271,21 @@ EndpointUrl expect_url(const Value& v, const std::string& path, EndpointUrl::Rol
     return std::move(*url);
 }
 
-constexpr std::array<std::string_view, 7> top_keys = {
-    "segment", "mode", "group", "state_dir", "control_socket", "max_token_bytes", "credentials"};
+constexpr std::array<std::string_view, 8> top_keys = {
+    "segment",         "mode",        "group",           "state_dir", "control_socket",
+    "max_token_bytes", "credentials", "metrics_textfile"};
 
 // clang-format off
-constexpr std::array<std::string_view, 20> credential_keys = {
+constexpr std::array<std::string_view, 21> credential_keys = {
     "name", "issuer", "token_endpoint", "grant", "client_id", "client_secret_file",
     "client_secret_env", "auth_method", "basic_encoding", "refresh_token_file", "scope",
     "extra_params", "default_lifetime_s", "refresh_before_s", "min_interval_s", "min_backoff_s",
-    "max_backoff_s", "timeout_s", "ca_file", "redirect_uri"};
+    "max_backoff_s", "timeout_s", "ca_file", "redirect_uri",
+    "sinks"};
 // clang-format on
+constexpr std::array<std::string_view, 4> sink_keys = {"path", "mode", "group", "format"};
+// A credential's sinks; far more than any tool needs, few enough to write each change.
+constexpr std::size_t max_sinks = 16;
 
 // Parameters the client sets itself; extra_params may not override them.
 constexpr std::array<std::string_view, 5> reserved_params = {"grant_type", "refresh_token",
@@ -453,6 +470,58 @@ void parse_timings(const Members& m, CredentialConfig& c) {
     c.timeout = seconds_member(m, "timeout_s", 1, 600, c.timeout);
 }
 
+// A sink's mode: an octal string, at most 0770. A token file readable (or
+// writable) by others is what the segment's modes exist to prevent.
+mode_t parse_sink_mode(const Members& m) {
+    const Value* v = m.find("mode");
+    if (v == nullptr) return 0600;
+    const auto s = expect_string(*v, m.path("mode"), "an octal mode such as \"0600\" or \"0640\"");
+    const bool octal = s.size() >= 3 && s.size() <= 4 &&
+                       std::all_of(s.begin(), s.end(), [](char c) { return c >= '0' && c <= '7'; });
+    if (!octal) fail(m.path("mode"), "expected an octal mode such as \"0640\", found " + quote(s));
+    const auto n = static_cast<mode_t>(std::strtoul(std::string(s).c_str(), nullptr, 8));
+    if (n > 0777)
+        fail(m.path("mode"), "setuid, setgid and sticky bits make no sense on a token file");
+    if ((n & 0007) != 0)
+        fail(m.path("mode"),
+             quote(s) + " lets others read or write the token; use at most \"0660\"");
+    return n;
+}
+
+SinkConfig parse_sink(const Value& v, const std::string& path) {
+    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
+    const Members m(v, path, sink_keys);
+    SinkConfig s;
+    s.path = expect_path(m.require("path"), m.path("path"), true);
+    if (s.path.back() == '/') fail(m.path("path"), "expected a file's path, found a directory's");
+    s.mode = parse_sink_mode(m);
+    if (const Value* g = m.find_nullable("group")) {
+        const auto name = expect_string(*g, m.path("group"), "a group name or null");
+        if (name.empty() || name.size() > 256 || has_control(name))
+            fail(m.path("group"), "expected a group name or null, found " + quote(name));
+        s.group = std::string(name);
+    }
+    if (const Value* f = m.find("format"))
+        s.format = expect_enum(*f, m.path("format"),
+                               std::array{std::pair{std::string_view("token"), SinkFormat::token},
+                                          std::pair{std::string_view("header"), SinkFormat::header},
+                                          std::pair{std::string_view("json"), SinkFormat::json}});
+    return s;
+}
+
+std::vector<SinkConfig> parse_sinks(const Members& m) {
+    const Value* v = m.find_nullable("sinks");
+    if (v == nullptr) return {};
+    if (!v->IsArray())
+        fail(m.path("sinks"), "expected an array of sink objects, found " + kind(*v));
+    if (v->Size() > max_sinks)
+        fail(m.path("sinks"), "at most " + std::to_string(max_sinks) + " sinks per credential");
+    std::vector<SinkConfig> sinks;
+    for (rapidjson::SizeType i = 0; i < v->Size(); ++i)
+        sinks.push_back(parse_sink((*v)[i], index_path(m.path("sinks"), i)));
+    return sinks;
+}
+
 // One credential, in the order a reader of the file meets its keys' rules.
 // Where its secret comes from goes to `secret`; it is read later.
 CredentialConfig parse_credential(const Value& v, const std::string& path, SecretSource& secret,
@@ -478,6 +547,7 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
         c.ca_file = expect_path(*ca, m.path("ca_file"), false);
     }
     c.redirect_uri = parse_redirect_uri(m, c.grant);
+    c.sinks = parse_sinks(m);
     return c;
 }
 
@@ -493,8 +563,9 @@ Secret read_secret(const SecretSource& src, const ConfigSources& sources,
         if (!r) fail(src.key_path, r.error().message);
         value = std::move(*r);
         if (loose) {
-            warnings.push_back(src.key_path + ": " + src.where +
-                               " is accessible to group or others; run chmod 600 " + src.where);
+            warnings.push_back(printable_line(src.key_path + ": " + src.where +
+                                              " is accessible to group or others; run chmod 600 " +
+                                              src.where));
         }
     } else {
         std::optional<std::string> env = sources.getenv ? sources.getenv(src.where) : std::nullopt;
@@ -582,6 +653,22 @@ void parse_control_socket(const Members& m, Config& cfg) {
     }
 }
 
+// Two sinks writing one file would overwrite each other's token.
+void check_sink_paths(const Config& cfg) {
+    std::map<std::string, std::string, std::less<>> first_use;  // path -> its key path
+    for (std::size_t i = 0; i < cfg.credentials.size(); ++i) {
+        const auto& sinks = cfg.credentials[i].sinks;
+        for (std::size_t j = 0; j < sinks.size(); ++j) {
+            const std::string key =
+                index_path(index_path("credentials", i) + ".sinks", j) + ".path";
+            const auto [it, fresh] = first_use.emplace(sinks[j].path, key);
+            if (!fresh)
+                fail(key, quote(sinks[j].path) + " is used twice (first by " + it->second + ")");
+            if (sinks[j].path == cfg.metrics_textfile) fail(key, "is the metrics_textfile");
+        }
+    }
+}
+
 // Every credential, names unique; where each secret comes from goes to `secrets`.
 void parse_credentials(const Members& m, Config& cfg, std::vector<SecretSource>& secrets) {
     const Value& creds = m.require("credentials");
@@ -604,6 +691,20 @@ void parse_credentials(const Members& m, Config& cfg, std::vector<SecretSource>&
                                      index_path("credentials", it->second) + ")");
         }
     }
+    check_sink_paths(cfg);
+}
+
+void resolve_sink_groups(Config& cfg, const ConfigSources& sources) {
+    for (std::size_t i = 0; i < cfg.credentials.size(); ++i) {
+        auto& sinks = cfg.credentials[i].sinks;
+        for (std::size_t j = 0; j < sinks.size(); ++j) {
+            if (!sinks[j].group) continue;
+            sinks[j].group_id = sources.group_id ? sources.group_id(*sinks[j].group) : std::nullopt;
+            if (!sinks[j].group_id)
+                fail(index_path(index_path("credentials", i) + ".sinks", j) + ".group",
+                     "no such group " + quote(*sinks[j].group));
+        }
+    }
 }
 
 // What needs the system: the group's id and the client secrets. Called only
@@ -615,6 +716,7 @@ void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
         if (!gid) fail("group", "no such group " + quote(*cfg.group));
         cfg.group_id = gid;
     }
+    resolve_sink_groups(cfg, sources);
     for (std::size_t i = 0; i < secrets.size(); ++i) {
         cfg.credentials[i].client_secret = read_secret(secrets[i], sources, cfg.warnings);
         if (const auto& ca = cfg.credentials[i].ca_file) {
@@ -633,6 +735,8 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     parse_access(m, cfg);
     if (const Value* v = m.find("state_dir")) cfg.state_dir = expect_path(*v, "state_dir", true);
     parse_control_socket(m, cfg);
+    if (const Value* v = m.find_nullable("metrics_textfile"))
+        cfg.metrics_textfile = expect_path(*v, "metrics_textfile", true);
     if (const Value* v = m.find("max_token_bytes")) {
         cfg.max_token_bytes = static_cast<std::uint32_t>(expect_int(
             *v, "max_token_bytes", TOKENSHM_MIN_TOKEN_BYTES, TOKENSHM_MAX_TOKEN_BYTES_LIMIT));

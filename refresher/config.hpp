@@ -30,6 +30,21 @@ enum class BasicEncoding { form, raw };
 const char* to_string(Grant g) noexcept;
 const char* to_string(AuthMethod m) noexcept;
 
+// What a sink file holds (SPEC.md, "Configuration"): the bare token,
+// "Authorization: <Type> <token>", or a JSON object; each ends with "\n".
+enum class SinkFormat { token, header, json };
+const char* to_string(SinkFormat f) noexcept;
+
+// A file a credential's token is copied to, for tools that only read files.
+struct SinkConfig {
+    std::string path;    // absolute
+    mode_t mode = 0600;  // never readable or writable by others
+    std::optional<std::string> group;
+    std::optional<gid_t> group_id;  // resolved from `group`
+    SinkFormat format = SinkFormat::token;
+    friend bool operator==(const SinkConfig&, const SinkConfig&) = default;
+};
+
 struct CredentialConfig {
     std::string name;                           // shm::valid_credential_name, unique
     std::optional<EndpointUrl> issuer;          // exactly one of issuer and
@@ -52,6 +67,9 @@ struct CredentialConfig {
     std::optional<std::string> ca_file;
     // Where `tokenshm login` listens for the browser; none: a free port.
     std::optional<RedirectUri> redirect_uri;
+    // Sinks are settings too: a reload that changes them rebuilds the
+    // credential like any other change (refresh_soon, min_interval_s holds).
+    std::vector<SinkConfig> sinks;
 
     // Same settings and same secret: a reload leaves such a credential alone.
     friend bool operator==(const CredentialConfig&, const CredentialConfig&) = default;
@@ -66,6 +84,8 @@ struct Config {
     std::string control_socket;  // default "/run/tokenshm/<segment>.sock"
     std::uint32_t max_token_bytes = 8192;
     std::vector<CredentialConfig> credentials;
+    // node_exporter textfile the refresher keeps current; none when empty.
+    std::string metrics_textfile;
     // Non-fatal findings (e.g. a secret file readable by group or others).
     std::vector<std::string> warnings;
 };

@@ -41,7 +41,11 @@ shm::SegmentSpec segment_spec(const Config& c) {
 }
 }  // namespace
 
-Daemon::Daemon(Config cfg, DaemonDeps deps) : cfg_(std::move(cfg)), deps_(std::move(deps)) {}
+Daemon::Daemon(Config cfg, DaemonDeps deps)
+    : cfg_(std::move(cfg)),
+      deps_(std::move(deps)),
+      metrics_(*deps_.fs, cfg_.metrics_textfile),
+      sinks_(*deps_.fs) {}
 
 Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, DaemonDeps deps) {
     const auto failed = [](std::string m) {
@@ -102,7 +106,10 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
             return store->save(name, t, r);
         },
         deps_.random01, [this, name = c.name] { changed_.insert(name); });
-    if (!no_token_reason.empty()) cred->set_no_refresh_token_reason(std::move(no_token_reason));
+    if (!no_token_reason.empty()) {
+        metrics_.replay_refused(c.name);  // the ledger kept a spent token from being sent
+        cred->set_no_refresh_token_reason(std::move(no_token_reason));
+    }
     return cred;
 }
 
@@ -133,6 +140,8 @@ bool Daemon::publish(Entry& e) {
         return false;
     }
     e.version = r.version;
+    metrics_.published(e.cred->name(), e.cred->published(), e.version);
+    sinks_.published(e.cred->name(), e.cred->config().sinks, e.cred->published(), e.version);
     return true;
 }
 
@@ -169,6 +178,8 @@ void Daemon::check_segment(Now now) {
         seg_->heartbeat(now.unix_ms);  // readers compare it with their wall clock
         last_heartbeat_ms_ = now.mono_ms;
     }
+    metrics_.write_if_due(now);
+    sinks_.retry_if_due(now.mono_ms);
 }
 
 void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
@@ -182,6 +193,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         if (auto req = e.cred->poll(now)) {
             const std::uint64_t id = next_request_id_++;
             requests_[id] = name;
+            metrics_.request_started(id, name, *req, now.mono_ms);
             deps_.transport->start(id, std::move(*req));
         }
         next = std::min(next, e.cred->next_action_ms());
@@ -197,8 +209,12 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         const std::string name = it->second;
         requests_.erase(it);
         auto e = entries_.find(name);
-        if (e == entries_.end() || !e->second.cred) continue;  // removed while in flight
+        if (e == entries_.end() || !e->second.cred) {  // removed while in flight
+            metrics_.request_dropped(id);
+            continue;
+        }
         e->second.cred->on_response(resp, now);
+        metrics_.request_finished(id, token_request_outcome(resp, *e->second.cred), now.mono_ms);
         if (e->second.cred->take_refresh_token_rejected()) set_aside_rejected(name);
         if (e->second.remove_when_idle) {
             remove_entry(name, e->second);
@@ -210,6 +226,15 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     publish_changed();
     seg_->heartbeat(now.unix_ms);
     last_heartbeat_ms_ = now.mono_ms;
+    if (deps_.notifier) deps_.notifier->heartbeat(now.mono_ms, service_status(now));
+}
+
+std::string Daemon::service_status(Now now) const {
+    std::vector<CredentialBrief> briefs;
+    for (const auto& [name, e] : entries_)
+        if (e.cred)
+            briefs.push_back({e.cred->published().state, e.cred->published().next_refresh_ms});
+    return status_summary(briefs, now.unix_ms);
 }
 
 bool Daemon::all_attempted() const {
@@ -243,6 +268,7 @@ int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
             e.cred->refresh_soon(deps_.now());
+    if (deps_.notifier) deps_.notifier->ready(service_status(deps_.now()));
     while (!stop_) {
         step(std::chrono::milliseconds(kMaxWaitMs), signal_fd);
         if (once && all_attempted()) break;
@@ -250,9 +276,12 @@ int Daemon::run(int signal_fd, bool once) {
         if (read_signals(signal_fd)) stop_ = true;
         if (reload_requested_) {
             reload_requested_ = false;
+            if (deps_.notifier) deps_.notifier->reloading();
             if (reload_) reload_();
+            if (deps_.notifier) deps_.notifier->ready(service_status(deps_.now()));
         }
     }
+    if (deps_.notifier) deps_.notifier->stopping();
     // Let requests in flight answer (bounded by their timeout): an answer may
     // carry a rotated refresh token, and the old one is spent once sent. A
     // second SIGTERM/SIGINT cuts the wait short: the operator asked twice.
@@ -288,6 +317,7 @@ int Daemon::run(int signal_fd, bool once) {
     // SIGKILL in that window loses one): the distribution, for the figures.
     if (store_->persist_times().count > 0)
         log_event(Level::info, "", "persist_times", store_->persist_times().summary());
+    metrics_.flush(deps_.now());
     return ok ? 0 : 1;
 }
 
@@ -330,6 +360,8 @@ bool Daemon::save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd) {
 
 void Daemon::remove_entry(const std::string& name, Entry& e) {
     seg_->retire(e.slot);
+    metrics_.removed(name);
+    sinks_.removed(name);
     log_event(Level::info, name, "removed", "not in the configuration any more");
 }
 
@@ -397,6 +429,7 @@ void Daemon::reload(Config cfg) {
     }
     fault_point(FaultPoint::during_reload);
     remove_unlisted(keep);
+    metrics_.set_textfile(cfg.metrics_textfile);
     cfg_ = std::move(cfg);
     publish_changed();
 }

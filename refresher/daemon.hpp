@@ -6,6 +6,9 @@
 #include "config.hpp"
 #include "credential.hpp"
 #include "error.hpp"
+#include "notify.hpp"
+#include "metrics.hpp"
+#include "sinks.hpp"
 #include "state_store.hpp"
 #include "transport.hpp"
 
@@ -29,6 +32,8 @@ struct DaemonDeps {
     // Both clocks (system_now(); tests pass a fake whose wall time they step).
     std::function<Now()> now;
     std::function<double()> random01;
+    // systemd's notify socket (READY, WATCHDOG, STATUS...); null: none.
+    ServiceNotifier* notifier = nullptr;
 };
 
 class Daemon {
@@ -93,6 +98,8 @@ class Daemon {
     // Reads what arrived on the signalfd; true when SIGTERM or SIGINT did.
     bool read_signals(int signal_fd);
     bool all_attempted() const;
+    // The one-line summary for the service manager's STATUS= (notify.hpp).
+    std::string service_status(Now now) const;
     // Saves the rotated refresh tokens still only in memory, retrying for up
     // to `budget_ms`; says, per credential, what is lost when it cannot.
     bool save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd);
@@ -114,6 +121,8 @@ class Daemon {
     bool draining_ = false;  // stopping: no new requests, waiting for answers
     bool failed_ = false;    // a fault that must end the daemon with exit 1
     std::function<void()> reload_;
+    RefresherMetrics metrics_;  // metrics.hpp: counters and the textfile
+    SinkWriter sinks_;          // sinks.hpp: token files for tools
 };
 
 }  // namespace tokenshm::refresher

@@ -30,4 +30,20 @@ std::string quote(std::string_view s, std::size_t limit) {
     return out;
 }
 
+std::string printable_line(std::string_view s) {
+    std::string out;
+    out.reserve(s.size());
+    for (const char c : s) {
+        const auto u = static_cast<unsigned char>(c);
+        if (u >= 0x20 && u < 0x7f) {
+            out += c;
+        } else {
+            char b[8];
+            std::snprintf(b, sizeof b, "\\x%02x", u);
+            out += b;
+        }
+    }
+    return out;
+}
+
 }  // namespace tokenshm::refresher

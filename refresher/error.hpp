@@ -21,6 +21,12 @@ namespace tokenshm::refresher {
 // The value of an Expected that has nothing to return but success.
 using Done = shm::Done;
 
+// `s` with every byte outside printable ASCII (controls, DEL, and bytes above
+// 0x7f, which could be a C1 control such as U+009B, a terminal's CSI) written
+// as \xNN, so a message that names a path or a server's words stays one line
+// that cannot drive a terminal. Plain ASCII comes back unchanged.
+std::string printable_line(std::string_view s);
+
 struct RefresherError {
     enum class Kind {
         usage,    // the command line is wrong                       -> exit 2
@@ -30,9 +36,17 @@ struct RefresherError {
     Kind kind;
     std::string message;  // one line, no secrets
 
-    static RefresherError usage_error(std::string m) { return {Kind::usage, std::move(m)}; }
-    static RefresherError config_error(std::string m) { return {Kind::config, std::move(m)}; }
-    static RefresherError runtime_error(std::string m) { return {Kind::runtime, std::move(m)}; }
+    // Every message goes through printable_line: paths from a config may
+    // hold any byte but a control character.
+    static RefresherError usage_error(std::string_view m) {
+        return {Kind::usage, printable_line(m)};
+    }
+    static RefresherError config_error(std::string_view m) {
+        return {Kind::config, printable_line(m)};
+    }
+    static RefresherError runtime_error(std::string_view m) {
+        return {Kind::runtime, printable_line(m)};
+    }
 };
 
 // A value an error message names (a key, a name, a URL without its query),

@@ -32,7 +32,7 @@ void append_escaped(std::string& out, std::string_view s) {
             out += "\\n";
         } else if (c == '\r') {
             out += "\\r";
-        } else if (u < 0x20 || u == 0x7f) {
+        } else if (u < 0x20 || u >= 0x7f) {  // above 0x7f: C1 controls (U+009B is CSI)
             char b[8];
             std::snprintf(b, sizeof b, "\\x%02x", u);
             out += b;

@@ -1,5 +1,6 @@
 // tokenshm-refresher --config FILE [--check-config | --once] [--log-level L]
 //                    [--allow-core-dumps]
+// tokenshm-refresher --help | --version
 // Exit codes: 0 ok, 1 runtime failure (segment held by another refresher,
 // state_dir unusable, a --once refresh failed), 2 usage or configuration error.
 //
@@ -39,12 +40,35 @@ using tokenshm::Unexpected;
 namespace {
 
 const char* const kUsage =
-    "usage: tokenshm-refresher --config FILE [--check-config | --once] [--log-level "
-    "debug|info|warn|error] [--allow-core-dumps]\n"
+    "usage: tokenshm-refresher --config FILE [--check-config | --once] [--log-level LEVEL]\n"
+    "                          [--allow-core-dumps]\n"
+    "       tokenshm-refresher --help | --version\n";
+
+// --help: every option, the signals, the environment and the exit codes.
+const char* const kHelp =
+    "Keeps the OAuth 2.0 access tokens of the configured credentials fresh in a POSIX\n"
+    "shared memory segment (/dev/shm/<segment>), for readers (libtokenshm, `tokenshm get`).\n"
+    "\n"
+    "options:\n"
+    "  --config FILE       the JSON configuration (required; keys in the README)\n"
     "  --check-config      validate the configuration and every file it names, then exit\n"
     "  --once              refresh every credential once, publish, exit (0 if all succeeded)\n"
+    "  --log-level LEVEL   debug, info (the default), warn or error; the log goes to stderr\n"
     "  --allow-core-dumps  stay dumpable (core files, ptrace) for debugging; by default the\n"
-    "                      refresher is not dumpable, so no core holds its secrets\n";
+    "                      refresher is not dumpable, so no core holds its secrets\n"
+    "  -h, --help          print this help and exit\n"
+    "  --version           print the version and exit\n"
+    "\n"
+    "signals: SIGHUP re-reads the configuration; SIGTERM or SIGINT stops after the\n"
+    "requests in flight have answered (a second one stops at once). The segment and its\n"
+    "tokens stay for readers.\n"
+    "\n"
+    "environment: NOTIFY_SOCKET, WATCHDOG_USEC and WATCHDOG_PID, set by systemd for a\n"
+    "Type=notify unit (READY=1, WATCHDOG=1, STATUS=, RELOADING=1, STOPPING=1).\n"
+    "\n"
+    "exit codes: 0 success, 1 runtime failure (segment held by another refresher,\n"
+    "unusable state directory, a --once refresh failed, requests abandoned), 2 usage\n"
+    "or configuration error.\n";
 
 // Prints `e` as one line (and the usage after a usage error); the exit code.
 int fail(const RefresherError& e) {
@@ -182,7 +206,8 @@ Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, File
     if (!transport) return Unexpected{transport.error()};
     std::mt19937_64 rng(std::random_device{}());
     std::uniform_real_distribution<double> unit(0.0, 1.0);
-    DaemonDeps deps{transport->get(), &fs, system_now, [&] { return unit(rng); }};
+    ServiceNotifier notifier = ServiceNotifier::from_environment();
+    DaemonDeps deps{transport->get(), &fs, system_now, [&] { return unit(rng); }, &notifier};
 
     auto daemon = Daemon::start(std::move(cfg), deps);
     if (!daemon) return Unexpected{daemon.error()};
@@ -222,6 +247,8 @@ int main(int argc, char** argv) {
     if (!args) return fail(args.error());
     if (args->help) {
         std::fputs(kUsage, stdout);
+        std::fputs("\n", stdout);
+        std::fputs(kHelp, stdout);
         return 0;
     }
     if (args->version) {

@@ -102,6 +102,11 @@ FsResult<Done> PosixFileSystem::fchmod(int fd, mode_t mode, const std::string& p
     return Done{};
 }
 
+FsResult<Done> PosixFileSystem::fchown_group(int fd, gid_t gid, const std::string& path) {
+    if (::fchown(fd, static_cast<uid_t>(-1), gid) != 0) return fail("fchown", errno, path);
+    return Done{};
+}
+
 FsResult<struct stat> PosixFileSystem::fstat(int fd, const std::string& path) {
     struct stat st {};
     if (::fstat(fd, &st) != 0) return fail("fstat", errno, path);

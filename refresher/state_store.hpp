@@ -76,6 +76,8 @@ class FileSystem {
     virtual FsResult<Secret> read_all(int fd, std::size_t max_bytes, const std::string& path) = 0;
     virtual FsResult<Done> fsync(int fd, const std::string& path) = 0;
     virtual FsResult<Done> fchmod(int fd, mode_t mode, const std::string& path) = 0;
+    // Gives the file to group `gid`; the owner stays.
+    virtual FsResult<Done> fchown_group(int fd, gid_t gid, const std::string& path) = 0;
     virtual FsResult<struct stat> fstat(int fd, const std::string& path) = 0;
     // Follows symbolic links (a state directory may be a link to another volume).
     virtual FsResult<struct stat> stat(const std::string& path) = 0;
@@ -95,6 +97,7 @@ class PosixFileSystem : public FileSystem {
     FsResult<Secret> read_all(int fd, std::size_t max_bytes, const std::string& path) override;
     FsResult<Done> fsync(int fd, const std::string& path) override;
     FsResult<Done> fchmod(int fd, mode_t mode, const std::string& path) override;
+    FsResult<Done> fchown_group(int fd, gid_t gid, const std::string& path) override;
     FsResult<struct stat> fstat(int fd, const std::string& path) override;
     FsResult<struct stat> stat(const std::string& path) override;
     FsResult<Done> chmod(const std::string& path, mode_t mode) override;

@@ -67,6 +67,9 @@ class MemoryFileSystem final : public refresher::FileSystem {
     FsResult<Done> fchmod(int, mode_t, const std::string& path) override {
         return fail("fchmod", EROFS, path);
     }
+    FsResult<Done> fchown_group(int, gid_t, const std::string& path) override {
+        return fail("fchown", EROFS, path);
+    }
     FsResult<struct stat> fstat(int fd, const std::string& path) override {
         const auto it = open_.find(fd);
         if (it == open_.end()) return fail("fstat", EBADF, path);

@@ -626,6 +626,27 @@ TEST_CASE("a secret file open to group or others is a warning without the secret
     CHECK(w.find(kSecret) == std::string::npos);
 }
 
+TEST_CASE("a path with bytes above 0x7f is escaped in warnings and errors", "[config]") {
+    // \xc2\x9b is U+009B, a terminal's CSI: a path may hold it, a message may not.
+    const std::string path = "/etc/tokenshm/\xc2\x9b" "2J.secret";
+    const std::string shown = "/etc/tokenshm/\\xc2\\x9b2J.secret";
+    const std::string doc = document(
+        "", credential({{"client_secret_file", "\"" + path + "\""}}, {"client_secret_env"}));
+    FakeSystem sys;
+    sys.files[path] = {std::string(kSecret) + "\n", true};
+    const auto loose = parse_config(doc, sys.sources());
+    REQUIRE(loose.has_value());
+    REQUIRE(loose->warnings.size() == 1);
+    CHECK(loose->warnings[0].find(shown + " is accessible") != std::string::npos);
+    CHECK(loose->warnings[0].find('\xc2') == std::string::npos);
+
+    FakeSystem missing;
+    const auto r = parse_config(doc, missing.sources());
+    REQUIRE_FALSE(r.has_value());
+    CHECK(r.error().message.find(shown + ": No such file") != std::string::npos);
+    CHECK(r.error().message.find('\xc2') == std::string::npos);
+}
+
 TEST_CASE("a group with mode 0600 is a warning", "[config]") {
     FakeSystem sys;
     const auto r = parse_config(document(R"("group": "tokenshm-readers", )"), sys.sources());
@@ -902,4 +923,89 @@ TEST_CASE("redirect_uri gives tokenshm login its port and path", "[config]") {
     const auto none = parse_config(document(), sys.sources());
     REQUIRE(none.has_value());
     CHECK_FALSE(none->credentials[0].redirect_uri.has_value());
+}
+
+TEST_CASE("sinks and metrics_textfile are parsed with their defaults", "[config][sinks]") {
+    FakeSystem sys;
+    const auto r = parse_config(
+        document(R"("metrics_textfile": "/var/lib/node_exporter/textfile/tokenshm.prom", )",
+                 credential({{"sinks", R"([{"path": "/run/tokenshm/a.token"},
+                     {"path": "/run/tokenshm/a.hdr", "mode": "0640", "group": "tokenshm-readers",
+                      "format": "header"},
+                     {"path": "/run/tokenshm/a.json", "mode": "640", "format": "json",
+                      "group": null}])"}})),
+        sys.sources());
+    INFO((r ? std::string() : r.error().message));
+    REQUIRE(r.has_value());
+    CHECK(r->metrics_textfile == "/var/lib/node_exporter/textfile/tokenshm.prom");
+    const auto& s = r->credentials.at(0).sinks;
+    REQUIRE(s.size() == 3);
+    CHECK(s[0].path == "/run/tokenshm/a.token");
+    CHECK(s[0].mode == 0600);
+    CHECK(s[0].format == SinkFormat::token);
+    CHECK_FALSE(s[0].group.has_value());
+    CHECK(s[1].mode == 0640);
+    CHECK(s[1].format == SinkFormat::header);
+    CHECK(s[1].group_id == std::optional<gid_t>(1234));
+    CHECK(s[2].mode == 0640);
+    CHECK(s[2].format == SinkFormat::json);
+    CHECK_FALSE(s[2].group_id.has_value());
+    CHECK(std::string(to_string(SinkFormat::header)) == "header");
+}
+
+TEST_CASE("no sinks and no metrics file by default", "[config][sinks]") {
+    FakeSystem sys;
+    const auto r = parse_config(document(R"("metrics_textfile": null, )"), sys.sources());
+    REQUIRE(r.has_value());
+    CHECK(r->metrics_textfile.empty());
+    CHECK(r->credentials.at(0).sinks.empty());
+}
+
+TEST_CASE("a bad sink is one line naming its key", "[config][sinks]") {
+    const auto sink = [](const std::string& s) { return document("", credential({{"sinks", s}})); };
+    const std::vector<BadConfig> cases = {
+        {"sinks not an array", sink(R"({"path": "/a"})"), "credentials[0].sinks", "an array"},
+        {"sink not an object", sink(R"(["/a"])"), "credentials[0].sinks[0]", "an object"},
+        {"path missing", sink(R"([{"mode": "0600"}])"), "credentials[0].sinks[0].path",
+         "required key is missing"},
+        {"relative path", sink(R"([{"path": "a.token"}])"), "credentials[0].sinks[0].path",
+         "absolute path"},
+        {"directory path", sink(R"([{"path": "/run/"}])"), "credentials[0].sinks[0].path",
+         "directory"},
+        {"world-readable", sink(R"([{"path": "/a", "mode": "0644"}])"),
+         "credentials[0].sinks[0].mode", "others"},
+        {"world-writable", sink(R"([{"path": "/a", "mode": "0602"}])"),
+         "credentials[0].sinks[0].mode", "others"},
+        {"mode not octal", sink(R"([{"path": "/a", "mode": "0690"}])"),
+         "credentials[0].sinks[0].mode", "octal"},
+        {"mode a number", sink(R"([{"path": "/a", "mode": 384}])"), "credentials[0].sinks[0].mode",
+         "octal"},
+        {"setgid", sink(R"([{"path": "/a", "mode": "2640"}])"), "credentials[0].sinks[0].mode",
+         "setuid"},
+        {"unknown format", sink(R"([{"path": "/a", "format": "yaml"}])"),
+         "credentials[0].sinks[0].format", R"("token", "header" or "json")"},
+        {"unknown key", sink(R"([{"path": "/a", "owner": "root"}])"),
+         "credentials[0].sinks[0].owner", "unknown key"},
+        {"unknown group", sink(R"([{"path": "/a", "group": "nobody-here"}])"),
+         "credentials[0].sinks[0].group", "no such group"},
+        {"same path twice", sink(R"([{"path": "/a"}, {"path": "/a", "format": "json"}])"),
+         "credentials[0].sinks[1].path", "used twice (first by credentials[0].sinks[0].path)"},
+        {"the metrics file",
+         document(R"("metrics_textfile": "/m.prom", )",
+                  credential({{"sinks", R"([{"path": "/m.prom"}])"}})),
+         "credentials[0].sinks[0].path", "metrics_textfile"},
+        {"relative metrics file", document(R"("metrics_textfile": "m.prom", )"), "metrics_textfile",
+         "absolute path"},
+    };
+    for (const auto& c : cases) {
+        FakeSystem sys;
+        const auto r = parse_config(c.json, sys.sources());
+        INFO(c.what);
+        REQUIRE_FALSE(r.has_value());
+        const std::string& e = r.error().message;
+        INFO(e);
+        CHECK(e.rfind(c.path + ": ", 0) == 0);
+        CHECK(e.find(c.gist) != std::string::npos);
+        CHECK(e.find('\n') == std::string::npos);
+    }
 }

@@ -625,3 +625,61 @@ TEST_CASE("reloads after a rotated refresh token was rejected send the file's to
     CHECK(alpha_requests <= 2);  // the rejected rt-alpha-2 once, rt-alpha-1 at most once
     CHECK(w.read("alpha")->state() == tokenshm::State::reauth);
 }
+
+static std::string slurp(const std::string& path) {
+    std::ifstream f(path);
+    return std::string(std::istreambuf_iterator<char>(f), {});
+}
+
+TEST_CASE("the daemon counts token requests by outcome and keeps sinks with the token",
+          "[metrics][sinks]") {
+    World w;
+    const std::string prom = (w.dir.path / "tokenshm.prom").string();
+    const std::string sink = (w.dir.path / "alpha.token").string();
+    w.cfg.metrics_textfile = prom;
+    SinkConfig s;
+    s.path = sink;
+    w.cfg.credentials[0].sinks = {s};
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    const auto answer_beta = [&](HttpResponse r) {
+        w.now += 60'000;  // past any backoff
+        (*d)->step(std::chrono::milliseconds(0));
+        REQUIRE(w.transport.answer("beta", std::move(r)));
+        (*d)->step(std::chrono::milliseconds(0));
+    };
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(slurp(sink) == "at-alpha-1\n");
+    answer_beta(error_response(503, R"({"error":"temporarily_unavailable"})"));
+    HttpResponse lost;
+    lost.outcome = HttpResponse::Outcome::sent_no_response;
+    lost.transport_error = "timed out";
+    answer_beta(lost);
+    answer_beta(error_response(400, R"({"error":"invalid_grant"})"));
+    w.now += 60'000;
+    (*d)->step(std::chrono::milliseconds(0));
+
+    const std::string text = slurp(prom);
+    INFO(text);
+    const auto has = [&](const std::string& line) {
+        return text.find("\n" + line + "\n") != std::string::npos;
+    };
+    const std::string a = "{credential=\"alpha\",outcome=", b = "{credential=\"beta\",outcome=";
+    CHECK(has("tokenshm_token_requests_total" + a + "\"success\"} 1"));
+    CHECK(has("tokenshm_token_requests_total" + b + "\"success\"} 0"));
+    CHECK(has("tokenshm_token_requests_total" + b + "\"transient_error\"} 1"));
+    CHECK(has("tokenshm_token_requests_total" + b + "\"network_error\"} 1"));
+    CHECK(has("tokenshm_token_requests_total" + b + "\"rejected\"} 1"));
+    CHECK(has("tokenshm_token_request_duration_seconds_count{credential=\"beta\"} 3"));
+    CHECK(has("tokenshm_credential_state{credential=\"beta\",state=\"reauth\"} 1"));
+
+    Config next = w.cfg;
+    next.credentials.erase(next.credentials.begin());  // alpha goes, and its sink
+    (*d)->reload(next);
+    CHECK_FALSE(fs::exists(sink));
+    w.now += 60'000;
+    (*d)->step(std::chrono::milliseconds(0));
+    CHECK(slurp(prom).find("credential=\"alpha\"") == std::string::npos);
+}

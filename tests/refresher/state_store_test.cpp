@@ -149,6 +149,10 @@ class FaultyFileSystem final : public FileSystem {
         if (hit("fchmod")) return injected("fchmod", EPERM, path);
         return real_.fchmod(fd, mode, path);
     }
+    FsResult<Done> fchown_group(int fd, gid_t gid, const std::string& path) override {
+        if (hit("fchown_group")) return injected("fchown", EPERM, path);
+        return real_.fchown_group(fd, gid, path);
+    }
     FsResult<struct stat> fstat(int fd, const std::string& path) override {
         if (hit("fstat")) return injected("fstat", EIO, path);
         auto st = real_.fstat(fd, path);
