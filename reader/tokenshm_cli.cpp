@@ -6,6 +6,7 @@
 // retry), 6 incompatible or untrusted, 7 refresher unreachable or refusing
 // (`refresh` and `get --invalid`, which talk to its control socket).
 #include "prometheus_text.hpp"
+#include "tokenshm_login.hpp"
 
 #include <tokenshm/reader.hpp>
 
@@ -38,6 +39,7 @@ const char* const kUsage =
     "       tokenshm status [--json | --prometheus] [--segment SEG]\n"
     "       tokenshm watch NAME [--count N] [--segment SEG]\n"
     "       tokenshm refresh NAME [--wait S] [--segment SEG]\n"
+    "       tokenshm login --config FILE NAME [--timeout S] [--open]\n"
     "       tokenshm --help | --version\n"
     "  get        print the token (--header: as an Authorization header); --wait S waits\n"
     "             for a valid one; --invalid VERSION first tells the refresher that the\n"
@@ -48,6 +50,8 @@ const char* const kUsage =
     "  watch      a line each time the token changes (never the token)\n"
     "  refresh    ask the refresher to refresh now, through its control socket\n"
     "             (min_interval_s still holds); --wait S waits for the new token\n"
+    "  login      the authorization-code flow (PKCE) for a credential of FILE: prints\n"
+    "             the URL to open, stores the refresh token in the state directory\n"
     "exit codes: 0 ok, 1 system error, 2 usage, 3 no segment, 4 no such credential,\n"
     "            5 no valid token (or none new in time), 6 segment incompatible or\n"
     "            untrusted, 7 refresher unreachable or refusing (control socket)\n";
@@ -703,5 +707,6 @@ int main(int argc, char** argv) {
     if (cmd == "status") return cmd_status(args);
     if (cmd == "watch") return cmd_watch(args);
     if (cmd == "refresh") return cmd_refresh(args);
+    if (cmd == "login") return tokenshm_cli::cmd_login(args);
     return usage_error("unknown command '" + std::string(cmd) + "'");
 }

@@ -276,11 +276,12 @@ constexpr std::array<std::string_view, 8> top_keys = {
     "max_token_bytes", "credentials", "metrics_textfile"};
 
 // clang-format off
-constexpr std::array<std::string_view, 20> credential_keys = {
+constexpr std::array<std::string_view, 21> credential_keys = {
     "name", "issuer", "token_endpoint", "grant", "client_id", "client_secret_file",
     "client_secret_env", "auth_method", "basic_encoding", "refresh_token_file", "scope",
     "extra_params", "default_lifetime_s", "refresh_before_s", "min_interval_s", "min_backoff_s",
-    "max_backoff_s", "timeout_s", "ca_file", "sinks"};
+    "max_backoff_s", "timeout_s", "ca_file", "redirect_uri",
+    "sinks"};
 // clang-format on
 constexpr std::array<std::string_view, 4> sink_keys = {"path", "mode", "group", "format"};
 // A credential's sinks; far more than any tool needs, few enough to write each change.
@@ -394,6 +395,21 @@ std::optional<std::string> parse_refresh_token_file(const Members& m, Grant gran
                  std::string(to_string(grant)) + "\"");
     }
     return expect_path(*r, m.path("refresh_token_file"), false);
+}
+
+// `tokenshm login`'s loopback redirect; login obtains a refresh token, so
+// only the refresh_token grant has one.
+std::optional<RedirectUri> parse_redirect_uri(const Members& m, Grant grant) {
+    const Value* r = m.find_nullable("redirect_uri");
+    if (r == nullptr) return std::nullopt;
+    if (grant != Grant::refresh_token) {
+        fail(m.path("redirect_uri"),
+             "only allowed with grant \"refresh_token\", this credential uses \"" +
+                 std::string(to_string(grant)) + "\"");
+    }
+    auto uri = RedirectUri::parse(expect_string(*r, m.path("redirect_uri"), "a string"));
+    if (!uri) fail(m.path("redirect_uri"), uri.error());
+    return std::move(*uri);
 }
 
 // At most the record's scope capacity, printable ASCII.
@@ -530,6 +546,7 @@ CredentialConfig parse_credential(const Value& v, const std::string& path, Secre
     if (const Value* ca = m.find_nullable("ca_file")) {
         c.ca_file = expect_path(*ca, m.path("ca_file"), false);
     }
+    c.redirect_uri = parse_redirect_uri(m, c.grant);
     c.sinks = parse_sinks(m);
     return c;
 }

@@ -5,6 +5,7 @@
 
 #include "endpoint_url.hpp"
 #include "error.hpp"
+#include "redirect_uri.hpp"
 #include "secret.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -64,6 +65,8 @@ struct CredentialConfig {
     std::chrono::seconds max_backoff{300};
     std::chrono::seconds timeout{20};
     std::optional<std::string> ca_file;
+    // Where `tokenshm login` listens for the browser; none: a free port.
+    std::optional<RedirectUri> redirect_uri;
     // Sinks are settings too: a reload that changes them rebuilds the
     // credential like any other change (refresh_soon, min_interval_s holds).
     std::vector<SinkConfig> sinks;

@@ -169,7 +169,8 @@ void CredentialRefresher::continue_after_reload(const CredentialRefresher& from,
         reauth_ = rt_refused_ = true;
         log_event(Level::warn, cfg_.name, "reauth",
                   "settings changed, but the refresh token is still the one the server "
-                  "rejected; put a new one in refresh_token_file, then send SIGHUP");
+                  "rejected; run tokenshm login --config FILE " +
+                      cfg_.name + ", or put a new one in refresh_token_file and send SIGHUP");
         return;
     }
     refresh_soon(now);

@@ -189,7 +189,8 @@ class CredentialRefresher {
     std::chrono::steady_clock::time_point response_at_{};
     std::optional<std::chrono::steady_clock::time_point> unpersisted_response_at_;
     std::string no_token_reason_ =
-        "no refresh token: put one in refresh_token_file, then send SIGHUP";
+        "no refresh token: run tokenshm login --config FILE NAME, or put one in "
+        "refresh_token_file and send SIGHUP";
     std::int64_t next_persist_ms_ = kNever;
     // Unix minus monotonic, as pub_'s times were computed; unset before the first Now.
     std::optional<std::int64_t> wall_offset_ms_;

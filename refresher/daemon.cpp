@@ -370,8 +370,9 @@ bool Daemon::save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd) {
                                 : "the next run will send it and be refused (reauth; a server "
                                   "that detects reuse revokes the grant)") +
                       ". Make " + cfg_.state_dir + " writable, remove " + store_->token_path(name) +
-                      " and put a fresh refresh token from the authorization server in "
-                      "refresh_token_file");
+                      " and run tokenshm login --config FILE " + name +
+                      " (or put a fresh refresh token from the authorization server in "
+                      "refresh_token_file)");
     }
     return false;
 }
@@ -393,7 +394,8 @@ void Daemon::set_aside_rejected(const std::string& name) {
               std::string(*moved ? "the rejected refresh token was moved to " +
                                        store_->token_path(name) + ".rejected; "
                                  : "") +
-                  "put a new refresh token in refresh_token_file, then send SIGHUP");
+                  "run tokenshm login --config FILE " + name +
+                  ", or put a new refresh token in refresh_token_file and send SIGHUP");
 }
 
 void Daemon::apply_pending(Entry& e) {

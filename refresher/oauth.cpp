@@ -187,8 +187,8 @@ std::string http(long status) {
 // What a person must do when the server rejected the credentials, by code.
 const char* reauth_advice(std::string_view code) {
     if (code == "invalid_grant")
-        return "the refresh token was rejected: put a new refresh token in "
-               "refresh_token_file, then send SIGHUP";
+        return "the refresh token was rejected: run tokenshm login --config FILE NAME, or put "
+               "a new refresh token in refresh_token_file and send SIGHUP";
     if (code == "invalid_client")
         return "the client id or secret was rejected: check client_id and "
                "client_secret_file/env";
@@ -562,6 +562,15 @@ void append_base64(WipedString& out, std::string_view bytes) {
     base64_into(out, bytes);
 }
 
+std::string base64url_encode(std::string_view bytes) {
+    std::string out = base64_encode(bytes);
+    while (!out.empty() && out.back() == '=')
+        out.pop_back();
+    for (char& ch : out)
+        ch = ch == '+' ? '-' : ch == '/' ? '_' : ch;
+    return out;
+}
+
 Secret basic_authorization(std::string_view client_id, const Secret& client_secret,
                            BasicEncoding encoding) {
     // Every buffer that holds the secret in any form is a WipedString.
@@ -584,6 +593,27 @@ Secret basic_authorization(std::string_view client_id, const Secret& client_secr
 }
 
 namespace {
+
+void add_form_field(WipedString& body, std::string_view name, std::string_view value) {
+    if (!body.empty()) body.append("&", 1);
+    append_form_urlencoded(body, name);
+    body.append("=", 1);
+    append_form_urlencoded(body, value);
+}
+
+// extra_params in file order, then the client's credentials: for
+// client_secret_post in the body, else only in `authorization`.
+void finish_token_request(HttpRequest& r, WipedString& body, const CredentialConfig& c) {
+    for (const auto& [name, value] : c.extra_params)
+        add_form_field(body, name, value);
+    if (c.auth_method == AuthMethod::client_secret_post) {
+        add_form_field(body, "client_id", c.client_id);
+        add_form_field(body, "client_secret", c.client_secret.reveal());
+    } else {
+        r.authorization = basic_authorization(c.client_id, c.client_secret, c.basic_encoding);
+    }
+    r.body = Secret(std::move(body));
+}
 
 void apply_common(HttpRequest& r, const CredentialConfig& c) {
     r.timeout = std::chrono::duration_cast<std::chrono::milliseconds>(c.timeout);
@@ -609,28 +639,32 @@ Expected<HttpRequest, RefresherError> build_token_request(const CredentialConfig
     // WipedString, encoded in place, so no unwiped copy is left behind.
     WipedString body;
     body.reserve(512 + 3 * (c.client_secret.size() + (refresh_token ? refresh_token->size() : 0)));
-    auto add = [&body](std::string_view name, std::string_view value) {
-        if (!body.empty()) body.append("&", 1);
-        append_form_urlencoded(body, name);
-        body.append("=", 1);
-        append_form_urlencoded(body, value);
-    };
     if (c.grant == Grant::refresh_token) {
-        add("grant_type", "refresh_token");
-        add("refresh_token", refresh_token->reveal());
+        add_form_field(body, "grant_type", "refresh_token");
+        add_form_field(body, "refresh_token", refresh_token->reveal());
     } else {
-        add("grant_type", "client_credentials");
+        add_form_field(body, "grant_type", "client_credentials");
     }
-    if (c.scope) add("scope", *c.scope);
-    for (const auto& [name, value] : c.extra_params)
-        add(name, value);
-    if (c.auth_method == AuthMethod::client_secret_post) {
-        add("client_id", c.client_id);
-        add("client_secret", c.client_secret.reveal());
-    } else {
-        r.authorization = basic_authorization(c.client_id, c.client_secret, c.basic_encoding);
-    }
-    r.body = Secret(std::move(body));
+    if (c.scope) add_form_field(body, "scope", *c.scope);
+    finish_token_request(r, body, c);
+    return r;
+}
+
+HttpRequest build_code_exchange_request(const CredentialConfig& c,
+                                        const EndpointUrl& token_endpoint, const Secret& code,
+                                        std::string_view redirect_uri,
+                                        const Secret& code_verifier) {
+    HttpRequest r(token_endpoint);
+    r.method = "POST";
+    r.headers.push_back("Content-Type: application/x-www-form-urlencoded");
+    apply_common(r, c);
+    WipedString body;
+    body.reserve(512 + 3 * (c.client_secret.size() + code.size() + code_verifier.size()));
+    add_form_field(body, "grant_type", "authorization_code");
+    add_form_field(body, "code", code.reveal());
+    add_form_field(body, "redirect_uri", redirect_uri);
+    add_form_field(body, "code_verifier", code_verifier.reveal());
+    finish_token_request(r, body, c);
     return r;
 }
 
@@ -695,12 +729,13 @@ Expected<JsonDocument, RefresherError> discovery_document(const HttpResponse& re
 
 }  // namespace
 
-Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& response,
-                                                      const EndpointUrl& issuer) {
-    auto doc = discovery_document(response);
-    if (!doc) return Unexpected{doc.error()};
+namespace {
+
+// RFC 8414 §3.3: the metadata's `issuer`, when present, must be ours.
+Expected<Done, RefresherError> check_metadata_issuer(const JsonDocument& doc,
+                                                     const EndpointUrl& issuer) {
     bool dup = false;
-    const JsonValue* iss = member(*doc, "issuer", dup);
+    const JsonValue* iss = member(doc, "issuer", dup);
     if (dup) return discovery_error("discovery metadata has issuer more than once");
     if (iss && !iss->IsNull()) {
         if (!iss->IsString()) return discovery_error("discovery metadata: issuer is not a string");
@@ -708,15 +743,63 @@ Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& respon
             return discovery_error("discovery metadata names issuer " + quoted(str(*iss), 100) +
                                    ", not the configured " + quoted(issuer.text(), 100));
     }
-    const JsonValue* te = member(*doc, "token_endpoint", dup);
-    if (dup) return discovery_error("discovery metadata has token_endpoint more than once");
-    if (!te || te->IsNull()) return discovery_error("discovery metadata has no token_endpoint");
-    if (!te->IsString())
-        return discovery_error("discovery metadata: token_endpoint is not a string");
+    return Done{};
+}
+
+// A required endpoint of the metadata (`token_endpoint`, ...), checked like a
+// configured one.
+Expected<EndpointUrl, RefresherError> metadata_endpoint(const JsonDocument& doc, const char* name) {
+    const std::string key(name);
+    bool dup = false;
+    const JsonValue* te = member(doc, name, dup);
+    if (dup) return discovery_error("discovery metadata has " + key + " more than once");
+    if (!te || te->IsNull()) return discovery_error("discovery metadata has no " + key);
+    if (!te->IsString()) return discovery_error("discovery metadata: " + key + " is not a string");
     auto endpoint = EndpointUrl::parse(str(*te));
     if (!endpoint)
-        return discovery_error("discovery metadata: token_endpoint: " + endpoint.error().message);
+        return discovery_error("discovery metadata: " + key + ": " + endpoint.error().message);
     return std::move(*endpoint);
+}
+
+// The strings of an optional array member; non-strings are skipped.
+std::vector<std::string> metadata_strings(const JsonDocument& doc, const char* name) {
+    std::vector<std::string> out;
+    bool dup = false;
+    const JsonValue* v = member(doc, name, dup);
+    if (dup || !v || !v->IsArray()) return out;
+    for (const auto& e : v->GetArray())
+        if (e.IsString() && out.size() < 256) out.emplace_back(sanitize(str(e), 200));
+    return out;
+}
+
+}  // namespace
+
+Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& response,
+                                                      const EndpointUrl& issuer) {
+    auto doc = discovery_document(response);
+    if (!doc) return Unexpected{doc.error()};
+    if (auto ok = check_metadata_issuer(*doc, issuer); !ok) return Unexpected{ok.error()};
+    return metadata_endpoint(*doc, "token_endpoint");
+}
+
+Expected<AuthorizationServer, RefresherError> parse_authorization_server(
+    const HttpResponse& response, const EndpointUrl& issuer) {
+    auto doc = discovery_document(response);
+    if (!doc) return Unexpected{doc.error()};
+    if (auto ok = check_metadata_issuer(*doc, issuer); !ok) return Unexpected{ok.error()};
+    auto token = metadata_endpoint(*doc, "token_endpoint");
+    if (!token) return Unexpected{token.error()};
+    auto authorization = metadata_endpoint(*doc, "authorization_endpoint");
+    if (!authorization) return Unexpected{authorization.error()};
+    const auto methods = metadata_strings(*doc, "code_challenge_methods_supported");
+    if (!methods.empty() && std::find(methods.begin(), methods.end(), "S256") == methods.end())
+        return discovery_error(
+            "discovery metadata: code_challenge_methods_supported lacks S256 (PKCE, RFC 7636)");
+    bool dup = false;
+    const JsonValue* rim = member(*doc, "authorization_response_iss_parameter_supported", dup);
+    return AuthorizationServer{std::move(*authorization), std::move(*token),
+                               metadata_strings(*doc, "scopes_supported"),
+                               !dup && rim && rim->IsBool() && rim->GetBool()};
 }
 
 TokenOutcome parse_token_response(const HttpResponse& response,

@@ -43,6 +43,9 @@ std::string base64_encode(std::string_view bytes);
 void append_form_urlencoded(WipedString& out, std::string_view s);
 void append_base64(WipedString& out, std::string_view bytes);
 
+// Base64url without padding (RFC 4648 §5, RFC 7636 App. A): PKCE's encoding.
+std::string base64url_encode(std::string_view bytes);
+
 // "Basic " base64(id ":" secret). RFC 6749 §2.3.1 says to form-encode id and
 // secret first (so a ':' in the id cannot split it); `raw` exists because
 // some servers never decode and would reject the encoded form.
@@ -80,6 +83,28 @@ HttpRequest build_discovery_request(const EndpointUrl& url, const CredentialConf
 // EndpointUrl's checks like a configured one. Errors are runtime errors.
 Expected<EndpointUrl, RefresherError> parse_discovery(const HttpResponse& response,
                                                       const EndpointUrl& issuer);
+
+// What `tokenshm login` needs of an issuer's metadata (RFC 8414 §2).
+struct AuthorizationServer {
+    EndpointUrl authorization_endpoint;  // checked like a token endpoint: the browser
+    EndpointUrl token_endpoint;          // gets the code there, and the code is a secret
+    std::vector<std::string> scopes_supported;  // empty when not published
+    // RFC 9207: the redirect carries `iss`, which must then be the issuer.
+    bool iss_parameter = false;
+};
+
+// The same checks as parse_discovery, plus an authorization_endpoint, and
+// S256 among code_challenge_methods_supported when the server lists them.
+Expected<AuthorizationServer, RefresherError> parse_authorization_server(
+    const HttpResponse& response, const EndpointUrl& issuer);
+
+// The authorization-code token request (RFC 6749 §4.1.3, RFC 7636 §4.5):
+// grant_type, code, redirect_uri, code_verifier, then extra_params and the
+// client's credentials exactly as build_token_request sends them.
+HttpRequest build_code_exchange_request(const CredentialConfig& c,
+                                        const EndpointUrl& token_endpoint, const Secret& code,
+                                        std::string_view redirect_uri,
+                                        const Secret& code_verifier);
 
 // What a token response means for the credential.
 enum class FailureKind {

@@ -652,15 +652,17 @@ std::string spent_in_file_reason(const std::string& file) {
     return "refresh_token_file " + file +
            " holds a spent refresh token (it was already rotated: its successor was received, "
            "and a server that detects reuse revokes the grant when it sees it again); it is not "
-           "sent. Put a fresh refresh token from the authorization server in " +
-           file + ", then send SIGHUP";
+           "sent. Run tokenshm login --config FILE NAME, or put a fresh refresh token from the "
+           "authorization server in " +
+           file + " and send SIGHUP";
 }
 
 std::string spent_in_state_reason(const std::string& state_file) {
     return state_file +
            " holds a spent refresh token (its successor was received before); it is not sent. "
-           "Move it aside, put a fresh refresh token from the authorization server in "
-           "refresh_token_file, then send SIGHUP";
+           "Run tokenshm login --config FILE NAME (it replaces the file), or move it aside, put a "
+           "fresh refresh token from the authorization server in refresh_token_file and send "
+           "SIGHUP";
 }
 
 // The token in the state directory or, failing that, refresh_token_file,

@@ -204,6 +204,18 @@ std::vector<BadConfig> bad_configs() {
          "credentials[1]", "expected an object, found a string"},
         {"too many credentials", document("", too_many), "credentials",
          "at most 4096 credentials, found 4097"},
+        // redirect_uri (tokenshm login)
+        {"redirect_uri with client_credentials",
+         document("", credential({{"redirect_uri", R"("http://127.0.0.1:8765/cb")"}})),
+         "credentials[0].redirect_uri", "only allowed with grant \"refresh_token\""},
+        {"redirect_uri not on 127.0.0.1",
+         document("", credential({{"grant", R"("refresh_token")"},
+                                  {"redirect_uri", R"("http://localhost:8765/cb")"}})),
+         "credentials[0].redirect_uri", "expected http://127.0.0.1:PORT/PATH"},
+        {"redirect_uri without a port",
+         document("", credential({{"grant", R"("refresh_token")"},
+                                  {"redirect_uri", R"("http://127.0.0.1:/cb")"}})),
+         "credentials[0].redirect_uri", "a port from 1 to 65535"},
         // required credential keys
         {"missing name", document("", credential({}, {"name"})), "credentials[0].name",
          "required key is missing"},
@@ -896,6 +908,21 @@ TEST_CASE("secret files are followed through symlinks to files of our uid or roo
                                        ": owned by uid 12345, not by this process's uid 0 or "
                                        "root; refused");
     }
+}
+
+TEST_CASE("redirect_uri gives tokenshm login its port and path", "[config]") {
+    FakeSystem sys;
+    const auto r = parse_config(
+        document("", credential({{"grant", R"("refresh_token")"},
+                                 {"redirect_uri", R"("http://127.0.0.1:8765/callback")"}})),
+        sys.sources());
+    REQUIRE(r.has_value());
+    REQUIRE(r->credentials[0].redirect_uri.has_value());
+    CHECK(r->credentials[0].redirect_uri->port == 8765);
+    CHECK(r->credentials[0].redirect_uri->path == "/callback");
+    const auto none = parse_config(document(), sys.sources());
+    REQUIRE(none.has_value());
+    CHECK_FALSE(none->credentials[0].redirect_uri.has_value());
 }
 
 TEST_CASE("sinks and metrics_textfile are parsed with their defaults", "[config][sinks]") {

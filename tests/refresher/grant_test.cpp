@@ -168,8 +168,10 @@ TEST_CASE("after reauth, neither a restart nor a reload sends the spent original
                             kSpentMessage) == 0);
     CHECK(w.logged("event=reauth refresh_token_file " + *w.cfg.credentials[0].refresh_token_file +
                    kSpentMessage));
-    CHECK(w.logged("Put a fresh refresh token from the authorization server in " +
-                   *w.cfg.credentials[0].refresh_token_file + ", then send SIGHUP"));
+    CHECK(
+        w.logged("Run tokenshm login --config FILE NAME, or put a fresh refresh token from the "
+                 "authorization server in " +
+                 *w.cfg.credentials[0].refresh_token_file + " and send SIGHUP"));
 
     // A person puts a fresh token in the file and reloads: it is used.
     std::ofstream(*w.cfg.credentials[0].refresh_token_file) << "rt-alpha-fresh\n";

@@ -248,9 +248,9 @@ TEST_CASE("a spent token in refresh_token_file or the state directory is never h
               "refresh_token_file " + file +
                   " holds a spent refresh token (it was already rotated: its successor was "
                   "received, and a server that detects reuse revokes the grant when it sees it "
-                  "again); it is not sent. Put a fresh refresh token from the authorization "
-                  "server in " +
-                  file + ", then send SIGHUP");
+                  "again); it is not sent. Run tokenshm login --config FILE NAME, or put a "
+                  "fresh refresh token from the authorization server in " +
+                  file + " and send SIGHUP");
         // --check-config says the same, as an error.
         auto checked = initial_refresh_token(store, fs, "storage", file);
         REQUIRE_FALSE(checked);

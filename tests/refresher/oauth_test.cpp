@@ -474,8 +474,9 @@ TEST_CASE("token response: a table of odd and bad answers") {
         {"invalid_grant",
          reply(400, R"({"error":"invalid_grant","error_description":"Token is not active"})"),
          K::reauth,
-         "HTTP 400 invalid_grant: the refresh token was rejected: put a new refresh token in "
-         "refresh_token_file, then send SIGHUP (server: \"Token is not active\")",
+         "HTTP 400 invalid_grant: the refresh token was rejected: run tokenshm login --config "
+         "FILE NAME, or put a new refresh token in refresh_token_file and send SIGHUP (server: "
+         "\"Token is not active\")",
          "invalid_grant"},
         {"invalid_client on 401", reply(401, R"({"error":"invalid_client"})"), K::reauth,
          "the client id or secret was rejected: check client_id and client_secret_file/env",
@@ -668,5 +669,88 @@ TEST_CASE("token response: only a b64token access_token and a one-token token_ty
         CHECK(o.failure().kind == FailureKind::retry);
         CHECK(contains(o.failure().message, "token_type contains characters other than"));
         CHECK(one_printable_line(o.failure().message));
+    }
+}
+
+TEST_CASE("base64url has no padding and the URL-safe alphabet (RFC 4648 §5)") {
+    CHECK(base64url_encode("") == "");
+    CHECK(base64url_encode("f") == "Zg");
+    CHECK(base64url_encode("fo") == "Zm8");
+    CHECK(base64url_encode("\xfb\xff") == "-_8");
+}
+
+TEST_CASE("code exchange request: code, redirect_uri, verifier and the client's auth") {
+    const Secret code("CODE-abc/def");
+    const Secret verifier("verifier-xyz");
+    SECTION("client_secret_basic: credentials only in the header") {
+        const auto c = credential(Grant::refresh_token, AuthMethod::client_secret_basic);
+        const HttpRequest r =
+            build_code_exchange_request(c, checked_url("https://id.example.com/token"), code,
+                                        "http://127.0.0.1:8765/cb", verifier);
+        CHECK(r.method == "POST");
+        CHECK(r.body.reveal() ==
+              "grant_type=authorization_code&code=CODE-abc%2Fdef"
+              "&redirect_uri=http%3A%2F%2F127.0.0.1%3A8765%2Fcb&code_verifier=verifier-xyz"
+              "&audience=storage&resource=https%3A%2F%2Fx%2Fy");
+        CHECK(r.authorization.reveal() == "Basic YSUzQWIlMkJjJTI1ZCtlOnMlM0FlJTJCYyUyNXIrdA==");
+        CHECK_FALSE(contains(r.body.reveal(), "scope="));
+    }
+    SECTION("client_secret_post: credentials in the body") {
+        const auto c = credential(Grant::refresh_token, AuthMethod::client_secret_post);
+        const HttpRequest r =
+            build_code_exchange_request(c, checked_url("https://id.example.com/token"), code,
+                                        "http://127.0.0.1:1/cb", verifier);
+        CHECK(r.authorization.empty());
+        CHECK(contains(r.body.reveal(), "&client_id="));
+        CHECK(contains(r.body.reveal(), "&client_secret="));
+    }
+}
+
+TEST_CASE("parse_authorization_server") {
+    const EndpointUrl issuer = checked_url("https://id.example.com");
+    const std::string both = R"("issuer":"https://id.example.com","token_endpoint":)"
+                             R"("https://id.example.com/token","authorization_endpoint":)"
+                             R"("https://id.example.com/auth")";
+    SECTION("both endpoints, scopes, RFC 9207") {
+        auto r = parse_authorization_server(
+            reply(200, "{" + both +
+                           R"(,"scopes_supported":["openid","offline_access",3],)"
+                           R"("code_challenge_methods_supported":["S256"],)"
+                           R"("authorization_response_iss_parameter_supported":true})"),
+            issuer);
+        REQUIRE(r.has_value());
+        CHECK(r->authorization_endpoint.text() == "https://id.example.com/auth");
+        CHECK(r->token_endpoint.text() == "https://id.example.com/token");
+        CHECK(r->scopes_supported == std::vector<std::string>{"openid", "offline_access"});
+        CHECK(r->iss_parameter);
+    }
+    SECTION("no authorization_endpoint") {
+        auto r = parse_authorization_server(
+            reply(200, R"({"token_endpoint":"https://id.example.com/token"})"), issuer);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(contains(r.error().message, "no authorization_endpoint"));
+    }
+    SECTION("PKCE methods listed without S256") {
+        auto r = parse_authorization_server(
+            reply(200, "{" + both + R"(,"code_challenge_methods_supported":["plain"]})"), issuer);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(contains(r.error().message, "S256"));
+    }
+    SECTION("another issuer's metadata") {
+        auto r = parse_authorization_server(
+            reply(200, R"({"issuer":"https://evil.example.com","token_endpoint":)"
+                       R"("https://id.example.com/token","authorization_endpoint":)"
+                       R"("https://id.example.com/auth"})"),
+            issuer);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(contains(r.error().message, "not the configured"));
+    }
+    SECTION("an authorization_endpoint in clear text to another host") {
+        auto r = parse_authorization_server(
+            reply(200, R"({"token_endpoint":"https://id.example.com/token",)"
+                       R"("authorization_endpoint":"http://id.example.com/auth"})"),
+            issuer);
+        REQUIRE_FALSE(r.has_value());
+        CHECK(contains(r.error().message, "authorization_endpoint"));
     }
 }
