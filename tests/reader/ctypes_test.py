@@ -9,7 +9,6 @@ itself with the ASan runtime preloaded (Python itself is not instrumented)."""
 import ctypes
 import os
 import secrets
-import subprocess
 import sys
 import unittest
 
@@ -141,32 +140,13 @@ class CTypesTest(unittest.TestCase):
                 self.lib.tokenshm_close(reader)
 
 
-def asan_runtime(lib_path):
-    """The ASan runtime the library needs, if it was built with ASan."""
-    with open(lib_path, "rb") as f:
-        if b"libasan.so" not in f.read():
-            return None
-    out = subprocess.run(["ldd", lib_path], capture_output=True, text=True).stdout
-    for line in out.splitlines():
-        if "libasan.so" in line and "=>" in line:
-            return line.split("=>")[1].split()[0]
-    return None
-
-
 def main():
     global LIB, PUBLISHER
     if len(sys.argv) < 3:
         print(__doc__, file=sys.stderr)
         return 2
     LIB, PUBLISHER = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    rt = asan_runtime(LIB)
-    if rt and rt not in os.environ.get("LD_PRELOAD", ""):
-        env = dict(os.environ, LD_PRELOAD=rt,
-                   # Python's own allocations are not ours to judge; the
-                   # last setting wins, so ours goes after the caller's.
-                   ASAN_OPTIONS=":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
-                                                        "detect_leaks=0"])))
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    pyutil.reexec_with_asan_runtime_of(LIB)
     prog = unittest.main(argv=[sys.argv[0], "-v"], exit=False)
     return 0 if prog.result.wasSuccessful() else 1
 

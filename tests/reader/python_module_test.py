@@ -32,7 +32,6 @@ import unittest
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import pyutil  # noqa: E402
-from ctypes_test import asan_runtime  # noqa: E402
 
 MODULE = PUBLISHER = None
 tokenshm = None
@@ -190,12 +189,7 @@ def main():
         print(__doc__, file=sys.stderr)
         return 2
     MODULE, PUBLISHER = os.path.abspath(sys.argv[1]), os.path.abspath(sys.argv[2])
-    rt = asan_runtime(MODULE)
-    if rt and rt not in os.environ.get("LD_PRELOAD", ""):
-        env = dict(os.environ, LD_PRELOAD=rt,
-                   ASAN_OPTIONS=":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
-                                                        "detect_leaks=0"])))
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)
+    pyutil.reexec_with_asan_runtime_of(MODULE)
     sys.path.insert(0, os.path.dirname(MODULE))
     import tokenshm as mod
     tokenshm = mod

@@ -134,3 +134,28 @@ def in_futex(pid, timeout):
             return True
         time.sleep(0.001)
     return False
+
+
+def asan_runtime(lib_path):
+    """The ASan runtime the library needs, if it was built with ASan."""
+    with open(lib_path, "rb") as f:
+        if b"libasan.so" not in f.read():
+            return None
+    out = subprocess.run(["ldd", lib_path], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        if "libasan.so" in line and "=>" in line:
+            return line.split("=>")[1].split()[0]
+    return None
+
+
+def reexec_with_asan_runtime_of(lib_path):
+    """Runs this script again with the ASan runtime preloaded when `lib_path`
+    (a library this interpreter will load) was built with ASan; else returns."""
+    rt = asan_runtime(lib_path)
+    if rt and rt not in os.environ.get("LD_PRELOAD", ""):
+        env = dict(os.environ, LD_PRELOAD=rt,
+                   # Python's own allocations are not ours to judge; the
+                   # last setting wins, so ours goes after the caller's.
+                   ASAN_OPTIONS=":".join(filter(None, [os.environ.get("ASAN_OPTIONS"),
+                                                        "detect_leaks=0"])))
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)
