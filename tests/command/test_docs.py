@@ -9,8 +9,8 @@
            dispatches and every option its parsers and the refresher's accept.
   test_04: docs/OPERATIONS.md names every metric the command and the
            refresher write.
-  test_05: every link from the README into docs/OPERATIONS.md (and its own
-           table of contents) names a heading that exists.
+  test_05: every link from the README into docs/OPERATIONS.md, from that
+           file to itself and back to the README names a heading that exists.
 
     test_docs.py REFRESHER TOKENSHM   (the binaries are not needed)
 """
@@ -146,6 +146,9 @@ class DocsTest(unittest.TestCase):
         links += re.findall(r"\]\(#([-\w]+)\)", self.operations)
         self.assertGreater(len(links), 5)
         self.assertEqual(sorted(set(links) - slugs), [], "links to headings that do not exist")
+        readme_slugs = {github_slug(h) for h in re.findall(r"^#{2,3} (.+)$", self.readme, re.M)}
+        back = re.findall(r"README\.md#([-\w]+)", self.operations)
+        self.assertEqual(sorted(set(back) - readme_slugs), [], "links to README headings")
 
 
 def main():
