@@ -4,6 +4,7 @@
 #include "log.hpp"
 
 #include <sys/signalfd.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -40,6 +41,25 @@ shm::SegmentSpec segment_spec(const Config& c, bool control_socket) {
         std::clamp<std::size_t>(c.credentials.size() * 4, 64, TOKENSHM_MAX_SLOTS));
     return s;
 }
+
+// The control socket's directory (/run/tokenshm by default), made when
+// missing, one level and mode 0755, as systemd's RuntimeDirectory= would:
+// without it a refresher started by hand (the quick start) could not listen.
+Expected<Done, RefresherError> make_socket_dir(const std::string& socket_path) {
+    const auto slash = socket_path.rfind('/');
+    if (slash == std::string::npos || slash == 0) return Done{};
+    const std::string dir = socket_path.substr(0, slash);
+    if (::mkdir(dir.c_str(), 0755) == 0) {
+        log_event(Level::info, "", "control_dir_created", dir);
+        return Done{};
+    }
+    if (errno == EEXIST) return Done{};
+    const int err = errno;
+    return Unexpected{RefresherError::runtime_error(
+        "control_socket " + socket_path + ": cannot create its directory " + dir + ": " +
+        std::strerror(err) +
+        (err == EACCES ? "; set control_socket to a directory this user may write" : ""))};
+}
 }  // namespace
 
 Daemon::Daemon(Config cfg, DaemonDeps deps)
@@ -70,6 +90,7 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
         log_event(Level::warn, "", "segment_repaired", line);
     // Under the segment's lock: a socket there is no other live refresher's.
     if (d->deps_.control_socket) {
+        if (auto ok = make_socket_dir(d->cfg_.control_socket); !ok) return Unexpected{ok.error()};
         auto ctl = ControlServer::open(d->cfg_.control_socket, d->cfg_.mode, d->cfg_.group_id);
         if (!ctl) return Unexpected{ctl.error()};
         d->control_ = std::move(*ctl);

@@ -279,6 +279,25 @@ class Control(IntegrationTest):
         with open(sock) as f:
             self.assertEqual(f.read(), "not a socket")
 
+    def test_09_missing_socket_directory_is_made_one_level_only(self):
+        run_dir = os.path.join(self.ws.dir, "run")
+        sock = os.path.join(run_dir, "ctl.sock")
+        cfg = self.ws.config([self.cred("c")], name="made.json", control_socket=sock)
+        r = self.ws.refresher(cfg)
+        self.ws.wait_state("c", "valid", 20)
+        wait_for(lambda: os.path.exists(sock), 10, "the socket in the directory it made")
+        self.assertEqual(stat.S_IMODE(os.stat(run_dir).st_mode), 0o755)
+        self.assertIn("event=control_dir_created", r.log())
+        out = self.ws.cli("refresh", "c")
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        r.stop()
+        self.assertEqual(r.proc.wait(10), 0)
+        deep = os.path.join(self.ws.dir, "no", "such", "ctl.sock")
+        cfg = self.ws.config([self.cred("c")], name="deep.json", control_socket=deep)
+        r2 = self.ws.refresher(cfg)
+        self.assertEqual(r2.proc.wait(20), 1)
+        self.assertIn("cannot create its directory", r2.log())
+
     def test_08_other_uid_refused_by_peercred(self):
         if os.geteuid() != 0 or not shutil.which("setpriv"):
             self.skipTest("needs root and setpriv to run a client as nobody")

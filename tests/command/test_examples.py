@@ -32,7 +32,7 @@ import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import harness  # noqa: E402
-from harness import IntegrationTest, Workspace, remember_basic, wait_for  # noqa: E402
+from harness import IntegrationTest, Workspace, credential, remember_basic, wait_for  # noqa: E402
 
 LINE = re.compile(r"^(\S+): version (\d+), Bearer token of (\d+) bytes, "
                   r"expires in (-?\d+) s \((\w+)\)$")
@@ -96,20 +96,10 @@ class Examples(IntegrationTest):
         remember_basic("tokenshm-demo", "demo-secret")
 
     def cred(self, name, srv=None, **kw):
-        c = {
-            "name": name,
-            "token_endpoint": (srv or self.srv).token_endpoint,
-            "grant": "client_credentials",
-            "client_id": "tokenshm-demo",
-            "client_secret_file": self.ws.secret_file("demo.secret", "demo-secret"),
-            "refresh_before_s": 3,
-            "min_interval_s": 1,
-            "min_backoff_s": 1,
-            "max_backoff_s": 4,
-            "timeout_s": 5,
-        }
-        c.update(kw)
-        return c
+        return credential(name, "tokenshm-demo",
+                          self.ws.secret_file("demo.secret", "demo-secret"),
+                          endpoint=(srv or self.srv).token_endpoint,
+                          **{"refresh_before_s": 3, **kw})
 
     def not_built(self, what):
         """A skip, which TOKENSHM_CI=1 turns into a failure: a skip is no pass."""

@@ -34,7 +34,7 @@ import urllib.request
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import harness  # noqa: E402
-from harness import Deadline, IntegrationTest, Workspace, remember_basic, spawn  # noqa: E402
+from harness import Deadline, IntegrationTest, Workspace, credential, remember_basic, spawn  # noqa: E402
 
 EXIT_NO_TOKEN = 5
 
@@ -146,21 +146,10 @@ class LoginTest(IntegrationTest):
         cls.server_ws.remember_files(cls.minted)
         remember_basic("tokenshm-demo", "demo-secret")
 
-    def cred(self, name, **kw):
-        c = {
-            "name": name,
-            "issuer": self.srv.base,
-            "grant": "refresh_token",
-            "client_id": "tokenshm-demo",
-            "client_secret_file": self.ws.secret_file("demo.secret", "demo-secret"),
-            "refresh_before_s": 2,
-            "min_interval_s": 1,
-            "min_backoff_s": 1,
-            "max_backoff_s": 4,
-            "timeout_s": 5,
-        }
-        c.update(kw)
-        return c
+    def cred(self, name, client_id="tokenshm-demo", client_secret_file=None, **kw):
+        secret = client_secret_file or self.ws.secret_file("demo.secret", "demo-secret")
+        return credential(name, client_id, secret, issuer=self.srv.base, grant="refresh_token",
+                          **kw)
 
     def token_path(self, name):
         return os.path.join(self.ws.state_dir, f"{name}.refresh_token")

@@ -525,6 +525,21 @@ class ReaderSampler(threading.Thread):
 # ---------------------------------------------------------------- test base
 
 
+def credential(name, client_id, secret_file, endpoint=None, issuer=None,
+               grant="client_credentials", refresh_before_s=2, timeout_s=5, **kw):
+    """A credential for the test servers, with the quick timings every test
+    uses (min_interval_s 1, backoff 1 to 4 s); `kw` adds or overrides keys."""
+    c = {"name": name, "grant": grant, "client_id": client_id,
+         "client_secret_file": secret_file, "refresh_before_s": refresh_before_s,
+         "min_interval_s": 1, "min_backoff_s": 1, "max_backoff_s": 4, "timeout_s": timeout_s}
+    if endpoint is not None:
+        c["token_endpoint"] = endpoint
+    if issuer is not None:
+        c["issuer"] = issuer
+    c.update(kw)
+    return c
+
+
 class IntegrationTest(unittest.TestCase):
     """Each test gets a workspace; everything it started is stopped afterwards."""
 

@@ -17,27 +17,14 @@ import subprocess
 import time
 
 import harness
-from harness import IntegrationTest, log_time, remember_basic, wait_for
+from harness import IntegrationTest, credential, log_time, remember_basic, wait_for
 
 ODD_ID = "id:with+odd%chars x"
 ODD_SECRET = "secret:with+odd%chars y"
 
 
 def cc(name, server, client_id, secret_file, **kw):
-    c = {
-        "name": name,
-        "token_endpoint": server.token_endpoint,
-        "grant": "client_credentials",
-        "client_id": client_id,
-        "client_secret_file": secret_file,
-        "refresh_before_s": 2,
-        "min_interval_s": 1,
-        "min_backoff_s": 1,
-        "max_backoff_s": 4,
-        "timeout_s": 5,
-    }
-    c.update(kw)
-    return c
+    return credential(name, client_id, secret_file, endpoint=server.token_endpoint, **kw)
 
 
 def free_port():
