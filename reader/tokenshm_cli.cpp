@@ -54,7 +54,79 @@ const char* const kUsage =
     "             the URL to open, stores the refresh token in the state directory\n"
     "exit codes: 0 ok, 1 system error, 2 usage, 3 no segment, 4 no such credential,\n"
     "            5 no valid token (or none new in time), 6 segment incompatible or\n"
-    "            untrusted, 7 refresher unreachable or refusing (control socket)\n";
+    "            untrusted, 7 refresher unreachable or refusing (control socket)\n"
+    "tokenshm COMMAND --help (or tokenshm help COMMAND) prints that command's options.\n"
+    "environment: TOKENSHM_SEGMENT (the segment when --segment is not given; default\n"
+    "             \"tokenshm\"), TOKENSHM_TRUSTED_UID (a further uid whose segment to trust)\n";
+
+// --- Help: `tokenshm COMMAND --help`, every option of that command ---------
+
+const char* const kSegmentOption =
+    "  --segment SEG      the segment's name (default: $TOKENSHM_SEGMENT, else \"tokenshm\")\n"
+    "  -h, --help         print this help and exit 0\n";
+
+const char* const kGetHelp =
+    "usage: tokenshm get NAME [--min-valid S] [--wait S] [--header] [--invalid VERSION]\n"
+    "                         [--segment SEG]\n"
+    "Prints credential NAME's access token and a newline on stdout (the only command\n"
+    "that prints a token). A token that has not expired is printed whatever its state.\n"
+    "options:\n"
+    "  --min-valid S      fail (exit 5, \"expiring\") unless the token stays valid S more\n"
+    "                     seconds, so a long job never starts with a dying token\n"
+    "  --wait S           wait up to S seconds for the segment, the credential and a\n"
+    "                     valid token (a refresher that is starting); default: no wait\n"
+    "  --header           print \"Authorization: <Type> <token>\" (curl -H @file)\n"
+    "  --invalid VERSION  the token of VERSION (status --json's \"version\") got a 401:\n"
+    "                     tell the refresher through its control socket, wait (--wait,\n"
+    "                     default 30 s) for a token issued later, and print that one\n";
+const char* const kGetTail =
+    "S: seconds, a decimal from 0 to 31536000 (\"30\", \"0.5\").\n"
+    "exit codes: 0 printed, 1 writing to stdout failed, 2 usage, 3 no segment, 4 no such\n"
+    "            credential, 5 no valid token (empty, expired, expiring, reauth; with\n"
+    "            --invalid: none new in time), 6 segment incompatible or untrusted,\n"
+    "            7 control socket unreachable or refusing (--invalid)\n";
+
+const char* const kStatusHelp =
+    "usage: tokenshm status [--json | --prometheus] [--segment SEG]\n"
+    "Every credential in the segment: state (empty, valid, stale, expired, reauth),\n"
+    "expires in, version, last refresh, consecutive failures, next refresh, last\n"
+    "error; and the refresher's pid and liveness (alive, hung, not running). Never a\n"
+    "token. A dead refresher is not an error: the table says so.\n"
+    "options:\n"
+    "  --json             one JSON object: segment, refresher {pid, alive, lock_held,\n"
+    "                     heartbeat_age_ms, started_at_ms, generation}, credentials [...]\n"
+    "  --prometheus       node_exporter's textfile format (metric names in the README)\n";
+const char* const kStatusTail =
+    "exit codes: 0 shown, 2 usage, 3 no segment, 6 segment incompatible or untrusted\n";
+
+const char* const kWatchHelp =
+    "usage: tokenshm watch NAME [--count N] [--segment SEG]\n"
+    "A line on stdout for the credential's current record and then one each time it\n"
+    "changes (refresh, failure, state): \"<UTC time> NAME version=V state=S\n"
+    "expires_in=D failures=N [last_error=\"...\"]\". Never the token. Runs until\n"
+    "interrupted.\n"
+    "options:\n"
+    "  --count N          exit 0 after N lines (N >= 1)\n";
+const char* const kWatchTail =
+    "exit codes: 0 --count lines printed, 1 writing to stdout failed, 2 usage, 3 no\n"
+    "            segment, 4 no such credential (also once a reload removes it),\n"
+    "            6 segment incompatible or untrusted\n";
+
+const char* const kRefreshHelp =
+    "usage: tokenshm refresh NAME [--wait S] [--segment SEG]\n"
+    "Asks the refresher to refresh NAME now, through the control socket the segment\n"
+    "names. Asks for one credential share one token request, and min_interval_s still\n"
+    "holds. Prints \"NAME: refreshing (version V)\" (this ask sent the request),\n"
+    "\"joined\" (a request already under way serves it) or \"waiting\" (with when the\n"
+    "request goes out).\n"
+    "options:\n"
+    "  --wait S           then wait up to S seconds for a newly issued token and print\n"
+    "                     \"NAME: new token, version V, expires in D\"\n";
+const char* const kRefreshTail =
+    "exit codes: 0 asked (with --wait: the new token is in the segment), 2 usage, 3 no\n"
+    "            segment, 4 no such credential, 5 with --wait: the refresh failed, reauth,\n"
+    "            or no new token in time, 6 segment incompatible or untrusted, 7 control\n"
+    "            socket unreachable, or the refresher refused this user\n";
 
 int usage_error(const std::string& msg) {
     std::fprintf(stderr, "tokenshm: %s\n%s", msg.c_str(), kUsage);
@@ -64,6 +136,31 @@ int usage_error(const std::string& msg) {
 int fail(int code, const std::string& msg) {
     std::fprintf(stderr, "tokenshm: %s\n", msg.c_str());
     return code;
+}
+
+bool asks_for_help(const std::vector<std::string_view>& args) {
+    for (const std::string_view a : args)
+        if (a == "--help" || a == "-h") return true;
+    return false;
+}
+
+int print_help(const std::vector<const char*>& parts) {
+    for (const char* p : parts)
+        if (std::fputs(p, stdout) < 0)
+            return fail(kExitSystem, std::string("writing to stdout: ") + std::strerror(errno));
+    if (std::fflush(stdout) != 0)
+        return fail(kExitSystem, std::string("writing to stdout: ") + std::strerror(errno));
+    return 0;
+}
+
+// `cmd`'s help on stdout (exit 0), or a usage error for an unknown command.
+int command_help(std::string_view cmd) {
+    if (cmd == "get") return print_help({kGetHelp, kSegmentOption, kGetTail});
+    if (cmd == "status") return print_help({kStatusHelp, kSegmentOption, kStatusTail});
+    if (cmd == "watch") return print_help({kWatchHelp, kSegmentOption, kWatchTail});
+    if (cmd == "refresh") return print_help({kRefreshHelp, kSegmentOption, kRefreshTail});
+    if (cmd == "login") return print_help({tokenshm_cli::kLoginUsage});
+    return usage_error("unknown command '" + std::string(cmd) + "'");
 }
 
 // Seconds as a non-negative decimal ("30", "0.5"), at most a year.
@@ -695,14 +792,14 @@ int main(int argc, char** argv) {
     if (args.empty()) return usage_error("which command?");
     const std::string_view cmd = args.front();
     args.erase(args.begin());
-    if (cmd == "--help" || cmd == "-h" || cmd == "help") {
-        std::fputs(kUsage, stdout);
-        return 0;
-    }
+    if (cmd == "--help" || cmd == "-h" || (cmd == "help" && args.empty()))
+        return print_help({kUsage});
+    if (cmd == "help") return command_help(args.front());
     if (cmd == "--version") {
         std::puts("tokenshm " TOKENSHM_VERSION);
         return 0;
     }
+    if (asks_for_help(args)) return command_help(cmd);
     if (cmd == "get") return cmd_get(args);
     if (cmd == "status") return cmd_status(args);
     if (cmd == "watch") return cmd_watch(args);

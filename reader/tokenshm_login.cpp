@@ -172,13 +172,23 @@ namespace tokenshm_cli {
 
 const char* const kLoginUsage =
     "usage: tokenshm login --config FILE NAME [--timeout S] [--open]\n"
-    "  Prints a URL to open in a browser, waits (--timeout, default 300 s) for the\n"
-    "  authorization server's redirect to 127.0.0.1, stores the refresh token in\n"
-    "  the state directory and tells a running refresher (SIGHUP). --open runs xdg-open.\n"
-    "  exit codes: 0 stored, 1 system, network or state directory error, 2 usage or\n"
-    "  config error, 4 no such credential in the config, 5 no refresh token obtained\n"
-    "  (access denied, state mismatch, timeout, code refused), 7 stored but the\n"
-    "  running refresher could not be told\n";
+    "Gets credential NAME its first (or a new) refresh token: the authorization-code\n"
+    "flow with PKCE (S256) and state, through the issuer's authorization_endpoint.\n"
+    "Prints the URL to open in a browser, waits for the authorization server's\n"
+    "redirect to a listener on 127.0.0.1 (the credential's redirect_uri, else a free\n"
+    "port and /callback), exchanges the code, stores the refresh token in the state\n"
+    "directory (never printed) and tells a running refresher (SIGHUP).\n"
+    "options:\n"
+    "  --config FILE      the refresher's configuration (required): the credential,\n"
+    "                     its client and issuer, and state_dir\n"
+    "  --timeout S        wait at most S whole seconds for the redirect, 1 to 86400\n"
+    "                     (default 300)\n"
+    "  --open             also open the URL with xdg-open\n"
+    "  -h, --help         print this help and exit 0\n"
+    "exit codes: 0 stored, 1 system, network or state directory error, 2 usage or\n"
+    "            config error, 4 no such credential in the config, 5 no refresh token\n"
+    "            obtained (access denied, state mismatch, timeout, code refused),\n"
+    "            7 stored but the running refresher could not be told\n";
 
 int cmd_login(const std::vector<std::string_view>& args) {
     login::LoginOptions o;

@@ -10,6 +10,7 @@ failure prints a line on stderr starting "tokenshm: "."""
 
 import json
 import os
+import re
 import secrets
 import struct
 import subprocess
@@ -264,6 +265,98 @@ class CliTest(unittest.TestCase):
             took = time.monotonic() - start
             self.assert_fails(r, 5)
             self.assertGreaterEqual(took, 0.5)
+
+
+SOURCE_DIR = os.path.normpath(os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", ".."))
+
+
+def source(*parts):
+    with open(os.path.join(SOURCE_DIR, *parts)) as f:
+        return f.read()
+
+
+def function_body(text, name):
+    """The text of the C++ function `name` (from its name to the closing brace
+    at the start of a line)."""
+    m = re.search(r"\b" + re.escape(name) + r"\(", text)
+    assert m, f"{name} not found"
+    end = text.index("\n}\n", m.end())
+    return text[m.start():end]
+
+
+def accepted_options():
+    """{command: {option}} read from the argument parsers' `a == "--x"`
+    comparisons, so an option added without help fails the test below."""
+    cli = source("reader", "tokenshm_cli.cpp")
+    login = source("reader", "tokenshm_login.cpp")
+    parsers = {"get": (cli, "parse_get_args"), "status": (cli, "cmd_status"),
+               "watch": (cli, "parse_watch_args"), "refresh": (cli, "parse_refresh_args"),
+               "login": (login, "parse_login_args")}
+    return {cmd: set(re.findall(r'a == "(-[-a-z]+)"', function_body(text, fn)))
+            for cmd, (text, fn) in parsers.items()}
+
+
+def mentions(text, option):
+    return re.search(r"(^|[\s,\[|(])" + re.escape(option) + r"\b", text) is not None
+
+
+class HelpTest(unittest.TestCase):
+    """`tokenshm --help` and `tokenshm COMMAND --help`: exit 0, stdout only,
+    every command and every option its parser accepts."""
+
+    def test_every_dispatched_command_has_a_parser_here(self):
+        dispatched = set(re.findall(r'cmd == "([a-z]+)"\) return',
+                                    function_body(source("reader", "tokenshm_cli.cpp"), "main")))
+        self.assertEqual(dispatched - {"help"}, set(accepted_options()))
+
+    def test_top_level_help_names_every_command_and_option(self):
+        for flag in ("--help", "-h", "help"):
+            r = run(flag)
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertEqual(r.stderr, "")
+            for cmd, options in accepted_options().items():
+                self.assertTrue(mentions(r.stdout, "tokenshm " + cmd), cmd)
+                for o in options:
+                    self.assertTrue(mentions(r.stdout, o), f"{cmd} {o} missing from --help")
+            self.assertIn("COMMAND --help", r.stdout)
+
+    def test_every_command_help_names_every_option(self):
+        options = accepted_options()
+        self.assertIn("--min-valid", options["get"], "could not read get's options")
+        self.assertIn("--config", options["login"], "could not read login's options")
+        for cmd, opts in options.items():
+            for form in ([cmd, "--help"], [cmd, "-h"], ["help", cmd]):
+                with self.subTest(form=form):
+                    r = run(*form)
+                    self.assertEqual(r.returncode, 0, r.stderr)
+                    self.assertEqual(r.stderr, "")
+                    self.assertTrue(r.stdout.startswith("usage: tokenshm " + cmd), r.stdout)
+                    self.assertIn("exit codes:", r.stdout)
+                    undocumented = sorted(o for o in opts | {"--help", "-h"}
+                                          if not mentions(r.stdout, o))
+                    self.assertEqual(undocumented, [], f"options missing from {cmd} --help")
+
+    def test_help_anywhere_among_other_arguments(self):
+        # Even where the arguments alone would be a usage error or would
+        # need a segment, --help wins and nothing else runs.
+        for args in (["login", "--help"], ["login", "storage", "--timeout", "5", "-h"],
+                     ["get", "storage", "--min-valid", "--help"],
+                     ["refresh", "--segment", "cli-no-such-segment", "storage", "--help"],
+                     ["watch", "--bogus", "--help"], ["status", "--json", "--prometheus", "-h"]):
+            with self.subTest(args=args):
+                r = run(*args)
+                self.assertEqual(r.returncode, 0, r.stderr)
+                self.assertEqual(r.stderr, "")
+                self.assertTrue(r.stdout.startswith("usage: tokenshm " + args[0]), r.stdout)
+
+    def test_help_for_an_unknown_command_is_a_usage_error(self):
+        for args in (["bogus", "--help"], ["help", "bogus"]):
+            with self.subTest(args=args):
+                r = run(*args)
+                self.assertEqual(r.returncode, 2)
+                self.assertEqual(r.stdout, "")
+                self.assertTrue(r.stderr.startswith("tokenshm: unknown command 'bogus'"),
+                                r.stderr)
 
 
 def main():
