@@ -32,6 +32,8 @@ import threading
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import harness  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reader"))
+import pyutil  # noqa: E402
 from harness import IntegrationTest, Workspace, credential, remember_basic, wait_for  # noqa: E402
 
 LINE = re.compile(r"^(\S+): version (\d+), Bearer token of (\d+) bytes, "
@@ -48,6 +50,17 @@ def module_python():
         return None, None
     py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else "python3"
     return py, build_path("python")
+
+
+def module_env(path, segment):
+    """The environment of a Python example: the module on its path, and in an
+    ASan build the ASan runtime preloaded (the interpreter is not built with it)."""
+    env = dict(os.environ, TOKENSHM_SEGMENT=segment, PYTHONPATH=path)
+    rt = pyutil.asan_runtime(glob.glob(os.path.join(path, "tokenshm*.so"))[0])
+    if rt:
+        env["LD_PRELOAD"] = rt
+        env["ASAN_OPTIONS"] = ":".join(filter(None, [env.get("ASAN_OPTIONS"), "detect_leaks=0"]))
+    return env
 
 
 class RejectingServer(http.server.ThreadingHTTPServer):
@@ -146,7 +159,7 @@ class Examples(IntegrationTest):
         ws.wait_state("short", "valid", 15)
         env_argv = [py, "-B", os.path.join(harness.SOURCE_DIR, "examples", "reader.py"),
                     "short", "--min-valid", "1", "--next", "2"]
-        env = dict(os.environ, TOKENSHM_SEGMENT=ws.segment, PYTHONPATH=path)
+        env = module_env(path, ws.segment)
         r = subprocess.run(env_argv, env=env, stdin=subprocess.DEVNULL, capture_output=True,
                            text=True, timeout=90)
         self.assertEqual(r.returncode, 0, r.stderr)
@@ -227,7 +240,7 @@ class Examples(IntegrationTest):
             "new = h.wait(old, timeout=30) if now <= old else h.get()\n"
             "again = h.report_invalid(old)\n"
             "print(old, now, new.version, again, new.state)\n")
-        env = dict(os.environ, TOKENSHM_SEGMENT=ws.segment, PYTHONPATH=path)
+        env = module_env(path, ws.segment)
         r = subprocess.run([py, "-B", "-c", script], env=env, stdin=subprocess.DEVNULL,
                            capture_output=True, text=True, timeout=60)
         self.assertEqual(r.returncode, 0, r.stderr)

@@ -21,6 +21,8 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
 import harness  # noqa: E402
 import installed  # noqa: E402
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "reader"))
+import pyutil  # noqa: E402
 from harness import IntegrationTest, Workspace, remember_basic  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -91,7 +93,12 @@ class Install(IntegrationTest):
         self.assertTrue(any(f.startswith("-I" + t.destdir) for f in flags),
                         "pkg-config's -I does not point into the installed tree")
         out = os.path.join(self.ws.dir, os.path.basename(source) + ".bin")
-        argv = [compiler, f"-std={std}", "-Wall", "-Wextra", "-Werror", source, "-o", out, *flags]
+        # A consumer of a sanitizer build is built with the same sanitizers
+        # (their runtime must come first); pkg-config cannot know that.
+        lib = t.path(os.path.join(t.libdir, "libtokenshm.so"))
+        sanitize = ["-fsanitize=address,undefined"] if pyutil.asan_runtime(lib) else []
+        argv = [compiler, f"-std={std}", "-Wall", "-Wextra", "-Werror", *sanitize, source, "-o",
+                out, *flags]
         r = subprocess.run(argv, capture_output=True, text=True, timeout=180)
         self.assertEqual(r.returncode, 0, f"{' '.join(argv)}:\n{r.stderr[-3000:]}")
         return out
