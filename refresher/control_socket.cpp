@@ -23,6 +23,10 @@ namespace tokenshm::refresher {
 
 namespace {
 
+// Requests one client may have answered per pass of the loop: a client
+// pipelining requests as fast as it can must not keep the loop to itself.
+constexpr std::size_t kRequestsPerPass = 8;
+
 Unexpected<RefresherError> sys_fail(const std::string& what) {
     return Unexpected{RefresherError::runtime_error(what + ": " + std::strerror(errno))};
 }
@@ -273,7 +277,39 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
 void ControlServer::read_client(int fd, Client& c, std::int64_t now_ms,
                                 const ControlHandler& handler) {
     char buf[1024];
+    std::size_t budget = kRequestsPerPass;
     for (;;) {
+        // One request at a time: the next line waits until its answer is
+        // written, so a client that does not read cannot pile answers up.
+        for (std::size_t nl; c.out.empty() && (nl = c.in.find('\n')) != std::string::npos;) {
+            if (budget-- == 0) {
+                // The loop has other work: come back at once (watch() wakes
+                // it while a line is waiting), not on the client's next bytes.
+                c.pending_line = true;
+                watch(fd, c);
+                return;
+            }
+            const std::string line = c.in.substr(0, nl);
+            c.in.erase(0, nl + 1);
+            c.deadline_ms = now_ms + limits_.read_timeout_ms;
+            if (!c.refused.empty()) {
+                c.close_after_write = true;
+                answer(fd, c, control_error("refused", c.refused));
+                return;
+            }
+            if (!answer(fd, c, handler(line, c.peer))) return;
+        }
+        c.pending_line = false;
+        if (!c.out.empty()) return;  // watch() waits for the client to read it
+        if (c.in.size() >= limits_.max_request_bytes) {
+            c.close_after_write = true;
+            c.in.clear();
+            answer(fd, c,
+                   control_error("bad_request", "request longer than " +
+                                                    std::to_string(limits_.max_request_bytes) +
+                                                    " bytes"));
+            return;
+        }
         const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
         if (n == 0) {  // the client is done (or gone)
             drop(fd);
@@ -285,27 +321,8 @@ void ControlServer::read_client(int fd, Client& c, std::int64_t now_ms,
             return;
         }
         c.in.append(buf, static_cast<std::size_t>(n));
-        for (std::size_t nl; (nl = c.in.find('\n')) != std::string::npos;) {
-            const std::string line = c.in.substr(0, nl);
-            c.in.erase(0, nl + 1);
-            c.deadline_ms = now_ms + limits_.read_timeout_ms;
-            if (!c.refused.empty()) {
-                c.close_after_write = true;
-                answer(fd, c, control_error("refused", c.refused));
-                return;
-            }
-            if (!answer(fd, c, handler(line, c.peer))) return;
-        }
-        if (c.in.size() >= limits_.max_request_bytes) {
-            c.close_after_write = true;
-            c.in.clear();
-            answer(fd, c,
-                   control_error("bad_request", "request longer than " +
-                                                    std::to_string(limits_.max_request_bytes) +
-                                                    " bytes"));
-            return;
-        }
     }
+    watch(fd, c);
     if (now_ms >= c.deadline_ms) {
         // Idle or too slow: its slot is for other clients.
         log_event(Level::debug, "", "control_timeout",
@@ -329,25 +346,32 @@ bool ControlServer::flush(int fd, Client& c) {
     while (!c.out.empty()) {
         const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                watch_writable(fd, true);
-                return true;
-            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             if (errno == EINTR) continue;
             drop(fd);
             return false;
         }
         c.out.erase(0, static_cast<std::size_t>(n));
     }
-    watch_writable(fd, false);
+    watch(fd, c);
     return true;
 }
 
-void ControlServer::watch_writable(int fd, bool on) {
+// While an answer waits to be written, or a request line waits for the next
+// pass, the loop wants EPOLLOUT (writable: the client reads, or at once) and
+// not EPOLLIN: bytes from a client that reads nothing would otherwise keep
+// the loop awake until its deadline.
+void ControlServer::watch(int fd, Client& c) {
+    const bool out = !c.out.empty() || c.pending_line;
+    if (out == c.watching_out) return;
     epoll_event ev{};
-    ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
+    ev.events = out ? EPOLLOUT : EPOLLIN;
     ev.data.fd = fd;
-    (void)::epoll_ctl(epoll_, EPOLL_CTL_MOD, fd, &ev);  // fd is registered: cannot fail
+    if (::epoll_ctl(epoll_, EPOLL_CTL_MOD, fd, &ev) == 0)
+        c.watching_out = out;
+    else
+        log_event(Level::warn, "", "control_epoll",
+                  std::string("epoll_ctl: ") + std::strerror(errno));
 }
 
 void ControlServer::drop(int fd) {

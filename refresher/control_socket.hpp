@@ -82,7 +82,9 @@ class ControlServer {
         std::string out;  // answer bytes not yet written
         std::int64_t deadline_ms = 0;
         bool close_after_write = false;
-        std::string refused;  // why SO_PEERCRED refused it: its request gets that answer
+        std::string refused;        // why SO_PEERCRED refused it: its request gets that answer
+        bool pending_line = false;  // a whole request line waits for the next pass
+        bool watching_out = false;  // registered for EPOLLOUT instead of EPOLLIN
     };
     ControlServer(std::string path, int listen_fd, int epoll_fd, ControlLimits limits);
     void accept_all(std::int64_t now_ms);
@@ -92,7 +94,8 @@ class ControlServer {
     bool answer(int fd, Client& c, std::string_view answer_json);
     bool flush(int fd, Client& c);
     void drop(int fd);
-    void watch_writable(int fd, bool on);
+    // Registers the events `c` waits for now (see control_socket.cpp).
+    void watch(int fd, Client& c);
     // Stops accepting while max_clients are connected (the rest wait in the
     // backlog), so a full house does not keep the loop awake.
     void set_accepting(bool on);
