@@ -12,11 +12,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 namespace tokenshm::refresher {
@@ -90,15 +88,20 @@ Expected<Done, RefresherError> bind_private(int fd, const std::string& path, mod
     return Done{};
 }
 
-bool gid_in_list(std::string_view groups_line, gid_t gid) {
-    std::istringstream in{std::string(groups_line)};
-    std::string word;
-    while (in >> word) {
-        gid_t g = 0;
-        const auto [p, ec] = std::from_chars(word.data(), word.data() + word.size(), g);
-        if (ec == std::errc{} && p == word.data() + word.size() && g == gid) return true;
+// The peer's supplementary groups as it connected (SO_PEERGROUPS), or why not.
+Expected<std::vector<gid_t>, std::string> peer_groups(int fd) {
+    std::vector<gid_t> groups(64);
+    for (int tries = 0; tries < 4; ++tries) {
+        socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+            groups.resize(len / sizeof(gid_t));
+            return groups;
+        }
+        if (errno != ERANGE)
+            return Unexpected{std::string("SO_PEERGROUPS: ") + std::strerror(errno)};
+        groups.resize(len / sizeof(gid_t) + 1);  // len now says how much it needs
     }
-    return false;
+    return Unexpected{std::string("SO_PEERGROUPS: the group list keeps growing")};
 }
 
 }  // namespace
@@ -117,22 +120,12 @@ std::string control_error(std::string_view word, std::string_view message) {
     return b.GetString();
 }
 
-std::optional<std::string> proc_groups(pid_t pid) {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(f, line))
-        if (line.rfind("Groups:", 0) == 0) return line.substr(7);
-    return std::nullopt;
-}
-
 std::optional<std::string> refuse_reason(const PeerCred& peer, uid_t self,
-                                         std::optional<gid_t> group, const GroupsOf& groups_of) {
+                                         std::optional<gid_t> group) {
     if (peer.uid == self || peer.uid == 0) return std::nullopt;
-    if (group) {
-        if (peer.gid == *group) return std::nullopt;
-        const std::optional<std::string> line = groups_of ? groups_of(peer.pid) : std::nullopt;
-        if (line && gid_in_list(*line, *group)) return std::nullopt;
-    }
+    if (group && (peer.gid == *group ||
+                  std::find(peer.groups.begin(), peer.groups.end(), *group) != peer.groups.end()))
+        return std::nullopt;
     return "uid " + std::to_string(peer.uid) + " is not the refresher's uid " +
            std::to_string(self) + " or root" +
            (group ? ", nor a member of group " + std::to_string(*group) : std::string());
@@ -253,7 +246,11 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
         ::close(fd);
         return;
     }
-    c.peer = PeerCred{cred.pid, cred.uid, cred.gid};
+    c.peer = PeerCred{cred.pid, cred.uid, cred.gid, {}};
+    if (auto groups = peer_groups(fd))
+        c.peer.groups = std::move(*groups);
+    else  // then only the primary group counts
+        log_event(Level::warn, "", "control_peer", groups.error());
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -268,7 +265,7 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
                             std::to_string(mine.peer.uid) + " gid " + std::to_string(mine.peer.gid);
     // Refused peers get their answer when their request comes, so that they
     // read it instead of finding the connection closed under their write.
-    if (auto why = refuse_reason(mine.peer, self_, group_, proc_groups)) {
+    if (auto why = refuse_reason(mine.peer, self_, group_)) {
         log_event(Level::warn, "", "control_refused", who + ": " + *why);
         mine.refused = std::move(*why);
     }

@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tokenshm::refresher {
 
@@ -30,22 +31,20 @@ struct ControlLimits {
     std::size_t max_clients = 32;          // more wait in the listen backlog
 };
 
-// Who is on the other end, from SO_PEERCRED.
+// Who is on the other end, from SO_PEERCRED and SO_PEERGROUPS: both are the
+// credentials the peer connected with, kept by the kernel with the socket
+// (unlike /proc/<pid>, whose pid may have exited and been reused).
 struct PeerCred {
     pid_t pid = 0;
     uid_t uid = 0;
     gid_t gid = 0;
+    std::vector<gid_t> groups;  // supplementary groups
 };
 
 // Why `peer` may not use the socket, or nullopt when it may: the refresher's
-// own uid, root, or a member of `group` (primary gid, or a supplementary group
-// as /proc/<pid>/status lists them). `supplementary` reads those groups
-// (tests substitute it).
-using GroupsOf = std::function<std::optional<std::string>(pid_t pid)>;
+// own uid, root, or a member of `group` (primary or supplementary).
 std::optional<std::string> refuse_reason(const PeerCred& peer, uid_t self,
-                                         std::optional<gid_t> group, const GroupsOf& groups_of);
-// The "Groups:" line of /proc/<pid>/status, or nullopt when unreadable.
-std::optional<std::string> proc_groups(pid_t pid);
+                                         std::optional<gid_t> group);
 
 // One answer (a JSON object, no newline) for one request line.
 using ControlHandler = std::function<std::string(std::string_view line, const PeerCred& peer)>;

@@ -1,5 +1,6 @@
 // The control socket: what its requests do to the daemon (fake clock, fake
 // transport, a real segment), and the socket itself (a real one in a temp dir).
+#include "ci_skip.hpp"
 #include "control_socket.hpp"
 #include "daemon.hpp"
 #include "fake_transport.hpp"
@@ -7,10 +8,12 @@
 
 #include <rapidjson/document.h>
 
+#include <grp.h>
 #include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
@@ -311,20 +314,18 @@ TEST_CASE("a stale socket is replaced; a live one or a non-socket is an error") 
 }
 
 TEST_CASE("peers: our uid, root, or a member of the group; others refused with a reason") {
-    const GroupsOf none = [](pid_t) { return std::optional<std::string>(); };
-    const GroupsOf member = [](pid_t) { return std::optional<std::string>("\t10 27 1000"); };
-    CHECK_FALSE(refuse_reason(PeerCred{1, 1000, 1000}, 1000, std::nullopt, none));
-    CHECK_FALSE(refuse_reason(PeerCred{1, 0, 0}, 1000, std::nullopt, none));
-    auto why = refuse_reason(PeerCred{1, 65534, 65534}, 1000, std::nullopt, none);
+    const std::vector<gid_t> none;
+    const std::vector<gid_t> member{10, 27, 1000};
+    CHECK_FALSE(refuse_reason(PeerCred{1, 1000, 1000, none}, 1000, std::nullopt));
+    CHECK_FALSE(refuse_reason(PeerCred{1, 0, 0, none}, 1000, std::nullopt));
+    auto why = refuse_reason(PeerCred{1, 65534, 65534, none}, 1000, std::nullopt);
     REQUIRE(why);
     CHECK(why->find("uid 65534") != std::string::npos);
-    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 27}, 1000, gid_t{27}, none));    // primary group
-    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{27}, member));  // supplementary
-    auto not_member = refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{28}, member);
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 27, none}, 1000, gid_t{27}));    // primary group
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 50, member}, 1000, gid_t{27}));  // supplementary
+    auto not_member = refuse_reason(PeerCred{1, 2000, 50, member}, 1000, gid_t{28});
     REQUIRE(not_member);
     CHECK(not_member->find("group 28") != std::string::npos);
-    // Our own groups, as /proc shows them, hold our gid... or at least parse.
-    CHECK(proc_groups(::getpid()).has_value());
 }
 
 TEST_CASE("beyond max_clients, connections wait in the backlog until a client leaves") {
@@ -438,6 +439,82 @@ TEST_CASE("a client pipelining many requests is served a few per pass, the rest 
     for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0;)
         in.append(buf, static_cast<std::size_t>(n));
     CHECK(std::count(in.begin(), in.end(), '\n') == 100);
+    ::close(fd);
+    set_log_sink({});
+}
+
+namespace {
+
+// A connection made by a child process as uid 5001, gid 5000 and the
+// supplementary group `group`, handed to us over SCM_RIGHTS; the child has
+// exited and been reaped before we return, so its pid names nobody (or,
+// after reuse, somebody else).
+int connect_as_exited_member(const std::string& path, gid_t group) {
+    int sp[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(sp[0]);
+        const gid_t groups[1] = {group};
+        if (::setgroups(1, groups) != 0 || ::setgid(5000) != 0 || ::setuid(5001) != 0) _exit(2);
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(3);
+        char control[CMSG_SPACE(sizeof(int))] = {};
+        char byte = 'f';
+        iovec iov{&byte, 1};
+        msghdr m{};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+        _exit(::sendmsg(sp[1], &m, 0) == 1 ? 0 : 4);
+    }
+    ::close(sp[1]);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    char control[CMSG_SPACE(sizeof(int))] = {};
+    char byte = 0;
+    iovec iov{&byte, 1};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    REQUIRE(::recvmsg(sp[0], &m, 0) == 1);
+    ::close(sp[0]);
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    REQUIRE(c != nullptr);
+    int fd = -1;
+    std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+
+}  // namespace
+
+TEST_CASE("a group member is admitted by the groups it connected with, not by its pid's /proc") {
+    if (::geteuid() != 0) SKIP_OR_FAIL_UNDER_CI("needs root to connect as another uid");
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    REQUIRE(::chmod(dir.path.c_str(), 0711) == 0);
+    const std::string path = (dir.path / "ctl.sock").string();
+    const gid_t group = 4242;
+    auto s = ControlServer::open(path, 0640, group, ControlLimits{4096, 5000, 4});
+    REQUIRE(s);
+    const int fd = connect_as_exited_member(path, group);
+    // The pid SO_PEERCRED names is gone (a reused one could belong to
+    // anybody): membership must come from the connection itself.
+    CHECK(roundtrip(**s, fd, "hello\n") == "{\"ok\":true,\"echo\":\"hello\"}\n");
     ::close(fd);
     set_log_sink({});
 }
