@@ -518,3 +518,50 @@ TEST_CASE("a group member is admitted by the groups it connected with, not by it
     ::close(fd);
     set_log_sink({});
 }
+
+namespace {
+
+// One line of valid UTF-8 JSON, an object with a boolean "ok".
+bool well_formed_answer(const std::string& a) {
+    if (a.find('\n') != std::string::npos) return false;
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseValidateEncodingFlag>(a.c_str(), a.size());
+    return !d.HasParseError() && d.IsObject() && d.HasMember("ok") && d["ok"].IsBool();
+}
+
+}  // namespace
+
+TEST_CASE("any request bytes get one line of valid UTF-8 JSON, and the daemon still serves") {
+    World w;
+    w.first_token();
+    // Keys the parser echoes in its message: invalid UTF-8, a character cut
+    // by the message's length cap, controls and NUL.
+    const std::vector<std::string> echoes = {
+        "{\"\xff\xfe\":1}", "{\"" + std::string(39, 'k') + "\xc3\xa9\":1}",
+        std::string("{\"a\\u0000\x1b[31m\":1}"), "{\"\xe2\x80\xae\":1}"};
+    for (const std::string& line : echoes) {
+        const std::string a = w.daemon->control_answer(line);
+        INFO(a);
+        CHECK(well_formed_answer(a));
+    }
+    std::uint64_t seed = 0x9e3779b97f4a7c15u;
+    const auto next = [&] {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        return seed;
+    };
+    const std::string alphabet = "{}[]\":,\\ u0123456789opnamereshvlidtufsx\xff\xc3\x80";
+    for (int i = 0; i < 20000; ++i) {
+        std::string line(next() % 64, '\0');
+        for (char& c : line)
+            c = (next() % 4 == 0) ? static_cast<char>(next()) : alphabet[next() % alphabet.size()];
+        if (i % 3 == 0) line = "{\"" + line + "\":1}";
+        const std::string a = w.daemon->control_answer(line);
+        if (!well_formed_answer(a)) {
+            FAIL_CHECK("answer to a random request is not one line of UTF-8 JSON: " << a);
+            break;
+        }
+    }
+    CHECK(w.ask(R"({"op":"status"})")["ok"].GetBool());
+}
