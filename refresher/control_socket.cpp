@@ -212,19 +212,43 @@ void ControlServer::service(std::int64_t now_ms, const ControlHandler& handler) 
             drop(fd);  // not reading its answers: its slot is for other clients
         }
     }
+    // A client answered this pass may now make room for a waiting one.
+    set_accepting(clients_.size() < limits_.max_clients || evictable());
 }
 
+// A full house makes room when it can: the client connected longest among
+// those idle between requests goes, so clients that keep their connections
+// (each request resets the read timeout) cannot starve a reader reporting a
+// 401. Clients that have sent nothing yet, or are mid-request, keep their
+// slot: their read timeout bounds them. When nobody can go, the rest wait
+// in the backlog, unwatched, so a full house does not keep the loop awake.
 void ControlServer::accept_all(std::int64_t now_ms) {
-    while (clients_.size() < limits_.max_clients) {
+    for (std::size_t n = 0; n < limits_.max_clients; ++n) {
+        if (clients_.size() >= limits_.max_clients && !evictable()) break;
         const int fd = ::accept4(listen_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 log_event(Level::warn, "", "control_accept", std::strerror(errno));
-            return;
+            break;
+        }
+        if (clients_.size() >= limits_.max_clients) {
+            const auto [victim, c] = *evictable();
+            log_event(Level::debug, "", "control_evicted",
+                      "pid " + std::to_string(c->peer.pid) +
+                          ": idle the longest while every slot was taken");
+            drop(victim);
         }
         admit(fd, now_ms);
     }
-    set_accepting(clients_.size() < limits_.max_clients);
+}
+
+std::optional<std::pair<int, const ControlServer::Client*>> ControlServer::evictable() const {
+    std::optional<std::pair<int, const Client*>> oldest;
+    for (const auto& [fd, c] : clients_)
+        if (c.answered && c.in.empty() && c.out.empty() && !c.close_after_write &&
+            (!oldest || c.seq < oldest->second->seq))
+            oldest = std::pair<int, const Client*>(fd, &c);
+    return oldest;
 }
 
 void ControlServer::set_accepting(bool on) {
@@ -238,6 +262,7 @@ void ControlServer::set_accepting(bool on) {
 void ControlServer::admit(int fd, std::int64_t now_ms) {
     Client c;
     c.deadline_ms = now_ms + limits_.read_timeout_ms;
+    c.seq = next_seq_++;
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
@@ -289,6 +314,7 @@ void ControlServer::read_client(int fd, Client& c, std::int64_t now_ms,
             const std::string line = c.in.substr(0, nl);
             c.in.erase(0, nl + 1);
             c.deadline_ms = now_ms + limits_.read_timeout_ms;
+            c.answered = true;
             if (!c.refused.empty()) {
                 c.close_after_write = true;
                 answer(fd, c, control_error("refused", c.refused));

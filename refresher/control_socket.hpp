@@ -21,6 +21,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 namespace tokenshm::refresher {
@@ -28,7 +29,7 @@ namespace tokenshm::refresher {
 struct ControlLimits {
     std::size_t max_request_bytes = 4096;  // one line, newline included
     std::int64_t read_timeout_ms = 5000;   // a client silent this long is dropped
-    std::size_t max_clients = 32;          // more wait in the listen backlog
+    std::size_t max_clients = 32;          // more: see ControlServer::accept_all
 };
 
 // Who is on the other end, from SO_PEERCRED and SO_PEERGROUPS: both are the
@@ -84,6 +85,8 @@ class ControlServer {
         std::string refused;        // why SO_PEERCRED refused it: its request gets that answer
         bool pending_line = false;  // a whole request line waits for the next pass
         bool watching_out = false;  // registered for EPOLLOUT instead of EPOLLIN
+        std::uint64_t seq = 0;      // accept order: the lowest is evicted when full
+        bool answered = false;      // has had a request answered
     };
     ControlServer(std::string path, int listen_fd, int epoll_fd, ControlLimits limits);
     void accept_all(std::int64_t now_ms);
@@ -95,8 +98,11 @@ class ControlServer {
     void drop(int fd);
     // Registers the events `c` waits for now (see control_socket.cpp).
     void watch(int fd, Client& c);
-    // Stops accepting while max_clients are connected (the rest wait in the
-    // backlog), so a full house does not keep the loop awake.
+    // The client connected longest among those idle between requests (one
+    // answered, nothing pending): the one to drop to make room for a new one.
+    std::optional<std::pair<int, const Client*>> evictable() const;
+    // Stops accepting while max_clients are connected and none is evictable
+    // (the rest wait in the backlog), so a full house does not keep the loop awake.
     void set_accepting(bool on);
 
     std::string path_;
@@ -108,6 +114,7 @@ class ControlServer {
     uid_t self_ = 0;
     std::optional<gid_t> group_;
     std::map<int, Client> clients_;
+    std::uint64_t next_seq_ = 0;
     bool accepting_ = true;
 };
 

@@ -565,3 +565,35 @@ TEST_CASE("any request bytes get one line of valid UTF-8 JSON, and the daemon st
     }
     CHECK(w.ask(R"({"op":"status"})")["ok"].GetBool());
 }
+
+TEST_CASE("clients holding every slot do not starve a new one: the longest connected makes room") {
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 5000, 2});
+    REQUIRE(s);
+    const ControlHandler h = [](std::string_view l, const PeerCred&) {
+        return R"({"ok":true,"echo":")" + std::string(l) + "\"}";
+    };
+    // Two hogs take both slots and keep them: a request now and then resets
+    // their read timeout.
+    const int a = connect_to(path);
+    (*s)->service(0, h);
+    const int b = connect_to(path);
+    (*s)->service(1, h);
+    CHECK((*s)->clients() == 2);
+    std::int64_t now = 1;
+    for (int i = 0; i < 10; ++i) {
+        now += 4000;
+        CHECK(roundtrip(**s, a, "keep\n", now) == "{\"ok\":true,\"echo\":\"keep\"}\n");
+        CHECK(roundtrip(**s, b, "keep\n", now) == "{\"ok\":true,\"echo\":\"keep\"}\n");
+    }
+    // A reader reporting a 401 must get its answer now, not after the hogs leave.
+    const int c = connect_to(path);
+    CHECK(roundtrip(**s, c, "invalid\n", now) == "{\"ok\":true,\"echo\":\"invalid\"}\n");
+    CHECK((*s)->clients() <= 2);
+    ::close(a);
+    ::close(b);
+    ::close(c);
+    set_log_sink({});
+}
