@@ -55,7 +55,10 @@ Expected<Request, std::string> parse_request(std::string_view line) {
     d.Parse<rapidjson::kParseStopWhenDoneFlag>(line.data(), line.size());
     if (d.HasParseError() || !d.IsObject()) return Unexpected{std::string("not a JSON object")};
     Request r;
-    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+    // Through a const reference: a non-const MemberIterator's != is ambiguous
+    // in C++20 (clang's -Wambiguous-reversed-operator, an error in the fuzz build).
+    const rapidjson::Value& obj = d;
+    for (auto m = obj.MemberBegin(); m != obj.MemberEnd(); ++m) {
         const std::string_view key(m->name.GetString(), m->name.GetStringLength());
         if (key == "op" && m->value.IsString()) {
             r.op.assign(m->value.GetString(), m->value.GetStringLength());
