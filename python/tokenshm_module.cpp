@@ -106,6 +106,19 @@ bool seconds_to_ms(PyObject* obj, const char* what, milliseconds& out) {
     return true;
 }
 
+// PyArg "O&" converter for a version: an int from 0 to 2**64-1. PyArg's "K"
+// does no overflow check: -1 would become 2**64-1, a version nobody has.
+int to_version(PyObject* obj, void* out) {
+    if (!PyLong_Check(obj)) {
+        PyErr_Format(PyExc_TypeError, "a version must be an int, not %.50s", Py_TYPE(obj)->tp_name);
+        return 0;
+    }
+    const unsigned long long v = PyLong_AsUnsignedLongLong(obj);  // OverflowError if < 0
+    if (v == static_cast<unsigned long long>(-1) && PyErr_Occurred()) return 0;
+    *static_cast<unsigned long long*>(out) = v;
+    return 1;
+}
+
 // ---- Token ------------------------------------------------------------------
 
 struct TokenObject {
@@ -332,8 +345,8 @@ PyObject* handle_wait(PyObject* self, PyObject* args, PyObject* kwargs) {
     unsigned long long seen = 0;
     PyObject* timeout_obj = Py_None;
     PyObject* mv_obj = nullptr;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|KOO:wait", const_cast<char**>(kw), &seen,
-                                     &timeout_obj, &mv_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "|O&OO:wait", const_cast<char**>(kw), to_version,
+                                     &seen, &timeout_obj, &mv_obj))
         return nullptr;
     std::optional<milliseconds> timeout;
     if (timeout_obj != Py_None) {
@@ -355,8 +368,8 @@ PyObject* handle_report_invalid(PyObject* self, PyObject* args, PyObject* kwargs
     static const char* kw[] = {"version", "timeout", nullptr};
     unsigned long long version = 0;
     PyObject* timeout_obj = nullptr;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "K|O:report_invalid", const_cast<char**>(kw),
-                                     &version, &timeout_obj))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "O&|O:report_invalid", const_cast<char**>(kw),
+                                     to_version, &version, &timeout_obj))
         return nullptr;
     milliseconds timeout = std::chrono::seconds(5);
     if (timeout_obj && !seconds_to_ms(timeout_obj, "timeout", timeout)) return nullptr;

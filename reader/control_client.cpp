@@ -25,6 +25,7 @@ namespace tokenshm {
 namespace {
 
 constexpr std::size_t kMaxAnswerBytes = 64 * 1024;
+constexpr long kConnectRetryMs = 5;
 
 std::int64_t mono_ms() noexcept {
     struct timespec ts {};
@@ -58,26 +59,37 @@ bool wait_for(int fd, short events, std::int64_t deadline) noexcept {
     }
 }
 
+// A connect to a Unix socket whose listen backlog is full fails EAGAIN at
+// once (nothing is in progress, so there is nothing to poll for): the
+// refresher is busy with a burst of clients, and a slot frees soon. Tries
+// again every few ms until the deadline.
 Expected<int, Error> connect_to(const std::string& path, std::int64_t deadline) noexcept {
     if (path.empty() || path.size() >= sizeof(sockaddr_un{}.sun_path))
         return Unexpected{Error::unreachable};
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
-    if (fd < 0) return Unexpected{Error::system};
     sockaddr_un a{};
     a.sun_family = AF_UNIX;
     std::memcpy(a.sun_path, path.data(), path.size());
-    if (::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0) return fd;
-    const int err = errno;
-    if (err == EINPROGRESS || err == EAGAIN) {
-        int so = 0;
-        socklen_t len = sizeof so;
-        if (wait_for(fd, POLLOUT, deadline) &&
-            ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &len) == 0 && so == 0)
-            return fd;
+    for (;;) {
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
+        if (fd < 0) return Unexpected{Error::system};
+        if (::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) == 0) return fd;
+        const int err = errno;
+        if (err == EINPROGRESS) {
+            int so = 0;
+            socklen_t len = sizeof so;
+            if (wait_for(fd, POLLOUT, deadline) &&
+                ::getsockopt(fd, SOL_SOCKET, SO_ERROR, &so, &len) == 0 && so == 0)
+                return fd;
+        }
+        ::close(fd);
+        if ((err == EAGAIN || err == EINTR) && mono_ms() + kConnectRetryMs < deadline) {
+            const struct timespec pause { 0, kConnectRetryMs * 1'000'000 };
+            ::nanosleep(&pause, nullptr);
+            continue;
+        }
+        // The file system's permission is the first refusal a peer meets.
+        return Unexpected{err == EACCES || err == EPERM ? Error::refused : Error::unreachable};
     }
-    ::close(fd);
-    // The file system's permission is the first refusal a peer meets.
-    return Unexpected{err == EACCES || err == EPERM ? Error::refused : Error::unreachable};
 }
 
 // Sends `line` and reads one line back before `deadline`.

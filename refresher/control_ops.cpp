@@ -6,6 +6,7 @@
 // for or in flight, more asks join it. The answers never wait for the token:
 // clients wait on the segment (Handle::wait) for the version after `version`.
 #include "daemon.hpp"
+#include "error.hpp"
 #include "log.hpp"
 
 #include <rapidjson/document.h>
@@ -54,7 +55,10 @@ Expected<Request, std::string> parse_request(std::string_view line) {
     d.Parse<rapidjson::kParseStopWhenDoneFlag>(line.data(), line.size());
     if (d.HasParseError() || !d.IsObject()) return Unexpected{std::string("not a JSON object")};
     Request r;
-    for (auto m = d.MemberBegin(); m != d.MemberEnd(); ++m) {
+    // Through a const reference: a non-const MemberIterator's != is ambiguous
+    // in C++20 (clang's -Wambiguous-reversed-operator, an error in the fuzz build).
+    const rapidjson::Value& obj = d;
+    for (auto m = obj.MemberBegin(); m != obj.MemberEnd(); ++m) {
         const std::string_view key(m->name.GetString(), m->name.GetStringLength());
         if (key == "op" && m->value.IsString()) {
             r.op.assign(m->value.GetString(), m->value.GetStringLength());
@@ -63,8 +67,9 @@ Expected<Request, std::string> parse_request(std::string_view line) {
         } else if (key == "version" && m->value.IsUint64() && m->value.GetUint64() > 0) {
             r.version = m->value.GetUint64();
         } else {
-            return Unexpected{"\"" + std::string(key).substr(0, 40) +
-                              "\": unknown key or wrong type"};
+            // The key is the client's bytes: quoted as printable ASCII, so the
+            // answer stays valid UTF-8 JSON whatever they were.
+            return Unexpected{quote(key, 40) + ": unknown key or wrong type"};
         }
     }
     if (r.op != "refresh" && r.op != "invalid" && r.op != "status")

@@ -12,16 +12,18 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
-#include <charconv>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 #include <vector>
 
 namespace tokenshm::refresher {
 
 namespace {
+
+// Requests one client may have answered per pass of the loop: a client
+// pipelining requests as fast as it can must not keep the loop to itself.
+constexpr std::size_t kRequestsPerPass = 8;
 
 Unexpected<RefresherError> sys_fail(const std::string& what) {
     return Unexpected{RefresherError::runtime_error(what + ": " + std::strerror(errno))};
@@ -86,15 +88,20 @@ Expected<Done, RefresherError> bind_private(int fd, const std::string& path, mod
     return Done{};
 }
 
-bool gid_in_list(std::string_view groups_line, gid_t gid) {
-    std::istringstream in{std::string(groups_line)};
-    std::string word;
-    while (in >> word) {
-        gid_t g = 0;
-        const auto [p, ec] = std::from_chars(word.data(), word.data() + word.size(), g);
-        if (ec == std::errc{} && p == word.data() + word.size() && g == gid) return true;
+// The peer's supplementary groups as it connected (SO_PEERGROUPS), or why not.
+Expected<std::vector<gid_t>, std::string> peer_groups(int fd) {
+    std::vector<gid_t> groups(64);
+    for (int tries = 0; tries < 4; ++tries) {
+        socklen_t len = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &len) == 0) {
+            groups.resize(len / sizeof(gid_t));
+            return groups;
+        }
+        if (errno != ERANGE)
+            return Unexpected{std::string("SO_PEERGROUPS: ") + std::strerror(errno)};
+        groups.resize(len / sizeof(gid_t) + 1);  // len now says how much it needs
     }
-    return false;
+    return Unexpected{std::string("SO_PEERGROUPS: the group list keeps growing")};
 }
 
 }  // namespace
@@ -113,22 +120,12 @@ std::string control_error(std::string_view word, std::string_view message) {
     return b.GetString();
 }
 
-std::optional<std::string> proc_groups(pid_t pid) {
-    std::ifstream f("/proc/" + std::to_string(pid) + "/status");
-    std::string line;
-    while (std::getline(f, line))
-        if (line.rfind("Groups:", 0) == 0) return line.substr(7);
-    return std::nullopt;
-}
-
 std::optional<std::string> refuse_reason(const PeerCred& peer, uid_t self,
-                                         std::optional<gid_t> group, const GroupsOf& groups_of) {
+                                         std::optional<gid_t> group) {
     if (peer.uid == self || peer.uid == 0) return std::nullopt;
-    if (group) {
-        if (peer.gid == *group) return std::nullopt;
-        const std::optional<std::string> line = groups_of ? groups_of(peer.pid) : std::nullopt;
-        if (line && gid_in_list(*line, *group)) return std::nullopt;
-    }
+    if (group && (peer.gid == *group ||
+                  std::find(peer.groups.begin(), peer.groups.end(), *group) != peer.groups.end()))
+        return std::nullopt;
     return "uid " + std::to_string(peer.uid) + " is not the refresher's uid " +
            std::to_string(self) + " or root" +
            (group ? ", nor a member of group " + std::to_string(*group) : std::string());
@@ -215,19 +212,43 @@ void ControlServer::service(std::int64_t now_ms, const ControlHandler& handler) 
             drop(fd);  // not reading its answers: its slot is for other clients
         }
     }
+    // A client answered this pass may now make room for a waiting one.
+    set_accepting(clients_.size() < limits_.max_clients || evictable());
 }
 
+// A full house makes room when it can: the client connected longest among
+// those idle between requests goes, so clients that keep their connections
+// (each request resets the read timeout) cannot starve a reader reporting a
+// 401. Clients that have sent nothing yet, or are mid-request, keep their
+// slot: their read timeout bounds them. When nobody can go, the rest wait
+// in the backlog, unwatched, so a full house does not keep the loop awake.
 void ControlServer::accept_all(std::int64_t now_ms) {
-    while (clients_.size() < limits_.max_clients) {
+    for (std::size_t n = 0; n < limits_.max_clients; ++n) {
+        if (clients_.size() >= limits_.max_clients && !evictable()) break;
         const int fd = ::accept4(listen_, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
         if (fd < 0) {
             if (errno != EAGAIN && errno != EWOULDBLOCK && errno != EINTR && errno != ECONNABORTED)
                 log_event(Level::warn, "", "control_accept", std::strerror(errno));
-            return;
+            break;
+        }
+        if (clients_.size() >= limits_.max_clients) {
+            const auto [victim, c] = *evictable();
+            log_event(Level::debug, "", "control_evicted",
+                      "pid " + std::to_string(c->peer.pid) +
+                          ": idle the longest while every slot was taken");
+            drop(victim);
         }
         admit(fd, now_ms);
     }
-    set_accepting(clients_.size() < limits_.max_clients);
+}
+
+std::optional<std::pair<int, const ControlServer::Client*>> ControlServer::evictable() const {
+    std::optional<std::pair<int, const Client*>> oldest;
+    for (const auto& [fd, c] : clients_)
+        if (c.answered && c.in.empty() && c.out.empty() && !c.close_after_write &&
+            (!oldest || c.seq < oldest->second->seq))
+            oldest = std::pair<int, const Client*>(fd, &c);
+    return oldest;
 }
 
 void ControlServer::set_accepting(bool on) {
@@ -241,6 +262,7 @@ void ControlServer::set_accepting(bool on) {
 void ControlServer::admit(int fd, std::int64_t now_ms) {
     Client c;
     c.deadline_ms = now_ms + limits_.read_timeout_ms;
+    c.seq = next_seq_++;
     ucred cred{};
     socklen_t len = sizeof cred;
     if (::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &len) != 0) {
@@ -249,7 +271,11 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
         ::close(fd);
         return;
     }
-    c.peer = PeerCred{cred.pid, cred.uid, cred.gid};
+    c.peer = PeerCred{cred.pid, cred.uid, cred.gid, {}};
+    if (auto groups = peer_groups(fd))
+        c.peer.groups = std::move(*groups);
+    else  // then only the primary group counts
+        log_event(Level::warn, "", "control_peer", groups.error());
     epoll_event ev{};
     ev.events = EPOLLIN;
     ev.data.fd = fd;
@@ -264,7 +290,7 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
                             std::to_string(mine.peer.uid) + " gid " + std::to_string(mine.peer.gid);
     // Refused peers get their answer when their request comes, so that they
     // read it instead of finding the connection closed under their write.
-    if (auto why = refuse_reason(mine.peer, self_, group_, proc_groups)) {
+    if (auto why = refuse_reason(mine.peer, self_, group_)) {
         log_event(Level::warn, "", "control_refused", who + ": " + *why);
         mine.refused = std::move(*why);
     }
@@ -273,7 +299,40 @@ void ControlServer::admit(int fd, std::int64_t now_ms) {
 void ControlServer::read_client(int fd, Client& c, std::int64_t now_ms,
                                 const ControlHandler& handler) {
     char buf[1024];
+    std::size_t budget = kRequestsPerPass;
     for (;;) {
+        // One request at a time: the next line waits until its answer is
+        // written, so a client that does not read cannot pile answers up.
+        for (std::size_t nl; c.out.empty() && (nl = c.in.find('\n')) != std::string::npos;) {
+            if (budget-- == 0) {
+                // The loop has other work: come back at once (watch() wakes
+                // it while a line is waiting), not on the client's next bytes.
+                c.pending_line = true;
+                watch(fd, c);
+                return;
+            }
+            const std::string line = c.in.substr(0, nl);
+            c.in.erase(0, nl + 1);
+            c.deadline_ms = now_ms + limits_.read_timeout_ms;
+            c.answered = true;
+            if (!c.refused.empty()) {
+                c.close_after_write = true;
+                answer(fd, c, control_error("refused", c.refused));
+                return;
+            }
+            if (!answer(fd, c, handler(line, c.peer))) return;
+        }
+        c.pending_line = false;
+        if (!c.out.empty()) return;  // watch() waits for the client to read it
+        if (c.in.size() >= limits_.max_request_bytes) {
+            c.close_after_write = true;
+            c.in.clear();
+            answer(fd, c,
+                   control_error("bad_request", "request longer than " +
+                                                    std::to_string(limits_.max_request_bytes) +
+                                                    " bytes"));
+            return;
+        }
         const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
         if (n == 0) {  // the client is done (or gone)
             drop(fd);
@@ -285,27 +344,8 @@ void ControlServer::read_client(int fd, Client& c, std::int64_t now_ms,
             return;
         }
         c.in.append(buf, static_cast<std::size_t>(n));
-        for (std::size_t nl; (nl = c.in.find('\n')) != std::string::npos;) {
-            const std::string line = c.in.substr(0, nl);
-            c.in.erase(0, nl + 1);
-            c.deadline_ms = now_ms + limits_.read_timeout_ms;
-            if (!c.refused.empty()) {
-                c.close_after_write = true;
-                answer(fd, c, control_error("refused", c.refused));
-                return;
-            }
-            if (!answer(fd, c, handler(line, c.peer))) return;
-        }
-        if (c.in.size() >= limits_.max_request_bytes) {
-            c.close_after_write = true;
-            c.in.clear();
-            answer(fd, c,
-                   control_error("bad_request", "request longer than " +
-                                                    std::to_string(limits_.max_request_bytes) +
-                                                    " bytes"));
-            return;
-        }
     }
+    watch(fd, c);
     if (now_ms >= c.deadline_ms) {
         // Idle or too slow: its slot is for other clients.
         log_event(Level::debug, "", "control_timeout",
@@ -329,25 +369,32 @@ bool ControlServer::flush(int fd, Client& c) {
     while (!c.out.empty()) {
         const ssize_t n = ::send(fd, c.out.data(), c.out.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
         if (n < 0) {
-            if (errno == EAGAIN || errno == EWOULDBLOCK) {
-                watch_writable(fd, true);
-                return true;
-            }
+            if (errno == EAGAIN || errno == EWOULDBLOCK) break;
             if (errno == EINTR) continue;
             drop(fd);
             return false;
         }
         c.out.erase(0, static_cast<std::size_t>(n));
     }
-    watch_writable(fd, false);
+    watch(fd, c);
     return true;
 }
 
-void ControlServer::watch_writable(int fd, bool on) {
+// While an answer waits to be written, or a request line waits for the next
+// pass, the loop wants EPOLLOUT (writable: the client reads, or at once) and
+// not EPOLLIN: bytes from a client that reads nothing would otherwise keep
+// the loop awake until its deadline.
+void ControlServer::watch(int fd, Client& c) {
+    const bool out = !c.out.empty() || c.pending_line;
+    if (out == c.watching_out) return;
     epoll_event ev{};
-    ev.events = EPOLLIN | (on ? EPOLLOUT : 0u);
+    ev.events = out ? EPOLLOUT : EPOLLIN;
     ev.data.fd = fd;
-    (void)::epoll_ctl(epoll_, EPOLL_CTL_MOD, fd, &ev);  // fd is registered: cannot fail
+    if (::epoll_ctl(epoll_, EPOLL_CTL_MOD, fd, &ev) == 0)
+        c.watching_out = out;
+    else
+        log_event(Level::warn, "", "control_epoll",
+                  std::string("epoll_ctl: ") + std::strerror(errno));
 }
 
 void ControlServer::drop(int fd) {

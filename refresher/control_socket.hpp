@@ -21,31 +21,31 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
+#include <vector>
 
 namespace tokenshm::refresher {
 
 struct ControlLimits {
     std::size_t max_request_bytes = 4096;  // one line, newline included
     std::int64_t read_timeout_ms = 5000;   // a client silent this long is dropped
-    std::size_t max_clients = 32;          // more wait in the listen backlog
+    std::size_t max_clients = 32;          // more: see ControlServer::accept_all
 };
 
-// Who is on the other end, from SO_PEERCRED.
+// Who is on the other end, from SO_PEERCRED and SO_PEERGROUPS: both are the
+// credentials the peer connected with, kept by the kernel with the socket
+// (unlike /proc/<pid>, whose pid may have exited and been reused).
 struct PeerCred {
     pid_t pid = 0;
     uid_t uid = 0;
     gid_t gid = 0;
+    std::vector<gid_t> groups;  // supplementary groups
 };
 
 // Why `peer` may not use the socket, or nullopt when it may: the refresher's
-// own uid, root, or a member of `group` (primary gid, or a supplementary group
-// as /proc/<pid>/status lists them). `supplementary` reads those groups
-// (tests substitute it).
-using GroupsOf = std::function<std::optional<std::string>(pid_t pid)>;
+// own uid, root, or a member of `group` (primary or supplementary).
 std::optional<std::string> refuse_reason(const PeerCred& peer, uid_t self,
-                                         std::optional<gid_t> group, const GroupsOf& groups_of);
-// The "Groups:" line of /proc/<pid>/status, or nullopt when unreadable.
-std::optional<std::string> proc_groups(pid_t pid);
+                                         std::optional<gid_t> group);
 
 // One answer (a JSON object, no newline) for one request line.
 using ControlHandler = std::function<std::string(std::string_view line, const PeerCred& peer)>;
@@ -82,7 +82,11 @@ class ControlServer {
         std::string out;  // answer bytes not yet written
         std::int64_t deadline_ms = 0;
         bool close_after_write = false;
-        std::string refused;  // why SO_PEERCRED refused it: its request gets that answer
+        std::string refused;        // why SO_PEERCRED refused it: its request gets that answer
+        bool pending_line = false;  // a whole request line waits for the next pass
+        bool watching_out = false;  // registered for EPOLLOUT instead of EPOLLIN
+        std::uint64_t seq = 0;      // accept order: the lowest is evicted when full
+        bool answered = false;      // has had a request answered
     };
     ControlServer(std::string path, int listen_fd, int epoll_fd, ControlLimits limits);
     void accept_all(std::int64_t now_ms);
@@ -92,9 +96,13 @@ class ControlServer {
     bool answer(int fd, Client& c, std::string_view answer_json);
     bool flush(int fd, Client& c);
     void drop(int fd);
-    void watch_writable(int fd, bool on);
-    // Stops accepting while max_clients are connected (the rest wait in the
-    // backlog), so a full house does not keep the loop awake.
+    // Registers the events `c` waits for now (see control_socket.cpp).
+    void watch(int fd, Client& c);
+    // The client connected longest among those idle between requests (one
+    // answered, nothing pending): the one to drop to make room for a new one.
+    std::optional<std::pair<int, const Client*>> evictable() const;
+    // Stops accepting while max_clients are connected and none is evictable
+    // (the rest wait in the backlog), so a full house does not keep the loop awake.
     void set_accepting(bool on);
 
     std::string path_;
@@ -106,6 +114,7 @@ class ControlServer {
     uid_t self_ = 0;
     std::optional<gid_t> group_;
     std::map<int, Client> clients_;
+    std::uint64_t next_seq_ = 0;
     bool accepting_ = true;
 };
 

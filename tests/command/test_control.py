@@ -17,7 +17,13 @@ server (--test-control, /_test/stats).
            that is not a socket is never removed (the refresher exits 1).
   test_08: a peer of another uid (nobody) that can reach the socket file is
            refused by SO_PEERCRED: an answer saying so and a log line.
+  test_09: hostile input (random bytes, over-long and non-UTF-8 lines, clients
+           that never read their answers, clients that keep every slot)
+           leaves the refresher serving: every answer is one line of valid
+           JSON, and a 401 report still gets through.
 """
+
+import random
 
 import json
 import os
@@ -319,6 +325,47 @@ class Control(IntegrationTest):
         wait_for(lambda: "event=control_refused" in r.log(), 5, "the refusal's log line")
         line = [x for x in r.log().splitlines() if "event=control_refused" in x][0]
         self.assertIn("uid 65534", line)
+        self.assertTrue(r.alive())
+
+    def test_09_hostile_input_leaves_it_serving(self):
+        r, sock = self.start()
+        rng = random.Random(10)  # fixed seed: a failure repeats
+        for _ in range(300):
+            junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200)))
+            junk = junk.replace(b"\n", b"") or b"x"
+            line = rng.choice([junk, b'{"' + junk + b'":1}', b'{"op":"' + junk + b'"}'])
+            a = ask(sock, line)  # json.loads of bytes checks it is valid UTF-8
+            self.assertFalse(a["ok"], line)
+            self.assertIn(a["error"], ("bad_request", "no_such_credential"), line)
+        # Clients that send requests and never read, holding their slots...
+        greedy = []
+        for _ in range(8):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.connect(sock)
+            s.setblocking(False)
+            try:
+                for _ in range(2000):
+                    s.send(b'{"op":"status"}\n' * 64)
+            except BlockingIOError:
+                pass
+            greedy.append(s)
+        # ...and clients that keep every other slot with a request now and then.
+        hogs = []
+        for _ in range(40):
+            s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.connect(sock)
+            s.sendall(b'{"op":"status"}\n')
+            s.makefile("rb").readline()
+            hogs.append(s)
+        # A 401 report from a reader still gets its answer.
+        v = self.version()
+        out = self.ws.cli("get", "c", "--invalid", str(v), "--wait", "10", timeout=30)
+        self.assertEqual(out.returncode, 0, out.stderr.decode())
+        remember(out.stdout.decode().strip())
+        for s in greedy + hogs:
+            s.close()
+        self.assertTrue(ask(sock, {"op": "status"})["ok"])
         self.assertTrue(r.alive())
 
 

@@ -160,6 +160,16 @@ class PythonModuleTest(unittest.TestCase):
                 tokenshm.Handle()
             with self.assertRaises(TypeError):
                 reader.lookup(3)
+            # A version is 0 to 2**64-1: -1 must not wrap to 2**64-1 (wait
+            # would then never return, report_invalid would send a version
+            # nobody published).
+            for bad in (-1, 2**64):
+                with self.assertRaises(OverflowError):
+                    handle.wait(bad, timeout=0)
+                with self.assertRaises(OverflowError):
+                    handle.report_invalid(bad, timeout=0)
+            with self.assertRaises(TypeError):
+                handle.wait(1.5, timeout=0)
 
     def test_report_invalid_unreachable(self):
         with self.publisher("py-report") as pub:

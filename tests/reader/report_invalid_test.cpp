@@ -16,8 +16,10 @@
 #include <chrono>
 #include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <string>
 #include <thread>
+#include <vector>
 
 using namespace std::chrono_literals;
 using segtest::SegmentGuard;
@@ -183,4 +185,59 @@ TEST_CASE("no socket: unreachable, within the timeout") {
         REQUIRE_FALSE(v);
         CHECK(v.error() == tokenshm::Error::invalid_argument);
     }
+}
+
+TEST_CASE("a full listen backlog is waited out within the timeout, not taken for unreachable") {
+    ScriptedSocket s;  // listen backlog 4, nobody accepting yet
+    Fixture f(s.path);
+    auto h = f.handle();
+    // Fill the backlog as a burst of clients would, until connect says EAGAIN.
+    std::vector<int> fillers;
+    for (int i = 0; i < 64; ++i) {
+        const int c = ::socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        REQUIRE(c >= 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, s.path.c_str(), sizeof a.sun_path - 1);
+        if (::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) {
+            REQUIRE(errno == EAGAIN);
+            ::close(c);
+            break;
+        }
+        fillers.push_back(c);
+    }
+    REQUIRE_FALSE(fillers.empty());
+    std::optional<tokenshm::Expected<std::uint64_t, tokenshm::Error>> v;
+    std::thread reporter([&] { v.emplace(h.report_invalid(7, 10s)); });
+    // The refresher gets to the backlog later. The delay only gives the
+    // reporter time to meet the full backlog; the result does not depend on it.
+    std::this_thread::sleep_for(300ms);
+    for (std::size_t i = 0; i < fillers.size(); ++i) {
+        const int c = ::accept(s.fd, nullptr, nullptr);
+        REQUIRE(c >= 0);
+        ::close(c);
+    }
+    for (int c : fillers)
+        ::close(c);
+    std::string got;
+    auto t = s.serve(R"({"ok":true,"name":"c","version":9,"action":"newer","not_before_unix_ms":5})"
+                     "\n",
+                     got);
+    reporter.join();
+    if (!v || !*v) {  // it gave up: release the server thread with a connection of our own
+        const int c = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, s.path.c_str(), sizeof a.sun_path - 1);
+        (void)::connect(c, reinterpret_cast<sockaddr*>(&a), sizeof a);
+        (void)::send(c, "\n", 1, MSG_NOSIGNAL);
+        t.join();
+        ::close(c);
+    } else {
+        t.join();
+    }
+    REQUIRE(v.has_value());
+    REQUIRE(*v);
+    CHECK(**v == 9);
+    CHECK(got == "{\"op\":\"invalid\",\"name\":\"c\",\"version\":7}\n");
 }

@@ -1,5 +1,6 @@
 // The control socket: what its requests do to the daemon (fake clock, fake
 // transport, a real segment), and the socket itself (a real one in a temp dir).
+#include "ci_skip.hpp"
 #include "control_socket.hpp"
 #include "daemon.hpp"
 #include "fake_transport.hpp"
@@ -7,13 +8,17 @@
 
 #include <rapidjson/document.h>
 
+#include <grp.h>
+#include <poll.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -309,20 +314,18 @@ TEST_CASE("a stale socket is replaced; a live one or a non-socket is an error") 
 }
 
 TEST_CASE("peers: our uid, root, or a member of the group; others refused with a reason") {
-    const GroupsOf none = [](pid_t) { return std::optional<std::string>(); };
-    const GroupsOf member = [](pid_t) { return std::optional<std::string>("\t10 27 1000"); };
-    CHECK_FALSE(refuse_reason(PeerCred{1, 1000, 1000}, 1000, std::nullopt, none));
-    CHECK_FALSE(refuse_reason(PeerCred{1, 0, 0}, 1000, std::nullopt, none));
-    auto why = refuse_reason(PeerCred{1, 65534, 65534}, 1000, std::nullopt, none);
+    const std::vector<gid_t> none;
+    const std::vector<gid_t> member{10, 27, 1000};
+    CHECK_FALSE(refuse_reason(PeerCred{1, 1000, 1000, none}, 1000, std::nullopt));
+    CHECK_FALSE(refuse_reason(PeerCred{1, 0, 0, none}, 1000, std::nullopt));
+    auto why = refuse_reason(PeerCred{1, 65534, 65534, none}, 1000, std::nullopt);
     REQUIRE(why);
     CHECK(why->find("uid 65534") != std::string::npos);
-    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 27}, 1000, gid_t{27}, none));    // primary group
-    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{27}, member));  // supplementary
-    auto not_member = refuse_reason(PeerCred{1, 2000, 50}, 1000, gid_t{28}, member);
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 27, none}, 1000, gid_t{27}));    // primary group
+    CHECK_FALSE(refuse_reason(PeerCred{1, 2000, 50, member}, 1000, gid_t{27}));  // supplementary
+    auto not_member = refuse_reason(PeerCred{1, 2000, 50, member}, 1000, gid_t{28});
     REQUIRE(not_member);
     CHECK(not_member->find("group 28") != std::string::npos);
-    // Our own groups, as /proc shows them, hold our gid... or at least parse.
-    CHECK(proc_groups(::getpid()).has_value());
 }
 
 TEST_CASE("beyond max_clients, connections wait in the backlog until a client leaves") {
@@ -343,6 +346,253 @@ TEST_CASE("beyond max_clients, connections wait in the backlog until a client le
     (*s)->service(0, h);  // and c, waiting in the backlog, comes in
     CHECK((*s)->clients() == 2);
     CHECK(roundtrip(**s, c, "hi\n") == "{\"ok\":true,\"echo\":\"hi\"}\n");
+    ::close(b);
+    ::close(c);
+    set_log_sink({});
+}
+
+namespace {
+
+bool readable_now(int fd) {
+    pollfd p{fd, POLLIN, 0};
+    return ::poll(&p, 1, 0) == 1;
+}
+
+}  // namespace
+
+TEST_CASE("a client that does not read its answers gets one at a time and does not wake the loop") {
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 5000, 4});
+    REQUIRE(s);
+    int calls = 0;
+    // An answer larger than the socket's buffers: it cannot be written at once.
+    const std::string big = R"({"ok":true,"pad":")" + std::string(1 << 20, 'p') + "\"}";
+    const ControlHandler h = [&](std::string_view, const PeerCred&) {
+        ++calls;
+        return big;
+    };
+    const int fd = connect_to(path);
+    std::string lines;
+    for (int i = 0; i < 8; ++i)
+        lines += "{\"op\":\"status\"}\n";
+    REQUIRE(::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(lines.size()));
+    for (int i = 0; i < 4; ++i)
+        (*s)->service(0, h);
+    // One answer queued; the other seven requests wait for it to be read.
+    CHECK(calls == 1);
+    // More bytes from a client that reads nothing must not keep the loop awake.
+    REQUIRE(::send(fd, "x", 1, MSG_NOSIGNAL) == 1);
+    (*s)->service(0, h);
+    CHECK_FALSE(readable_now((*s)->wait_fd()));
+    CHECK((*s)->clients() == 1);
+    // Once it reads, every request gets its answer.
+    std::string in;
+    for (int i = 0; i < 100000 && std::count(in.begin(), in.end(), '\n') < 8; ++i) {
+        (*s)->service(0, h);
+        char buf[65536];
+        const ssize_t n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n > 0) in.append(buf, static_cast<std::size_t>(n));
+        if (n == 0) break;
+    }
+    CHECK(std::count(in.begin(), in.end(), '\n') == 8);
+    CHECK(calls == 8);
+    ::close(fd);
+    set_log_sink({});
+}
+
+TEST_CASE("a client pipelining many requests is served a few per pass, the rest soon after") {
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 5000, 4});
+    REQUIRE(s);
+    int calls = 0;
+    const ControlHandler h = [&](std::string_view, const PeerCred&) {
+        ++calls;
+        return std::string("{}");
+    };
+    const int fd = connect_to(path);
+    std::string lines;
+    for (int i = 0; i < 100; ++i)
+        lines += "{\"op\":\"status\"}\n";
+    REQUIRE(::send(fd, lines.data(), lines.size(), MSG_NOSIGNAL) ==
+            static_cast<ssize_t>(lines.size()));
+    (*s)->service(0, h);
+    // One pass does not belong to one client: the loop has other work.
+    CHECK(calls < 100);
+    CHECK(calls > 0);
+    // ...and the loop is woken for the rest (the client reading its
+    // answers, as a pipelining client does), no new request bytes needed.
+    std::string in;
+    char buf[65536];
+    for (int i = 0; i < 1000 && calls < 100; ++i) {
+        for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0;)
+            in.append(buf, static_cast<std::size_t>(n));
+        INFO("calls " << calls << " pass " << i);
+        REQUIRE(readable_now((*s)->wait_fd()));
+        (*s)->service(0, h);
+    }
+    CHECK(calls == 100);
+    for (ssize_t n; (n = ::recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0;)
+        in.append(buf, static_cast<std::size_t>(n));
+    CHECK(std::count(in.begin(), in.end(), '\n') == 100);
+    ::close(fd);
+    set_log_sink({});
+}
+
+namespace {
+
+// A connection made by a child process as uid 5001, gid 5000 and the
+// supplementary group `group`, handed to us over SCM_RIGHTS; the child has
+// exited and been reaped before we return, so its pid names nobody (or,
+// after reuse, somebody else).
+int connect_as_exited_member(const std::string& path, gid_t group) {
+    int sp[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_STREAM, 0, sp) == 0);
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) {
+        ::close(sp[0]);
+        const gid_t groups[1] = {group};
+        if (::setgroups(1, groups) != 0 || ::setgid(5000) != 0 || ::setuid(5001) != 0) _exit(2);
+        const int fd = ::socket(AF_UNIX, SOCK_STREAM, 0);
+        sockaddr_un a{};
+        a.sun_family = AF_UNIX;
+        std::strncpy(a.sun_path, path.c_str(), sizeof a.sun_path - 1);
+        if (::connect(fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0) _exit(3);
+        char control[CMSG_SPACE(sizeof(int))] = {};
+        char byte = 'f';
+        iovec iov{&byte, 1};
+        msghdr m{};
+        m.msg_iov = &iov;
+        m.msg_iovlen = 1;
+        m.msg_control = control;
+        m.msg_controllen = sizeof control;
+        cmsghdr* c = CMSG_FIRSTHDR(&m);
+        c->cmsg_level = SOL_SOCKET;
+        c->cmsg_type = SCM_RIGHTS;
+        c->cmsg_len = CMSG_LEN(sizeof(int));
+        std::memcpy(CMSG_DATA(c), &fd, sizeof fd);
+        _exit(::sendmsg(sp[1], &m, 0) == 1 ? 0 : 4);
+    }
+    ::close(sp[1]);
+    int status = 0;
+    REQUIRE(::waitpid(child, &status, 0) == child);
+    REQUIRE(WIFEXITED(status));
+    REQUIRE(WEXITSTATUS(status) == 0);
+    char control[CMSG_SPACE(sizeof(int))] = {};
+    char byte = 0;
+    iovec iov{&byte, 1};
+    msghdr m{};
+    m.msg_iov = &iov;
+    m.msg_iovlen = 1;
+    m.msg_control = control;
+    m.msg_controllen = sizeof control;
+    REQUIRE(::recvmsg(sp[0], &m, 0) == 1);
+    ::close(sp[0]);
+    cmsghdr* c = CMSG_FIRSTHDR(&m);
+    REQUIRE(c != nullptr);
+    int fd = -1;
+    std::memcpy(&fd, CMSG_DATA(c), sizeof fd);
+    return fd;
+}
+
+}  // namespace
+
+TEST_CASE("a group member is admitted by the groups it connected with, not by its pid's /proc") {
+    if (::geteuid() != 0) SKIP_OR_FAIL_UNDER_CI("needs root to connect as another uid");
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    REQUIRE(::chmod(dir.path.c_str(), 0711) == 0);
+    const std::string path = (dir.path / "ctl.sock").string();
+    const gid_t group = 4242;
+    auto s = ControlServer::open(path, 0640, group, ControlLimits{4096, 5000, 4});
+    REQUIRE(s);
+    const int fd = connect_as_exited_member(path, group);
+    // The pid SO_PEERCRED names is gone (a reused one could belong to
+    // anybody): membership must come from the connection itself.
+    CHECK(roundtrip(**s, fd, "hello\n") == "{\"ok\":true,\"echo\":\"hello\"}\n");
+    ::close(fd);
+    set_log_sink({});
+}
+
+namespace {
+
+// One line of valid UTF-8 JSON, an object with a boolean "ok".
+bool well_formed_answer(const std::string& a) {
+    if (a.find('\n') != std::string::npos) return false;
+    rapidjson::Document d;
+    d.Parse<rapidjson::kParseValidateEncodingFlag>(a.c_str(), a.size());
+    return !d.HasParseError() && d.IsObject() && d.HasMember("ok") && d["ok"].IsBool();
+}
+
+}  // namespace
+
+TEST_CASE("any request bytes get one line of valid UTF-8 JSON, and the daemon still serves") {
+    World w;
+    w.first_token();
+    // Keys the parser echoes in its message: invalid UTF-8, a character cut
+    // by the message's length cap, controls and NUL.
+    const std::vector<std::string> echoes = {
+        "{\"\xff\xfe\":1}", "{\"" + std::string(39, 'k') + "\xc3\xa9\":1}",
+        std::string("{\"a\\u0000\x1b[31m\":1}"), "{\"\xe2\x80\xae\":1}"};
+    for (const std::string& line : echoes) {
+        const std::string a = w.daemon->control_answer(line);
+        INFO(a);
+        CHECK(well_formed_answer(a));
+    }
+    std::uint64_t seed = 0x9e3779b97f4a7c15u;
+    const auto next = [&] {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        return seed;
+    };
+    const std::string alphabet = "{}[]\":,\\ u0123456789opnamereshvlidtufsx\xff\xc3\x80";
+    for (int i = 0; i < 20000; ++i) {
+        std::string line(next() % 64, '\0');
+        for (char& c : line)
+            c = (next() % 4 == 0) ? static_cast<char>(next()) : alphabet[next() % alphabet.size()];
+        if (i % 3 == 0) line = "{\"" + line + "\":1}";
+        const std::string a = w.daemon->control_answer(line);
+        if (!well_formed_answer(a)) {
+            FAIL_CHECK("answer to a random request is not one line of UTF-8 JSON: " << a);
+            break;
+        }
+    }
+    CHECK(w.ask(R"({"op":"status"})")["ok"].GetBool());
+}
+
+TEST_CASE("clients holding every slot do not starve a new one: the longest connected makes room") {
+    set_log_sink([](std::string_view) {});
+    TempDir dir;
+    const std::string path = (dir.path / "ctl.sock").string();
+    auto s = ControlServer::open(path, 0600, std::nullopt, ControlLimits{4096, 5000, 2});
+    REQUIRE(s);
+    const ControlHandler h = [](std::string_view l, const PeerCred&) {
+        return R"({"ok":true,"echo":")" + std::string(l) + "\"}";
+    };
+    // Two hogs take both slots and keep them: a request now and then resets
+    // their read timeout.
+    const int a = connect_to(path);
+    (*s)->service(0, h);
+    const int b = connect_to(path);
+    (*s)->service(1, h);
+    CHECK((*s)->clients() == 2);
+    std::int64_t now = 1;
+    for (int i = 0; i < 10; ++i) {
+        now += 4000;
+        CHECK(roundtrip(**s, a, "keep\n", now) == "{\"ok\":true,\"echo\":\"keep\"}\n");
+        CHECK(roundtrip(**s, b, "keep\n", now) == "{\"ok\":true,\"echo\":\"keep\"}\n");
+    }
+    // A reader reporting a 401 must get its answer now, not after the hogs leave.
+    const int c = connect_to(path);
+    CHECK(roundtrip(**s, c, "invalid\n", now) == "{\"ok\":true,\"echo\":\"invalid\"}\n");
+    CHECK((*s)->clients() <= 2);
+    ::close(a);
     ::close(b);
     ::close(c);
     set_log_sink({});
