@@ -2,18 +2,19 @@
 // refresher/login.hpp's flow, and telling a running refresher that a new
 // refresh token is in the state directory.
 //
-// The refresher is told with SIGHUP (SPEC: SIGHUP reloads; a credential in
-// reauth then reads its refresh token again, and the state directory's wins
-// over refresh_token_file). The pid comes from the segment's header; it is
-// signalled only while it holds the segment's lock, is named
-// tokenshm-refresher, runs as our uid (or we are root), and started no later
-// than the header says the writer attached, so a reused pid is never hit.
+// The refresher is told through the control socket the segment names
+// ({"op":"token_stored","name":N}): a credential in reauth then reads its
+// refresh token again (the state directory's wins over refresh_token_file);
+// one that works keeps its own.
 #include "tokenshm_login.hpp"
 
 #include <login.hpp>
 #include <tokenshm/reader.hpp>
 
-#include <signal.h>
+#include <rapidjson/document.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
 #include <sys/prctl.h>
 #include <unistd.h>
 
@@ -21,8 +22,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <fstream>
-#include <sstream>
 
 namespace {
 
@@ -71,97 +70,101 @@ std::optional<int> parse_login_args(const std::vector<std::string_view>& args,
     return std::nullopt;
 }
 
-std::string read_proc(const std::string& path) {
-    std::ifstream f(path);
-    std::stringstream ss;
-    ss << f.rdbuf();
-    return ss.str();
-}
-
-// When process `pid` started, in Unix ms (from /proc), or -1.
-std::int64_t process_start_ms(pid_t pid) {
-    const std::string stat = read_proc("/proc/" + std::to_string(pid) + "/stat");
-    const std::size_t close = stat.rfind(") ");
-    if (close == std::string::npos) return -1;
-    std::istringstream fields(stat.substr(close + 2));  // from field 3, the state
-    std::string field;
-    long long start_ticks = -1;
-    for (int i = 3; fields >> field; ++i) {
-        if (i == 22) {
-            start_ticks = std::atoll(field.c_str());
-            break;
-        }
+// Sends one request line to the control socket at `path` and returns its
+// one answer line (bounded by 4 KiB and `timeout_ms`), or why not.
+tokenshm::Expected<std::string, std::string> ask_control(const std::string& path,
+                                                         const std::string& line,
+                                                         int timeout_ms) {
+    sockaddr_un a{};
+    if (path.empty() || path.size() >= sizeof a.sun_path)
+        return tokenshm::Unexpected{std::string("the segment names no usable control socket")};
+    a.sun_family = AF_UNIX;
+    std::memcpy(a.sun_path, path.data(), path.size());
+    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return tokenshm::Unexpected{std::string("socket: ") + std::strerror(errno)};
+    struct Closer {
+        int fd;
+        ~Closer() { ::close(fd); }
+    } closer{fd};
+    const timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
+    if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
+        ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
+        return tokenshm::Unexpected{std::string("setsockopt: ") + std::strerror(errno)};
+    if (::connect(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+        return tokenshm::Unexpected{"connect to " + path + ": " + std::strerror(errno)};
+    if (::send(fd, line.data(), line.size(), MSG_NOSIGNAL) != static_cast<ssize_t>(line.size()))
+        return tokenshm::Unexpected{"send to " + path + ": " + std::strerror(errno)};
+    std::string answer;
+    char buf[512];
+    while (answer.find('\n') == std::string::npos && answer.size() < 4096) {
+        const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
+        if (n == 0) return tokenshm::Unexpected{path + " closed without an answer"};
+        if (n < 0 && errno == EINTR) continue;
+        if (n < 0) return tokenshm::Unexpected{"receive from " + path + ": " + std::strerror(errno)};
+        answer.append(buf, static_cast<std::size_t>(n));
     }
-    std::istringstream boot(read_proc("/proc/stat"));
-    long long btime = -1;
-    for (std::string word; boot >> word;)
-        if (word == "btime" && boot >> btime) break;
-    const long hz = ::sysconf(_SC_CLK_TCK);
-    if (start_ticks < 0 || btime < 0 || hz <= 0) return -1;
-    return btime * 1000 + start_ticks * 1000 / hz;
+    const auto end = answer.find('\n');
+    if (end == std::string::npos) return tokenshm::Unexpected{path + " answered an over-long line"};
+    answer.resize(end);
+    return answer;
 }
 
-// Why `w`'s pid is not one to signal, or empty when it is.
-std::string not_our_refresher(const tokenshm::WriterStatus& w) {
-    const pid_t pid = static_cast<pid_t>(w.pid);
-    const std::string proc = "/proc/" + std::to_string(pid);
-    const std::string comm = read_proc(proc + "/comm");
-    if (comm != "tokenshm-refres\n" && comm != "tokenshm-refresher\n")
-        return "pid " + std::to_string(pid) + " is not a tokenshm-refresher";
-    const std::string status = read_proc(proc + "/status");
-    const std::size_t at = status.find("\nUid:");
-    long uid = -1;
-    if (at != std::string::npos) std::istringstream(status.substr(at + 5)) >> uid;
-    if (::geteuid() != 0 && uid != static_cast<long>(::geteuid()))
-        return "refresher pid " + std::to_string(pid) + " runs as uid " + std::to_string(uid) +
-               ", not ours";
-    const std::int64_t started = process_start_ms(pid);
-    // /proc/stat's btime is whole seconds: allow for its rounding.
-    if (started < 0 || started > w.start_ms + 2000)
-        return "pid " + std::to_string(pid) + " started after the segment's writer attached";
-    return {};
-}
-
-// Tells the refresher of `segment`, if one runs, to read the new token.
-int tell_refresher(const std::string& segment, const std::string& name) {
-    auto reader = tokenshm::Reader::open(segment);
-    if (!reader) {
-        if (reader.error().code == tokenshm::Error::no_segment) {
-            std::printf(
-                "no refresher runs on segment %s: it uses the new refresh token for %s "
-                "when it starts\n",
+void print_no_refresher(const std::string& segment, const std::string& name) {
+    std::printf("no refresher runs on segment %s: it uses the new refresh token for %s when it "
+                "starts\n",
                 segment.c_str(), name.c_str());
-            return login_exit::ok;
-        }
-        return fail(login_exit::unreachable, "stored, but the refresher could not be told: " +
-                                                 reader.error().message + "; send it SIGHUP");
-    }
-    const tokenshm::WriterStatus w = reader->writer();
-    if (!w.lock_held || w.pid <= 0) {
-        std::printf(
-            "no refresher runs on segment %s: it uses the new refresh token for %s "
-            "when it starts\n",
-            segment.c_str(), name.c_str());
-        return login_exit::ok;
-    }
-    if (const std::string why = not_our_refresher(w); !why.empty())
+}
+
+// Tells the refresher of `segment`, if one runs, through its control socket
+// ({"op":"token_stored"}) that a new refresh token for `name` is stored.
+int tell_refresher(const std::string& segment, const std::string& name) {
+    const auto not_told = [](const std::string& why) {
         return fail(login_exit::unreachable,
                     "stored, but the refresher was not told (" + why + "); send it SIGHUP");
-    if (::kill(static_cast<pid_t>(w.pid), SIGHUP) != 0)
-        return fail(login_exit::unreachable, "stored, but kill(" + std::to_string(w.pid) +
-                                                 ", SIGHUP): " + std::strerror(errno) +
-                                                 "; send it SIGHUP");
-    std::printf("told the refresher (pid %lld) to load it (SIGHUP)\n",
-                static_cast<long long>(w.pid));
-    // A reload reads refresh tokens again only for a credential in reauth
-    // (daemon.cpp, update_credential); one that works keeps the token it has.
-    if (auto h = reader->lookup(name)) {
-        if (auto t = h->inspect();
-            t && t->state() != tokenshm::State::reauth && t->state() != tokenshm::State::empty)
-            std::printf(
-                "%s is %s, not in reauth: the refresher keeps the refresh token it has, "
-                "and its next rotation replaces the one stored now\n",
-                name.c_str(), tokenshm::to_string(t->state()));
+    };
+    auto reader = tokenshm::Reader::open(segment);
+    if (!reader && reader.error().code == tokenshm::Error::no_segment) {
+        print_no_refresher(segment, name);
+        return login_exit::ok;
+    }
+    if (!reader) return not_told(reader.error().message);
+    const tokenshm::WriterStatus w = reader->writer();
+    if (!w.lock_held || w.pid <= 0) {
+        print_no_refresher(segment, name);
+        return login_exit::ok;
+    }
+    auto h = reader->lookup(name);
+    if (!h) {
+        std::printf("the refresher (pid %lld) has no credential %s yet: a reload that adds it "
+                    "uses the new refresh token\n",
+                    static_cast<long long>(w.pid), name.c_str());
+        return login_exit::ok;
+    }
+    auto answer = ask_control(h->control_socket(),
+                              R"({"op":"token_stored","name":")" + name + "\"}\n", 5000);
+    if (!answer) return not_told(answer.error());
+    rapidjson::Document d;
+    d.Parse(answer->data(), answer->size());
+    const auto text = [&](const char* key) -> std::string {
+        if (!d.IsObject() || !d.HasMember(key) || !d[key].IsString()) return {};
+        return {d[key].GetString(), d[key].GetStringLength()};
+    };
+    if (d.HasParseError() || !d.IsObject() || !d.HasMember("ok") || !d["ok"].IsBool())
+        return not_told("its answer is not the control protocol's");
+    if (!d["ok"].GetBool())
+        return not_told(tokenshm::refresher::printable_line(text("error") + ": " + text("message")));
+    const std::string action = text("action");
+    if (action == "loaded") {
+        std::printf("the refresher (pid %lld) is using the new refresh token for %s\n",
+                    static_cast<long long>(w.pid), name.c_str());
+    } else if (action == "kept") {
+        std::printf("%s is not in reauth: the refresher (pid %lld) keeps the refresh token it "
+                    "has, and its next rotation replaces the one stored now\n",
+                    name.c_str(), static_cast<long long>(w.pid));
+    } else if (action == "unchanged") {
+        return not_told("it found the refresh token it was refused with, not a new one");
+    } else {
+        return not_told("it answered " + tokenshm::refresher::quote(action));
     }
     return login_exit::ok;
 }
@@ -177,7 +180,7 @@ const char* const kLoginUsage =
     "Prints the URL to open in a browser, waits for the authorization server's\n"
     "redirect to a listener on 127.0.0.1 (the credential's redirect_uri, else a free\n"
     "port and /callback), exchanges the code, stores the refresh token in the state\n"
-    "directory (never printed) and tells a running refresher (SIGHUP).\n"
+    "directory (never printed) and tells a running refresher (control socket).\n"
     "options:\n"
     "  --config FILE      the refresher's configuration (required): the credential,\n"
     "                     its client and issuer, and state_dir\n"

@@ -2,6 +2,8 @@
 //   {"op":"refresh","name":N}              refresh now (min_interval_s holds)
 //   {"op":"invalid","name":N,"version":V}  a consumer got 401 with version V
 //   {"op":"status"}                        the segment's view plus the loop's
+//   {"op":"token_stored","name":N}         `tokenshm login` put a new refresh
+//                                          token for N in the state directory
 // Requests for one credential share one token request: while one is asked
 // for or in flight, more asks join it. The answers never wait for the token:
 // clients wait on the segment (Handle::wait) for the version after `version`.
@@ -72,8 +74,9 @@ Expected<Request, std::string> parse_request(std::string_view line) {
             return Unexpected{quote(key, 40) + ": unknown key or wrong type"};
         }
     }
-    if (r.op != "refresh" && r.op != "invalid" && r.op != "status")
-        return Unexpected{std::string("\"op\" must be \"refresh\", \"invalid\" or \"status\"")};
+    if (r.op != "refresh" && r.op != "invalid" && r.op != "status" && r.op != "token_stored")
+        return Unexpected{std::string(
+            "\"op\" must be \"refresh\", \"invalid\", \"status\" or \"token_stored\"")};
     if (r.op != "status" && !shm::valid_credential_name(r.name))
         return Unexpected{std::string("\"name\" must be a credential name")};
     if ((r.op == "invalid") != r.version.has_value())
@@ -90,7 +93,35 @@ std::string Daemon::control_answer(std::string_view line) {
     if (!req) return control_error("bad_request", req.error());
     if (req->op == "status") return answer_status();
     if (draining_ || stop_) return control_error("busy", "the refresher is stopping");
+    if (req->op == "token_stored") return answer_token_stored(req->name);
     return answer_refresh(req->name, req->version);
+}
+
+// After `tokenshm login`: a credential waiting for a person (reauth, or no
+// refresh token yet) reads its refresh token from the state directory again,
+// as SIGHUP would make it; one that works keeps the token it has (it may be
+// newer than the stored one, and its next rotation replaces the file).
+std::string Daemon::answer_token_stored(const std::string& name) {
+    auto it = entries_.find(name);
+    if (it == entries_.end() || !it->second.cred)
+        return control_error("no_such_credential", "no credential called " + name);
+    Entry& e = it->second;
+    std::string action = "kept";
+    if (e.cred->in_reauth() && !e.cred->in_flight()) {
+        const CredentialRefresher* before = e.cred.get();
+        e.pending = e.cred->config();
+        e.reload_tokens = true;
+        apply_pending(e);
+        action = e.cred.get() != before ? "loaded" : "unchanged";
+    }
+    rapidjson::StringBuffer b;
+    JsonWriter w(b);
+    w.StartObject();
+    put_b(w, "ok", true);
+    put(w, "name", name);
+    put(w, "action", action);
+    w.EndObject();
+    return b.GetString();
 }
 
 std::string Daemon::answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid) {

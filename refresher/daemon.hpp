@@ -115,6 +115,7 @@ class Daemon {
     // control_ops.cpp: the requests, and the loop's share of the socket.
     std::string answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid);
     std::string answer_status();
+    std::string answer_token_stored(const std::string& name);
     void service_control();
     // After a publish: a new access token starts a new token_version.
     void note_token(Entry& e, const shm::SlotRecord& r);

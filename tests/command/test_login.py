@@ -7,8 +7,9 @@ a person's browser would.
            gets an access token with it; a second login while it works says
            the refresher keeps its own token.
   test_02: a refresher in reauth (its configured refresh token was refused)
-           is told (SIGHUP) and resumes with the new token; the listener
-           takes the configured redirect_uri.
+           is told through its control socket (no SIGHUP, no reload) and
+           resumes with the new token; the listener takes the configured
+           redirect_uri.
   test_03: the server's real code delivered with another state: exit 5,
            nothing stored, the browser gets an error page.
   test_04: the person cancels (error=access_denied): exit 5, nothing stored.
@@ -210,9 +211,13 @@ class LoginTest(IntegrationTest):
         self.assertTrue(any("tokenshm login --config" in line for line in r.log_lines(cred="again")),
                         "the reauth advice does not name tokenshm login")
         login = self.login_ok(cfg, "again", redirect)
-        self.assertIn(f"pid {r.pid}", login.stdout())
+        self.assertIn(f"the refresher (pid {r.pid}) is using the new refresh token",
+                      login.stdout())
         self.assert_stored("again")
         ws.wait_state("again", "valid", 20)
+        self.assertTrue(r.log_lines(event="changed", cred="again"),
+                        "the refresher did not take the stored token up")
+        self.assertFalse(r.log_lines(event="reload"), "login made the refresher reload its config")
         self.assertEqual(ws.get("again")[0], 0)
         self.assertTrue(r.alive())
 
