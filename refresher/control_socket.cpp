@@ -70,11 +70,13 @@ Expected<Done, RefresherError> clear_stale(const std::string& path) {
     return Done{};
 }
 
-// Binds with no access for anyone but us, then sets the mode and group asked.
+// Binds with the mode asked (through the umask: a chmod by path after the
+// bind would follow a symlink someone swapped in), then sets the group with
+// lchown, which does not follow one. The peer check guards the moment before.
 Expected<Done, RefresherError> bind_private(int fd, const std::string& path, mode_t mode,
                                             std::optional<gid_t> group) {
     const sockaddr_un a = address_of(path);
-    const mode_t old = ::umask(0177);
+    const mode_t old = ::umask(0777 & ~mode);
     const int r = ::bind(fd, reinterpret_cast<const sockaddr*>(&a), sizeof a);
     const int err = errno;
     ::umask(old);
@@ -84,7 +86,6 @@ Expected<Done, RefresherError> bind_private(int fd, const std::string& path, mod
     }
     if (group && ::lchown(path.c_str(), static_cast<uid_t>(-1), *group) != 0)
         return sys_fail("control_socket " + path + ": chown to group " + std::to_string(*group));
-    if (::chmod(path.c_str(), mode) != 0) return sys_fail("control_socket " + path + ": chmod");
     return Done{};
 }
 

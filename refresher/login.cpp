@@ -389,14 +389,17 @@ void open_in_browser(const std::string& url, const LoginOptions& o) {
                "); open the URL yourself");
 }
 
+bool state_matches(const Callback& cb, const Secret& state) {
+    return cb.state.size() == state.size() &&
+           CRYPTO_memcmp(cb.state.data(), state.reveal().data(), state.size()) == 0;
+}
+
 // The redirect must carry our state (else it is not the answer to our
 // request: a forged or stale redirect), then either a code or an error.
 Expected<Done, LoginError> check_callback(const Callback& cb, const Secret& state,
                                           const AuthorizationServer& server,
                                           const EndpointUrl& issuer) {
-    const bool state_ok = cb.state.size() == state.size() &&
-                          CRYPTO_memcmp(cb.state.data(), state.reveal().data(), state.size()) == 0;
-    if (!state_ok)
+    if (!state_matches(cb, state))
         return login_error(login_exit::no_token,
                            "the redirect's state does not match this login's (a stale or forged "
                            "redirect); nothing was stored");
@@ -496,27 +499,38 @@ Expected<std::string, LoginError> finish(Transport& t, const Config& cfg, const 
                                          const Prepared& p, LoopbackListener& listener,
                                          const std::string& redirect, Clock::time_point deadline,
                                          StateStore& store) {
-    WipedString query;
-    auto conn = listener.accept_callback(c.redirect_uri ? c.redirect_uri->path : "/callback",
-                                         deadline, query);
-    if (!conn) return Unexpected{conn.error()};
-    auto result = [&]() -> Expected<std::string, LoginError> {
+    // A redirect without this login's state is not its answer (a stale tab,
+    // or any local process or web page requesting the callback): it gets a
+    // 400 and the login waits on, so it cannot end a person's login.
+    for (;;) {
+        WipedString query;
+        auto conn = listener.accept_callback(c.redirect_uri ? c.redirect_uri->path : "/callback",
+                                             deadline, query);
+        if (!conn) return Unexpected{conn.error()};
         auto cb = login_detail::parse_callback_query(query.view());
-        if (!cb) return login_error(login_exit::no_token, cb.error() + "; nothing was stored");
-        if (auto ok = check_callback(*cb, p.state, p.server, *c.issuer); !ok)
-            return Unexpected{ok.error()};
-        auto rt = exchange(t, c, cfg, p.server.token_endpoint, cb->code, redirect, p.verifier);
-        if (!rt) return Unexpected{rt.error()};
-        return store_refresh_token(store, c.name, *rt);
-    }();
-    if (result)
-        LoopbackListener::respond(
-            conn->fd, "200 OK", "tokenshm: logged in",
-            "The refresh token for " + c.name + " is stored. You can close this page.");
-    else
-        LoopbackListener::respond(conn->fd, "400 Bad Request", "tokenshm: login failed",
-                                  result.error().message);
-    return result;
+        if (cb && !state_matches(*cb, p.state)) {
+            LoopbackListener::respond(conn->fd, "400 Bad Request",
+                                      "tokenshm: not this login's redirect",
+                                      "Its state is not the one this login sent; still waiting.");
+            continue;
+        }
+        auto result = [&]() -> Expected<std::string, LoginError> {
+            if (!cb) return login_error(login_exit::no_token, cb.error() + "; nothing was stored");
+            if (auto ok = check_callback(*cb, p.state, p.server, *c.issuer); !ok)
+                return Unexpected{ok.error()};
+            auto rt = exchange(t, c, cfg, p.server.token_endpoint, cb->code, redirect, p.verifier);
+            if (!rt) return Unexpected{rt.error()};
+            return store_refresh_token(store, c.name, *rt);
+        }();
+        if (result)
+            LoopbackListener::respond(
+                conn->fd, "200 OK", "tokenshm: logged in",
+                "The refresh token for " + c.name + " is stored. You can close this page.");
+        else
+            LoopbackListener::respond(conn->fd, "400 Bad Request", "tokenshm: login failed",
+                                      result.error().message);
+        return result;
+    }
 }
 
 }  // namespace

@@ -10,8 +10,9 @@ a person's browser would.
            is told through its control socket (no SIGHUP, no reload) and
            resumes with the new token; the listener takes the configured
            redirect_uri.
-  test_03: the server's real code delivered with another state: exit 5,
-           nothing stored, the browser gets an error page.
+  test_03: the server's real code delivered with another state: a 400
+           page, nothing stored, and the login waits on; the person's own
+           redirect then completes it.
   test_04: the person cancels (error=access_denied): exit 5, nothing stored.
   test_05: no redirect within --timeout: exit 5.
   test_06: bad arguments and configurations: exit 2 or 4, one line.
@@ -232,7 +233,7 @@ class LoginTest(IntegrationTest):
         ws.refresher(cfg)
         ws.wait_state("post", "valid", 20)
 
-    def test_03_wrong_state_is_refused(self):
+    def test_03_wrong_state_is_refused_and_login_waits_on(self):
         ws = self.ws
         cfg = ws.config([self.cred("forged")])
         login = Login(ws, cfg, "forged", "--timeout", "60")
@@ -244,12 +245,17 @@ class LoginTest(IntegrationTest):
         self.assertEqual(code, 303)
         answer = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
         self.assertIn("code", answer)
-        answer["state"] = "not-the-state-login-sent"
-        status, _, page = Browser().open(redirect + "?" + urllib.parse.urlencode(answer))
-        self.assertEqual(login.wait(), EXIT_NO_TOKEN)
+        forged = dict(answer, state="not-the-state-login-sent")
+        status, _, page = Browser().open(redirect + "?" + urllib.parse.urlencode(forged))
         self.assertEqual(status, 400)
-        self.assertIn("state", login.stderr())
+        self.assertIn("not this login", page)
         self.assertFalse(os.path.exists(self.token_path("forged")))
+        self.assertIsNone(login.proc.poll(), "a forged redirect ended the login")
+        # The person's own redirect still completes it.
+        status, _, _ = Browser().open(location)
+        self.assertEqual(status, 200)
+        self.assertEqual(login.wait(), 0, login.stderr())
+        self.assert_stored("forged")
 
     def test_04_access_denied(self):
         ws = self.ws
