@@ -295,6 +295,38 @@ bool Daemon::read_signals(int signal_fd) {
     }
 }
 
+// Lets requests in flight answer (bounded by their timeout): an answer may
+// carry a rotated refresh token, and the old one is spent once sent. A
+// second SIGTERM/SIGINT cuts the wait short: the operator asked twice.
+// False when requests were abandoned that way.
+bool Daemon::drain_in_flight(int wake_fd, int signal_fd) {
+    if (failed_ || deps_.transport->in_flight() == 0) return true;
+    std::int64_t longest = 0;
+    for (const auto& [name, e] : entries_)
+        if (e.cred) longest = std::max<std::int64_t>(longest, e.cred->config().timeout.count());
+    const std::int64_t until = deps_.now().mono_ms + longest * 1000 + 1000;
+    draining_ = true;
+    stop_ = false;
+    log_event(Level::info, "", "draining",
+              std::to_string(deps_.transport->in_flight()) +
+                  " request(s) in flight; a second SIGTERM stops at once");
+    bool abandoned = false;
+    while (deps_.transport->in_flight() > 0 && deps_.now().mono_ms < until && !failed_) {
+        step(std::chrono::milliseconds(kMaxWaitMs), wake_fd);
+        service_control();
+        if (signal_fd >= 0 && read_signals(signal_fd)) {
+            abandoned = true;
+            log_event(Level::warn, "", "abandoned",
+                      std::to_string(deps_.transport->in_flight()) +
+                          " request(s) left unanswered; a refresh token the server "
+                          "rotated in one of them is lost");
+            break;
+        }
+    }
+    stop_ = true;
+    return !abandoned;
+}
+
 int Daemon::run(int signal_fd, bool once) {
     if (once)
         for (auto& [name, e] : entries_)
@@ -320,34 +352,7 @@ int Daemon::run(int signal_fd, bool once) {
         }
     }
     if (deps_.notifier) deps_.notifier->stopping();
-    // Let requests in flight answer (bounded by their timeout): an answer may
-    // carry a rotated refresh token, and the old one is spent once sent. A
-    // second SIGTERM/SIGINT cuts the wait short: the operator asked twice.
-    bool abandoned = false;
-    if (!failed_ && deps_.transport->in_flight() > 0) {
-        std::int64_t longest = 0;
-        for (const auto& [name, e] : entries_)
-            if (e.cred) longest = std::max<std::int64_t>(longest, e.cred->config().timeout.count());
-        const std::int64_t until = deps_.now().mono_ms + longest * 1000 + 1000;
-        draining_ = true;
-        stop_ = false;
-        log_event(Level::info, "", "draining",
-                  std::to_string(deps_.transport->in_flight()) +
-                      " request(s) in flight; a second SIGTERM stops at once");
-        while (deps_.transport->in_flight() > 0 && deps_.now().mono_ms < until && !failed_) {
-            step(std::chrono::milliseconds(kMaxWaitMs), wake_fd);
-            service_control();
-            if (signal_fd >= 0 && read_signals(signal_fd)) {
-                abandoned = true;
-                log_event(Level::warn, "", "abandoned",
-                          std::to_string(deps_.transport->in_flight()) +
-                              " request(s) left unanswered; a refresh token the server "
-                              "rotated in one of them is lost");
-                break;
-            }
-        }
-        stop_ = true;
-    }
+    const bool abandoned = !drain_in_flight(wake_fd, signal_fd);
     bool ok = !failed_ && !abandoned;
     if (!save_unsaved_before_exit(once && ok ? kOnceSaveRetryMs : 0, signal_fd)) ok = false;
     for (auto& [name, e] : entries_)

@@ -112,6 +112,7 @@ class Daemon {
     void set_aside_rejected(const std::string& name);
     void remove_entry(const std::string& name, Entry& e);
     void check_segment(Now now);
+    bool drain_in_flight(int wake_fd, int signal_fd);
     // control_ops.cpp: the requests, and the loop's share of the socket.
     std::string answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid);
     std::string answer_status();
