@@ -98,6 +98,11 @@ struct World {
     rapidjson::Document ask(const std::string& line) { return json(daemon->control_answer(line)); }
 };
 
+// An answer's "action" ("refreshing", "joined", "newer"...).
+std::string action_of(const rapidjson::Document& answer) {
+    return answer["action"].GetString();
+}
+
 std::string invalid(std::uint64_t v) {
     return R"({"op":"invalid","name":"alpha","version":)" + std::to_string(v) + "}";
 }
@@ -111,12 +116,12 @@ TEST_CASE("refresh asks within min_interval_s share one token request, and say w
     for (int i = 0; i < 10; ++i) {
         auto a = w.ask(R"({"op":"refresh","name":"alpha"})");
         CHECK(a["ok"].GetBool());
-        CHECK(std::string(a["action"].GetString()) == "waiting");
+        CHECK(action_of(a) == "waiting");
         CHECK(a["version"].GetUint64() == v1);
         // The first request went out at `now`: the next may at now + 5 s.
         CHECK(a["not_before_unix_ms"].GetInt64() == w.now + w.wall + 5000);
         auto r = w.ask(invalid(v1));
-        CHECK(std::string(r["action"].GetString()) == "waiting");
+        CHECK(action_of(r) == "waiting");
         w.step();
     }
     CHECK(w.transport.started == 1);  // min_interval_s holds
@@ -124,9 +129,8 @@ TEST_CASE("refresh asks within min_interval_s share one token request, and say w
     w.step();
     CHECK(w.transport.started == 2);
     // Asks while it is in flight join it.
-    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "joined");
-    CHECK(std::string(w.ask(R"({"op":"refresh","name":"alpha"})")["action"].GetString()) ==
-          "joined");
+    CHECK(action_of(w.ask(invalid(v1))) == "joined");
+    CHECK(action_of(w.ask(R"({"op":"refresh","name":"alpha"})")) == "joined");
     REQUIRE(w.transport.answer("alpha", tokenshm::test::token_response("at-2", 3600)));
     w.step();
     CHECK(w.transport.started == 2);
@@ -134,7 +138,7 @@ TEST_CASE("refresh asks within min_interval_s share one token request, and say w
     CHECK(v2 > v1);
     // A report of the old token is answered with the new one, no request.
     auto old = w.ask(invalid(v1));
-    CHECK(std::string(old["action"].GetString()) == "newer");
+    CHECK(action_of(old) == "newer");
     CHECK(old["version"].GetUint64() == v2);
     w.now += 60'000;
     w.step();
@@ -146,17 +150,17 @@ TEST_CASE("a hundred reports of the current version cause one token request") {
     const std::uint64_t v1 = w.first_token();
     w.now += 10'000;  // past min_interval_s
     auto first = w.ask(invalid(v1));
-    CHECK(std::string(first["action"].GetString()) == "refreshing");
+    CHECK(action_of(first) == "refreshing");
     for (int i = 0; i < 99; ++i) {
         auto a = w.ask(invalid(v1));
-        CHECK(std::string(a["action"].GetString()) == "joined");
+        CHECK(action_of(a) == "joined");
         if (i % 10 == 0) w.step();
     }
     CHECK(w.transport.started == 2);
     REQUIRE(w.transport.answer("alpha", tokenshm::test::token_response("at-2", 3600)));
     w.step();
     for (int i = 0; i < 100; ++i)
-        CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "newer");
+        CHECK(action_of(w.ask(invalid(v1))) == "newer");
     w.now += 10'000;
     w.step();
     CHECK(w.transport.started == 2);
@@ -166,7 +170,7 @@ TEST_CASE("a failed refresh republishes the same token: its versions still count
     World w;
     const std::uint64_t v1 = w.first_token();
     w.now += 10'000;
-    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "refreshing");
+    CHECK(action_of(w.ask(invalid(v1))) == "refreshing");
     w.step();
     HttpResponse down;
     down.outcome = HttpResponse::Outcome::response;
@@ -176,7 +180,7 @@ TEST_CASE("a failed refresh republishes the same token: its versions still count
     const std::uint64_t v2 = w.version();
     CHECK(v2 > v1);  // stale, with the same token
     w.now += 10'000;
-    CHECK(std::string(w.ask(invalid(v1))["action"].GetString()) == "refreshing");
+    CHECK(action_of(w.ask(invalid(v1))) == "refreshing");
 }
 
 TEST_CASE("bad requests, unknown credentials and status") {
