@@ -183,6 +183,29 @@ TEST_CASE("a failed refresh republishes the same token: its versions still count
     CHECK(action_of(w.ask(invalid(v1))) == "refreshing");
 }
 
+TEST_CASE("status carries a server's error text as printable ASCII, whatever its bytes") {
+    World w;
+    w.first_token();
+    w.now += 10'000;
+    CHECK(action_of(w.ask(R"({"op":"refresh","name":"alpha"})")) == "refreshing");
+    w.step();
+    HttpResponse bad;
+    bad.outcome = HttpResponse::Outcome::response;
+    bad.status = 400;
+    bad.content_type = "application/json";
+    // Valid UTF-8 (the body must parse): an accent and U+009B, a terminal's CSI.
+    bad.body = "{\"error\":\"invalid_request\",\"error_description\":\"caf\xc3\xa9 \xc2\x9b" "2J\"}";
+    REQUIRE(w.transport.answer("alpha", bad));
+    w.step();
+    const std::string answer = w.daemon->control_answer(R"({"op":"status"})");
+    for (const char c : answer)
+        CHECK(static_cast<unsigned char>(c) < 0x80);
+    auto st = json(answer);
+    const std::string last_error = st["credentials"][0]["last_error"].GetString();
+    INFO(last_error);
+    CHECK(last_error.find("invalid_request") != std::string::npos);
+}
+
 TEST_CASE("bad requests, unknown credentials and status") {
     World w;
     const std::uint64_t v1 = w.first_token();
