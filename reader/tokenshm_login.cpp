@@ -10,6 +10,7 @@
 
 #include <login.hpp>
 #include <tokenshm/reader.hpp>
+#include <tokenshm/shm/posix.hpp>
 
 #include <rapidjson/document.h>
 #include <sys/socket.h>
@@ -80,12 +81,9 @@ tokenshm::Expected<std::string, std::string> ask_control(const std::string& path
         return tokenshm::Unexpected{std::string("the segment names no usable control socket")};
     a.sun_family = AF_UNIX;
     std::memcpy(a.sun_path, path.data(), path.size());
-    const int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-    if (fd < 0) return tokenshm::Unexpected{std::string("socket: ") + std::strerror(errno)};
-    struct Closer {
-        int fd;
-        ~Closer() { ::close(fd); }
-    } closer{fd};
+    const tokenshm::shm::Fd sock(::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0));
+    if (!sock.valid()) return tokenshm::Unexpected{std::string("socket: ") + std::strerror(errno)};
+    const int fd = sock.get();
     const timeval tv{timeout_ms / 1000, (timeout_ms % 1000) * 1000};
     if (::setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv) != 0 ||
         ::setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv) != 0)
