@@ -4,6 +4,7 @@
 // one deadline. libtokenshm links no JSON library: the answers are flat
 // objects, read by the small parser below.
 #include <tokenshm/reader.hpp>
+#include <tokenshm/shm/posix.hpp>
 
 #include <poll.h>
 #include <sys/socket.h>
@@ -33,19 +34,7 @@ std::int64_t mono_ms() noexcept {
     return std::int64_t{ts.tv_sec} * 1000 + ts.tv_nsec / 1'000'000;
 }
 
-class Fd {
-  public:
-    explicit Fd(int fd) noexcept : fd_(fd) {}
-    ~Fd() {
-        if (fd_ >= 0) ::close(fd_);
-    }
-    Fd(const Fd&) = delete;
-    Fd& operator=(const Fd&) = delete;
-    int get() const noexcept { return fd_; }
-
-  private:
-    int fd_;
-};
+using shm::Fd;  // closes its descriptor when it goes
 
 // Waits for `events` on fd until `deadline` (monotonic ms); false on timeout.
 bool wait_for(int fd, short events, std::int64_t deadline) noexcept {

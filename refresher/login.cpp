@@ -4,6 +4,8 @@
 #include "oauth.hpp"
 #include "state_store.hpp"
 
+#include <tokenshm/shm/posix.hpp>
+
 #include <openssl/evp.h>
 
 #include <arpa/inet.h>
@@ -156,19 +158,7 @@ namespace {
 
 using login_detail::Callback;
 
-// Closes a descriptor when it goes.
-struct Fd {
-    int fd = -1;
-    explicit Fd(int f = -1) : fd(f) {}
-    Fd(Fd&& o) noexcept : fd(std::exchange(o.fd, -1)) {}
-    Fd& operator=(Fd&& o) noexcept {
-        std::swap(fd, o.fd);
-        return *this;
-    }
-    ~Fd() {
-        if (fd >= 0) ::close(fd);
-    }
-};
+using shm::Fd;  // closes its descriptor when it goes
 
 // Milliseconds left until `deadline`, at least 0, at most `cap`.
 int ms_left(Clock::time_point deadline, std::chrono::milliseconds cap) {
@@ -182,22 +172,22 @@ class LoopbackListener {
   public:
     static Expected<LoopbackListener, LoginError> open(std::uint16_t port) {
         Fd s(::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0));
-        if (s.fd < 0) return login_error(login_exit::runtime, sys_message("socket"));
+        if (s.get() < 0) return login_error(login_exit::runtime, sys_message("socket"));
         const int one = 1;
-        if (::setsockopt(s.fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
+        if (::setsockopt(s.get(), SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) != 0)
             return login_error(login_exit::runtime, sys_message("setsockopt(SO_REUSEADDR)"));
         sockaddr_in a{};
         a.sin_family = AF_INET;
         a.sin_port = htons(port);
         a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        if (::bind(s.fd, reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
+        if (::bind(s.get(), reinterpret_cast<sockaddr*>(&a), sizeof a) != 0)
             return login_error(
                 login_exit::runtime,
                 sys_message(("bind(127.0.0.1:" + std::to_string(port) + ")").c_str()) +
                     (port ? " (redirect_uri's port; is another login running?)" : ""));
-        if (::listen(s.fd, 8) != 0) return login_error(login_exit::runtime, sys_message("listen"));
+        if (::listen(s.get(), 8) != 0) return login_error(login_exit::runtime, sys_message("listen"));
         socklen_t len = sizeof a;
-        if (::getsockname(s.fd, reinterpret_cast<sockaddr*>(&a), &len) != 0)
+        if (::getsockname(s.get(), reinterpret_cast<sockaddr*>(&a), &len) != 0)
             return login_error(login_exit::runtime, sys_message("getsockname"));
         LoopbackListener l;
         l.sock_ = std::move(s);
@@ -212,28 +202,28 @@ class LoopbackListener {
     Expected<Fd, LoginError> accept_callback(const std::string& path, Clock::time_point deadline,
                                              WipedString& query) {
         for (;;) {
-            pollfd p{sock_.fd, POLLIN, 0};
+            pollfd p{sock_.get(), POLLIN, 0};
             const int n = ::poll(&p, 1, ms_left(deadline, std::chrono::hours(1)));
             if (n < 0 && errno == EINTR) continue;
             if (n < 0) return login_error(login_exit::runtime, sys_message("poll"));
             if (n == 0)
                 return login_error(login_exit::no_token,
                                    "no redirect from the browser arrived in time (--timeout)");
-            Fd c(::accept4(sock_.fd, nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
-            if (c.fd < 0) {
+            Fd c(::accept4(sock_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK));
+            if (c.get() < 0) {
                 if (errno == EAGAIN || errno == EINTR || errno == ECONNABORTED) continue;
                 return login_error(login_exit::runtime, sys_message("accept4"));
             }
             WipedString head;
-            if (!read_head(c.fd, deadline, head)) continue;  // a client that said nothing
+            if (!read_head(c.get(), deadline, head)) continue;  // a client that said nothing
             std::string_view target;
             if (!request_target(head.view(), target)) {
-                respond(c.fd, "400 Bad Request", "Bad request", "tokenshm login expected a GET.");
+                respond(c.get(), "400 Bad Request", "Bad request", "tokenshm login expected a GET.");
                 continue;
             }
             const std::size_t q = target.find('?');
             if (target.substr(0, q) != path) {
-                respond(c.fd, "404 Not Found", "Not found", "This is tokenshm login's listener.");
+                respond(c.get(), "404 Not Found", "Not found", "This is tokenshm login's listener.");
                 continue;
             }
             query = WipedString(std::string());
@@ -509,7 +499,7 @@ Expected<std::string, LoginError> finish(Transport& t, const Config& cfg, const 
         if (!conn) return Unexpected{conn.error()};
         auto cb = login_detail::parse_callback_query(query.view());
         if (cb && !state_matches(*cb, p.state)) {
-            LoopbackListener::respond(conn->fd, "400 Bad Request",
+            LoopbackListener::respond(conn->get(), "400 Bad Request",
                                       "tokenshm: not this login's redirect",
                                       "Its state is not the one this login sent; still waiting.");
             continue;
@@ -524,10 +514,10 @@ Expected<std::string, LoginError> finish(Transport& t, const Config& cfg, const 
         }();
         if (result)
             LoopbackListener::respond(
-                conn->fd, "200 OK", "tokenshm: logged in",
+                conn->get(), "200 OK", "tokenshm: logged in",
                 "The refresh token for " + c.name + " is stored. You can close this page.");
         else
-            LoopbackListener::respond(conn->fd, "400 Bad Request", "tokenshm: login failed",
+            LoopbackListener::respond(conn->get(), "400 Bad Request", "tokenshm: login failed",
                                       result.error().message);
         return result;
     }
