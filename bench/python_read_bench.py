@@ -3,6 +3,8 @@
 
     /usr/bin/python3 bench/python_read_bench.py BUILD_DIR [--calls N] [--rounds R]
                      [--token-bytes B]
+    /usr/bin/python3 bench/python_read_bench.py BUILD_DIR --json [--smoke]
+                     [--redis-port P] [--redis-socket PATH]
 
   module: the compiled module's Handle.get().token (python/)
   ctypes: tokenshm_get_into through ctypes into a preallocated buffer, .decode()
@@ -16,14 +18,31 @@ systemd unit's RuntimeDirectory would put a sink too). Each way runs R rounds of
 figure is the median over rounds of ns per call. Prints one line per way and
 the ratio file / module, which issue 10 wants >= 20. Run with the interpreter
 the module was built for (meson's python module: /usr/bin/python3 on Debian).
+
+--json (issue 11) measures each way, and redis_tcp / redis_unix (python3-redis
+GET on a kept connection to the redis-server at --redis-port / --redis-socket,
+which the caller started), for tokens of 64, 1024 and 4096 bytes, with the
+writer idle ("none") and publishing back to back ("b2b": bench/pattern_writer
+for the segment and the sink file, a SET loop on its own connection for
+redis). Each call is timed alone; median_ns and p99_ns are net of the timer's
+own cost. The token of version v is v in 16 hex digits repeated, so every
+read is checked for bytes of two versions (torn). Prints one JSON document:
+{"python":"3.11.2","results":[{"method":..,"token_bytes":..,"writer":..,
+"median_ns":..,"p99_ns":..,"calls":N,"torn":0},...]}. --smoke: a few seconds.
 """
 
 import argparse
 import ctypes
 import glob
+import json
+import multiprocessing
 import os
+import platform
 import secrets
+import signal
+import stat
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -78,16 +97,281 @@ def file_get(path):
     return call
 
 
-def main():
+# ---- --json (issue 11): every method under an idle and a back-to-back writer ----
+
+SIZES = (64, 1024, 4096)
+SEGMENT_METHODS, FILE_METHODS, REDIS_METHODS = ("module", "ctypes"), ("file",), ("redis_tcp",
+                                                                               "redis_unix")
+ORDER = SEGMENT_METHODS + FILE_METHODS + REDIS_METHODS
+
+
+def is_socket(path):
+    try:
+        return stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
+
+
+def pattern_token(version, size):
+    """The token of `version`: its 16 hex digits repeated to `size` bytes."""
+    return (f"{version:016x}" * (size // 16 + 1))[:size]
+
+
+def is_torn(token, size):
+    """True unless every byte of `token` follows the pattern of one version."""
+    try:
+        version = int(token[:16], 16)
+    except ValueError:
+        return True
+    return len(token) != size or token != pattern_token(version, size)
+
+
+class PatternWriter:
+    """bench/pattern_writer SINK TARGET BYTES WRITER for the length of a `with`
+    block; stopped by its pid, its segment removed whatever happens."""
+
+    def __init__(self, build, sink, target, size, writer):
+        self.args = [os.path.join(build, "bench", "pattern_writer"), sink, target, str(size),
+                     writer]
+        self.segment = target if sink == "segment" else None
+        self.proc = None
+
+    def __enter__(self):
+        try:
+            self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE)
+        except OSError as e:
+            raise SystemExit(f"python_read_bench: {self.args[0]}: {e.strerror}")
+        line = pyutil.read_line(self.proc.stdout, 30)
+        if not line.startswith("ready "):
+            self.__exit__()
+            raise SystemExit(f"python_read_bench: pattern_writer did not start: {line!r}")
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.proc.poll() is None:
+                os.kill(self.proc.pid, signal.SIGTERM)
+                try:
+                    self.proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.wait()
+            self.proc.stdout.close()
+        finally:
+            if self.segment:
+                pyutil.unlink_segment(self.segment)
+        return False
+
+
+def redis_client(where):
+    """A python3-redis client of ("tcp", port) or ("unix", path), strings decoded."""
+    import redis
+    if where[0] == "tcp":
+        return redis.Redis(host="127.0.0.1", port=where[1], decode_responses=True)
+    return redis.Redis(unix_socket_path=where[1], decode_responses=True)
+
+
+def redis_set_loop(where, key, size, stop):
+    """The b2b redis writer (a forked process): SET back to back on its own connection."""
+    try:
+        client, version = redis_client(where), 1
+        while not stop.is_set():
+            for _ in range(64):
+                version += 1
+                client.set(key, pattern_token(version, size))
+    except Exception as e:  # noqa: BLE001  (any failure ends the child with one line)
+        print(f"python_read_bench: redis writer: {e}", file=sys.stderr)
+        os._exit(1)
+
+
+class RedisWriter:
+    """SETs version 1 of `key`; with b2b a forked process SETs on until the block ends."""
+
+    def __init__(self, where, key, size, writer):
+        self.where, self.key, self.size, self.writer = where, key, size, writer
+        self.proc = None
+
+    def __enter__(self):
+        self.client = redis_client(self.where)
+        self.client.set(self.key, pattern_token(1, self.size))
+        if self.writer == "b2b":
+            ctx = multiprocessing.get_context("fork")
+            self.stop = ctx.Event()
+            self.proc = ctx.Process(target=redis_set_loop,
+                                    args=(self.where, self.key, self.size, self.stop))
+            self.proc.start()
+        return self
+
+    def __exit__(self, *exc):
+        try:
+            if self.proc:
+                self.stop.set()
+                self.proc.join(10)
+                if self.proc.is_alive():
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                    self.proc.join()
+        finally:
+            self.client.delete(self.key)
+            self.client.close()
+        return False
+
+
+def timer_ns(pc):
+    """The cost of an empty timed pair: the median of 20000."""
+    pairs = []
+    for _ in range(20_000):
+        t0 = pc()
+        t1 = pc()
+        pairs.append(t1 - t0)
+    return statistics.median(pairs)
+
+
+def measure(call, size, seconds, max_calls):
+    """Times each call alone for `seconds` (at most `max_calls`); checks every
+    token read for tearing outside the timed pair."""
+    pc = time.perf_counter_ns
+    for _ in range(1000):
+        call()
+    samples, torn, errors, last_whole = [], 0, 0, None
+    end = pc() + int(seconds * 1e9)
+    while pc() < end and len(samples) < max_calls:
+        for _ in range(256):
+            try:
+                t0 = pc()
+                token = call()
+                t1 = pc()
+            except Exception:  # noqa: BLE001  (tokenshm.Error "busy", a redis error)
+                errors += 1
+                continue
+            samples.append(t1 - t0)
+            if token is not last_whole and token != last_whole:
+                if is_torn(token, size):
+                    torn += 1
+                else:
+                    last_whole = token
+    timer = timer_ns(pc)
+    samples.sort()
+    net = lambda q: max(0.0, float(samples[int(q * (len(samples) - 1))]) - timer)  # noqa: E731
+    return {"median_ns": round(net(0.5), 1), "p99_ns": round(net(0.99), 1),
+            "calls": len(samples), "torn": torn}, errors
+
+
+def segment_calls(build, segment, size):
+    """The module's and the C ABI's get of slot "bench", and what closes them."""
+    import tokenshm
+    handle = tokenshm.Reader(segment).lookup("bench")
+    lib = ctypes_test.load(os.path.join(build, "reader", "libtokenshm.so"))
+    reader, chandle = ctypes.c_void_p(), ctypes.c_void_p()
+    if lib.tokenshm_open(segment.encode(), ctypes.byref(reader)) != 0:
+        raise SystemExit("python_read_bench: ctypes: tokenshm_open failed")
+    if lib.tokenshm_lookup(reader, b"bench", ctypes.byref(chandle)) != 0:
+        lib.tokenshm_close(reader)
+        raise SystemExit("python_read_bench: ctypes: tokenshm_lookup failed")
+    buf = ctypes.create_string_buffer(size + 1)
+    n = ctypes.c_size_t()
+    get_into, cap, n_ref = lib.tokenshm_get_into, len(buf), ctypes.byref(n)
+
+    def ctypes_call():
+        if get_into(chandle, 0, buf, cap, n_ref, None) != 0:
+            raise RuntimeError("tokenshm_get_into failed")
+        return buf.value.decode()
+
+    def close():
+        lib.tokenshm_handle_close(chandle)
+        lib.tokenshm_close(reader)
+    return {"module": lambda: handle.get().token, "ctypes": ctypes_call}, close
+
+
+def sink_file_call(path):
+    def call():
+        with open(path, encoding="ascii") as f:
+            return f.read()
+    return call
+
+
+def redis_calls(redis_at, key):
+    """GET through a kept connection, for each redis endpoint given."""
+    clients = {m: redis_client(w) for m, w in redis_at.items()}
+    return {m: (lambda c=c: c.get(key)) for m, c in clients.items()}, \
+        lambda: [c.close() for c in clients.values()]
+
+
+def scenarios(build, redis_at, tmp):
+    """(size, writer, sink context, function giving ({method: call}, close))."""
+    for writer in ("none", "b2b"):
+        for size in SIZES:
+            tag = f"{size}-{writer}"
+            segment = pyutil.unique_segment(f"pybench-{tag}")
+            yield (size, writer, PatternWriter(build, "segment", segment, size, writer),
+                   lambda segment=segment, size=size: segment_calls(build, segment, size))
+            path = os.path.join(tmp, f"token-{tag}")
+            yield (size, writer, PatternWriter(build, "file", path, size, writer),
+                   lambda path=path: ({"file": sink_file_call(path)}, lambda: None))
+            if redis_at:
+                key = f"tokenshm-pybench-{os.getpid()}-{tag}"
+                yield (size, writer, RedisWriter(next(iter(redis_at.values())), key, size, writer),
+                       lambda key=key: redis_calls(redis_at, key))
+
+
+def json_main(args, build):
+    if not glob.glob(os.path.join(build, "python", "tokenshm*.so")) or \
+            not os.path.exists(os.path.join(build, "bench", "pattern_writer")):
+        raise SystemExit(f"python_read_bench: no built module or bench/pattern_writer in {build} "
+                         "(meson compile -C BUILD_DIR)")
+    sys.path.insert(0, os.path.join(build, "python"))
+    redis_at = {}
+    if args.redis_port is not None:
+        redis_at["redis_tcp"] = ("tcp", args.redis_port)
+    if args.redis_socket:
+        redis_at["redis_unix"] = ("unix", args.redis_socket)
+    seconds, max_calls = (0.03, 5_000) if args.smoke else (1.0, 300_000)
+    results = []
+    with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
+        for size, writer, sink, calls_of in scenarios(build, redis_at, tmp):
+            with sink:
+                calls, close = calls_of()
+                try:
+                    for method, call in calls.items():
+                        r, errors = measure(call, size, seconds, max_calls)
+                        if errors:
+                            print(f"python_read_bench: {method} {size} {writer}: {errors} reads "
+                                  "failed", file=sys.stderr)
+                        results.append({"method": method, "token_bytes": size, "writer": writer,
+                                        **r})
+                finally:
+                    close()
+    results.sort(key=lambda r: (ORDER.index(r["method"]), r["writer"] != "none", r["token_bytes"]))
+    print(json.dumps({"python": platform.python_version(), "results": results}))
+    return 0
+
+
+def parse_args():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("build_dir")
     ap.add_argument("--calls", type=int, default=20_000)
     ap.add_argument("--rounds", type=int, default=25)
     ap.add_argument("--token-bytes", type=int, default=1024)
+    ap.add_argument("--json", action="store_true", help="every method, size and writer, as JSON")
+    ap.add_argument("--smoke", action="store_true", help="with --json: a few seconds in all")
+    ap.add_argument("--redis-port", type=int, help="with --json: redis-server on 127.0.0.1:P")
+    ap.add_argument("--redis-socket", help="with --json: redis-server's Unix socket")
     args = ap.parse_args()
     if args.calls < 1 or args.rounds < 1 or not 16 <= args.token_bytes <= 8192:
         ap.error("--calls and --rounds must be >= 1, --token-bytes in [16, 8192]")
+    if (args.smoke or args.redis_port is not None or args.redis_socket) and not args.json:
+        ap.error("--smoke, --redis-port and --redis-socket go with --json")
+    if args.redis_port is not None and not 1 <= args.redis_port <= 65535:
+        ap.error("--redis-port must be in [1, 65535]")
+    if args.redis_socket is not None and not is_socket(args.redis_socket):
+        ap.error(f"--redis-socket {args.redis_socket}: not a Unix socket")
+    return args
+
+
+def main():
+    args = parse_args()
     build = os.path.abspath(args.build_dir)
+    if args.json:
+        return json_main(args, build)
     publisher = os.path.join(build, "tests", "libshm", "publisher")
     built = glob.glob(os.path.join(build, "python", "tokenshm*.so"))
     if not built or not os.path.exists(publisher):
