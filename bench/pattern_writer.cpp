@@ -9,13 +9,15 @@
 // version v is v as 16 hex digits repeated to TOKEN_BYTES, so a reader that
 // finds bytes of two versions in one read sees it (torn). Publishes version 1,
 // prints "ready <pid>", then with b2b publishes versions 2, 3, ... back to
-// back, with none only keeps the heartbeat, until SIGTERM or SIGINT; then
+// back, with none only keeps the heartbeat, until SIGTERM or SIGINT (also
+// sent when the parent dies); then
 // removes what it created and prints {"publishes":N,"seconds":S}.
 // Exit 0, 1 when a syscall fails, 2 on usage errors.
 #include "bench_segment.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -170,6 +172,8 @@ int main(int argc, char** argv) {
     sigaddset(&stop, SIGTERM);
     sigaddset(&stop, SIGINT);
     if (::sigprocmask(SIG_BLOCK, &stop, nullptr) != 0) die_errno("sigprocmask");
+    // A bench killed before it could stop us must not leave a writer spinning.
+    if (::prctl(PR_SET_PDEATHSIG, SIGTERM) != 0) die_errno("prctl PR_SET_PDEATHSIG");
 
     const std::int64_t t0 = monotonic_ns();
     std::uint64_t publishes = 0;

@@ -34,6 +34,7 @@ read is checked for bytes of two versions (torn). Prints one JSON document:
 import argparse
 import ctypes
 import glob
+import importlib.util
 import json
 import multiprocessing
 import os
@@ -192,8 +193,13 @@ class RedisWriter:
         self.proc = None
 
     def __enter__(self):
+        import redis
         self.client = redis_client(self.where)
-        self.client.set(self.key, pattern_token(1, self.size))
+        try:
+            self.client.set(self.key, pattern_token(1, self.size))
+        except redis.RedisError as e:
+            self.client.close()
+            raise SystemExit(f"python_read_bench: redis at {self.where[1]}: {e}")
         if self.writer == "b2b":
             ctx = multiprocessing.get_context("fork")
             self.stop = ctx.Event()
@@ -319,11 +325,15 @@ def json_main(args, build):
         raise SystemExit(f"python_read_bench: no built module or bench/pattern_writer in {build} "
                          "(meson compile -C BUILD_DIR)")
     sys.path.insert(0, os.path.join(build, "python"))
+    # SIGTERM (a harness's timeout) unwinds like ^C: writers stopped, files removed.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))
     redis_at = {}
     if args.redis_port is not None:
         redis_at["redis_tcp"] = ("tcp", args.redis_port)
     if args.redis_socket:
         redis_at["redis_unix"] = ("unix", args.redis_socket)
+    if redis_at and importlib.util.find_spec("redis") is None:
+        raise SystemExit("python_read_bench: python3-redis is not installed")
     seconds, max_calls = (0.03, 5_000) if args.smoke else (1.0, 300_000)
     results = []
     with tempfile.TemporaryDirectory(dir="/dev/shm" if os.path.isdir("/dev/shm") else None) as tmp:
