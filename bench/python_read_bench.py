@@ -255,11 +255,15 @@ def measure(call, size, seconds, max_calls):
                     torn += 1
                 else:
                     last_whole = token
+    if not samples:
+        raise SystemExit(f"python_read_bench: every one of {errors} reads failed")
     timer = timer_ns(pc)
     samples.sort()
-    net = lambda q: max(0.0, float(samples[int(q * (len(samples) - 1))]) - timer)  # noqa: E731
-    return {"median_ns": round(net(0.5), 1), "p99_ns": round(net(0.99), 1),
-            "calls": len(samples), "torn": torn}, errors
+
+    def net(q):
+        return round(max(0.0, samples[int(q * (len(samples) - 1))] - timer), 1)
+    return {"median_ns": net(0.5), "p99_ns": net(0.99), "calls": len(samples),
+            "torn": torn}, errors
 
 
 def segment_calls(build, segment, size):
