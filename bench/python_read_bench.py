@@ -101,9 +101,7 @@ def file_get(path):
 # ---- --json (issue 11): every method under an idle and a back-to-back writer ----
 
 SIZES = (64, 1024, 4096)
-SEGMENT_METHODS, FILE_METHODS, REDIS_METHODS = ("module", "ctypes"), ("file",), ("redis_tcp",
-                                                                               "redis_unix")
-ORDER = SEGMENT_METHODS + FILE_METHODS + REDIS_METHODS
+ORDER = ("module", "ctypes", "file", "redis_tcp", "redis_unix")  # of the results
 
 
 def is_socket(path):
