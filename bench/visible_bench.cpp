@@ -56,7 +56,8 @@ constexpr std::size_t kWarmup = 20;  // publishes not sampled at the start
 
 // The page writer and reader share through fork.
 struct Shared {
-    std::atomic<std::int64_t> publish_ns[kMaxPublishes];  // by version - kFirstVersion
+    std::atomic<std::int64_t> publish_ns[kMaxPublishes];   // by version - kFirstVersion
+    std::atomic<std::int64_t> returned_ns[kMaxPublishes];  // when publish returned
     std::atomic<int> stop;
     std::atomic<int> writer_failed;
 };
@@ -101,6 +102,7 @@ std::string errno_text(const char* call) {
             sh.writer_failed.store(1);
             break;
         }
+        sh.returned_ns[i].store(mono_ns(), std::memory_order_relaxed);
     }
     ::_exit(sh.writer_failed.load() ? 1 : 0);
 }
@@ -150,6 +152,21 @@ void stop_writer(pid_t child, Shared& sh) {
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) tb::die("the writer failed");
 }
 
+// On stderr, for the reader of the figures: how long publish itself took
+// (its stores, then the futex wake) of the median publish-to-visible.
+void note_publish_cost(const Shared& sh, bool spin) {
+    std::vector<std::int64_t> d;
+    for (std::size_t i = kWarmup; i < kMaxPublishes; ++i) {
+        const std::int64_t a = sh.publish_ns[i].load(), b = sh.returned_ns[i].load();
+        if (a == 0 || b == 0) break;
+        d.push_back(b - a);
+    }
+    if (d.empty()) return;
+    std::sort(d.begin(), d.end());
+    std::fprintf(stderr, "visible_bench: %s: WriterSegment::publish took %lld ns (median of %zu)\n",
+                 spin ? "spin" : "wait", static_cast<long long>(d[d.size() / 2]), d.size());
+}
+
 // One mode's JSON object.
 std::string measure(bool spin, const Options& o, const std::vector<int>& cpus) {
     tb::BenchSegment seg(tb::unique_segment(spin ? "vis-spin" : "vis-wait"), {kTokenBytes});
@@ -169,6 +186,7 @@ std::string measure(bool spin, const Options& o, const std::vector<int>& cpus) {
     if (child == 0) run_writer(seg, sh, cpus[1], deadline);
     std::vector<std::int64_t> s = read_versions(*handle, sh, spin, o.samples, deadline);
     stop_writer(child, sh);
+    note_publish_cost(sh, spin);
     if (::munmap(page, sizeof(Shared)) != 0) tb::die(errno_text("munmap"));
     if (s.empty()) tb::die("no sample within --seconds");
     std::sort(s.begin(), s.end());
