@@ -112,9 +112,9 @@ def run_json(argv, timeout_s, none_on_exit=None):
         die(f"{os.path.basename(argv[0])}: no answer within {timeout_s} s")
     if none_on_exit is not None and r.returncode == none_on_exit:
         return None
+    sys.stderr.write(r.stderr.decode(errors="replace"))
     if r.returncode != 0:
-        die(f"{os.path.basename(argv[0])} exited {r.returncode}: "
-            f"{r.stderr.decode(errors='replace').strip()}")
+        die(f"{os.path.basename(argv[0])} exited {r.returncode}")
     try:
         return json.loads(r.stdout)
     except ValueError:
@@ -346,6 +346,16 @@ class CpuWindow:
         return (stat if stat > sched + 2 / CLK_TCK else sched), wall
 
 
+def sockets(pid):
+    n = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            n += os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:")
+        except FileNotFoundError:
+            pass
+    return n
+
+
 def memory_kib(pid):
     out = {}
     with open(f"/proc/{pid}/status") as f:
@@ -421,6 +431,7 @@ def refresher_figures(build, procs, credentials, idle_s):
         time.sleep(idle_s)
         idle_cpu, idle_wall = w.end()
         idle_mem = memory_kib(pid)
+        idle_sockets = sockets(pid)
         rounds = max(1, 100 // credentials)
         w = CpuWindow(pid)
         for _ in range(rounds):
@@ -433,7 +444,7 @@ def refresher_figures(build, procs, credentials, idle_s):
     refreshes = rounds * credentials
     sys.stderr.write(f"system_bench: refresher, {credentials} credentials: idle RssAnon "
                      f"{idle_mem['RssAnon']} RssFile {idle_mem['RssFile']} RssShmem "
-                     f"{idle_mem['RssShmem']} KiB\n")
+                     f"{idle_mem['RssShmem']} KiB, {idle_sockets} sockets open\n")
     return {"credentials": credentials,
             "idle_cpu_pct": round(idle_cpu / idle_wall * 100, 4),
             "idle_rss_kib": idle_mem["VmRSS"],
