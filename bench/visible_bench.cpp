@@ -111,12 +111,12 @@ std::string errno_text(const char* call) {
 // wait(); 0 when the deadline passed.
 std::uint64_t next_version(tokenshm::Handle& h, std::uint64_t last, bool spin,
                            std::int64_t deadline) {
-    if (!spin) {
+    while (!spin) {
         const auto t = h.wait(last, std::chrono::milliseconds(100));
         if (t) return t->version();
         if (t.error() != tokenshm::Error::timeout)
             tb::die(std::string("wait: ") + tb::error_name(t.error()));
-        return mono_ns() > deadline ? 0 : next_version(h, last, spin, deadline);
+        if (mono_ns() > deadline) return 0;
     }
     for (unsigned n = 0;; ++n) {
         const auto t = h.get();
@@ -235,9 +235,11 @@ double number(const char* flag, const char* v, double lo, double hi) {
     char* end = nullptr;
     errno = 0;
     const double d = std::strtod(v, &end);
-    if (errno != 0 || end == v || *end != '\0' || !(d >= lo && d <= hi))
-        usage(std::string(flag) + ": not a number in [" + std::to_string(lo) + ", " +
-              std::to_string(hi) + "]: " + v);
+    if (errno != 0 || end == v || *end != '\0' || !(d >= lo && d <= hi)) {
+        char why[160];
+        std::snprintf(why, sizeof why, "%s: not a number in [%g, %g]: %.40s", flag, lo, hi, v);
+        usage(why);
+    }
     return d;
 }
 
