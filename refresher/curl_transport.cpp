@@ -51,6 +51,8 @@ struct CurlTransfer {
 
 namespace {
 
+constexpr long kMaxIdleConnections = 16;
+
 using detail::CurlTransfer;
 using Outcome = HttpResponse::Outcome;
 
@@ -313,6 +315,16 @@ Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create(O
     CURLM* multi = curl_multi_init();
     if (multi == nullptr)
         return Unexpected{RefresherError::runtime_error("curl_multi_init failed")};
+    // libcurl's default keeps up to 4 idle connections per transfer ever added
+    // at once: after a start with a thousand credentials, hundreds of sockets
+    // and their buffers (tens of MiB) stayed for good. A refresher talks to a
+    // few token endpoints; this many idle connections is plenty for reuse.
+    if (const CURLMcode mc = curl_multi_setopt(multi, CURLMOPT_MAXCONNECTS, kMaxIdleConnections);
+        mc != CURLM_OK) {
+        curl_multi_cleanup(multi);
+        return Unexpected{RefresherError::runtime_error(
+            std::string("curl_multi_setopt(CURLMOPT_MAXCONNECTS): ") + curl_multi_strerror(mc))};
+    }
     return std::unique_ptr<CurlTransport>(new CurlTransport(std::move(options), multi));
 }
 

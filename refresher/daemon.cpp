@@ -20,6 +20,8 @@ namespace {
 // last beat; beating every TOKENSHM_HEARTBEAT_PERIOD_MS leaves them margin.
 constexpr std::int64_t kHeartbeatEveryMs = TOKENSHM_HEARTBEAT_PERIOD_MS;
 constexpr std::int64_t kMaxWaitMs = 250;
+// The wall-clock step a credential follows (credential.cpp's kWallStepMs).
+constexpr std::int64_t kWallStepMs = 1000;
 // --once: how long a successor that cannot be saved (state_dir full, read-only)
 // is retried before the process exits and loses it, and how often. Long
 // enough to ride out a brief fault (a log rotation freeing space, a remount),
@@ -217,8 +219,15 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     check_segment(now);
     if (stop_) return;
     std::int64_t next = now.mono_ms + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
+    const bool wall_moved = wall_clock_moved(now);
     for (auto& [name, e] : entries_) {
         if (!e.cred || draining_) continue;
+        // Only a credential with something to do is polled: with a thousand
+        // of them, polling each on every pass was most of the idle CPU.
+        if (!e.pending && !wall_moved && now.mono_ms < e.cred->next_action_ms()) {
+            next = std::min(next, e.cred->next_action_ms());
+            continue;
+        }
         apply_pending(e);
         if (auto req = e.cred->poll(now)) {
             const std::uint64_t id = next_request_id_++;
@@ -257,7 +266,21 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     publish_changed();
     seg_->heartbeat(now.unix_ms);
     last_heartbeat_ms_ = now.mono_ms;
-    if (deps_.notifier) deps_.notifier->heartbeat(now.mono_ms, service_status(now));
+    if (deps_.notifier && deps_.notifier->enabled())
+        deps_.notifier->heartbeat(now.mono_ms, service_status(now));
+}
+
+// True when the wall clock moved against the monotonic one by half the step a
+// credential follows (CredentialRefresher::follow_wall_clock) since the last
+// pass that polled every credential: then every credential is polled, so each
+// follows a step within one pass, as when all were polled every pass.
+bool Daemon::wall_clock_moved(Now now) {
+    const std::int64_t offset = now.wall_offset_ms();
+    const std::int64_t moved = offset - swept_wall_offset_ms_;
+    if (swept_ && moved > -kWallStepMs / 2 && moved < kWallStepMs / 2) return false;
+    swept_ = true;
+    swept_wall_offset_ms_ = offset;
+    return true;
 }
 
 std::string Daemon::service_status(Now now) const {

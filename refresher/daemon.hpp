@@ -125,6 +125,7 @@ class Daemon {
     bool all_attempted() const;
     // The one-line summary for the service manager's STATUS= (notify.hpp).
     std::string service_status(Now now) const;
+    bool wall_clock_moved(Now now);
     // Saves the rotated refresh tokens still only in memory, retrying for up
     // to `budget_ms`; says, per credential, what is lost when it cannot.
     bool save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd);
@@ -141,6 +142,8 @@ class Daemon {
     std::uint64_t next_request_id_ = 1;
     // CLOCK_MONOTONIC ms; the heartbeat itself is published in Unix ms.
     std::int64_t last_heartbeat_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
+    bool swept_ = false;                   // wall_clock_moved() has a reference
+    std::int64_t swept_wall_offset_ms_ = 0;
     std::atomic<bool> stop_{false};
     bool reload_requested_ = false;
     bool draining_ = false;  // stopping: no new requests, waiting for answers

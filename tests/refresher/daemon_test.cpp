@@ -596,6 +596,31 @@ TEST_CASE("the wall clock stepped an hour either way: no storm, no missed refres
     }
 }
 
+TEST_CASE("a wall clock drifting in small steps is followed once the steps add up to a second") {
+    // Idle credentials are polled only when due or when the wall clock moved
+    // by half a second since the last full pass: drift below that is not lost.
+    World w;
+    auto d = Daemon::start(w.cfg, w.deps());
+    REQUIRE(d);
+    (*d)->step(std::chrono::milliseconds(0));
+    REQUIRE(w.transport.answer("alpha", token("at-alpha-1", 600)));
+    REQUIRE(w.transport.answer("beta", token("at-beta-1", 600)));
+    (*d)->step(std::chrono::milliseconds(0));
+    const auto before = *w.read("alpha");
+    std::int64_t drift = 0;
+    for (int i = 0; i < 4; ++i) {
+        w.now += 250;
+        w.wall += 400;
+        drift += 400;
+        (*d)->step(std::chrono::milliseconds(0));
+    }
+    (*d)->step(std::chrono::milliseconds(0));
+    const auto after = *w.read("alpha");
+    CHECK(after.version() > before.version());
+    CHECK(after.expires_at_ms() == before.expires_at_ms() + drift);
+    CHECK(after.expires_at_ms() - (w.now + w.wall) == 600'000 - 1'000);  // what a reader has left
+}
+
 TEST_CASE("reloads after a rotated refresh token was rejected send the file's token once at most") {
     // The issue's case: the state directory's token is set aside, and
     // refresh_token_file still holds the first token, rotated away long ago.
