@@ -126,6 +126,8 @@ class Daemon {
     // The one-line summary for the service manager's STATUS= (notify.hpp).
     std::string service_status(Now now) const;
     bool wall_clock_moved(Now now);
+    std::int64_t poll_credentials(Now now);
+    void trim_heap_after_burst();
     // Saves the rotated refresh tokens still only in memory, retrying for up
     // to `budget_ms`; says, per credential, what is lost when it cannot.
     bool save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd);
@@ -142,7 +144,10 @@ class Daemon {
     std::uint64_t next_request_id_ = 1;
     // CLOCK_MONOTONIC ms; the heartbeat itself is published in Unix ms.
     std::int64_t last_heartbeat_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
-    bool swept_ = false;                   // wall_clock_moved() has a reference
+    std::size_t answers_since_trim_ = 0;
+    bool walk_all_ = true;  // poll_credentials() must walk every credential
+    std::int64_t quiet_until_ms_ = 0;  // until then no credential has anything to do
+    bool swept_ = false;               // wall_clock_moved() has a reference
     std::int64_t swept_wall_offset_ms_ = 0;
     std::atomic<bool> stop_{false};
     bool reload_requested_ = false;
