@@ -163,6 +163,20 @@ inline void keep(const View& v) noexcept {
     asm volatile("" : : "r"(v.data), "r"(v.version), "r"(v.len) : "memory");
 }
 
+// A batch of untimed reads that took over 1 ms held a read that blocked: it
+// is recorded as one latency sample of the batch's length (an upper bound,
+// off by the batch's other reads: 20 µs at most). Only for readers that
+// block by design (legacy), whose stalls are the point and would otherwise be
+// seen only when they fall in a latency block.
+inline void record_stall(std::uint64_t ticks, double ticks_per_ns, Tally& t) {
+    const double ns = static_cast<double>(ticks) / ticks_per_ns;
+    if (ns <= 1e6) return;
+    t.hist.add(static_cast<std::uint64_t>(ns));
+    t.max_ns = std::max(t.max_ns, ns);
+    ++t.over_1ms;
+    ++t.lat_samples;
+}
+
 // Untimed reads for ~5 ms (or `n` reads); adds to reads, tp_wall_s, tp_cpu_s.
 template <class R>
 void throughput_block(R& r, Checker& c, std::int64_t n, double ticks_per_ns, Tally& t) {
@@ -179,6 +193,7 @@ void throughput_block(R& r, Checker& c, std::int64_t n, double ticks_per_ns, Tal
             c.account(v, false, t);
         }
         done += b;
+        if constexpr (requires { R::kRecordStalls; }) record_stall(tick_start() - b0, ticks_per_ns, t);
         // Look at the clock about every 20 µs: rarely for the fast methods.
         if (batch < 4096 && static_cast<double>(tick_start() - b0) < 20'000 * ticks_per_ns)
             batch *= 2;

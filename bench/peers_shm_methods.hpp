@@ -219,6 +219,7 @@ struct SeqlockReader : ShmClient {
 // to 20 times, then reads (a seqlock copy, cached by version).
 struct LegacyReader : SeqlockReader {
     using SeqlockReader::SeqlockReader;
+    static constexpr bool kRecordStalls = true;  // see record_stall
     View read() noexcept {
         for (int i = 0; i < 20 && head().refreshing.load(std::memory_order_acquire) != 0; ++i) {
             struct timespec ts = {0, 300'000'000};
