@@ -60,7 +60,8 @@ void with_method(const std::string& m, F&& f) {
 }
 
 void sleep_ns(std::int64_t ns) {
-    struct timespec ts = {static_cast<time_t>(ns / 1'000'000'000), static_cast<long>(ns % 1'000'000'000)};
+    struct timespec ts = {static_cast<time_t>(ns / 1'000'000'000),
+                          static_cast<long>(ns % 1'000'000'000)};
     while (::nanosleep(&ts, &ts) != 0)
         if (errno != EINTR) die(sys_error("nanosleep"));
 }
@@ -141,10 +142,10 @@ std::string reader_json(const Options& o, const Tally& t) {
                   static_cast<unsigned long long>(t.reads), t.tp_wall_s, t.tp_cpu_s,
                   static_cast<unsigned long long>(t.lat_samples), t.timer_ns, t.max_ns);
     char tail[256];
-    std::snprintf(tail, sizeof tail, ",\"torn\":%llu,\"expired\":%llu,\"errors\":%llu,\"changes\":%llu}",
-                  static_cast<unsigned long long>(t.torn), static_cast<unsigned long long>(t.expired),
-                  static_cast<unsigned long long>(t.errors),
-                  static_cast<unsigned long long>(t.changes));
+    std::snprintf(
+        tail, sizeof tail, ",\"torn\":%llu,\"expired\":%llu,\"errors\":%llu,\"changes\":%llu}",
+        static_cast<unsigned long long>(t.torn), static_cast<unsigned long long>(t.expired),
+        static_cast<unsigned long long>(t.errors), static_cast<unsigned long long>(t.changes));
     return head + t.hist.json() + tail;
 }
 
@@ -168,7 +169,9 @@ void read_command(const Options& o) {
 // ---- serve ----
 
 std::atomic<int> g_stop{0};
-extern "C" void on_stop(int) { g_stop.store(1); }
+extern "C" void on_stop(int) {
+    g_stop.store(1);
+}
 
 void install_stop_handler() {
     struct sigaction sa {};
@@ -197,15 +200,14 @@ void serve_command(const Options& o) {
                 seconds);
 }
 
-
 // ---- run ----
 
 // What run's processes share, in one MAP_SHARED page set made before fork.
 struct RunShared {
-    std::atomic<int> ready{0};       // readers attached and waiting
+    std::atomic<int> ready{0};           // readers attached and waiting
     std::atomic<std::int64_t> go_ns{0};  // CLOCK_MONOTONIC start, 0 until set
-    std::atomic<int> stop{0};        // the writer must return
-    std::uint64_t publishes = 0;     // the writer's, from go to stop
+    std::atomic<int> stop{0};            // the writer must return
+    std::uint64_t publishes = 0;         // the writer's, from go to stop
     double writer_s = 0;
 };
 
@@ -215,13 +217,15 @@ RunShared* map_shared(int readers, Tally** tallies) {
     if (p == MAP_FAILED) die(sys_error("mmap"));
     auto* rs = new (p) RunShared;
     *tallies = reinterpret_cast<Tally*>(static_cast<char*>(p) + sizeof(RunShared));
-    for (int i = 0; i < readers; ++i) new (&(*tallies)[i]) Tally;
+    for (int i = 0; i < readers; ++i)
+        new (&(*tallies)[i]) Tally;
     return rs;
 }
 
 // Waits for the common start time, then sleeps until it.
 void await_go(const RunShared& rs) {
-    while (rs.go_ns.load(std::memory_order_acquire) == 0) sleep_ns(200'000);
+    while (rs.go_ns.load(std::memory_order_acquire) == 0)
+        sleep_ns(200'000);
     sleep_until(rs.go_ns.load());
 }
 
@@ -253,7 +257,11 @@ pid_t fork_child(F&& body) {
     std::fflush(nullptr);
     const pid_t pid = ::fork();
     if (pid < 0) die(sys_error("fork"));
-    if (pid == 0) body();
+    if (pid == 0) {
+        ::signal(SIGTERM, SIG_DFL);  // run's handler only sets a flag: children just die
+        ::signal(SIGINT, SIG_DFL);
+        body();
+    }
     cleanup::add_child(pid);
     return pid;
 }
@@ -261,8 +269,10 @@ pid_t fork_child(F&& body) {
 // Reaps `pid`; dies (cleaning up) unless it exited with status 0.
 void reap(pid_t pid, const char* who) {
     int status = 0;
-    while (::waitpid(pid, &status, 0) < 0)
+    while (::waitpid(pid, &status, 0) < 0) {
         if (errno != EINTR) die(sys_error("waitpid"));
+        if (g_stop.load() != 0) die("interrupted");
+    }
     cleanup::forget_child(pid);
     if (!WIFEXITED(status) || WEXITSTATUS(status) != 0) die(std::string(who) + " failed");
 }
@@ -270,6 +280,7 @@ void reap(pid_t pid, const char* who) {
 // Waits until every reader attached; dies when any child exits first.
 void await_ready(const RunShared& rs, int readers) {
     while (rs.ready.load() < readers) {
+        if (g_stop.load() != 0) die("interrupted");
         int status;
         const pid_t p = ::waitpid(-1, &status, WNOHANG);
         if (p > 0) {
@@ -285,9 +296,11 @@ std::string run_json(const Options& o, const RunShared& rs, const Tally* ts);
 template <class K>
 void run_command(Options o) {
     if (K::legacy && o.seconds < 2) {
-        std::fprintf(stderr, "peers_bench: legacy needs >= 2 s: --seconds %g raised to 2.5\n", o.seconds);
+        std::fprintf(stderr, "peers_bench: legacy needs >= 2 s: --seconds %g raised to 2.5\n",
+                     o.seconds);
         o.seconds = 2.5;
     }
+    install_stop_handler();  // so that an interrupted run still cleans up
     char tmpl[] = "/tmp/peers-XXXXXX";
     if (::mkdtemp(tmpl) == nullptr) die(sys_error("mkdtemp"));
     cleanup::add_path(tmpl);
@@ -307,7 +320,8 @@ void run_command(Options o) {
         }
         await_ready(rs, o.readers);
         rs.go_ns.store(clock_ns(CLOCK_MONOTONIC) + 10'000'000, std::memory_order_release);
-        for (pid_t p : readers) reap(p, "a reader");
+        for (pid_t p : readers)
+            reap(p, "a reader");
         rs.stop.store(1);
         reap(writer, "the writer");
     }
@@ -344,14 +358,14 @@ std::string run_json(const Options& o, const RunShared& rs, const Tally* ts) {
         net(m.max_ns), static_cast<unsigned long long>(m.lat_samples), timer,
         static_cast<unsigned long long>(m.over_1ms));
     char tail[512];
-    std::snprintf(tail, sizeof tail,
-                  ",\"torn\":%llu,\"expired\":%llu,\"errors\":%llu,\"changes\":%llu,"
-                  "\"publishes\":%llu,\"publishes_per_s\":%.4g}",
-                  static_cast<unsigned long long>(m.torn), static_cast<unsigned long long>(m.expired),
-                  static_cast<unsigned long long>(m.errors),
-                  static_cast<unsigned long long>(m.changes),
-                  static_cast<unsigned long long>(rs.publishes),
-                  rs.writer_s > 0 ? static_cast<double>(rs.publishes) / rs.writer_s : 0.0);
+    std::snprintf(
+        tail, sizeof tail,
+        ",\"torn\":%llu,\"expired\":%llu,\"errors\":%llu,\"changes\":%llu,"
+        "\"publishes\":%llu,\"publishes_per_s\":%.4g}",
+        static_cast<unsigned long long>(m.torn), static_cast<unsigned long long>(m.expired),
+        static_cast<unsigned long long>(m.errors), static_cast<unsigned long long>(m.changes),
+        static_cast<unsigned long long>(rs.publishes),
+        rs.writer_s > 0 ? static_cast<double>(rs.publishes) / rs.writer_s : 0.0);
     return buf + m.hist.json() + tail;
 }
 
@@ -362,7 +376,8 @@ int main(int argc, char** argv) {
     using namespace peers;
     const Options o = parse_options(argc, argv);
     if (o.command == Command::list) {
-        for (const char* m : kMethods) std::printf("%s\n", m);
+        for (const char* m : kMethods)
+            std::printf("%s\n", m);
         return 0;
     }
     ::signal(SIGPIPE, SIG_IGN);

@@ -14,11 +14,16 @@ namespace {
 
 [[noreturn]] void usage_error(const std::string& what) {
     std::fprintf(stderr, "peers_bench: %s\n", what.c_str());
+    std::exit(2);
+}
+
+// The command's shape, for a missing or unknown command.
+[[noreturn]] void usage() {
     std::fprintf(stderr,
                  "usage: peers_bench list | run --method M --token-bytes B --writer W --readers R "
                  "--seconds S [--pin] | serve --method M --token-bytes B --writer W --dir DIR | "
                  "read --method M --token-bytes B --dir DIR (--seconds S | --reads N) "
-                 "[--pin-cpu K]; [--redis-port P] [--redis-socket PATH]\n");
+                 "[--pin-cpu K]; redis methods: --redis-port P, --redis-socket PATH\n");
     std::exit(2);
 }
 
@@ -105,15 +110,19 @@ void apply(Options& o, const std::string& k, const std::string& v) {
 // Which options each command takes (beyond the redis ones) and needs.
 void check_command(const Options& o, const std::map<std::string, std::string>& kv) {
     static const std::map<Command, std::pair<std::string, std::string>> spec = {
-        {Command::run, {"--method --token-bytes --writer --readers --seconds --pin",
-                        "--method --token-bytes --writer --readers --seconds"}},
-        {Command::serve, {"--method --token-bytes --writer --dir", "--method --token-bytes --writer --dir"}},
-        {Command::read, {"--method --token-bytes --dir --seconds --reads --pin-cpu",
-                         "--method --token-bytes --dir"}},
+        {Command::run,
+         {"--method --token-bytes --writer --readers --seconds --pin",
+          "--method --token-bytes --writer --readers --seconds"}},
+        {Command::serve,
+         {"--method --token-bytes --writer --dir", "--method --token-bytes --writer --dir"}},
+        {Command::read,
+         {"--method --token-bytes --dir --seconds --reads --pin-cpu",
+          "--method --token-bytes --dir"}},
     };
     const auto& [allowed, needed] = spec.at(o.command);
     for (const auto& [k, v] : kv)
-        if (k != "--redis-port" && k != "--redis-socket" && (" " + allowed + " ").find(" " + k + " ") == std::string::npos)
+        if (k != "--redis-port" && k != "--redis-socket" &&
+            (" " + allowed + " ").find(" " + k + " ") == std::string::npos)
             usage_error(k + ": not an option of this command");
     std::string_view rest = needed;
     while (!rest.empty()) {
@@ -144,7 +153,7 @@ const char* to_string(WriterMode w) noexcept {
 
 Options parse_options(int argc, char** argv) {
     Options o;
-    if (argc < 2) usage_error("a command is needed");
+    if (argc < 2) usage();
     const std::string cmd = argv[1];
     if (cmd == "list") {
         if (argc != 2) usage_error("list takes no options");
@@ -157,9 +166,10 @@ Options parse_options(int argc, char** argv) {
     else if (cmd == "read")
         o.command = Command::read;
     else
-        usage_error("unknown command: " + cmd);
+        usage();
     const auto kv = pairs(argc, argv);
-    for (const auto& [k, v] : kv) apply(o, k, v);
+    for (const auto& [k, v] : kv)
+        apply(o, k, v);
     check_command(o, kv);
     const std::string& m = o.config.method;
     if (m == "redis_tcp" && o.config.redis_port < 0) usage_error("redis_tcp needs --redis-port");

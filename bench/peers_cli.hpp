@@ -10,8 +10,8 @@
 namespace peers {
 
 inline constexpr std::array<const char*, 13> kMethods = {
-    "floor", "memcpy", "tokenshm", "tokenshm_c", "mutex",      "rwlock", "seqlock",
-    "unix_daemon", "file", "pread", "redis_tcp", "redis_unix", "legacy"};
+    "floor",       "memcpy", "tokenshm", "tokenshm_c", "mutex",      "rwlock", "seqlock",
+    "unix_daemon", "file",   "pread",    "redis_tcp",  "redis_unix", "legacy"};
 
 enum class Command { list, run, serve, read };
 // none: one publish at start; khz: every 1 ms; us: every 1 µs; b2b: back to back.

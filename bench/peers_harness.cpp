@@ -10,20 +10,24 @@ void die(const std::string& what) {
     std::exit(1);
 }
 
-std::string sys_error(const std::string& what) { return what + ": " + std::strerror(errno); }
+std::string sys_error(const std::string& what) {
+    return what + ": " + std::strerror(errno);
+}
 
 namespace {
 constexpr char kHex[] = "0123456789abcdef";
 
 void hex16(char* out, std::uint64_t v) noexcept {
-    for (int i = 15; i >= 0; --i, v >>= 4) out[i] = kHex[v & 15];
+    for (int i = 15; i >= 0; --i, v >>= 4)
+        out[i] = kHex[v & 15];
 }
 }  // namespace
 
 void fill_token(char* out, std::size_t bytes, std::uint64_t version) noexcept {
     char chunk[16];
     hex16(chunk, version);
-    for (std::size_t i = 0; i < bytes; i += 16) std::memcpy(out + i, chunk, std::min<std::size_t>(16, bytes - i));
+    for (std::size_t i = 0; i < bytes; i += 16)
+        std::memcpy(out + i, chunk, std::min<std::size_t>(16, bytes - i));
 }
 
 std::string token_of(std::size_t bytes, std::uint64_t version) {
@@ -75,7 +79,8 @@ std::uint64_t Histogram::width(int i) noexcept {
 
 std::uint64_t Histogram::total() const noexcept {
     std::uint64_t n = 0;
-    for (std::uint64_t c : counts_) n += c;
+    for (std::uint64_t c : counts_)
+        n += c;
     return n;
 }
 

@@ -78,7 +78,8 @@ class Histogram {
 
     void add(std::uint64_t ns) noexcept { ++counts_[index(ns)]; }
     void merge(const Histogram& o) noexcept {
-        for (int i = 0; i < kBuckets; ++i) counts_[i] += o.counts_[i];
+        for (int i = 0; i < kBuckets; ++i)
+            counts_[i] += o.counts_[i];
     }
     std::uint64_t total() const noexcept;
     // The value at quantile q (0..1): the bucket's middle (exact below 128).
@@ -120,7 +121,9 @@ inline std::uint64_t tick_stop() noexcept {
 inline std::uint64_t tick_start() noexcept {
     return static_cast<std::uint64_t>(clock_ns(CLOCK_MONOTONIC));
 }
-inline std::uint64_t tick_stop() noexcept { return tick_start(); }
+inline std::uint64_t tick_stop() noexcept {
+    return tick_start();
+}
 #endif
 
 // Ticks per ns, measured against CLOCK_MONOTONIC across a 20 ms sleep.
@@ -193,7 +196,8 @@ void throughput_block(R& r, Checker& c, std::int64_t n, double ticks_per_ns, Tal
             c.account(v, false, t);
         }
         done += b;
-        if constexpr (requires { R::kRecordStalls; }) record_stall(tick_start() - b0, ticks_per_ns, t);
+        if constexpr (requires { R::kRecordStalls; })
+            record_stall(tick_start() - b0, ticks_per_ns, t);
         // Look at the clock about every 20 µs: rarely for the fast methods.
         if (batch < 4096 && static_cast<double>(tick_start() - b0) < 20'000 * ticks_per_ns)
             batch *= 2;

@@ -97,7 +97,8 @@ bool serve_message(int fd, DaemonState& st) {
 
 // The daemon process: a single-threaded poll loop until SIGTERM.
 [[noreturn]] void run_daemon(int listener, std::size_t bytes) {
-    ::signal(SIGTERM, SIG_DFL);
+    ::signal(SIGTERM, SIG_DFL);  // serve's and run's handlers only set a flag
+    ::signal(SIGINT, SIG_DFL);
     DaemonState st;
     const std::vector<char> v = value_of(bytes, 0);
     st.answer.resize(4 + v.size());
@@ -132,7 +133,8 @@ DaemonServer::DaemonServer(const Config& c) : bytes_(c.token_bytes) {
     const int l = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (l < 0) die(sys_error("socket"));
     const sockaddr_un a = unix_address(path);
-    if (::bind(l, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0) die(sys_error("bind " + path));
+    if (::bind(l, reinterpret_cast<const sockaddr*>(&a), sizeof a) != 0)
+        die(sys_error("bind " + path));
     cleanup::add_path(path);
     if (::listen(l, 128) != 0) die(sys_error("listen " + path));
     std::fflush(nullptr);
@@ -140,7 +142,7 @@ DaemonServer::DaemonServer(const Config& c) : bytes_(c.token_bytes) {
     if (pid < 0) die(sys_error("fork"));
     if (pid == 0) run_daemon(l, bytes_);
     cleanup::add_child(pid);
-    ::close(l);
+    if (::close(l) != 0) die(sys_error("close " + path));
     conn_ = connect_unix(path);
 }
 
@@ -155,7 +157,8 @@ void DaemonServer::publish(std::uint64_t v) {
 }
 
 DaemonReader::DaemonReader(const Config& c)
-    : bytes_(c.token_bytes), fd_(connect_unix(c.dir + "/daemon.sock")),
+    : bytes_(c.token_bytes),
+      fd_(connect_unix(c.dir + "/daemon.sock")),
       buf_(4 + kExpiryBytes + c.token_bytes) {}
 
 View DaemonReader::read() noexcept {
@@ -193,7 +196,7 @@ View FileReader::read() noexcept {
     // holds one byte more than the value, so a full buffer means a wrong size.
     const ssize_t n = ::read(fd, buf_.data(), buf_.size());
     if (n < 0) die(sys_error("read " + path_));
-    ::close(fd);
+    if (::close(fd) != 0) die(sys_error("close " + path_));
     return view_of_value(buf_.data(), static_cast<std::size_t>(n), bytes_);
 }
 
@@ -227,15 +230,16 @@ redisContext* redis_connect(const Config& c) {
     const bool tcp = c.method == "redis_tcp";
     if (tcp && c.redis_port < 0) die(c.method + " needs --redis-port");
     if (!tcp && c.redis_socket.empty()) die(c.method + " needs --redis-socket");
-    redisContext* ctx = tcp ? redisConnect("127.0.0.1", c.redis_port)
-                            : redisConnectUnix(c.redis_socket.c_str());
+    redisContext* ctx =
+        tcp ? redisConnect("127.0.0.1", c.redis_port) : redisConnectUnix(c.redis_socket.c_str());
     if (ctx == nullptr) die("redis: cannot allocate a context");
     if (ctx->err != 0) die(std::string("redis: connect: ") + ctx->errstr);
     return ctx;
 }
 
 RedisServer::RedisServer(const Config& c)
-    : bytes_(c.token_bytes), key_("peers:" + std::to_string(::getpid()) + ":token"),
+    : bytes_(c.token_bytes),
+      key_("peers:" + std::to_string(::getpid()) + ":token"),
       ctx_(redis_connect(c)) {
     write_note(c.dir, "redis_key", key_);
 }

@@ -33,7 +33,7 @@ std::string read_note(const std::string& dir, const char* name) {
     char buf[512];
     const ssize_t n = ::read(fd, buf, sizeof buf);
     if (n < 0) die(sys_error("read " + path));
-    ::close(fd);
+    if (::close(fd) != 0) die(sys_error("close " + path));
     return std::string(buf, static_cast<std::size_t>(n));
 }
 
@@ -55,9 +55,15 @@ List& list() {
 }
 }  // namespace
 
-void add_shm(const std::string& name) { list().shm.push_back(name); }
-void add_path(const std::string& path) { list().paths.push_back(path); }
-void add_child(pid_t pid) { list().children.push_back(pid); }
+void add_shm(const std::string& name) {
+    list().shm.push_back(name);
+}
+void add_path(const std::string& path) {
+    list().paths.push_back(path);
+}
+void add_child(pid_t pid) {
+    list().children.push_back(pid);
+}
 void forget_child(pid_t pid) {
     auto& c = list().children;
     c.erase(std::remove(c.begin(), c.end(), pid), c.end());
@@ -66,14 +72,16 @@ void forget_child(pid_t pid) {
 void run() noexcept {
     List& l = list();
     if (l.owner != ::getpid()) return;
-    for (pid_t p : l.children) ::kill(p, SIGTERM);
+    for (pid_t p : l.children)
+        ::kill(p, SIGTERM);
     for (pid_t p : l.children) {
         int status;
         while (::waitpid(p, &status, 0) < 0 && errno == EINTR) {
         }
     }
     l.children.clear();
-    for (const auto& n : l.shm) ::shm_unlink(n.c_str());
+    for (const auto& n : l.shm)
+        ::shm_unlink(n.c_str());
     l.shm.clear();
     for (auto it = l.paths.rbegin(); it != l.paths.rend(); ++it)
         if (::unlink(it->c_str()) != 0 && errno == EISDIR) ::rmdir(it->c_str());
@@ -89,7 +97,7 @@ SharedRegion SharedRegion::create(const Config& c, std::size_t bytes) {
     if (::ftruncate(fd, static_cast<off_t>(bytes)) != 0) die(sys_error("ftruncate " + name));
     void* a = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (a == MAP_FAILED) die(sys_error("mmap " + name));
-    ::close(fd);
+    if (::close(fd) != 0) die(sys_error("close " + name));
     write_note(c.dir, "shm", name);
     return SharedRegion(a, bytes);
 }
@@ -100,10 +108,11 @@ SharedRegion SharedRegion::open(const Config& c, std::size_t bytes) {
     if (fd < 0) die(sys_error("shm_open " + name));
     struct stat st;
     if (::fstat(fd, &st) != 0) die(sys_error("fstat " + name));
-    if (static_cast<std::size_t>(st.st_size) < bytes) die("shm " + name + ": smaller than expected");
+    if (static_cast<std::size_t>(st.st_size) < bytes)
+        die("shm " + name + ": smaller than expected");
     void* a = ::mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
     if (a == MAP_FAILED) die(sys_error("mmap " + name));
-    ::close(fd);
+    if (::close(fd) != 0) die(sys_error("close " + name));
     return SharedRegion(a, bytes);
 }
 

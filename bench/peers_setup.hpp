@@ -39,7 +39,9 @@ class SharedRegion {
   public:
     static SharedRegion create(const Config& c, std::size_t bytes);
     static SharedRegion open(const Config& c, std::size_t bytes);
-    SharedRegion(SharedRegion&& o) noexcept : addr_(o.addr_), bytes_(o.bytes_) { o.addr_ = nullptr; }
+    SharedRegion(SharedRegion&& o) noexcept : addr_(o.addr_), bytes_(o.bytes_) {
+        o.addr_ = nullptr;
+    }
     SharedRegion(const SharedRegion&) = delete;
     SharedRegion& operator=(const SharedRegion&) = delete;
     ~SharedRegion();

@@ -8,9 +8,9 @@
 #include "peers_harness.hpp"
 #include "peers_setup.hpp"
 
+#include <tokenshm/tokenshm.h>
 #include <tokenshm/reader.hpp>
 #include <tokenshm/shm/segment.hpp>
-#include <tokenshm/tokenshm.h>
 
 #include <pthread.h>
 #include <sched.h>
@@ -47,7 +47,8 @@ struct ShmServer {
     SharedRegion region;
     std::vector<char> fresh;  // the next token, prepared outside any lock
     explicit ShmServer(const Config& c)
-        : bytes(c.token_bytes), region(SharedRegion::create(c, kTokenAt + c.token_bytes)),
+        : bytes(c.token_bytes),
+          region(SharedRegion::create(c, kTokenAt + c.token_bytes)),
           fresh(c.token_bytes) {
         new (region.addr()) ShmHead{};
     }
@@ -81,7 +82,8 @@ struct FloorReader : ShmClient {
     View read() noexcept {
         View v;
         v.version = head().seq.load(std::memory_order_relaxed);
-        if (expired(head().expires_at_ms.load(std::memory_order_relaxed))) v.status = Status::expired;
+        if (expired(head().expires_at_ms.load(std::memory_order_relaxed)))
+            v.status = Status::expired;
         return v;
     }
 };
@@ -93,7 +95,8 @@ struct MemcpyReader : ShmClient {
     View read() noexcept {
         std::memcpy(buf.data(), token(), bytes);
         View v{buf.data(), static_cast<std::uint32_t>(bytes)};
-        if (expired(head().expires_at_ms.load(std::memory_order_relaxed))) v.status = Status::expired;
+        if (expired(head().expires_at_ms.load(std::memory_order_relaxed)))
+            v.status = Status::expired;
         return v;
     }
 };
@@ -143,7 +146,9 @@ struct MutexReader : ShmClient {
 // rwlock: pthread_rwlock_t with PTHREAD_PROCESS_SHARED in shm.
 struct RwlockServer : ShmServer {
     explicit RwlockServer(const Config& c);
-    pthread_rwlock_t* lock() const noexcept { return reinterpret_cast<pthread_rwlock_t*>(head().lock); }
+    pthread_rwlock_t* lock() const noexcept {
+        return reinterpret_cast<pthread_rwlock_t*>(head().lock);
+    }
     void publish(std::uint64_t v);
 };
 
@@ -248,8 +253,8 @@ struct TokenshmReader {
     View read() noexcept {
         const auto t = handle->get();
         if (!t) [[unlikely]]
-            return View{nullptr, 0, t.error() == tokenshm::Error::expired ? Status::expired
-                                                                         : Status::error};
+            return View{nullptr, 0,
+                        t.error() == tokenshm::Error::expired ? Status::expired : Status::error};
         return View{t->token().data(), static_cast<std::uint32_t>(t->token().size()), Status::ok,
                     t->version()};
     }
@@ -265,7 +270,8 @@ struct TokenshmCReader {
     ~TokenshmCReader() { tokenshm_handle_close(handle); }
     View read() noexcept {
         std::size_t len = 0;
-        const tokenshm_error e = tokenshm_get_into(handle, 0, buf.data(), buf.size(), &len, nullptr);
+        const tokenshm_error e =
+            tokenshm_get_into(handle, 0, buf.data(), buf.size(), &len, nullptr);
         if (e != TOKENSHM_OK) [[unlikely]]
             return View{nullptr, 0, e == TOKENSHM_ERR_EXPIRED ? Status::expired : Status::error};
         return View{buf.data(), static_cast<std::uint32_t>(len)};
