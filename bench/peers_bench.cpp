@@ -12,7 +12,14 @@
 // reader processes, starts the readers together after the first publish and
 // prints one JSON object merging their measures. `serve` and `read` split the
 // same pieces into two commands so that a reader can be run under strace
-// alone. The methods and the JSON formats are described in the brief
+// alone (`read --reads 0` is the attach baseline: the harness makes the same
+// syscalls for any N, so the difference over N is the method's per read).
+//
+// Torn reads are checked on every latency-block read (the token must be one
+// version's pattern, whole); throughput blocks count reads, errors and
+// expiries only, so `torn` is out of `samples`, not of all reads. Where the
+// time stamp counter advances in steps (10 ns on some VMs), medians below that
+// are quantized; ns_per_read_cpu is then the finer figure. The methods and the JSON formats are described in the brief
 // and in docs/PERFORMANCE.md; the measuring loop is in peers_harness.hpp.
 #include "bench_segment.hpp"
 #include "peers_cli.hpp"
