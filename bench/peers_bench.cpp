@@ -19,8 +19,11 @@
 // version's pattern, whole); throughput blocks count reads, errors and
 // expiries only, so `torn` is out of `samples`, not of all reads. Where the
 // time stamp counter advances in steps (10 ns on some VMs), medians below that
-// are quantized; ns_per_read_cpu is then the finer figure. The methods and the JSON formats are described in the issue's brief
-// and in docs/PERFORMANCE.md; the measuring loop is in peers_harness.hpp.
+// are quantized; ns_per_read_cpu is then the finer figure.
+//
+// The methods and the JSON formats are those of issue 11's brief; the
+// measuring loop is in peers_harness.hpp, the methods in peers_shm_methods.*
+// (in memory) and peers_ipc_methods.* (through the kernel).
 #include "bench_segment.hpp"
 #include "peers_cli.hpp"
 #include "peers_harness.hpp"
