@@ -89,6 +89,7 @@ Expected<Request, std::string> parse_request(std::string_view line) {
 }  // namespace
 
 std::string Daemon::control_answer(std::string_view line) {
+    walk_all_ = true;  // a request may move a schedule (refresh, invalid, token_stored)
     auto req = parse_request(line);
     if (!req) return control_error("bad_request", req.error());
     if (req->op == "status") return answer_status();
