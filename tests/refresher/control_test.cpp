@@ -145,6 +145,21 @@ TEST_CASE("refresh asks within min_interval_s share one token request, and say w
     CHECK(w.transport.started == 2);
 }
 
+TEST_CASE("a refresh asked while every credential is idle goes out at the next pass") {
+    // The idle loop skips its walk over credentials until one is due
+    // (Daemon::poll_credentials); a control request must end that skip.
+    World w;
+    w.first_token();
+    for (int i = 0; i < 4; ++i) {  // settle: the walk after the answer is done
+        w.now += 10'000;
+        w.step();
+    }
+    const int started = w.transport.started;
+    CHECK(action_of(w.ask(R"({"op":"refresh","name":"alpha"})")) == "refreshing");
+    w.step();
+    CHECK(w.transport.started == started + 1);
+}
+
 TEST_CASE("a hundred reports of the current version cause one token request") {
     World w;
     const std::uint64_t v1 = w.first_token();
