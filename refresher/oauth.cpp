@@ -516,28 +516,6 @@ void form_urlencode_into(Out& out, std::string_view s) {
     }
 }
 
-template <class Out>
-void base64_into(Out& out, std::string_view bytes) {
-    static constexpr char kAlphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const auto byte = [&](std::size_t k) {
-        return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[k]));
-    };
-    std::size_t i = 0;
-    for (; i + 3 <= bytes.size(); i += 3) {
-        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
-        const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
-                              kAlphabet[(n >> 6) & 63], kAlphabet[n & 63]};
-        put(out, quad, 4);
-    }
-    const std::size_t left = bytes.size() - i;
-    if (left == 0) return;
-    const std::uint32_t n = byte(i) << 16 | (left == 2 ? byte(i + 1) << 8 : 0);
-    const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
-                          left == 2 ? kAlphabet[(n >> 6) & 63] : '=', '='};
-    put(out, quad, 4);
-}
-
 }  // namespace
 
 std::string form_urlencode(std::string_view s) {
@@ -549,26 +527,6 @@ std::string form_urlencode(std::string_view s) {
 
 void append_form_urlencoded(WipedString& out, std::string_view s) {
     form_urlencode_into(out, s);
-}
-
-std::string base64_encode(std::string_view bytes) {
-    std::string out;
-    out.reserve((bytes.size() + 2) / 3 * 4);
-    base64_into(out, bytes);
-    return out;
-}
-
-void append_base64(WipedString& out, std::string_view bytes) {
-    base64_into(out, bytes);
-}
-
-std::string base64url_encode(std::string_view bytes) {
-    std::string out = base64_encode(bytes);
-    while (!out.empty() && out.back() == '=')
-        out.pop_back();
-    for (char& ch : out)
-        ch = ch == '+' ? '-' : ch == '/' ? '_' : ch;
-    return out;
 }
 
 Secret basic_authorization(std::string_view client_id, const Secret& client_secret,
