@@ -1,6 +1,7 @@
 #include "oauth.hpp"
 
 #include "wiping_heap.hpp"
+#include "wiping_json.hpp"
 
 #include <tokenshm/layout.h>
 
@@ -17,22 +18,6 @@
 namespace tokenshm::refresher {
 
 namespace {
-
-// RapidJSON's buffers for a token response hold the tokens (its parse stack
-// and its value pool both get copies): every block is wiped before it is
-// freed, and growing one wipes the block it leaves.
-struct WipingAllocator {
-    [[maybe_unused]] static const bool kNeedFree = true;  // RapidJSON's Allocator concept
-    void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
-    void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
-        return wiping_realloc(old, new_size);
-    }
-    static void Free(void* p) { wiping_free(p); }
-};
-using JsonDocument =
-    rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
-                               WipingAllocator>;
-using JsonValue = JsonDocument::ValueType;
 
 constexpr std::size_t kMaxTokenType = TOKENSHM_TYPE_CAP;
 constexpr std::size_t kMaxScope = TOKENSHM_SCOPE_CAP;
