@@ -46,6 +46,7 @@ struct EtcdError {
         unreachable,      // no endpoint took the request: it was not applied
         no_answer,        // sent, then no answer (timeout, dropped): it MAY have been applied
         rejected,         // etcd answered with an error: `code` is its gRPC status code
+                          // (also an argument refused before sending: code 3)
         unauthenticated,  // etcd refused our user, password or token
         bad_answer,       // an answer that is not what the gateway sends
     };
