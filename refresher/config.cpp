@@ -271,9 +271,18 @@ EndpointUrl expect_url(const Value& v, const std::string& path, EndpointUrl::Rol
     return std::move(*url);
 }
 
-constexpr std::array<std::string_view, 8> top_keys = {
-    "segment",         "mode",        "group",           "state_dir", "control_socket",
-    "max_token_bytes", "credentials", "metrics_textfile"};
+constexpr std::array<std::string_view, 9> top_keys = {"segment",        "mode",
+                                                      "group",          "state_dir",
+                                                      "control_socket", "max_token_bytes",
+                                                      "credentials",    "metrics_textfile",
+                                                      "coordination"};
+constexpr std::array<std::string_view, 2> coordination_keys = {"etcd", "seal_key_file"};
+constexpr std::array<std::string_view, 8> etcd_keys = {"endpoints", "prefix",       "lease_ttl_s",
+                                                       "ca_file",   "cert_file",    "key_file",
+                                                       "username",  "password_file"};
+// Members of one etcd cluster a host may try; more is a mistake, not a cluster.
+constexpr std::size_t max_etcd_endpoints = 16;
+constexpr std::size_t max_etcd_prefix = 512;
 
 // clang-format off
 constexpr std::array<std::string_view, 21> credential_keys = {
@@ -707,6 +716,127 @@ void resolve_sink_groups(Config& cfg, const ConfigSources& sources) {
     }
 }
 
+// An etcd client URL: EndpointUrl's rule (https, or http to loopback; no
+// user info, no query), and nothing after host:port, since the client
+// appends the gateway's paths (/v3/kv/range) itself.
+EndpointUrl parse_etcd_endpoint(const Value& v, const std::string& path) {
+    const auto text = expect_string(v, path, "an https:// URL");
+    auto url = EndpointUrl::parse(text, EndpointUrl::Role::issuer);
+    if (!url) fail(path, url.error().message);
+    const auto host_start = text.find("://");
+    if (host_start != std::string_view::npos &&
+        text.find('/', host_start + 3) != std::string_view::npos) {
+        fail(path, "expected scheme://host:port only, without a path or a trailing \"/\"");
+    }
+    return std::move(*url);
+}
+
+std::vector<EndpointUrl> parse_etcd_endpoints(const Members& m) {
+    const std::string path = m.path("endpoints");
+    const Value& v = m.require("endpoints");
+    if (!v.IsArray() || v.Empty())
+        fail(path, "expected a non-empty array of etcd client URLs, found " + kind(v));
+    if (v.Size() > max_etcd_endpoints)
+        fail(path, "at most " + std::to_string(max_etcd_endpoints) + " endpoints, found " +
+                       std::to_string(v.Size()));
+    std::vector<EndpointUrl> out;
+    for (rapidjson::SizeType i = 0; i < v.Size(); ++i) {
+        out.push_back(parse_etcd_endpoint(v[i], index_path(path, i)));
+        if (std::find(out.begin(), out.end() - 1, out.back()) != out.end() - 1)
+            fail(index_path(path, i), "the same endpoint is given twice");
+    }
+    return out;
+}
+
+// "/" and printable ASCII without spaces, no trailing "/": keys are
+// prefix + "/" + what the election adds, so "/a/" would make "/a//x".
+std::string parse_etcd_prefix(const Members& m) {
+    const std::string path = m.path("prefix");
+    const auto s = expect_string(m.require("prefix"), path, "a key prefix such as \"/tokenshm\"");
+    if (s.empty() || s.front() != '/') fail(path, "must start with \"/\", found " + quote(s));
+    if (s.back() == '/') fail(path, "must not end with \"/\", found " + quote(s));
+    if (s.size() > max_etcd_prefix)
+        fail(path, "longer than " + std::to_string(max_etcd_prefix) + " bytes");
+    if (!std::all_of(s.begin(), s.end(), [](char c) { return c > 0x20 && c < 0x7f; }))
+        fail(path, "expected printable ASCII without spaces, found " + quote(s));
+    return std::string(s);
+}
+
+// An optional path key; absent and null are none.
+std::optional<std::string> optional_path(const Members& m, std::string_view key) {
+    const Value* v = m.find_nullable(key);
+    if (v == nullptr) return std::nullopt;
+    return expect_path(*v, m.path(key), false);
+}
+
+// Keys that mean nothing alone: both, or neither.
+void require_together(const Members& m, std::string_view a, bool has_a, std::string_view b,
+                      bool has_b) {
+    if (has_a && !has_b) fail(m.path(b), "required with " + std::string(a));
+    if (has_b && !has_a) fail(m.path(a), "required with " + std::string(b));
+}
+
+// TLS files and etcd's user; the password is read later, by resolve_from_system.
+void parse_etcd_credentials(const Members& m, EtcdConfig& e) {
+    e.ca_file = optional_path(m, "ca_file");
+    e.cert_file = optional_path(m, "cert_file");
+    e.key_file = optional_path(m, "key_file");
+    require_together(m, "cert_file", e.cert_file.has_value(), "key_file", e.key_file.has_value());
+    if (const Value* v = m.find_nullable("username")) {
+        const auto s = expect_string(*v, m.path("username"), "an etcd user name");
+        if (s.empty() || s.size() > 255 || has_control(s))
+            fail(m.path("username"), "expected 1 to 255 characters without control characters");
+        e.username = std::string(s);
+    }
+    e.password_file = optional_path(m, "password_file");
+    require_together(m, "username", e.username.has_value(), "password_file",
+                     e.password_file.has_value());
+}
+
+EtcdConfig parse_etcd(const Value& v, const std::string& path) {
+    if (!v.IsObject()) fail(path, "expected an object, found " + kind(v));
+    const Members m(v, path, etcd_keys);
+    EtcdConfig e;
+    e.endpoints = parse_etcd_endpoints(m);
+    e.prefix = parse_etcd_prefix(m);
+    e.lease_ttl = seconds_member(m, "lease_ttl_s", 5, 3600, e.lease_ttl);
+    parse_etcd_credentials(m, e);
+    return e;
+}
+
+// The optional `coordination` block; null is absent (one host).
+std::optional<CoordinationConfig> parse_coordination(const Members& top) {
+    const Value* v = top.find_nullable("coordination");
+    if (v == nullptr) return std::nullopt;
+    if (!v->IsObject()) fail("coordination", "expected an object or null, found " + kind(*v));
+    const Members m(*v, "coordination", coordination_keys);
+    CoordinationConfig c;
+    c.etcd = parse_etcd(m.require("etcd"), m.path("etcd"));
+    c.seal_key_file = expect_path(m.require("seal_key_file"), m.path("seal_key_file"), false);
+    return c;
+}
+
+// The files `coordination` names must exist and be trustworthy; the etcd
+// password is read like a client secret file (one line, a warning if loose).
+void resolve_coordination(Config& cfg, const ConfigSources& sources) {
+    if (!cfg.coordination) return;
+    EtcdConfig& e = cfg.coordination->etcd;
+    const auto check = [&](const std::optional<std::string>& file, const std::string& key) {
+        if (!file) return;
+        if (!sources.check_file) fail(key, "no way to check files here");
+        if (auto ok = sources.check_file(*file); !ok) fail(key, ok.error().message);
+    };
+    check(e.ca_file, "coordination.etcd.ca_file");
+    check(e.cert_file, "coordination.etcd.cert_file");
+    check(e.key_file, "coordination.etcd.key_file");
+    check(cfg.coordination->seal_key_file, "coordination.seal_key_file");
+    if (e.password_file) {
+        e.password =
+            read_secret(SecretSource{"coordination.etcd.password_file", true, *e.password_file},
+                        sources, cfg.warnings);
+    }
+}
+
 // What needs the system: the group's id and the client secrets. Called only
 // once the whole document is valid.
 void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
@@ -743,7 +873,9 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     }
     std::vector<SecretSource> secrets;
     parse_credentials(m, cfg, secrets);
+    cfg.coordination = parse_coordination(m);
     resolve_from_system(cfg, secrets, sources);
+    resolve_coordination(cfg, sources);
     return cfg;
 }
 
@@ -799,6 +931,15 @@ std::optional<gid_t> system_group_id(const std::string& name) {
 }
 
 }  // namespace
+
+Expected<Done, RefresherError> refuse_unbuilt_features(const Config& cfg) {
+    if (cfg.coordination) {
+        return Unexpected{RefresherError::config_error(
+            "coordination: running several hosts on etcd is not built yet in this version; "
+            "remove the coordination block to run this host alone (nothing is coordinated)")};
+    }
+    return Done{};
+}
 
 ConfigSources ConfigSources::system() {
     return ConfigSources{system_getenv, system_read_file, system_check_file, system_group_id};

@@ -75,6 +75,34 @@ struct CredentialConfig {
     friend bool operator==(const CredentialConfig&, const CredentialConfig&) = default;
 };
 
+// etcd, where the hosts of one deployment elect a refresher per credential
+// and publish its tokens (issue 12; SPEC.md's `coordination.etcd`).
+struct EtcdConfig {
+    // Client URLs of etcd members, tried in turn: https://, or http:// to a
+    // loopback address; scheme, host and port only. At least one, unique.
+    std::vector<EndpointUrl> endpoints;
+    // Every key of this deployment starts with it: "/" then printable ASCII
+    // without spaces, no trailing "/".
+    std::string prefix;
+    std::chrono::seconds lease_ttl{15};
+    std::optional<std::string> ca_file;    // a further CA for https endpoints
+    std::optional<std::string> cert_file;  // a client certificate, with key_file
+    std::optional<std::string> key_file;
+    std::optional<std::string> username;  // etcd auth, with password_file
+    std::optional<std::string> password_file;
+    Secret password;  // read from password_file (one line) when a username is given
+    friend bool operator==(const EtcdConfig&, const EtcdConfig&) = default;
+};
+
+// Several hosts, one refresher per credential (SPEC.md, "Configuration").
+struct CoordinationConfig {
+    EtcdConfig etcd;
+    // The AES-256 key refresh tokens are sealed with before they go to etcd
+    // (seal.hpp; read by load_seal_key, which checks its mode and form).
+    std::string seal_key_file;
+    friend bool operator==(const CoordinationConfig&, const CoordinationConfig&) = default;
+};
+
 struct Config {
     std::string segment = "tokenshm";
     mode_t mode = 0600;
@@ -86,6 +114,8 @@ struct Config {
     std::vector<CredentialConfig> credentials;
     // node_exporter textfile the refresher keeps current; none when empty.
     std::string metrics_textfile;
+    // None: one host, as before.
+    std::optional<CoordinationConfig> coordination;
     // Non-fatal findings (e.g. a secret file readable by group or others).
     std::vector<std::string> warnings;
 };
@@ -112,5 +142,11 @@ Expected<Config, RefresherError> parse_config(
     std::string_view json, const ConfigSources& sources = ConfigSources::system());
 Expected<Config, RefresherError> load_config(
     const std::string& path, const ConfigSources& sources = ConfigSources::system());
+
+// Until the election of issue 12 exists, a configuration with `coordination`
+// must not run: two hosts would each believe they were coordinated and both
+// refresh one grant. A config error naming the key, else Done. Every way a
+// configuration reaches the daemon (start, --check-config, SIGHUP) calls it.
+Expected<Done, RefresherError> refuse_unbuilt_features(const Config& cfg);
 
 }  // namespace tokenshm::refresher

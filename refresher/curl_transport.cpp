@@ -304,6 +304,10 @@ bool readable_now(int fd) {
 
 }  // namespace
 
+CURLcode curl_global_setup() {
+    return global_init();
+}
+
 Expected<std::unique_ptr<CurlTransport>, RefresherError> CurlTransport::create() {
     return create(Options{});
 }

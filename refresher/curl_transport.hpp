@@ -37,6 +37,11 @@ namespace detail {
 struct CurlTransfer;  // one request in flight; defined in the .cpp
 }  // namespace detail
 
+// libcurl's process-wide initialisation on the wiping heap (and OpenSSL's
+// heap before it), done once, whoever comes first: every libcurl user in the
+// refresher (CurlTransport, the etcd gateway) calls it before its first handle.
+CURLcode curl_global_setup();
+
 // Not thread-safe: one thread (the daemon's event loop) starts and polls.
 class CurlTransport final : public Transport {
   public:

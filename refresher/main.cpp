@@ -134,12 +134,15 @@ Expected<Arguments, RefresherError> parse_arguments(int argc, char** argv) {
     return args;
 }
 
+// The configuration, for start, --check-config and SIGHUP alike: refused
+// when it asks for what this version cannot do (refuse_unbuilt_features).
 Expected<Config, RefresherError> load_and_warn(const std::string& path) {
     auto cfg = load_config(path);
-    if (cfg) {
-        for (const std::string& w : cfg->warnings)
-            log_event(Level::warn, "", "config", w);
-    }
+    if (!cfg) return cfg;
+    if (auto ok = refuse_unbuilt_features(*cfg); !ok)
+        return Unexpected{RefresherError::config_error(path + ": " + ok.error().message)};
+    for (const std::string& w : cfg->warnings)
+        log_event(Level::warn, "", "config", w);
     return cfg;
 }
 

@@ -1,6 +1,7 @@
 #include "oauth.hpp"
 
 #include "wiping_heap.hpp"
+#include "wiping_json.hpp"
 
 #include <tokenshm/layout.h>
 
@@ -17,22 +18,6 @@
 namespace tokenshm::refresher {
 
 namespace {
-
-// RapidJSON's buffers for a token response hold the tokens (its parse stack
-// and its value pool both get copies): every block is wiped before it is
-// freed, and growing one wipes the block it leaves.
-struct WipingAllocator {
-    [[maybe_unused]] static const bool kNeedFree = true;  // RapidJSON's Allocator concept
-    void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
-    void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
-        return wiping_realloc(old, new_size);
-    }
-    static void Free(void* p) { wiping_free(p); }
-};
-using JsonDocument =
-    rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
-                               WipingAllocator>;
-using JsonValue = JsonDocument::ValueType;
 
 constexpr std::size_t kMaxTokenType = TOKENSHM_TYPE_CAP;
 constexpr std::size_t kMaxScope = TOKENSHM_SCOPE_CAP;
@@ -516,28 +501,6 @@ void form_urlencode_into(Out& out, std::string_view s) {
     }
 }
 
-template <class Out>
-void base64_into(Out& out, std::string_view bytes) {
-    static constexpr char kAlphabet[] =
-        "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    const auto byte = [&](std::size_t k) {
-        return static_cast<std::uint32_t>(static_cast<unsigned char>(bytes[k]));
-    };
-    std::size_t i = 0;
-    for (; i + 3 <= bytes.size(); i += 3) {
-        const std::uint32_t n = byte(i) << 16 | byte(i + 1) << 8 | byte(i + 2);
-        const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
-                              kAlphabet[(n >> 6) & 63], kAlphabet[n & 63]};
-        put(out, quad, 4);
-    }
-    const std::size_t left = bytes.size() - i;
-    if (left == 0) return;
-    const std::uint32_t n = byte(i) << 16 | (left == 2 ? byte(i + 1) << 8 : 0);
-    const char quad[4] = {kAlphabet[(n >> 18) & 63], kAlphabet[(n >> 12) & 63],
-                          left == 2 ? kAlphabet[(n >> 6) & 63] : '=', '='};
-    put(out, quad, 4);
-}
-
 }  // namespace
 
 std::string form_urlencode(std::string_view s) {
@@ -549,26 +512,6 @@ std::string form_urlencode(std::string_view s) {
 
 void append_form_urlencoded(WipedString& out, std::string_view s) {
     form_urlencode_into(out, s);
-}
-
-std::string base64_encode(std::string_view bytes) {
-    std::string out;
-    out.reserve((bytes.size() + 2) / 3 * 4);
-    base64_into(out, bytes);
-    return out;
-}
-
-void append_base64(WipedString& out, std::string_view bytes) {
-    base64_into(out, bytes);
-}
-
-std::string base64url_encode(std::string_view bytes) {
-    std::string out = base64_encode(bytes);
-    while (!out.empty() && out.back() == '=')
-        out.pop_back();
-    for (char& ch : out)
-        ch = ch == '+' ? '-' : ch == '/' ? '_' : ch;
-    return out;
 }
 
 Secret basic_authorization(std::string_view client_id, const Secret& client_secret,

@@ -9,6 +9,7 @@
 // Discovery 1.0, RFC 9110 §10.2.3 / §5.6.7 (Retry-After, HTTP-date).
 #pragma once
 
+#include "base64.hpp"
 #include "config.hpp"
 #include "endpoint_url.hpp"
 #include "error.hpp"
@@ -35,16 +36,9 @@ namespace tokenshm::refresher {
 // form bodies and client_secret_basic credentials with.
 std::string form_urlencode(std::string_view s);
 
-// Standard Base64 (RFC 4648 §4, with padding), as HTTP Basic uses it.
-std::string base64_encode(std::string_view bytes);
-
-// The same two encodings appended to a buffer that is wiped when it goes:
+// The same encoding appended to a buffer that is wiped when it goes:
 // for secrets, so no unwiped copy of one is ever freed.
 void append_form_urlencoded(WipedString& out, std::string_view s);
-void append_base64(WipedString& out, std::string_view bytes);
-
-// Base64url without padding (RFC 4648 §5, RFC 7636 App. A): PKCE's encoding.
-std::string base64url_encode(std::string_view bytes);
 
 // "Basic " base64(id ":" secret). RFC 6749 §2.3.1 says to form-encode id and
 // secret first (so a ':' in the id cannot split it); `raw` exists because

@@ -15,7 +15,10 @@
 //  - RapidJSON's parse of a token response (its stack and value pool are on
 //    the same wiping heap) and the HTTP response body (a WipedString);
 //  - the read buffers of a client secret file and of the configuration
-//    (regular_file.cpp), and of a refresh token file (state_store.cpp).
+//    (regular_file.cpp), and of a refresh token file (state_store.cpp);
+//  - the seal key (SealKey) and an opened sealed token (seal.cpp), etcd's
+//    request and answer bodies, its auth token and RapidJSON's parse of its
+//    answers (etcd_client.cpp, wiping_json.hpp).
 // Not wiped: the process environment a client_secret_env comes from; the
 // stack (a few bytes of a short string moved into a Secret, read buffers);
 // memory returned to the kernel by munmap; and the shared

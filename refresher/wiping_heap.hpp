@@ -3,7 +3,8 @@
 // (request body, Authorization header, response; installed by
 // curl_transport.cpp with curl_global_init_mem), OpenSSL under it (TLS
 // records) and RapidJSON (its parse
-// stack and value pool hold the tokens of a response; oauth.cpp). The block's
+// stack and value pool hold the tokens of a response, or etcd's values;
+// wiping_json.hpp). The block's
 // size comes from malloc_usable_size, so every byte the block had is wiped.
 #pragma once
 

@@ -628,7 +628,9 @@ TEST_CASE("a secret file open to group or others is a warning without the secret
 
 TEST_CASE("a path with bytes above 0x7f is escaped in warnings and errors", "[config]") {
     // \xc2\x9b is U+009B, a terminal's CSI: a path may hold it, a message may not.
-    const std::string path = "/etc/tokenshm/\xc2\x9b" "2J.secret";
+    const std::string path =
+        "/etc/tokenshm/\xc2\x9b"
+        "2J.secret";
     const std::string shown = "/etc/tokenshm/\\xc2\\x9b2J.secret";
     const std::string doc = document(
         "", credential({{"client_secret_file", "\"" + path + "\""}}, {"client_secret_env"}));
@@ -1008,4 +1010,251 @@ TEST_CASE("a bad sink is one line naming its key", "[config][sinks]") {
         CHECK(e.find(c.gist) != std::string::npos);
         CHECK(e.find('\n') == std::string::npos);
     }
+}
+
+namespace {
+
+// A `coordination` block with the etcd object's fields replaced or added by
+// `etcd_changes` and left out by `drop`, and the keys after etcd raw.
+std::string coordination(const std::vector<Field>& etcd_changes = {},
+                         const std::vector<std::string>& drop = {},
+                         const std::string& after_etcd = R"(, "seal_key_file": "/etc/seal.key")") {
+    std::vector<Field> fields = {{"endpoints", R"(["https://10.0.0.1:2379"])"},
+                                 {"prefix", R"("/tokenshm/prod")"}};
+    for (const auto& [key, value] : etcd_changes) {
+        auto it = std::find_if(fields.begin(), fields.end(),
+                               [&key = key](const Field& f) { return f.first == key; });
+        if (it != fields.end()) {
+            it->second = value;
+        } else {
+            fields.emplace_back(key, value);
+        }
+    }
+    std::string etcd = "{";
+    for (const auto& [key, value] : fields) {
+        if (std::find(drop.begin(), drop.end(), key) != drop.end()) continue;
+        if (etcd.size() > 1) etcd += ", ";
+        etcd += "\"" + key + "\": " + value;
+    }
+    return R"("coordination": {"etcd": )" + etcd + "}" + after_etcd + "}, ";
+}
+
+FakeSystem coordination_system() {
+    FakeSystem sys;
+    for (const char* f : {"/etc/seal.key", "/etc/etcd-ca.pem", "/etc/etcd.crt", "/etc/etcd.key"})
+        sys.files[f] = {"x", false};
+    sys.files["/etc/etcd.password"] = {std::string(kSecret) + "\n", false};
+    return sys;
+}
+
+}  // namespace
+
+TEST_CASE("no coordination block: one host, as before", "[config][coordination]") {
+    FakeSystem sys;
+    const auto cfg = parse_config(document(), sys.sources());
+    REQUIRE(cfg.has_value());
+    CHECK_FALSE(cfg->coordination.has_value());
+    const auto null_block = parse_config(document(R"("coordination": null, )"), sys.sources());
+    REQUIRE(null_block.has_value());
+    CHECK_FALSE(null_block->coordination.has_value());
+    CHECK(refuse_unbuilt_features(*cfg).has_value());
+}
+
+TEST_CASE("the SPEC example's coordination block is parsed, with its defaults",
+          "[config][coordination]") {
+    FakeSystem sys = coordination_system();
+    SECTION("minimal: endpoints, prefix, seal_key_file; lease_ttl_s 15, no TLS files, no user") {
+        const auto cfg = parse_config(document(coordination()), sys.sources());
+        REQUIRE(cfg.has_value());
+        REQUIRE(cfg->coordination.has_value());
+        const CoordinationConfig& c = *cfg->coordination;
+        REQUIRE(c.etcd.endpoints.size() == 1);
+        CHECK(c.etcd.endpoints[0].text() == "https://10.0.0.1:2379");
+        CHECK(c.etcd.prefix == "/tokenshm/prod");
+        CHECK(c.etcd.lease_ttl == 15s);
+        CHECK_FALSE(c.etcd.ca_file);
+        CHECK_FALSE(c.etcd.cert_file);
+        CHECK_FALSE(c.etcd.key_file);
+        CHECK_FALSE(c.etcd.username);
+        CHECK_FALSE(c.etcd.password_file);
+        CHECK(c.etcd.password.empty());
+        CHECK(c.seal_key_file == "/etc/seal.key");
+        CHECK(sys.files_checked == std::vector<std::string>{"/etc/seal.key"});
+    }
+    SECTION("every key, nulls as in SPEC's example") {
+        const auto cfg = parse_config(
+            document(
+                coordination({{"endpoints", R"(["https://10.0.0.1:2379", "http://127.0.0.1:2379",
+                                                    "https://[fd00::1]:2379"])"},
+                              {"lease_ttl_s", "30"},
+                              {"ca_file", R"("/etc/etcd-ca.pem")"},
+                              {"cert_file", R"("/etc/etcd.crt")"},
+                              {"key_file", R"("/etc/etcd.key")"},
+                              {"username", R"("tokenshm")"},
+                              {"password_file", R"("/etc/etcd.password")"}})),
+            sys.sources());
+        REQUIRE(cfg.has_value());
+        const EtcdConfig& e = cfg->coordination->etcd;
+        CHECK(e.endpoints.size() == 3);
+        CHECK(e.endpoints[1].loopback());
+        CHECK(e.lease_ttl == 30s);
+        CHECK(e.ca_file == "/etc/etcd-ca.pem");
+        CHECK(e.cert_file == "/etc/etcd.crt");
+        CHECK(e.key_file == "/etc/etcd.key");
+        CHECK(e.username == "tokenshm");
+        CHECK(e.password_file == "/etc/etcd.password");
+        CHECK(e.password == Secret(std::string(kSecret)));  // one line end dropped
+        CHECK(cfg->warnings.empty());
+        const auto nulls = parse_config(document(coordination({{"ca_file", "null"},
+                                                               {"cert_file", "null"},
+                                                               {"key_file", "null"},
+                                                               {"username", "null"},
+                                                               {"password_file", "null"}})),
+                                        sys.sources());
+        REQUIRE(nulls.has_value());
+        CHECK_FALSE(nulls->coordination->etcd.username);
+    }
+}
+
+TEST_CASE("a bad coordination block is one line naming the key's path", "[config][coordination]") {
+    const std::vector<BadConfig> cases = {
+        {"not an object", document(R"("coordination": [], )"), "coordination",
+         "expected an object or null, found an empty array"},
+        {"unknown key", document(coordination({}, {}, R"(, "seal_key_file": "/k", "x": 1)")),
+         "coordination.x", "unknown key"},
+        {"etcd missing", document(R"("coordination": {"seal_key_file": "/etc/seal.key"}, )"),
+         "coordination.etcd", "required key is missing"},
+        {"etcd not an object",
+         document(R"("coordination": {"etcd": "https://e:2379", "seal_key_file": "/k"}, )"),
+         "coordination.etcd", "expected an object, found a string"},
+        {"seal_key_file missing", document(coordination({}, {}, "")), "coordination.seal_key_file",
+         "required key is missing"},
+        {"seal_key_file null", document(coordination({}, {}, R"(, "seal_key_file": null)")),
+         "coordination.seal_key_file", "expected a path, found null"},
+        {"seal_key_file absent from disk",
+         document(coordination({}, {}, R"(, "seal_key_file": "/etc/none.key")")),
+         "coordination.seal_key_file", "/etc/none.key: No such file or directory"},
+        {"unknown etcd key", document(coordination({{"endpoint", R"("https://e:2379")"}})),
+         "coordination.etcd.endpoint", "unknown key"},
+        {"endpoints missing", document(coordination({}, {"endpoints"})),
+         "coordination.etcd.endpoints", "required key is missing"},
+        {"endpoints empty", document(coordination({{"endpoints", "[]"}})),
+         "coordination.etcd.endpoints",
+         "non-empty array of etcd client URLs, found an empty array"},
+        {"endpoints a string", document(coordination({{"endpoints", R"("https://e:2379")"}})),
+         "coordination.etcd.endpoints", "found a string"},
+        {"endpoint not a URL", document(coordination({{"endpoints", R"(["e:2379"])"}})),
+         "coordination.etcd.endpoints[0]", ""},
+        {"endpoint a number", document(coordination({{"endpoints", R"([2379])"}})),
+         "coordination.etcd.endpoints[0]", "expected an https:// URL, found 2379"},
+        {"plain http off loopback",
+         document(coordination({{"endpoints", R"(["https://a:2379", "http://10.0.0.2:2379"])"}})),
+         "coordination.etcd.endpoints[1]", "http"},
+        {"endpoint with a path",
+         document(coordination({{"endpoints", R"(["https://e:2379/v3"])"}})),
+         "coordination.etcd.endpoints[0]", "without a path"},
+        {"endpoint with a trailing slash",
+         document(coordination({{"endpoints", R"(["https://e:2379/"])"}})),
+         "coordination.etcd.endpoints[0]", "without a path"},
+        {"endpoint with a query",
+         document(coordination({{"endpoints", R"(["https://e:2379?a=b"])"}})),
+         "coordination.etcd.endpoints[0]", "query"},
+        {"endpoint with user info",
+         document(coordination({{"endpoints", R"(["https://u:p@e:2379"])"}})),
+         "coordination.etcd.endpoints[0]", ""},
+        {"endpoint twice",
+         document(coordination({{"endpoints", R"(["https://e:2379", "https://e:2379"])"}})),
+         "coordination.etcd.endpoints[1]", "given twice"},
+        {"prefix missing", document(coordination({}, {"prefix"})), "coordination.etcd.prefix",
+         "required key is missing"},
+        {"prefix relative", document(coordination({{"prefix", R"("tokenshm")"}})),
+         "coordination.etcd.prefix", R"(must start with "/", found "tokenshm")"},
+        {"prefix empty", document(coordination({{"prefix", R"("")"}})), "coordination.etcd.prefix",
+         R"(must start with "/")"},
+        {"prefix with trailing slash", document(coordination({{"prefix", R"("/tokenshm/")"}})),
+         "coordination.etcd.prefix", R"(must not end with "/", found "/tokenshm/")"},
+        {"prefix only a slash", document(coordination({{"prefix", R"("/")"}})),
+         "coordination.etcd.prefix", R"(must not end with "/")"},
+        {"prefix with a space", document(coordination({{"prefix", R"("/a b")"}})),
+         "coordination.etcd.prefix", "printable ASCII without spaces"},
+        {"prefix with a control", document(coordination({{"prefix", R"("/a\u0001")"}})),
+         "coordination.etcd.prefix", "printable ASCII without spaces"},
+        {"prefix a number", document(coordination({{"prefix", "7"}})), "coordination.etcd.prefix",
+         "found 7"},
+        {"lease_ttl_s too short", document(coordination({{"lease_ttl_s", "4"}})),
+         "coordination.etcd.lease_ttl_s", "expected an integer from 5 to 3600, found 4"},
+        {"lease_ttl_s too long", document(coordination({{"lease_ttl_s", "3601"}})),
+         "coordination.etcd.lease_ttl_s", "from 5 to 3600, found 3601"},
+        {"lease_ttl_s a string", document(coordination({{"lease_ttl_s", R"("15")"}})),
+         "coordination.etcd.lease_ttl_s", R"(found "15")"},
+        {"cert_file without key_file",
+         document(coordination({{"cert_file", R"("/etc/etcd.crt")"}})),
+         "coordination.etcd.key_file", "required with cert_file"},
+        {"key_file without cert_file", document(coordination({{"key_file", R"("/etc/etcd.key")"}})),
+         "coordination.etcd.cert_file", "required with key_file"},
+        {"username without password_file", document(coordination({{"username", R"("u")"}})),
+         "coordination.etcd.password_file", "required with username"},
+        {"password_file without username",
+         document(coordination({{"password_file", R"("/etc/etcd.password")"}})),
+         "coordination.etcd.username", "required with password_file"},
+        {"username empty",
+         document(
+             coordination({{"username", R"("")"}, {"password_file", R"("/etc/etcd.password")"}})),
+         "coordination.etcd.username", "1 to 255 characters"},
+        {"ca_file missing from disk", document(coordination({{"ca_file", R"("/etc/none.pem")"}})),
+         "coordination.etcd.ca_file", "/etc/none.pem: No such file or directory"},
+        {"key_file missing from disk",
+         document(coordination(
+             {{"cert_file", R"("/etc/etcd.crt")"}, {"key_file", R"("/etc/none.key")"}})),
+         "coordination.etcd.key_file", "/etc/none.key: No such file or directory"},
+        {"password file with two lines",
+         document(coordination({{"username", R"("u")"}, {"password_file", R"("/etc/two-lines")"}})),
+         "coordination.etcd.password_file", "more than one line"},
+        {"password file missing",
+         document(
+             coordination({{"username", R"("u")"}, {"password_file", R"("/etc/none.password")"}})),
+         "coordination.etcd.password_file", "No such file or directory"},
+        {"duplicate key", document(coordination({{"prefix", R"("/a", "prefix": "/b")"}})),
+         "coordination.etcd.prefix", "key appears twice"},
+    };
+    for (const auto& c : cases) {
+        FakeSystem sys = coordination_system();
+        sys.files["/etc/two-lines"] = {std::string(kSecret) + "\nsecond line\n", false};
+        const auto r = parse_config(c.json, sys.sources());
+        INFO(c.what);
+        REQUIRE_FALSE(r.has_value());
+        const std::string& e = r.error().message;
+        INFO(e);
+        CHECK(r.error().kind == RefresherError::Kind::config);
+        CHECK(e.rfind(c.path + ": ", 0) == 0);
+        CHECK(e.find(c.gist) != std::string::npos);
+        CHECK(e.find('\n') == std::string::npos);
+        CHECK(e.find(kSecret) == std::string::npos);
+    }
+}
+
+TEST_CASE("a loose etcd password file is a warning without the password",
+          "[config][coordination]") {
+    FakeSystem sys = coordination_system();
+    sys.files["/etc/etcd.password"].loose = true;
+    const auto cfg = parse_config(
+        document(
+            coordination({{"username", R"("u")"}, {"password_file", R"("/etc/etcd.password")"}})),
+        sys.sources());
+    REQUIRE(cfg.has_value());
+    REQUIRE(cfg->warnings.size() == 1);
+    CHECK(cfg->warnings[0].rfind("coordination.etcd.password_file: /etc/etcd.password", 0) == 0);
+    CHECK(cfg->warnings[0].find(kSecret) == std::string::npos);
+}
+
+TEST_CASE("until the election exists, a configuration with coordination is refused",
+          "[config][coordination]") {
+    FakeSystem sys = coordination_system();
+    const auto cfg = parse_config(document(coordination()), sys.sources());
+    REQUIRE(cfg.has_value());
+    const auto refused = refuse_unbuilt_features(*cfg);
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().kind == RefresherError::Kind::config);
+    CHECK(refused.error().message.rfind("coordination: ", 0) == 0);
+    CHECK_THAT(refused.error().message, Catch::Contains("not built yet"));
 }

@@ -1,0 +1,29 @@
+// RapidJSON on the wiping heap (wiping_heap.hpp), for documents that hold
+// secrets: a token response (oauth.cpp), an etcd answer carrying sealed
+// refresh tokens and published records (etcd_client.cpp). Its parse stack
+// and its value pool both get copies of every string: each block is wiped
+// before it is freed, and growing one wipes the block it leaves.
+#pragma once
+
+#include "wiping_heap.hpp"
+
+#include <rapidjson/document.h>
+
+#include <cstddef>
+
+namespace tokenshm::refresher {
+
+struct WipingAllocator {
+    [[maybe_unused]] static const bool kNeedFree = true;  // RapidJSON's Allocator concept
+    void* Malloc(std::size_t size) { return size != 0 ? wiping_malloc(size) : nullptr; }
+    void* Realloc(void* old, std::size_t /*old_size*/, std::size_t new_size) {
+        return wiping_realloc(old, new_size);
+    }
+    static void Free(void* p) { wiping_free(p); }
+};
+using JsonDocument =
+    rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
+                               WipingAllocator>;
+using JsonValue = JsonDocument::ValueType;
+
+}  // namespace tokenshm::refresher
