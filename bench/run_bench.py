@@ -533,6 +533,15 @@ def render_cross_core(add, args, xc):
         add("")
 
 
+def write_ratios(path, r_unchanged, r_changed, r_scaling, r_xc):
+    """The ratios the targets are judged on, for bench/run's table."""
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump({"unchanged_over_floor": r_unchanged,
+                   "changed_1k_hot_over_memcpy": r_changed,
+                   "changed_1k_cross_core_over_memcpy": r_xc,
+                   "two_readers_over_one": r_scaling}, f)
+
+
 def loadavg():
     return " ".join(read_text("/proc/loadavg").split()[:3]) or "?"
 
@@ -556,9 +565,12 @@ def main():
     p.add_argument("--out", default=os.path.join(ROOT, "docs", "PERFORMANCE.md"))
     p.add_argument("--no-write", action="store_true", help="print only, keep the file")
     p.add_argument("--check", action="store_true", help="exit 1 when a target fails")
+    p.add_argument("--json", metavar="FILE",
+                   help="also write the target ratios as JSON to FILE (bench/run reads it)")
     args = p.parse_args()
-    args.command_line = "python3 bench/run_bench.py" + "".join(
-        " " + a for a in sys.argv[1:])
+    # bench/run calls this script with its own paths; the reader reruns bench/run.
+    args.command_line = os.environ.get("TOKENSHM_BENCH_COMMAND") or (
+        "python3 bench/run_bench.py" + "".join(" " + a for a in sys.argv[1:]))
 
     started = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M")
     t0 = datetime.datetime.now()
@@ -593,6 +605,8 @@ def main():
         with open(args.out, "w", encoding="utf-8") as f:
             f.write(full)
         log(f"wrote {os.path.relpath(args.out, ROOT)}")
+    if args.json:
+        write_ratios(args.json, r_unchanged, r_changed, r_scaling, r_xc)
     ok = (r_unchanged <= TARGET_UNCHANGED, r_changed <= TARGET_CHANGED,
           r_scaling >= TARGET_SCALING, r_xc is None or r_xc <= TARGET_CHANGED)
     log("targets: unchanged %.2fx %s, changed 1 KiB hot %.2fx %s, changed 1 KiB cross-core %s %s, "

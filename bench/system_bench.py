@@ -448,6 +448,11 @@ def refresher_figures(build, procs, credentials, idle_s):
     return {"credentials": credentials,
             "idle_cpu_pct": round(idle_cpu / idle_wall * 100, 4),
             "idle_rss_kib": idle_mem["VmRSS"],
+            # VmRSS's parts: the refresher's own (heap, stacks), shared
+            # libraries, and the segment (shared with every reader)
+            "idle_rss_anon_kib": idle_mem["RssAnon"],
+            "idle_rss_file_kib": idle_mem["RssFile"],
+            "idle_rss_shmem_kib": idle_mem["RssShmem"],
             "refreshes": refreshes,
             "refresh_cpu_ms_per_refresh": round(busy_cpu * 1000 / refreshes, 3),
             "refreshing_cpu_pct": round(busy_cpu / busy_wall * 100, 2),
