@@ -82,17 +82,10 @@ struct FakeSystem {
 
 using Field = std::pair<std::string, std::string>;  // key, raw JSON value
 
-// A valid credential object, with fields replaced or added by `changes` and
+// A JSON object of `fields`, with fields replaced or added by `changes` and
 // fields left out by `drop`.
-std::string credential(const std::vector<Field>& changes = {},
-                       const std::vector<std::string>& drop = {}) {
-    std::vector<Field> fields = {
-        {"name", R"("storage")"},
-        {"grant", R"("client_credentials")"},
-        {"client_id", R"("uploader")"},
-        {"client_secret_env", R"("STORAGE_SECRET")"},
-        {"token_endpoint", R"("https://id.example.com/token")"},
-    };
+std::string object(std::vector<Field> fields, const std::vector<Field>& changes,
+                   const std::vector<std::string>& drop) {
     for (const auto& [key, value] : changes) {
         auto it = std::find_if(fields.begin(), fields.end(),
                                [&key = key](const Field& f) { return f.first == key; });
@@ -109,6 +102,20 @@ std::string credential(const std::vector<Field>& changes = {},
         out += "\"" + key + "\": " + value;
     }
     return out + "}";
+}
+
+// A valid credential object, with fields replaced or added by `changes` and
+// fields left out by `drop`.
+std::string credential(const std::vector<Field>& changes = {},
+                       const std::vector<std::string>& drop = {}) {
+    std::vector<Field> fields = {
+        {"name", R"("storage")"},
+        {"grant", R"("client_credentials")"},
+        {"client_id", R"("uploader")"},
+        {"client_secret_env", R"("STORAGE_SECRET")"},
+        {"token_endpoint", R"("https://id.example.com/token")"},
+    };
+    return object(std::move(fields), changes, drop);
 }
 
 // A document with extra top-level fields (raw JSON, each followed by a comma)
@@ -1021,22 +1028,8 @@ std::string coordination(const std::vector<Field>& etcd_changes = {},
                          const std::string& after_etcd = R"(, "seal_key_file": "/etc/seal.key")") {
     std::vector<Field> fields = {{"endpoints", R"(["https://10.0.0.1:2379"])"},
                                  {"prefix", R"("/tokenshm/prod")"}};
-    for (const auto& [key, value] : etcd_changes) {
-        auto it = std::find_if(fields.begin(), fields.end(),
-                               [&key = key](const Field& f) { return f.first == key; });
-        if (it != fields.end()) {
-            it->second = value;
-        } else {
-            fields.emplace_back(key, value);
-        }
-    }
-    std::string etcd = "{";
-    for (const auto& [key, value] : fields) {
-        if (std::find(drop.begin(), drop.end(), key) != drop.end()) continue;
-        if (etcd.size() > 1) etcd += ", ";
-        etcd += "\"" + key + "\": " + value;
-    }
-    return R"("coordination": {"etcd": )" + etcd + "}" + after_etcd + "}, ";
+    return R"("coordination": {"etcd": )" + object(std::move(fields), etcd_changes, drop) +
+           after_etcd + "}, ";
 }
 
 FakeSystem coordination_system() {
