@@ -3,7 +3,7 @@
 // the lease (keepalive due at a third of the TTL, gone, failing past the
 // TTL), may_refresh's boundary counted from the keepalive's SEND time, and
 // publication (counter, guard, deposed, unknown outcome, wrong seal key).
-// The real etcd with two coordinators is tests/scaleout/coordinator_test.cpp.
+// The real etcd with two coordinators is tests/scaleout/two_coordinators_test.cpp.
 #include "coordinator.hpp"
 #include "fake_etcd_gateway.hpp"
 
