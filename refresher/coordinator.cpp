@@ -104,11 +104,13 @@ void Coordinator::step_down(Role to) {
     if (role_ == Role::leader) leader_.reset();
     role_ = to;
     counters_.clear();
+    next_check_ms_ = 0;  // learn who leads at the next tick
 }
 
 void Coordinator::lose_lease() {
     lease_id_ = 0;
     lease_ttl_ms_ = 0;
+    next_check_ms_ = 0;  // a new lease at the next tick
     if (role_ == Role::leader || role_ == Role::unknown) step_down(Role::candidate);
     if (role_ != Role::follower) role_ = Role::candidate;
 }
@@ -117,31 +119,38 @@ Role Coordinator::tick(Now now) {
     // Past its TTL since the last keepalive we know arrived: presumed expired.
     if (lease_id_ != 0 && now.mono_ms - keepalive_sent_ms_ >= lease_ttl_ms_) lose_lease();
     if (lease_id_ == 0) {
-        auto lease = etcd_.lease_grant(opt_.lease_ttl);
-        if (!lease) {
-            note(lease.error());
-            return role_;
-        }
-        lease_id_ = lease->id;
-        lease_ttl_ms_ = std::chrono::milliseconds(lease->ttl).count();
-        keepalive_sent_ms_ = now.mono_ms;  // its life began after we sent the grant
-        last_error_.clear();
-    } else if (now.mono_ms - keepalive_sent_ms_ >= lease_ttl_ms_ / 3) {
+        if (now.mono_ms < next_check_ms_) return role_;
+        grant(now);
+        if (lease_id_ == 0) return role_;
+    } else if (now.mono_ms >= next_keepalive_ms_) {
         keep_alive(now);
         if (lease_id_ == 0) return role_;
     }
-    if (role_ == Role::leader) return role_;
-    if (role_ == Role::follower && now.mono_ms < next_check_ms_) return role_;
+    if (role_ == Role::leader || now.mono_ms < next_check_ms_) return role_;
     next_check_ms_ = now.mono_ms + opt_.leader_check.count();
-    read_leader();
-    if (role_ == Role::candidate) campaign();
+    if (read_leader() && role_ == Role::candidate) campaign();
     return role_;
+}
+
+void Coordinator::grant(Now now) {
+    auto lease = etcd_.lease_grant(opt_.lease_ttl);
+    if (!lease) {
+        note(lease.error());
+        next_check_ms_ = now.mono_ms + opt_.leader_check.count();
+        return;
+    }
+    last_error_.clear();
+    lease_id_ = lease->id;
+    lease_ttl_ms_ = std::chrono::milliseconds(lease->ttl).count();
+    keepalive_sent_ms_ = now.mono_ms;  // its life began after we sent the grant
+    next_keepalive_ms_ = now.mono_ms + lease_ttl_ms_ / 3;
 }
 
 void Coordinator::keep_alive(Now now) {
     auto ka = etcd_.lease_keepalive(lease_id_);
     if (!ka) {
-        note(ka.error());  // retried at the next tick; lost when the TTL has passed
+        note(ka.error());  // retried soon; the lease is lost when its TTL has passed
+        next_keepalive_ms_ = now.mono_ms + opt_.leader_check.count();
         return;
     }
     last_error_.clear();
@@ -152,26 +161,28 @@ void Coordinator::keep_alive(Now now) {
     }
     keepalive_sent_ms_ = now.mono_ms;
     lease_ttl_ms_ = std::chrono::milliseconds(ka->ttl).count();
+    next_keepalive_ms_ = now.mono_ms + lease_ttl_ms_ / 3;
 }
 
-void Coordinator::read_leader() {
+bool Coordinator::read_leader() {
     auto r = etcd_.range(leader_key_);
     if (!r) {
         note(r.error());
-        return;  // the role stays what it was: nothing learnt
+        return false;  // the role stays what it was: nothing learnt
     }
     last_error_.clear();
     if (r->kvs.empty()) {
         if (role_ == Role::leader || role_ == Role::unknown) step_down(Role::candidate);
         leader_.reset();
         role_ = Role::candidate;
-        return;
+        return true;
     }
     LeaderIdentity id = read_identity(r->kvs[0]);
     const bool ours = lease_id_ != 0 && id.lease == lease_id_;
     if (ours && role_ != Role::leader) counters_.clear();  // (again) leader: counters re-read
     role_ = ours ? Role::leader : Role::follower;
     leader_ = std::move(id);
+    return true;
 }
 
 void Coordinator::campaign() {
@@ -181,7 +192,10 @@ void Coordinator::campaign() {
     auto r = etcd_.txn(t);
     if (!r) {
         note(r.error());
-        if (r.error().kind == EtcdError::Kind::no_answer) role_ = Role::unknown;
+        if (r.error().kind == EtcdError::Kind::no_answer) {
+            role_ = Role::unknown;
+            next_check_ms_ = 0;  // read the leader key at the next tick
+        }
         return;
     }
     last_error_.clear();
@@ -196,11 +210,9 @@ void Coordinator::campaign() {
 }
 
 std::int64_t Coordinator::next_tick_ms() const noexcept {
-    if (lease_id_ == 0) return 0;
-    std::int64_t next = keepalive_sent_ms_ + lease_ttl_ms_ / 3;
-    if (role_ == Role::follower) next = std::min(next, next_check_ms_);
-    if (role_ == Role::candidate || role_ == Role::unknown) return 0;
-    return next;
+    if (lease_id_ == 0) return next_check_ms_;
+    if (role_ == Role::leader) return next_keepalive_ms_;
+    return std::min(next_keepalive_ms_, next_check_ms_);
 }
 
 bool Coordinator::may_refresh(Now now, std::chrono::milliseconds request_timeout) const noexcept {

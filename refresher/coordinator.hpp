@@ -104,7 +104,10 @@ class Coordinator {
     // One step: grants a lease when there is none, keeps it alive when a
     // third of its TTL passed since the last successful keepalive (a lease
     // gone, or failing past its TTL, ends leadership at once), campaigns when
-    // no leader is known or the leader key went. Returns the role after it.
+    // no leader is known or the leader key went. Not leader, it reads the
+    // leader key at most every leader_check (at once after a step down); a
+    // failed call is retried after leader_check, so a caller that sleeps
+    // until next_tick_ms() never spins while etcd is down. Returns the role.
     Role tick(Now now);
     // When tick() next has something to do (CLOCK_MONOTONIC ms).
     std::int64_t next_tick_ms() const noexcept;
@@ -135,9 +138,10 @@ class Coordinator {
     std::string credential_key(std::string_view name) const;
 
   private:
+    void grant(Now now);
     void keep_alive(Now now);
     void campaign();
-    void read_leader();
+    bool read_leader();  // false: etcd did not answer, nothing learnt
     void lose_lease();
     void step_down(Role to);
     std::string leader_value() const;
@@ -154,7 +158,8 @@ class Coordinator {
     std::int64_t lease_id_ = 0;
     std::int64_t lease_ttl_ms_ = 0;
     std::int64_t keepalive_sent_ms_ = 0;  // the last SUCCESSFUL keepalive's (or grant's) send time
-    std::int64_t next_check_ms_ = 0;      // a follower's next read of the leader key
+    std::int64_t next_keepalive_ms_ = 0;  // a third of the TTL on, or a retry after a failure
+    std::int64_t next_check_ms_ = 0;  // the next read of the leader key (or grant) when not leader
     std::optional<LeaderIdentity> leader_;
     std::map<std::string, std::uint64_t, std::less<>> counters_;  // last published, this leadership
     std::string last_error_;

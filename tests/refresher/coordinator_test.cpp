@@ -496,3 +496,29 @@ TEST_CASE("resign revokes the lease", "[coordinator]") {
     CHECK(c.role() == Role::candidate);
     CHECK_FALSE(c.may_refresh(at(100), 1s));
 }
+
+TEST_CASE("etcd down: failed calls wait leader_check, so a caller never spins", "[coordinator]") {
+    FakeEtcdGateway gw;
+    EtcdClient etcd(gw);
+    const SealKey key = key_of(1);
+    Coordinator c(etcd, key, options());
+    gw.unreachable();
+    CHECK(c.tick(at(0)) == Role::candidate);
+    check_clean(c.status(at(0)).last_etcd_error);
+    CHECK(c.next_tick_ms() == 1000);
+    CHECK(c.tick(at(999)) == Role::candidate);  // nothing sent
+    CHECK(gw.sent.size() == 1);
+    gw.grant(kLease, 15);
+    gw.unreachable();  // the leader key cannot be read: no campaign blind
+    CHECK(c.tick(at(1000)) == Role::candidate);
+    CHECK(gw.sent.size() == 3);
+    CHECK(c.next_tick_ms() == 2000);
+    gw.range_empty();
+    gw.txn(true, 20);
+    CHECK(c.tick(at(2000)) == Role::leader);
+    gw.unreachable();  // a keepalive fails: retried after leader_check, not at once
+    CHECK(c.tick(at(7000)) == Role::leader);
+    CHECK(c.next_tick_ms() == 8000);
+    CHECK(c.tick(at(7999)) == Role::leader);
+    CHECK(gw.sent.size() == 6);
+}
