@@ -50,8 +50,12 @@ Unexpected<CoordinationError> fail(CKind kind, std::string_view message) {
     return Unexpected{CoordinationError{kind, printable_line(message), std::nullopt}};
 }
 
+CoordinationError refused(const PublicationError& e) {
+    return CoordinationError{CKind::publication, e.message, e.kind};
+}
+
 Unexpected<CoordinationError> fail(const PublicationError& e) {
-    return Unexpected{CoordinationError{CKind::publication, e.message, e.kind}};
+    return Unexpected{refused(e)};
 }
 
 // The leader key's value as another host wrote it; what cannot be read stays
@@ -287,19 +291,22 @@ Expected<std::optional<FetchedPublication>, CoordinationError> Coordinator::fetc
         std::string(name), opened->counter, kv.mod_revision, std::move(opened->publication)});
 }
 
-Expected<std::vector<FetchedPublication>, CoordinationError> Coordinator::fetch_all() {
+Expected<FetchedAll, CoordinationError> Coordinator::fetch_all() {
     auto r = etcd_.range(cred_prefix_, RangeScope::prefix);
     if (!r) {
         note(r.error());
         return fail(CKind::etcd, r.error().message);
     }
-    std::vector<FetchedPublication> out;
+    FetchedAll out;
     for (const EtcdKeyValue& kv : r->kvs) {
         const std::string name = kv.key.substr(cred_prefix_.size());
         auto opened = open_publication(key_, name, kv.key, kv.value.view());
-        if (!opened) return fail(opened.error());
-        out.push_back(FetchedPublication{name, opened->counter, kv.mod_revision,
-                                         std::move(opened->publication)});
+        if (!opened) {
+            out.refused.push_back(refused(opened.error()));
+            continue;
+        }
+        out.publications.push_back(FetchedPublication{name, opened->counter, kv.mod_revision,
+                                                      std::move(opened->publication)});
     }
     return out;
 }

@@ -78,6 +78,13 @@ struct FetchedPublication {
     Publication publication;
 };
 
+// Every publication under the prefix: those that opened, and one error per
+// credential whose envelope did not (one bad envelope does not hide the rest).
+struct FetchedAll {
+    std::vector<FetchedPublication> publications;  // sorted by name (etcd's key order)
+    std::vector<CoordinationError> refused;
+};
+
 // For `tokenshm status` and metrics (design point 7).
 struct CoordinatorStatus {
     Role role = Role::candidate;
@@ -124,9 +131,10 @@ class Coordinator {
                                                        Now now);
 
     // The publication of `name` (nullopt when there is none), or of every
-    // credential under the prefix, opened with the seal key.
+    // credential under the prefix, opened with the seal key. A follower
+    // publishes them into its segment; a new leader continues from them.
     Expected<std::optional<FetchedPublication>, CoordinationError> fetch(std::string_view name);
-    Expected<std::vector<FetchedPublication>, CoordinationError> fetch_all();
+    Expected<FetchedAll, CoordinationError> fetch_all();
 
     // Revokes our lease (the leader key goes with it): a clean shutdown's
     // hand-over, so a successor need not wait out the TTL.

@@ -424,10 +424,28 @@ TEST_CASE("fetch and fetch_all open what the leader sealed; a wrong key is a cle
           9);
     const auto all = c.fetch_all();
     REQUIRE(all.has_value());
-    REQUIRE(all->size() == 2);
-    CHECK((*all)[0].name == "mail");
-    CHECK((*all)[1].name == "storage");
+    REQUIRE(all->publications.size() == 2);
+    CHECK(all->refused.empty());
+    CHECK(all->publications[0].name == "mail");
+    CHECK(all->publications[1].name == "storage");
+    CHECK(all->publications[1].counter == 3);
     CHECK(str(json(gw.sent.back().body)["range_end"]) == base64_encode("/t/cred0"));
+
+    // One envelope that does not open is refused alone; the others still come.
+    const std::string foreign = *seal_publication(wrong, "mail", 1, sample(1));
+    gw.ok(R"("kvs":[{"key":")" + base64_encode("/t/cred/mail") + R"(","value":")" +
+              base64_encode(foreign) +
+              R"(","create_revision":"4","mod_revision":"4","version":"1"},{"key":")" +
+              base64_encode("/t/cred/storage") + R"(","value":")" + base64_encode(storage) +
+              R"(","create_revision":"5","mod_revision":"9","version":"3"}],"count":"2")",
+          9);
+    const auto partly = c.fetch_all();
+    REQUIRE(partly.has_value());
+    REQUIRE(partly->publications.size() == 1);
+    CHECK(partly->publications[0].name == "storage");
+    REQUIRE(partly->refused.size() == 1);
+    CHECK(partly->refused[0].message.find("\"/t/cred/mail\"") != std::string::npos);
+    check_clean(partly->refused[0].message);
 
     gw.range_one("/t/cred/storage", storage, 5, 9, 0, 9);
     const auto refused = other.fetch("storage");

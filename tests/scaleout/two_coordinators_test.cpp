@@ -7,8 +7,8 @@
 // refresh once a successor could have won.
 // Skipped, saying why, only when /usr/bin/etcd is absent; under
 // TOKENSHM_CI=1 that skip fails.
-#include "coordinator.hpp"
 #include "ci_skip.hpp"
+#include "coordinator.hpp"
 #include "etcd_member.hpp"
 
 #include <catch2/catch.hpp>
@@ -112,8 +112,9 @@ TEST_CASE(
     CHECK(continued_from(*h.b) == "refresh-1");
     const auto all = h.b->fetch_all();
     REQUIRE(all.has_value());
-    REQUIRE(all->size() == 1);
-    CHECK((*all)[0].publication.record.access_token == Secret(std::string("access-1")));
+    REQUIRE(all->publications.size() == 1);
+    CHECK(all->refused.empty());
+    CHECK(all->publications[0].publication.record.access_token == Secret(std::string("access-1")));
 
     // The leader's lease is revoked (as etcd would expire it): its key goes.
     REQUIRE(h.admin->lease_revoke(h.a->status(system_now()).lease_id).has_value());
