@@ -4,7 +4,8 @@
 // because the leader stopped ticking, as a paused VM would) the other wins
 // and continues from the published refresh token; the old leader's publish
 // is refused by etcd (deposed) or by its own lease clock, and it never may
-// refresh once a successor could have won.
+// refresh once a successor could have won. A host with another seal key gets
+// a clear error naming the key, never a value.
 // Skipped, saying why, only when /usr/bin/etcd is absent; under
 // TOKENSHM_CI=1 that skip fails.
 #include "ci_skip.hpp"
@@ -115,6 +116,16 @@ TEST_CASE(
     REQUIRE(all->publications.size() == 1);
     CHECK(all->refused.empty());
     CHECK(all->publications[0].publication.record.access_token == Secret(std::string("access-1")));
+    // A host with another seal key: a clear error, never a value, never a crash.
+    std::array<unsigned char, SealKey::kBytes> other{};
+    other.fill(0x33);
+    const SealKey wrong(other);
+    Coordinator stranger(*h.admin, wrong, options("host-c", 3));
+    const auto refused = stranger.fetch("storage");
+    REQUIRE_FALSE(refused.has_value());
+    CHECK(refused.error().publication_kind == PublicationError::Kind::does_not_open);
+    CHECK(refused.error().message.find("wrong seal_key_file?") != std::string::npos);
+    CHECK(refused.error().message.find("refresh-1") == std::string::npos);
 
     // The leader's lease is revoked (as etcd would expire it): its key goes.
     REQUIRE(h.admin->lease_revoke(h.a->status(system_now()).lease_id).has_value());
