@@ -5,6 +5,7 @@
 // before it is freed, and growing one wipes the block it leaves.
 #pragma once
 
+#include "secret.hpp"
 #include "wiping_heap.hpp"
 
 #include <rapidjson/document.h>
@@ -25,5 +26,14 @@ using JsonDocument =
     rapidjson::GenericDocument<rapidjson::UTF8<>, rapidjson::MemoryPoolAllocator<WipingAllocator>,
                                WipingAllocator>;
 using JsonValue = JsonDocument::ValueType;
+
+// RapidJSON's output stream concept over a WipedString: a Writer<WipedJsonOut>
+// composes JSON that holds secrets without an unwiped copy (publication.cpp).
+struct WipedJsonOut {
+    using Ch = char;
+    WipedString& out;
+    void Put(char c) { out.append(&c, 1); }
+    void Flush() {}
+};
 
 }  // namespace tokenshm::refresher
