@@ -19,7 +19,7 @@
 // log line or exception carries one. Answers are parsed on the wiping heap.
 //
 // The HTTP exchange is an EtcdGateway, so tests answer from canned JSON;
-// CurlEtcdGateway is the real one. Watches (a chunked stream) are not here.
+// CurlEtcdGateway is the real one. Watches (a chunked stream): etcd_watch.hpp.
 #pragma once
 
 #include "config.hpp"
