@@ -261,9 +261,11 @@ std::optional<EtcdWatchError> EtcdWatchStream::read_response(const JsonValue& do
     if (!doc.IsObject()) bad("a message is not an object");
     if (const JsonValue* e = member(doc, "error")) return stream_error(*e);
     const JsonValue& r = object_member(doc, "result");
-    const std::int64_t revision = detail::header_revision(r);
+    // etcd's compacted answer has a header without a revision (0, omitted).
+    const std::int64_t revision = int64_member(object_member(r, "header"), "revision");
     const bool created = bool_member(r, "created");
     const std::int64_t compact = int64_member(r, "compact_revision");
+    if (compact < 0) bad("\"compact_revision\" is negative");
     if (bool_member(r, "fragment")) bad("a fragment, which was not asked for");
     const std::int64_t id = int64_member(r, "watch_id");  // the first watch's id is 0: omitted
     if (!created_ && !created) bad("a message before \"created\"");
@@ -277,6 +279,7 @@ std::optional<EtcdWatchError> EtcdWatchStream::read_response(const JsonValue& do
                               "etcd watch: revision " + std::to_string(next_revision_) +
                                   " is compacted; the oldest left is " + std::to_string(compact)};
     if (bool_member(r, "canceled")) return canceled(r);
+    if (revision <= 0) bad("\"revision\" is missing or not positive");
     read_events(r, revision, events);
     if (!events.empty()) {
         next_revision_ = events.back().kv.mod_revision + 1;

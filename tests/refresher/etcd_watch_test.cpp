@@ -2,7 +2,7 @@
 // boundaries and several in one chunk, PUT with "type" omitted (protobuf's
 // zero value), DELETE, progress notifications, "created" first, canceled,
 // compacted, stream errors, garbage and oversize, and the silence limit,
-// on a clock passed in. The real etcd is tests/scaleout/etcd_watch_test.cpp.
+// on a clock passed in. The real etcd is tests/scaleout/etcd_gateway_watch_test.cpp.
 #include "etcd_watch.hpp"
 #include "base64.hpp"
 
@@ -204,6 +204,14 @@ TEST_CASE("a watch stream: canceled, compacted and stream errors end it with a t
                            R"("cancel_reason":"mvcc: required revision has been compacted"}})");
         CHECK(e.kind == Kind::compacted);
         CHECK(e.compact_revision == 40);
+    }
+    SECTION("compacted as etcd 3.4 sends it: the header has no revision") {
+        auto s = stream(2);
+        REQUIRE(s.feed(created(90), 1).has_value());
+        const auto e = failure(s, R"({"result":{"header":{"cluster_id":"1","member_id":"2",)"
+                                  R"("raft_term":"2"},"compact_revision":"4","canceled":true}})");
+        CHECK(e.kind == Kind::compacted);
+        CHECK(e.compact_revision == 4);
     }
     SECTION("canceled, with etcd's reason") {
         auto s = stream();
