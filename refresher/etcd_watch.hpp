@@ -19,10 +19,15 @@
 // the watcher is synced; when no whole message arrives within `silence`
 // (default 3 x that interval) the watch fails `stalled`.
 //
-// Every failure is final for that watch: the caller ranges again when it
-// is `compacted`, and otherwise starts a new watch at next_revision(), which
+// Every failure is final for that watch. After `stalled`, `disconnected`
+// or `unreachable` the caller starts a new watch at next_revision(), which
 // loses nothing: it is one past the newest revision whose events were all
-// delivered (a batch's events, or a progress notification's revision).
+// delivered (a batch's last event, or a progress notification's revision;
+// never a `created` or catching-up header, which can run ahead of events
+// still to come). After `compacted` or `bad_answer` it ranges the prefix
+// again and watches from the range's revision + 1: a bad answer (an event
+// older than a progress notification said, as etcd bug 20221 can send to a
+// watch from a future revision) means next_revision() cannot be trusted.
 //
 // Values are secrets (sealed tokens, records with access tokens): the buffer
 // and the parse are wiped, and no error names a value or a key's bytes.

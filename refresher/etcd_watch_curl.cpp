@@ -176,7 +176,6 @@ Expected<Done, EtcdWatchError> EtcdWatch::step(std::int64_t now_ms) {
     while (CURLMsg* m = curl_multi_info_read(transfer_->multi, &left)) {
         if (m->msg == CURLMSG_DONE) return finish(static_cast<int>(m->data.result));
     }
-    if (transfer_->status != 0 && transfer_->status != 200) return Done{};  // the answer is coming
     if (auto ok = stream_.check_alive(now_ms); !ok) failed_ = ok.error();
     if (failed_) return Unexpected{*failed_};
     return Done{};
