@@ -343,6 +343,14 @@ Expected<WipedString, EtcdError> EtcdClient::call(std::string_view path, const W
     return call_once(path, body);
 }
 
+Expected<Secret, EtcdError> EtcdClient::auth_token(bool stale) {
+    if (!username_) return Secret();
+    if (stale || token_.empty()) {
+        if (auto ok = authenticate(); !ok) return Unexpected{ok.error()};
+    }
+    return token_;
+}
+
 Expected<EtcdRange, EtcdError> EtcdClient::range(std::string_view key, RangeScope scope) {
     if (key.empty()) return fail(Kind::rejected, "etcd range: empty key", 3);
     Body b;

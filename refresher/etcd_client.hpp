@@ -211,6 +211,11 @@ class EtcdClient {
     // Revokes `id` (its keys go with it); a lease that is already gone is Done too.
     Expected<Done, EtcdError> lease_revoke(std::int64_t id);
 
+    // etcd's auth token for a request this client does not make itself (a
+    // watch, etcd_watch.hpp): empty without a username. Authenticates first
+    // when it has none yet, and again when `stale` (etcd refused the last).
+    Expected<Secret, EtcdError> auth_token(bool stale = false);
+
   private:
     Expected<WipedString, EtcdError> call(std::string_view path, const WipedString& body);
     Expected<WipedString, EtcdError> call_once(std::string_view path, const WipedString& body);

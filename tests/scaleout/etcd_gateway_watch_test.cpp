@@ -56,11 +56,12 @@ void drive(EtcdWatch& w, Driven& out, std::chrono::milliseconds limit,
 }
 
 std::unique_ptr<EtcdWatch> watch(const EtcdMember& etcd, std::int64_t from,
-                                 std::chrono::milliseconds silence = 3s) {
+                                 std::chrono::milliseconds silence = 3s,
+                                 const Secret& token = Secret()) {
     EtcdWatch::Options o;
     o.gateway.endpoints = {url(etcd.client_url)};
     o.limits.silence = silence;
-    auto w = EtcdWatch::start(std::move(o), "/w/", from, Secret(), now_ms());
+    auto w = EtcdWatch::start(std::move(o), "/w/", from, token, now_ms());
     REQUIRE(w.has_value());
     return std::move(*w);
 }
@@ -192,4 +193,50 @@ TEST_CASE("a real etcd: a watch from a compacted revision says compacted, then a
     CHECK(got.error->kind == Kind::compacted);
     CHECK(got.error->compact_revision == last);
     CHECK(got.events.empty());
+}
+
+TEST_CASE("a real etcd with authentication: a watch with the user's token, refused without",
+          "[scaleout][etcd][watch][auth]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    EtcdMember etcd({"--experimental-watch-progress-notify-interval=1s"});
+    auto gw = gateway({url(etcd.client_url)}, 2s);
+    EtcdClient anonymous(*gw);
+    INFO(etcd.log_tail());
+    REQUIRE(etcd.wait_ready(anonymous));
+    admin(*gw, "/v3/auth/user/add", R"({"name":"root","password":"root-pw-1"})");
+    admin(*gw, "/v3/auth/role/add", R"({"name":"root"})");
+    admin(*gw, "/v3/auth/user/grant", R"({"user":"root","role":"root"})");
+    admin(*gw, "/v3/auth/enable", "{}");
+    EtcdClient user(*gw, std::string("root"), Secret(std::string("root-pw-1")));
+    const std::int64_t r1 = put(user, "/w/a", "value-1");
+    const auto token = user.auth_token();
+    REQUIRE(token.has_value());
+    REQUIRE_FALSE(token->empty());
+
+    auto w = watch(etcd, r1, 3s, *token);
+    Driven got;
+    drive(*w, got, 10s, [&] { return !got.events.empty(); });
+    REQUIRE_FALSE(got.error);
+    REQUIRE(got.events.size() == 1);
+    CHECK(describe(got.events[0]) == "PUT /w/a@" + std::to_string(r1));
+
+    auto refused = watch(etcd, r1);
+    Driven none;
+    drive(*refused, none, 10s, [] { return false; });
+    REQUIRE(none.error);
+    INFO(none.error->message);
+    CHECK((none.error->kind == Kind::canceled || none.error->kind == Kind::unauthenticated));
+    CHECK(none.events.empty());
+}
+
+TEST_CASE("a watch of a closed port is unreachable", "[scaleout][etcd][watch]") {
+    EtcdWatch::Options o;
+    o.gateway.endpoints = {url("http://127.0.0.1:" + std::to_string(free_port()))};
+    auto w = EtcdWatch::start(std::move(o), "/w/", 1, Secret(), now_ms());
+    REQUIRE(w.has_value());
+    Driven got;
+    drive(**w, got, 5s, [] { return false; });
+    REQUIRE(got.error);
+    CHECK(got.error->kind == Kind::unreachable);
 }

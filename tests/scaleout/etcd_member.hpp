@@ -154,4 +154,13 @@ inline std::unique_ptr<CurlEtcdGateway> gateway(std::vector<EndpointUrl> endpoin
     return std::move(*g);
 }
 
+// A raw gateway call for what EtcdClient does not do (setting up auth).
+inline void admin(EtcdGateway& g, const std::string& path, const std::string& json,
+                  const Secret& token = Secret()) {
+    const GatewayAnswer a = g.post(path, WipedString(json), token);
+    INFO(path << " -> " << a.status << " " << a.body.view());
+    REQUIRE(a.outcome == GatewayAnswer::Outcome::answer);
+    REQUIRE(a.status == 200);
+}
+
 }  // namespace tokenshm::refresher::testing
