@@ -10,7 +10,16 @@
 //  - EtcdWatch (etcd_watch_curl.cpp) owns a libcurl easy handle in a multi
 //    handle of its own, never blocks, and hands the bytes to a stream. A
 //    poll()-based loop asks it for fds() and timeout_ms(), polls them with
-//    its own, and calls step() whenever poll returns (ready or not).
+//    its own, and calls step() whenever poll returns (ready or not):
+//
+//      auto w = EtcdWatch::start(options, "/tokenshm/", range.revision + 1, token, now);
+//      for (;;) {
+//          std::vector<pollfd> fds = (*w)->fds();  // + the loop's own
+//          poll(fds.data(), fds.size(), std::min(loop_timeout, (*w)->timeout_ms(now)));
+//          auto ok = (*w)->step(now = system_now().mono_ms);
+//          for (EtcdWatchEvent& e : (*w)->take_events()) publish(e);
+//          if (!ok) { /* see below: restart at next_revision(), or range again */ }
+//      }
 //
 // Liveness: a watch stream is silent while nothing changes, and a paused or
 // partitioned etcd is silence too. The watch asks for progress notifications
