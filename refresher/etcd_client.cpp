@@ -1,13 +1,13 @@
 #include "etcd_client.hpp"
 
 #include "base64.hpp"
+#include "etcd_json.hpp"
 #include "wiping_json.hpp"
 
 #include <rapidjson/error/en.h>
 #include <rapidjson/writer.h>
 
 #include <algorithm>
-#include <charconv>
 #include <limits>
 #include <utility>
 
@@ -69,6 +69,15 @@ EtcdOp EtcdOp::erase(std::string key) {
 namespace {
 
 using Kind = EtcdError::Kind;
+using detail::bad;
+using detail::BadAnswer;
+using detail::bool_member;
+using detail::bytes_member;
+using detail::header_revision;
+using detail::int64_member;
+using detail::member;
+using detail::object_member;
+using detail::positive_member;
 
 Unexpected<EtcdError> fail(Kind kind, std::string message, int code = 0) {
     return Unexpected{EtcdError{kind, code, printable_line(message)}};
@@ -188,79 +197,6 @@ void write_array(Body& b, const char* key, const std::vector<T>& items, F write)
 // ---- answers: every field checked before it is believed --------------------
 
 constexpr std::size_t kMaxErrorText = 160;
-
-// Thrown only inside this file, caught by parse(): keeps each field check one line.
-struct BadAnswer {
-    std::string why;
-};
-
-[[noreturn]] void bad(const std::string& why) {
-    throw BadAnswer{why};
-}
-
-// A member by name; absent: null. Two members of one name: which counts is
-// ambiguous, so the answer is refused.
-const JsonValue* member(const JsonValue& obj, const char* name) {
-    const JsonValue* found = nullptr;
-    for (auto it = obj.MemberBegin(); it != obj.MemberEnd(); ++it) {
-        if (std::string_view(it->name.GetString(), it->name.GetStringLength()) != name) continue;
-        if (found != nullptr) bad(std::string("\"") + name + "\" appears twice");
-        found = &it->value;
-    }
-    return found;
-}
-
-const JsonValue& object_member(const JsonValue& obj, const char* name) {
-    const JsonValue* v = member(obj, name);
-    if (v == nullptr) bad(std::string("\"") + name + "\" is missing");
-    if (!v->IsObject()) bad(std::string("\"") + name + "\" is not an object");
-    return *v;
-}
-
-// An int64 as protobuf's JSON writes it (a string of digits), or a JSON
-// integer; absent is 0 (zero fields are omitted).
-std::int64_t int64_member(const JsonValue& obj, const char* name) {
-    const JsonValue* v = member(obj, name);
-    if (v == nullptr) return 0;
-    if (v->IsInt64()) return v->GetInt64();
-    std::int64_t out = 0;
-    if (v->IsString()) {
-        const char* s = v->GetString();
-        const char* end = s + v->GetStringLength();
-        const auto r = std::from_chars(s, end, out);
-        if (r.ec == std::errc() && r.ptr == end && end != s && *s != '+') return out;
-    }
-    bad(std::string("\"") + name + "\" is not a 64-bit integer");
-}
-
-std::int64_t positive_member(const JsonValue& obj, const char* name) {
-    const std::int64_t v = int64_member(obj, name);
-    if (v <= 0) bad(std::string("\"") + name + "\" is missing or not positive");
-    return v;
-}
-
-// true, false, or absent (false).
-bool bool_member(const JsonValue& obj, const char* name) {
-    const JsonValue* v = member(obj, name);
-    if (v == nullptr) return false;
-    if (!v->IsBool()) bad(std::string("\"") + name + "\" is not true or false");
-    return v->GetBool();
-}
-
-// Bytes, carried as standard Base64; absent is empty.
-WipedString bytes_member(const JsonValue& obj, const char* name) {
-    const JsonValue* v = member(obj, name);
-    if (v == nullptr) return {};
-    if (!v->IsString()) bad(std::string("\"") + name + "\" is not a string");
-    auto decoded = base64_decode(std::string_view(v->GetString(), v->GetStringLength()));
-    if (!decoded) bad(std::string("\"") + name + "\" is not Base64");
-    return std::move(*decoded);
-}
-
-// The header's revision: every answer of the KV and lease services has one.
-std::int64_t header_revision(const JsonValue& answer) {
-    return positive_member(object_member(answer, "header"), "revision");
-}
 
 // Parses an answer body as a JSON object into `doc`; then `read` turns it
 // into the result. Any surprise is `bad_answer`, naming the call, not a value.
@@ -405,6 +341,14 @@ Expected<WipedString, EtcdError> EtcdClient::call(std::string_view path, const W
     if (answer || !username_ || answer.error().kind != Kind::unauthenticated) return answer;
     if (auto ok = authenticate(); !ok) return Unexpected{ok.error()};
     return call_once(path, body);
+}
+
+Expected<Secret, EtcdError> EtcdClient::auth_token(bool stale) {
+    if (!username_) return Secret();
+    if (stale || token_.empty()) {
+        if (auto ok = authenticate(); !ok) return Unexpected{ok.error()};
+    }
+    return token_;
 }
 
 Expected<EtcdRange, EtcdError> EtcdClient::range(std::string_view key, RangeScope scope) {

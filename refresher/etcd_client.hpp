@@ -19,7 +19,7 @@
 // log line or exception carries one. Answers are parsed on the wiping heap.
 //
 // The HTTP exchange is an EtcdGateway, so tests answer from canned JSON;
-// CurlEtcdGateway is the real one. Watches (a chunked stream) are not here.
+// CurlEtcdGateway is the real one. Watches (a chunked stream): etcd_watch.hpp.
 #pragma once
 
 #include "config.hpp"
@@ -210,6 +210,11 @@ class EtcdClient {
     Expected<EtcdKeepAlive, EtcdError> lease_keepalive(std::int64_t id);
     // Revokes `id` (its keys go with it); a lease that is already gone is Done too.
     Expected<Done, EtcdError> lease_revoke(std::int64_t id);
+
+    // etcd's auth token for a request this client does not make itself (a
+    // watch, etcd_watch.hpp): empty without a username. Authenticates first
+    // when it has none yet, and again when `stale` (etcd refused the last).
+    Expected<Secret, EtcdError> auth_token(bool stale = false);
 
   private:
     Expected<WipedString, EtcdError> call(std::string_view path, const WipedString& body);

@@ -3,6 +3,7 @@
 // has certainly not left.
 #include "curl_transport.hpp"
 #include "etcd_client.hpp"
+#include "etcd_curl_detail.hpp"
 #include "regular_file.hpp"
 
 #include <curl/curl.h>
@@ -38,33 +39,37 @@ std::size_t on_body(char* data, std::size_t size, std::size_t count, void* user)
     return len;
 }
 
-long clamp_ms(std::chrono::milliseconds ms) {
-    return static_cast<long>(std::clamp<std::chrono::milliseconds::rep>(ms.count(), 1, LONG_MAX));
-}
-
 std::string one_line(std::string_view s) {
     return printable_line(s.substr(0, kMaxErrorText));
 }
 
-// Sets options; remembers the first failure, by name.
-class Setter {
-  public:
-    explicit Setter(CURL* easy) : easy_(easy) {}
-    template <class T>
-    void operator()(CURLoption option, T value, const char* name) {
-        if (!error_.empty()) return;
-        if (const CURLcode rc = curl_easy_setopt(easy_, option, value); rc != CURLE_OK)
-            error_ = std::string(name) + ": " + curl_easy_strerror(rc);
+// Failures after which the request cannot have left: the next endpoint may
+// have it. Anything else may have reached etcd.
+bool certainly_not_sent(CURLcode rc) {
+    switch (rc) {
+        case CURLE_COULDNT_RESOLVE_HOST:
+        case CURLE_COULDNT_CONNECT:
+        case CURLE_SSL_CONNECT_ERROR:
+        case CURLE_PEER_FAILED_VERIFICATION:
+        case CURLE_SSL_CERTPROBLEM:
+        case CURLE_SSL_CACERT_BADFILE:
+        case CURLE_SSL_CIPHER:
+        case CURLE_UNSUPPORTED_PROTOCOL:
+        case CURLE_URL_MALFORMAT:
+            return true;
+        default:
+            return false;
     }
-    const std::string& error() const noexcept { return error_; }
+}
 
-  private:
-    CURL* easy_;
-    std::string error_;
-};
+}  // namespace
 
-// Certificates always verified, TLS 1.2 or later, the endpoint's scheme
-// only, no redirects, bounded times; a client certificate when configured.
+namespace detail {
+
+long clamp_ms(std::chrono::milliseconds ms) {
+    return static_cast<long>(std::clamp<std::chrono::milliseconds::rep>(ms.count(), 1, LONG_MAX));
+}
+
 void set_policy(Setter& set, const CurlEtcdGateway::Options& o, const EndpointUrl& endpoint) {
 #if LIBCURL_VERSION_NUM >= 0x075500
     set(CURLOPT_PROTOCOLS_STR, endpoint.scheme().c_str(), "CURLOPT_PROTOCOLS_STR");
@@ -87,49 +92,28 @@ void set_policy(Setter& set, const CurlEtcdGateway::Options& o, const EndpointUr
     if (endpoint.loopback()) set(CURLOPT_PROXY, "", "CURLOPT_PROXY");
 }
 
-// Failures after which the request cannot have left: the next endpoint may
-// have it. Anything else may have reached etcd.
-bool certainly_not_sent(CURLcode rc) {
-    switch (rc) {
-        case CURLE_COULDNT_RESOLVE_HOST:
-        case CURLE_COULDNT_CONNECT:
-        case CURLE_SSL_CONNECT_ERROR:
-        case CURLE_PEER_FAILED_VERIFICATION:
-        case CURLE_SSL_CERTPROBLEM:
-        case CURLE_SSL_CACERT_BADFILE:
-        case CURLE_SSL_CIPHER:
-        case CURLE_UNSUPPORTED_PROTOCOL:
-        case CURLE_URL_MALFORMAT:
-            return true;
-        default:
-            return false;
-    }
+Headers::~Headers() {
+    for (curl_slist* p = list; p != nullptr; p = p->next)
+        ::explicit_bzero(p->data, ::strlen(p->data));
+    curl_slist_free_all(list);
 }
 
-// The request's header list; etcd wants its token as the bare value of
-// Authorization.
-struct Headers {
-    curl_slist* list = nullptr;
-    ~Headers() {
-        for (curl_slist* p = list; p != nullptr; p = p->next)
-            ::explicit_bzero(p->data, ::strlen(p->data));
-        curl_slist_free_all(list);
-    }
-    // `name` and `value` joined in one buffer that is wiped when it goes
-    // (the value may be etcd's token); libcurl's copy is wiped above.
-    bool add(std::string_view name, std::string_view value = {}) {
-        std::string line;
-        line.reserve(name.size() + value.size());
-        line.append(name).append(value);
-        const Secret copy{std::move(line)};  // NUL-terminated
-        curl_slist* next = curl_slist_append(list, copy.reveal().data());
-        if (next == nullptr) return false;
-        list = next;
-        return true;
-    }
-};
+bool Headers::add(std::string_view name, std::string_view value) {
+    std::string line;
+    line.reserve(name.size() + value.size());
+    line.append(name).append(value);
+    const Secret copy{std::move(line)};  // NUL-terminated
+    curl_slist* next = curl_slist_append(list, copy.reveal().data());
+    if (next == nullptr) return false;
+    list = next;
+    return true;
+}
 
-}  // namespace
+}  // namespace detail
+
+using detail::Headers;
+using detail::set_policy;
+using detail::Setter;
 
 CurlEtcdGateway::Options CurlEtcdGateway::Options::from(const EtcdConfig& etcd) {
     Options o;

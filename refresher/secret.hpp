@@ -18,7 +18,8 @@
 //    (regular_file.cpp), and of a refresh token file (state_store.cpp);
 //  - the seal key (SealKey) and an opened sealed token (seal.cpp), etcd's
 //    request and answer bodies, its auth token and RapidJSON's parse of its
-//    answers (etcd_client.cpp, wiping_json.hpp);
+//    answers (etcd_client.cpp, wiping_json.hpp), and a watch stream's buffer,
+//    request and parse (etcd_watch.cpp, etcd_watch_curl.cpp).
 //  - a publication's payload (the record and the refresh token) as composed
 //    before sealing and as parsed after opening (publication.cpp).
 // Not wiped: the process environment a client_secret_env comes from; the

@@ -371,6 +371,25 @@ TEST_CASE("with a user: authenticate first, send the token, re-authenticate once
     CHECK(gw.sent[4].token == "TOKEN.2");
 }
 
+TEST_CASE("a watch's token: none without a user, authenticated once, again when stale",
+          "[etcd][auth][watch]") {
+    FakeGateway gw;
+    EtcdClient anonymous(gw);
+    const auto none = anonymous.auth_token();
+    REQUIRE(none.has_value());
+    CHECK(none->empty());
+    CHECK(gw.sent.empty());
+    gw.ok(R"("token":"TOKEN.1")");
+    gw.ok(R"("token":"TOKEN.2")");
+    EtcdClient client(gw, std::string("tokenshm"), Secret(std::string(kPassword)));
+    CHECK(client.auth_token()->reveal() == "TOKEN.1");
+    CHECK(client.auth_token()->reveal() == "TOKEN.1");  // kept: no second request
+    CHECK(gw.sent.size() == 1);
+    CHECK(client.auth_token(true)->reveal() == "TOKEN.2");
+    CHECK(gw.sent.size() == 2);
+    CHECK(gw.sent[1].path == "/v3/auth/authenticate");
+}
+
 TEST_CASE("a wrong password is unauthenticated, without the password", "[etcd][auth]") {
     FakeGateway gw;
     gw.answer(

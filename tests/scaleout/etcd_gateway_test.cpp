@@ -36,20 +36,7 @@
 
 using namespace tokenshm::refresher;
 using namespace std::chrono_literals;
-using namespace tokenshm::test;
-
-namespace {
-
-// A raw gateway call for what EtcdClient does not do (setting up auth).
-void admin(EtcdGateway& g, const std::string& path, const std::string& json,
-           const Secret& token = Secret()) {
-    const GatewayAnswer a = g.post(path, WipedString(json), token);
-    INFO(path << " -> " << a.status << " " << a.body.view());
-    REQUIRE(a.outcome == GatewayAnswer::Outcome::answer);
-    REQUIRE(a.status == 200);
-}
-
-}  // namespace
+using namespace tokenshm::refresher::testing;
 
 TEST_CASE("a real etcd: lease, campaign won and lost, guarded write, keepalive, revoke",
           "[scaleout][etcd]") {

@@ -1,6 +1,6 @@
-// One etcd member for a scaleout test (Debian's etcd-server): free 127.0.0.1
-// ports, data in a temporary directory, stopped by its pid (SIGTERM, then
-// SIGKILL) and the directory removed when the test ends, also on failure.
+// One etcd member for the scaleout tests (Debian's etcd-server): free
+// 127.0.0.1 ports, data in a temporary directory, stopped by its pid and
+// removed when the test ends, also on failure.
 #pragma once
 
 #include "etcd_client.hpp"
@@ -26,12 +26,9 @@
 #include <thread>
 #include <vector>
 
-namespace tokenshm::test {
+namespace tokenshm::refresher::testing {
 
 using namespace std::chrono_literals;
-using refresher::CurlEtcdGateway;
-using refresher::EndpointUrl;
-using refresher::EtcdClient;
 
 inline constexpr const char* kEtcd = "/usr/bin/etcd";
 
@@ -60,26 +57,31 @@ inline EndpointUrl url(const std::string& text) {
 struct EtcdMember {
     std::string dir;
     std::string client_url;
+    std::vector<std::string> args;
     pid_t pid = -1;
 
-    EtcdMember() {
+    // `extra`: more etcd flags (--experimental-watch-progress-notify-interval=1s).
+    explicit EtcdMember(std::vector<std::string> extra = {}) {
         std::string tmpl = (std::filesystem::temp_directory_path() / "etcd_test.XXXXXX").string();
         REQUIRE(::mkdtemp(tmpl.data()) != nullptr);
         dir = tmpl;
         const std::string client = "http://127.0.0.1:" + std::to_string(free_port());
         const std::string peer = "http://127.0.0.1:" + std::to_string(free_port());
         client_url = client;
-        const std::vector<std::string> args = {kEtcd,         "--name",
-                                               "m0",          "--data-dir",
-                                               dir + "/data", "--listen-client-urls",
-                                               client,        "--advertise-client-urls",
-                                               client,        "--listen-peer-urls",
-                                               peer,          "--initial-advertise-peer-urls",
-                                               peer,          "--initial-cluster",
-                                               "m0=" + peer,  "--initial-cluster-state",
-                                               "new"};
-        pid = spawn(args, dir + "/etcd.log");
+        args = {kEtcd,         "--name",
+                "m0",          "--data-dir",
+                dir + "/data", "--listen-client-urls",
+                client,        "--advertise-client-urls",
+                client,        "--listen-peer-urls",
+                peer,          "--initial-advertise-peer-urls",
+                peer,          "--initial-cluster",
+                "m0=" + peer,  "--initial-cluster-state",
+                "new"};
+        args.insert(args.end(), extra.begin(), extra.end());
+        start();
     }
+    // Starts the member (again, after stop(): same ports, same data).
+    void start() { pid = spawn(args, dir + "/etcd.log"); }
     ~EtcdMember() {
         stop();
         std::filesystem::remove_all(dir);
@@ -152,4 +154,13 @@ inline std::unique_ptr<CurlEtcdGateway> gateway(std::vector<EndpointUrl> endpoin
     return std::move(*g);
 }
 
-}  // namespace tokenshm::test
+// A raw gateway call for what EtcdClient does not do (setting up auth).
+inline void admin(EtcdGateway& g, const std::string& path, const std::string& json,
+                  const Secret& token = Secret()) {
+    const GatewayAnswer a = g.post(path, WipedString(json), token);
+    INFO(path << " -> " << a.status << " " << a.body.view());
+    REQUIRE(a.outcome == GatewayAnswer::Outcome::answer);
+    REQUIRE(a.status == 200);
+}
+
+}  // namespace tokenshm::refresher::testing

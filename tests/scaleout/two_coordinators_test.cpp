@@ -22,7 +22,7 @@
 #include <thread>
 
 using namespace tokenshm::refresher;
-using namespace tokenshm::test;
+using namespace tokenshm::refresher::testing;
 using namespace std::chrono_literals;
 
 namespace {
