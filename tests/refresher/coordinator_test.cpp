@@ -77,6 +77,14 @@ std::string unb64(const rapidjson::Value& v) {
     return std::string(d->view());
 }
 
+// One host's coordinator on canned etcd answers, with seal key 1.
+struct Host {
+    FakeEtcdGateway gw;
+    EtcdClient etcd{gw};
+    const SealKey key = key_of(1);
+    Coordinator c{etcd, key, options()};
+};
+
 // Scripts and runs the first tick of a coordinator that wins: grant, no
 // leader key, campaign won at revision 20.
 void win(FakeEtcdGateway& gw, Coordinator& c, std::int64_t now_ms = 0) {
@@ -96,10 +104,8 @@ void check_clean(const std::string& message) {
 }  // namespace
 
 TEST_CASE("a campaign won: lease, leader key put with it only if absent", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c, 1000);
     REQUIRE(gw.sent.size() == 3);
     CHECK(gw.sent[0].path == "/v3/lease/grant");
@@ -135,10 +141,8 @@ TEST_CASE("a campaign won: lease, leader key put with it only if absent", "[coor
 }
 
 TEST_CASE("a campaign lost: the loser reads who leads and follows", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     gw.grant(kLease, 15);
     gw.range_empty();
     gw.txn(false, 21);  // someone won in between
@@ -160,10 +164,8 @@ TEST_CASE("a campaign lost: the loser reads who leads and follows", "[coordinato
 
 TEST_CASE("a follower reads the leader key every leader_check and campaigns when it is gone",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     gw.grant(kLease, 15);
     gw.range_one("/t/leader", kOtherLeader, 21, 21, kOtherLease, 21);  // a leader: no campaign
     CHECK(c.tick(at(0)) == Role::follower);
@@ -182,10 +184,8 @@ TEST_CASE("a follower reads the leader key every leader_check and campaigns when
 
 TEST_CASE("keepalive at a third of the TTL; a gone lease ends leadership at once",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.keepalive(kLease, 15);
     CHECK(c.tick(at(5000)) == Role::leader);
@@ -207,10 +207,8 @@ TEST_CASE("keepalive at a third of the TTL; a gone lease ends leadership at once
 
 TEST_CASE("keepalives failing: may_refresh stops first, the lease is dropped at its TTL",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.unreachable();
     CHECK(c.tick(at(5000)) == Role::leader);  // retried at the next tick
@@ -230,10 +228,8 @@ TEST_CASE("keepalives failing: may_refresh stops first, the lease is dropped at 
 }
 
 TEST_CASE("may_refresh is counted from the time the keepalive was SENT", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c, 0);
     gw.keepalive(kLease, 15);
     REQUIRE(c.tick(at(5000)) == Role::leader);  // sent at 5000
@@ -251,10 +247,8 @@ TEST_CASE("may_refresh is counted from the time the keepalive was SENT", "[coord
 
 TEST_CASE("a campaign whose answer was lost is unknown until the leader key is read",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     gw.grant(kLease, 15);
     gw.range_empty();
     gw.no_answer();
@@ -269,10 +263,8 @@ TEST_CASE("a campaign whose answer was lost is unknown until the leader key is r
 
 TEST_CASE("publish: sealed envelope, counter from etcd then counted, guarded by the leader key",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.range_empty();  // no publication yet: counter 1
     gw.txn(true, 22);
@@ -308,10 +300,8 @@ TEST_CASE("publish: sealed envelope, counter from etcd then counted, guarded by 
 }
 
 TEST_CASE("a new leader counts on from the counter found in etcd", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     const std::string previous = *seal_publication(key, "storage", 41, sample(41));
     gw.range_one("/t/cred/storage", previous, 5, 19, 0, 20);
@@ -322,10 +312,8 @@ TEST_CASE("a new leader counts on from the counter found in etcd", "[coordinator
 }
 
 TEST_CASE("a deposed leader's publish fails and it steps down", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.range_empty();
     gw.txn(false, 30);  // the leader key's create_revision is no longer 20
@@ -341,10 +329,8 @@ TEST_CASE("a deposed leader's publish fails and it steps down", "[coordinator]")
 
 TEST_CASE("a publish with no answer is unknown: stepped down until the leader key is read",
           "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.range_empty();
     gw.no_answer();
@@ -366,10 +352,8 @@ TEST_CASE("a publish with no answer is unknown: stepped down until the leader ke
 }
 
 TEST_CASE("an unreachable etcd at publish: nothing applied, leadership kept", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.range_empty();
     gw.unreachable();
@@ -503,10 +487,8 @@ TEST_CASE("a publication without a refresh token (client credentials) round-trip
 }
 
 TEST_CASE("resign revokes the lease", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     win(gw, c);
     gw.ok("");
     REQUIRE(c.resign().has_value());
@@ -516,10 +498,8 @@ TEST_CASE("resign revokes the lease", "[coordinator]") {
 }
 
 TEST_CASE("etcd down: failed calls wait leader_check, so a caller never spins", "[coordinator]") {
-    FakeEtcdGateway gw;
-    EtcdClient etcd(gw);
-    const SealKey key = key_of(1);
-    Coordinator c(etcd, key, options());
+    Host h;
+    auto& [gw, etcd, key, c] = h;
     gw.unreachable();
     CHECK(c.tick(at(0)) == Role::candidate);
     check_clean(c.status(at(0)).last_etcd_error);
