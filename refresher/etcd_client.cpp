@@ -85,18 +85,10 @@ Unexpected<EtcdError> fail(Kind kind, std::string message, int code = 0) {
 
 // ---- requests: JSON written straight into a wiped buffer -------------------
 
-// RapidJSON's output stream concept over a WipedString.
-struct WipedOut {
-    using Ch = char;
-    WipedString& out;
-    void Put(char c) { out.append(&c, 1); }
-    void Flush() {}
-};
-
 class Body {
   public:
     Body() : out_{text_}, w_(out_) { w_.StartObject(); }
-    rapidjson::Writer<WipedOut>& w() { return w_; }
+    rapidjson::Writer<WipedJsonOut>& w() { return w_; }
     void key(const char* k) { w_.Key(k); }
     void bytes(const char* k, std::string_view v) {
         WipedString b64;
@@ -116,8 +108,8 @@ class Body {
 
   private:
     WipedString text_;
-    WipedOut out_;
-    rapidjson::Writer<WipedOut> w_;
+    WipedJsonOut out_;
+    rapidjson::Writer<WipedJsonOut> w_;
 };
 
 const char* target_name(EtcdCompare::Target t) {

@@ -28,7 +28,8 @@ using JsonDocument =
 using JsonValue = JsonDocument::ValueType;
 
 // RapidJSON's output stream concept over a WipedString: a Writer<WipedJsonOut>
-// composes JSON that holds secrets without an unwiped copy (publication.cpp).
+// composes JSON that holds secrets without an unwiped copy (publication.cpp,
+// etcd_client.cpp's request bodies).
 struct WipedJsonOut {
     using Ch = char;
     WipedString& out;

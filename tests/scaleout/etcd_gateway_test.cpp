@@ -136,9 +136,9 @@ TEST_CASE("a real etcd: a paused member is no_answer, a stopped one unreachable"
     EtcdClient client(*gw);
     INFO(etcd.log_tail());
     REQUIRE(etcd.wait_ready(client));
-    REQUIRE(::kill(etcd.pid, SIGSTOP) == 0);
+    etcd.pause();
     const auto paused = client.range("/k");
-    ::kill(etcd.pid, SIGCONT);
+    etcd.resume();
     REQUIRE_FALSE(paused.has_value());
     CHECK(paused.error().kind == EtcdError::Kind::no_answer);
     CHECK(etcd.wait_ready(client));

@@ -106,6 +106,16 @@ struct EtcdMember {
         return p;
     }
 
+    // SIGSTOP, returning once every thread has stopped (waitpid reports the
+    // group stop): kill() alone returns while etcd may still answer a request.
+    void pause() {
+        REQUIRE(::kill(pid, SIGSTOP) == 0);
+        int status = 0;
+        REQUIRE(::waitpid(pid, &status, WUNTRACED) == pid);
+        REQUIRE(WIFSTOPPED(status));
+    }
+    void resume() { ::kill(pid, SIGCONT); }
+
     void stop() {
         if (pid <= 0) return;
         ::kill(pid, SIGCONT);

@@ -175,7 +175,8 @@ TEST_CASE(
     INFO("failover after " << std::chrono::duration_cast<std::chrono::milliseconds>(took).count()
                            << " ms");
     CHECK(took >= 5s - 100ms);  // never before the lease could have expired
-    CHECK(took < 5s + 2s);      // within the TTL, a leader_check and etcd's expiry sweep
+    // How soon after is etcd's expiry sweep and the machine's load: bounded by
+    // the loop's 10 s above, not asserted (no timing assertions in tests).
     CHECK(continued_from(*h.b) == "refresh-1");
     REQUIRE(h.b->publish("storage", grant_state(2), system_now()).has_value());
 
