@@ -65,10 +65,13 @@ LeaderIdentity read_identity(const EtcdKeyValue& kv) {
     rapidjson::Document d;
     d.Parse(kv.value.data(), kv.value.size());
     if (d.HasParseError() || !d.IsObject()) return id;
-    if (auto h = d.FindMember("host"); h != d.MemberEnd() && h->value.IsString())
+    // Through a const reference: clang rejects != on a Document's MemberIterator
+    // (-Wambiguous-reversed-operator under C++20), not on ConstMemberIterator.
+    const rapidjson::Value& obj = d;
+    if (auto h = obj.FindMember("host"); h != obj.MemberEnd() && h->value.IsString())
         id.host =
             printable_line(std::string_view(h->value.GetString(), h->value.GetStringLength()));
-    if (auto p = d.FindMember("pid"); p != d.MemberEnd() && p->value.IsInt64())
+    if (auto p = obj.FindMember("pid"); p != obj.MemberEnd() && p->value.IsInt64())
         id.pid = p->value.GetInt64();
     return id;
 }

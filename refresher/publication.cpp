@@ -135,9 +135,12 @@ Expected<Envelope, PublicationError> read_envelope(std::string_view text, std::s
     doc.Parse<rapidjson::kParseValidateEncodingFlag>(text.data(), text.size());
     if (doc.HasParseError() || !doc.IsObject())
         return fail(Kind::malformed, std::string(where) + ": not a tokenshm publication envelope");
-    const auto c = doc.FindMember("counter");
-    const auto s = doc.FindMember("sealed");
-    if (c == doc.MemberEnd() || !c->value.IsUint64() || s == doc.MemberEnd() ||
+    // Through a const reference: clang rejects == on a Document's MemberIterator
+    // (-Wambiguous-reversed-operator under C++20), not on ConstMemberIterator.
+    const auto& obj = static_cast<const JsonDocument::ValueType&>(doc);
+    const auto c = obj.FindMember("counter");
+    const auto s = obj.FindMember("sealed");
+    if (c == obj.MemberEnd() || !c->value.IsUint64() || s == obj.MemberEnd() ||
         !s->value.IsString())
         return fail(Kind::malformed,
                     std::string(where) + ": envelope without a counter or a sealed payload");
