@@ -85,31 +85,16 @@ Unexpected<EtcdError> fail(Kind kind, std::string message, int code = 0) {
 
 // ---- requests: JSON written straight into a wiped buffer -------------------
 
-class Body {
+class Body : public WipedJsonObject {
   public:
-    Body() : out_{text_}, w_(out_) { w_.StartObject(); }
-    rapidjson::Writer<WipedJsonOut>& w() { return w_; }
-    void key(const char* k) { w_.Key(k); }
     void bytes(const char* k, std::string_view v) {
         WipedString b64;
         append_base64(b64, v);
-        w_.Key(k);
-        w_.String(b64.data(), static_cast<rapidjson::SizeType>(b64.size()));
+        str(k, b64.view());
     }
     void int64(const char* k, std::int64_t v) {  // as a string: protobuf's JSON for int64
-        const std::string s = std::to_string(v);
-        w_.Key(k);
-        w_.String(s.c_str(), static_cast<rapidjson::SizeType>(s.size()));
+        str(k, std::to_string(v));
     }
-    WipedString done() {
-        w_.EndObject();
-        return std::move(text_);
-    }
-
-  private:
-    WipedString text_;
-    WipedJsonOut out_;
-    rapidjson::Writer<WipedJsonOut> w_;
 };
 
 const char* target_name(EtcdCompare::Target t) {

@@ -21,26 +21,12 @@ Unexpected<PublicationError> fail(Kind kind, std::string_view message) {
 
 // ---- writing: straight into a wiped buffer ---------------------------------
 
-class PayloadWriter {
+class PayloadWriter : public WipedJsonObject {
   public:
-    PayloadWriter() : out_{text_}, w_(out_) { w_.StartObject(); }
-    void str(const char* k, std::string_view v) {
-        w_.Key(k);
-        w_.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
-    }
     void i64(const char* k, std::int64_t v) {
-        w_.Key(k);
-        w_.Int64(v);
+        key(k);
+        w().Int64(v);
     }
-    WipedString done() {
-        w_.EndObject();
-        return std::move(text_);
-    }
-
-  private:
-    WipedString text_;
-    WipedJsonOut out_;
-    rapidjson::Writer<WipedJsonOut> w_;
 };
 
 WipedString encode_payload(const Publication& p) {

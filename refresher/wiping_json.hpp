@@ -9,8 +9,11 @@
 #include "wiping_heap.hpp"
 
 #include <rapidjson/document.h>
+#include <rapidjson/writer.h>
 
 #include <cstddef>
+#include <string_view>
+#include <utility>
 
 namespace tokenshm::refresher {
 
@@ -35,6 +38,31 @@ struct WipedJsonOut {
     WipedString& out;
     void Put(char c) { out.append(&c, 1); }
     void Flush() {}
+};
+
+// One JSON object written straight into a WipedString: opened when made,
+// closed by done(). The etcd client's request bodies and a publication's
+// payload (publication.cpp) add their own field writers on top.
+class WipedJsonObject {
+  public:
+    WipedJsonObject() : out_{text_}, w_(out_) { w_.StartObject(); }
+    WipedJsonObject(const WipedJsonObject&) = delete;
+    WipedJsonObject& operator=(const WipedJsonObject&) = delete;
+    rapidjson::Writer<WipedJsonOut>& w() { return w_; }
+    void key(const char* k) { w_.Key(k); }
+    void str(const char* k, std::string_view v) {
+        w_.Key(k);
+        w_.String(v.data(), static_cast<rapidjson::SizeType>(v.size()));
+    }
+    WipedString done() {
+        w_.EndObject();
+        return std::move(text_);
+    }
+
+  private:
+    WipedString text_;
+    WipedJsonOut out_;
+    rapidjson::Writer<WipedJsonOut> w_;
 };
 
 }  // namespace tokenshm::refresher
