@@ -26,6 +26,17 @@ Unexpected<CoordinationError> fail(CKind kind, std::string message) {
 // mark never opens as a publication, nor a publication as a mark.
 std::string mark_scope(std::string_view name) { return "sent/" + std::string(name); }
 
+// The daemon's loop waits for each etcd call (the client is synchronous):
+// short bounds keep its heartbeat (every 250 ms, readers allow 3 s) and its
+// control socket going while etcd is slow or gone. etcd on a LAN answers in
+// milliseconds; a call that fails is retried at the next leader_check.
+CurlEtcdGateway::Options daemon_gateway_options(const EtcdConfig& etcd) {
+    CurlEtcdGateway::Options o = CurlEtcdGateway::Options::from(etcd);
+    o.timeout = std::chrono::milliseconds(1000);
+    o.connect_timeout = std::chrono::milliseconds(500);
+    return o;
+}
+
 std::string who(const std::optional<LeaderIdentity>& id) {
     if (!id) return "nobody";
     return "host " + (id->host.empty() ? std::string("?") : id->host) + " pid " +
@@ -55,7 +66,7 @@ Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(const Coordination
         return Unexpected{RefresherError::config_error("coordination.seal_key_file: " +
                                                        key.error().message)};
     if (!gateway) {
-        auto curl = CurlEtcdGateway::create(CurlEtcdGateway::Options::from(cfg.etcd));
+        auto curl = CurlEtcdGateway::create(daemon_gateway_options(cfg.etcd));
         if (!curl)
             return Unexpected{
                 RefresherError::runtime_error("coordination.etcd: " + curl.error().message)};
@@ -68,7 +79,7 @@ Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(const Coordination
     o.pid = pid;
     std::unique_ptr<Fleet> f(
         new Fleet(std::move(gateway), cfg.etcd, std::move(*key), std::move(o), cfg.seal_key_file));
-    f->watch_options_ = CurlEtcdGateway::Options::from(cfg.etcd);
+    f->watch_options_ = daemon_gateway_options(cfg.etcd);
     return f;
 }
 
