@@ -260,6 +260,20 @@ TEST_CASE("a refresh token a crashed leader sent is held by its successor, never
     f.pump([] { return false; }, 2s);
     CHECK(b.transport.started == 0);
     CHECK(b.status().find("host-a") != std::string::npos);  // says who sent it
+
+    // A person runs tokenshm login on a third host: its refresher offers the
+    // new grant's refresh token to the held leader through etcd.
+    Host& c = f.add("host-c", std::nullopt);
+    REQUIRE(f.pump([&] { return c.status().find(R"("role":"follower")") != std::string::npos; }));
+    REQUIRE(StateStore(c.posix, c.cfg.state_dir).save("alpha", Secret("rt-new")));
+    CHECK(c.ask("token_stored").find(R"("action":"offered")") != std::string::npos);
+    REQUIRE(f.pump([&] { return b.status().find(R"("held":"")") != std::string::npos; }));
+    CHECK(b.saved_refresh_token() == "rt-new");
+    (void)b.ask("refresh");
+    REQUIRE(f.pump([&] { return b.sending(); }));
+    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-new") !=
+          std::string::npos);
+    CHECK(c.transport.started == 0);
 }
 
 TEST_CASE("a follower's refresh is asked of the leader through etcd; status and metrics say who leads",
