@@ -351,3 +351,45 @@ TEST_CASE("a leader cut off after saving a successor: once it restarts, the held
           std::string::npos);
     CHECK(a.transport.started == sent_before);  // the restarted host-a follows
 }
+
+TEST_CASE("a host with another seal key never sends and stands aside so that a host with the key leads",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    const std::string other_key = (f.root / "other.key").string();
+    std::ofstream(other_key) << std::string(32, 'O');
+    fs::permissions(other_key, fs::perms::owner_read | fs::perms::owner_write);
+    std::vector<std::string> lines;
+    set_log_sink([&](std::string_view l) { lines.emplace_back(l); });
+
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    Host& wrong = f.add("host-wrong", "rt-0", [&](Config& c) {
+        c.coordination->seal_key_file = other_key;
+    });
+    REQUIRE(f.pump([&] {
+        for (const auto& l : lines)
+            if (l.find("event=seal_refused") != std::string::npos) return true;
+        return false;
+    }));
+    Host& c = f.add("host-c", std::nullopt);
+    REQUIRE(f.pump([&] { return c.token() == "at-1"; }));
+    a.crash();
+    REQUIRE(f.pump([&] { return c.leads(); }, 40s));
+    (void)c.ask("refresh");
+    REQUIRE(f.pump([&] { return c.sending(); }));
+    CHECK(c.transport.body_for("auth.example.test").find("refresh_token=rt-1") != std::string::npos);
+    CHECK(wrong.transport.started == 0);
+    CHECK(wrong.token().empty());  // it never could open a publication
+    for (const auto& l : lines) {
+        if (l.find("seal_refused") == std::string::npos) continue;
+        CHECK(l.find(other_key) != std::string::npos);  // names the file
+        CHECK(l.find("rt-") == std::string::npos);      // never a value
+        CHECK(l.find("at-1") == std::string::npos);
+    }
+    set_log_sink([](std::string_view) {});
+}
