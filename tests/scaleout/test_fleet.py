@@ -1,0 +1,432 @@
+#!/usr/bin/python3
+"""The proof of issue 12 (point 8): three hosts, one grant, on a 3-member etcd.
+
+    test_fleet.py REFRESHER TOKENSHM [unittest args]
+
+A 3-member etcd cluster (/usr/bin/etcd, static --initial-cluster, free
+127.0.0.1 ports, data under a temporary directory), the test authorization
+server with reuse detection on (3-second tokens, refreshed after about one
+second) and three "hosts": each its own segment, state_dir, control_socket,
+refresher process and reader (chaos_reader.py: no torn read, versions never
+go back, every token one the server issued). The hosts share the
+credential, the `coordination` block (one prefix per test, lease_ttl_s 5)
+and the seal key (32 random bytes, mode 0600).
+
+The grant's first refresh token (minted per test) is in host 0's
+refresh_token_file only: hosts 1 and 2 have no refresh_token_file (the
+config allows that for a refresh_token grant; on one host it would mean
+`tokenshm login` first). Host 0 starts first and becomes leader; the others
+start once it has published, as an operator bootstrapping a fleet would.
+
+Each host's token endpoint is its own proxy in this process (fleet.py,
+TokenProxy) that records when each request arrived and when the server's
+answer came back: which host sent which request, and whether two hosts'
+requests ever overlapped. The sum over the proxies must equal the server's
+own count of token requests, so no request goes around them.
+
+TOKENSHM_FLEET_KILLS (default 50) sets how many times test_b SIGKILLs the
+leader.
+"""
+
+import base64
+import hashlib
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(HERE, "..", "integration"))
+
+KILLS = int(os.environ.get("TOKENSHM_FLEET_KILLS", "50"))
+# The harness reads its global deadline at import: make it fit the kills asked for.
+os.environ.setdefault("TOKENSHM_IT_DEADLINE", str(max(300, KILLS * 5 + 230)))
+
+import harness  # noqa: E402
+from harness import IntegrationTest, wait_for  # noqa: E402
+from fleet import ETCD, EtcdCluster, Host, TokenProxy, overlaps  # noqa: E402
+
+CLIENT_ID = "tokenshm-demo"
+CLIENT_SECRET = "demo-secret"
+CRED = "fleet"
+TOKEN_TTL_S = 3
+LEASE_TTL_S = 5
+# The leader refreshes only while (since its last keepalive + timeout_s + 1 s)
+# < lease_ttl_s: with 5 s and keepalives every 5/3 s, timeout_s 2 leaves room.
+TIMEOUT_S = 2
+# "Within one lease TTL" plus slack for a loaded 2-core VM: the lease ends at
+# most LEASE_TTL_S after the kill, then a campaign, a token request and a publish.
+FAILOVER_BOUND_S = 2 * LEASE_TTL_S + 2
+START_S = 30                      # a refresher to start, win or follow
+READER = os.path.join(HERE, "..", "reliability", "chaos_reader.py")
+EXPIRED = "6"                     # TOKENSHM_ERR_EXPIRED: an aged token, no failure
+
+
+def libtokenshm():
+    return os.environ.get("TOKENSHM_LIB") or os.path.join(harness.BUILD_DIR, "reader",
+                                                          "libtokenshm.so")
+
+
+class Fleet(IntegrationTest):
+    """One etcd cluster and one authorization server for the file; each test
+    has its own prefix, grant, hosts and readers."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.base = harness.Workspace("fleet")
+        # Under state/: the final scan skips it (three 64 MB write-ahead logs);
+        # what the hosts put in etcd is scanned from a dump (dump_etcd).
+        cls.etcd = EtcdCluster(os.path.join(cls.base.dir, "state", "etcd"), cls.base.logs)
+        cls.srv = cls.base.server("oidc", ["--access-ttl", str(TOKEN_TTL_S), "--test-control"])
+        harness.remember_basic(CLIENT_ID, CLIENT_SECRET)
+
+    @classmethod
+    def tearDownClass(cls):
+        cls.etcd.stop()
+        cls.base.stop_all()
+
+    def setUp(self):
+        super().setUp()
+        self.etcd.start_dead()
+        self.etcd.wait_healthy(60)
+        self.prefix = "/tokenshm/fleet/" + self._testMethodName
+        self.secret = self.ws.secret_file("client.secret", CLIENT_SECRET)
+        self.seal_key = self.seal_key_file("seal.key")
+        self.grant = self.ws.secret_file("grant.refresh", self.mint())
+        self.hosts, self.readers = [], []
+        self.stats0 = self.stats()
+        self.issued0 = len(self.issued_access_tokens(0))
+        self.addCleanup(self.stop_hosts)
+
+    def stop_hosts(self):
+        self.dump_etcd()
+        for _, p, _, _ in self.readers:
+            harness.stop_process(p, grace_s=10)
+        for h in self.hosts:
+            h.stop()
+            h.proxy.stop()
+            h.ws.remember_state()
+
+    def dump_etcd(self):
+        """Every key and value under the test's prefix into a log the final scan
+        reads: no token or refresh token may be in etcd in the clear."""
+        if not self.hosts or not self.etcd.healthy():
+            return
+        r = self.etcd.ctl("get", "--prefix", self.prefix)
+        with open(self.ws.log_path("etcd-dump.txt"), "w") as f:
+            f.write(r.stdout)
+
+    # ------------------------------------------------------------ the server
+    def stats(self):
+        with urllib.request.urlopen(self.srv.base + "/_test/stats", timeout=5) as r:
+            return json.loads(r.read())
+
+    def stats_delta(self, key):
+        return self.stats()[key] - self.stats0[key]
+
+    def mint(self):
+        req = urllib.request.Request(self.srv.base + "/_test/mint", method="POST",
+                                     data=json.dumps({"client_id": CLIENT_ID}).encode())
+        with urllib.request.urlopen(req, timeout=5) as r:
+            return json.loads(r.read())["refresh_token"]
+
+    def issued_access_tokens(self, start=None):
+        """Hex SHA-256 of each access token the server issued in this test, in order."""
+        out = []
+        with open(self.srv.issued_log) as f:
+            for line in f:
+                o = json.loads(line)
+                if o["kind"] == "access_token":
+                    out.append(hashlib.sha256(o["value"].encode()).hexdigest())
+        return out[self.issued0 if start is None else start:]
+
+    def assert_no_replay(self):
+        self.assertEqual(self.stats_delta("replays"), 0, "the server saw a refresh token replayed")
+        self.assertEqual(self.stats_delta("grants_revoked"), 0, "the server revoked the grant")
+
+    def assert_every_request_seen(self):
+        through = sum(len(h.requests()) for h in self.hosts)
+        self.assertEqual(through, self.stats_delta("token_requests"),
+                         "token requests reached the server other than through the hosts' proxies")
+
+    # ------------------------------------------------------------ hosts
+    def seal_key_file(self, name):
+        key = os.urandom(32)
+        for text in (key.hex(), base64.b64encode(key).decode()):
+            harness.remember(text)
+        path = os.path.join(self.ws.secrets, name)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(key)
+        return path
+
+    def credential(self, host, refresh_token_file):
+        c = harness.credential(CRED, CLIENT_ID, self.secret, endpoint=host.proxy.token_endpoint,
+                               grant="refresh_token", refresh_before_s=2, timeout_s=TIMEOUT_S,
+                               max_backoff_s=2)
+        if refresh_token_file:
+            c["refresh_token_file"] = refresh_token_file
+        return c
+
+    def coordination(self, seal_key_file):
+        return {"etcd": {"endpoints": self.etcd.client, "prefix": self.prefix,
+                         "lease_ttl_s": LEASE_TTL_S},
+                "seal_key_file": seal_key_file}
+
+    def add_host(self, refresh_token_file=None, seal_key_file=None):
+        i = len(self.hosts)
+        h = Host(i, TokenProxy(self.srv.base, f"host{i}"))
+        self.hosts.append(h)
+        h.write_config(self.credential(h, refresh_token_file),
+                       self.coordination(seal_key_file or self.seal_key))
+        return h
+
+    def start_fleet(self, n=3, readers=True):
+        """Host 0 (with the grant) first; the others once it has published."""
+        first = self.add_host(self.grant)
+        first.start()
+        self.wait_published(first, 0, START_S, "host 0 to win and publish")
+        for _ in range(n - 1):
+            self.add_host().start()
+        for h in self.hosts[1:]:
+            self.wait_event(h, "followed", 0, START_S, f"{h.name} to follow a publication")
+        if readers:
+            self.start_readers()
+
+    def wait_event(self, host, event, after, timeout_s, what):
+        def pred():
+            if not host.alive():
+                raise AssertionError(f"{host.name}'s refresher exited ({host.proc.returncode}) "
+                                     f"while waiting for {what}:\n{host.tail()}")
+            return [t for t, _ in host.events(event) if t > after]
+        return wait_for(pred, timeout_s, what)[0]
+
+    def wait_published(self, host, after, timeout_s, what):
+        return self.wait_event(host, "published_etcd", after, timeout_s, what)
+
+    def first_publication_after(self, t):
+        """(time, host) of the first `published_etcd` after t on any host, or None."""
+        found = [(pt, h) for h in self.hosts for pt, _ in h.events("published_etcd") if pt > t]
+        return min(found, key=lambda x: x[0]) if found else None
+
+    def leader(self):
+        """The host with the newest `published_etcd` of its current run."""
+        found = [(h.events("published_etcd")[-1][0], h) for h in self.hosts
+                 if h.alive() and h.events("published_etcd")]
+        if not found:
+            raise AssertionError("no host has published")
+        return max(found, key=lambda x: x[0])[1]
+
+    def assert_alive(self):
+        for h in self.hosts:
+            self.assertTrue(h.alive(), f"{h.name}'s refresher exited ({h.proc.returncode}):\n"
+                            f"{h.tail()}")
+
+    # ------------------------------------------------------------ readers
+    def start_readers(self):
+        for h in self.hosts:
+            out, seen = h.ws.log_path("reader.json"), h.ws.log_path("reader.seen")
+            with open(h.ws.log_path("reader.stderr"), "ab") as err:
+                p = harness.spawn(["/usr/bin/python3", READER, libtokenshm(), h.ws.segment, CRED,
+                                   self.srv.issued_log, out, seen], subprocess.DEVNULL, err)
+            self.readers.append((h, p, out, seen))
+        wait_for(lambda: all(self.seen(h) for h in self.hosts), 20,
+                 "every host's reader to read a token")
+
+    def seen(self, host):
+        for h, _, _, path in self.readers:
+            if h is host and os.path.exists(path):
+                with open(path) as f:
+                    return set(f.read().split())
+        return set()
+
+    def wait_every_host_read(self, tokens, timeout_s):
+        """Waits until every host's reader has read each of `tokens` (digests)."""
+        for h in self.hosts:
+            def missing(h=h):
+                return len(set(tokens) - self.seen(h))
+            try:
+                wait_for(lambda: missing() == 0, timeout_s, f"{h.name}'s reader")
+            except AssertionError:
+                self.fail(f"{h.name}'s segment never got {missing()} of the {len(tokens)} "
+                          "access tokens the leader got")
+
+    def stop_readers(self, allowed_errors=(EXPIRED,)):
+        """Stops the readers and checks every read they made."""
+        figs = {}
+        for h, p, out, _ in self.readers:
+            harness.stop_process(p, grace_s=10)
+            self.assertEqual(p.returncode, 0, f"{h.name}'s reader failed (see {out}.stderr)")
+            with open(out) as f:
+                figs[h.name] = json.load(f)
+        self.readers = []
+        for name, r in figs.items():
+            bad = {k: r[k] for k in ("torn", "version_backwards", "version_token_mismatch",
+                                     "expired_served") if r[k]}
+            bad.update({f"error {k}": v for k, v in r["errors"].items() if k not in allowed_errors})
+            self.assertEqual(bad, {}, f"{name}'s reader: bad reads")
+            self.assertGreater(r["ok"], 0, f"{name}'s reader never read a token")
+            self.assertLess(r["max_past_server_expiry_ms"], 1100,
+                            f"{name}'s reader was served a token the server had expired")
+        return figs
+
+    # ------------------------------------------------------------ tests
+    def test_0_infrastructure(self):
+        """The cluster elects, survives its raft leader's SIGKILL and takes it
+        back; a refresher without coordination gets tokens through a proxy."""
+        etcd = self.etcd
+        lead = wait_for(lambda: [etcd.leader_index()] if etcd.leader_index() is not None
+                        else None, 20, "an etcd raft leader")[0]
+        others = [c for i, c in enumerate(etcd.client) if i != lead]
+        etcd.kill9(lead)
+        key = self.prefix + "/probe"
+        wait_for(lambda: etcd.ctl("put", key, "after-kill", endpoints=others).returncode == 0, 20,
+                 "a write with the raft leader killed")
+        etcd.start(lead)
+        etcd.wait_healthy(30)
+        r = etcd.ctl("get", key, "--print-value-only", endpoints=[etcd.client[lead]])
+        self.assertEqual(r.stdout.strip(), "after-kill", "the restarted member lost the write")
+        etcd.pause(lead)  # a stopped member: the other two keep quorum
+        self.assertEqual(etcd.ctl("put", key, "paused", endpoints=others).returncode, 0,
+                         "a write with one member stopped")
+        etcd.resume(lead)
+        etcd.wait_healthy(30)
+        h = Host(0, TokenProxy(self.srv.base, "host0"))
+        self.hosts.append(h)
+        h.start(h.ws.config([self.credential(h, self.grant)], name="single.json"))
+        wait_for(lambda: h.token(CRED), START_S, "a token through the proxy (no coordination)")
+        digest = hashlib.sha256(h.token(CRED).encode()).hexdigest()
+        self.assertIn(digest, self.issued_access_tokens(), "the token is not one the server issued")
+        self.assertGreater(len(h.requests()), 0)
+        self.assert_every_request_seen()
+
+    def test_a_one_refresher_sends_and_every_host_gets_every_token(self):
+        self.start_fleet()
+        mark = len(self.issued_access_tokens())
+        wait_for(lambda: len(self.issued_access_tokens()) >= mark + 6, 30, "six more rotations")
+        tokens = self.issued_access_tokens()[mark:]
+        self.wait_every_host_read(tokens, 10)
+        senders = sorted(h.name for h in self.hosts if h.requests())
+        self.assertEqual(senders, ["host0"], "the hosts that sent token requests")
+        self.assert_every_request_seen()
+        for h in self.hosts:
+            want = "leader" if h.index == 0 else "follower"
+            self.assertEqual(h.role(), want, f"{h.name}'s last event=role")
+            refreshed = len(h.events("refreshed"))
+            self.assertEqual(refreshed > 0, h.index == 0, f"{h.name} logged {refreshed} refreshes")
+        self.assert_no_replay()
+        self.assertEqual(overlaps(h.proxy for h in self.hosts), [])
+        self.stop_readers(allowed_errors=())
+        self.check_status()
+
+    def check_status(self):
+        """The control socket's status names each host's role and the leader's pid."""
+        for h in self.hosts:
+            st = h.status()
+            self.assertIn("coordination", st, f"{h.name}: status has no coordination object")
+            c = st["coordination"]
+            self.assertEqual(c.get("role"), "leader" if h.index == 0 else "follower",
+                             f"{h.name}: status coordination.role")
+            self.assertEqual(c.get("leader_pid"), self.hosts[0].pid,
+                             f"{h.name}: status coordination.leader_pid")
+            self.assertEqual(c.get("etcd"), "ok", f"{h.name}: status coordination.etcd")
+
+    def test_b_sigkill_the_leader_again_and_again(self):
+        self.start_fleet()
+        failovers = []
+        for k in range(KILLS):
+            self.assert_alive()
+            leader = self.leader()
+            leader.kill9()
+            t_kill = time.time()
+            leader.start()  # as a supervisor would
+            t_pub, new = wait_for(lambda: self.first_publication_after(t_kill), FAILOVER_BOUND_S,
+                                  f"kill {k + 1}: a new leader to publish within "
+                                  f"{FAILOVER_BOUND_S}s (lease_ttl_s {LEASE_TTL_S} + slack)")
+            failovers.append(t_pub - t_kill)
+        held = sum(len(h.events("held", whole=True)) for h in self.hosts)
+        print(f"\nfleet: {KILLS} leader kills; failover median "
+              f"{statistics.median(failovers):.2f}s, max {max(failovers):.2f}s; "
+              f"{self.stats_delta('refresh_ok')} rotations; {held} held", flush=True)
+        self.assert_no_replay()
+        self.assertEqual(overlaps(h.proxy for h in self.hosts), [],
+                         "two hosts' token requests overlapped")
+        self.assert_every_request_seen()
+        self.stop_readers()
+
+    def test_c_sigstop_the_leader_past_its_lease(self):
+        self.start_fleet()
+        old = self.leader()
+        old.pause()
+        t_stop = time.time()
+        t_pub, new = wait_for(lambda: self.first_publication_after(t_stop), FAILOVER_BOUND_S,
+                              "another host to publish while the leader is stopped")
+        self.assertIsNot(new, old)
+        time.sleep(max(0.0, t_stop + LEASE_TTL_S + 3 - time.time()))  # past its lease, on purpose
+        old.resume()
+        t_cont = time.time()
+        wait_for(lambda: [t for t, _ in old.events("role") if t > t_cont] and
+                 old.role() != "leader", 15, "the old leader to log a role other than leader")
+        self.wait_published(new, t_cont + 2, 15, "the new leader to publish after the old woke")
+        self.assertEqual(old.requests_started(t_cont), [],
+                         "the old leader sent token requests after it woke")
+        self.assertEqual(self.leader(), new, "the new leader lost its place")
+        self.assertEqual(overlaps(h.proxy for h in self.hosts), [],
+                         "two hosts' token requests overlapped")
+        self.assert_no_replay()
+        self.assert_every_request_seen()
+        self.assert_alive()
+        self.stop_readers()
+
+    def test_d_etcd_member_killed_then_full_outage(self):
+        self.start_fleet()
+        etcd = self.etcd
+        etcd.kill9(0)  # the first endpoint every host tries
+        t = time.time()
+        for n in range(2):
+            t = self.wait_published(self.leader(), t, 15, f"publication {n + 1} with etcd m0 down")
+        etcd.start(0)
+        etcd.wait_healthy(30)
+        etcd.kill_all()
+        t_out = time.time()
+        time.sleep(max(TOKEN_TTL_S, LEASE_TTL_S) + 2)  # a full outage longer than a token lives
+        self.assert_alive()
+        late = [(h.name, round(r[0] - t_out, 2)) for h in self.hosts
+                for r in h.requests_started(t_out + 0.5)]
+        self.assertEqual(late, [], "token requests (host, seconds into the outage) without etcd")
+        etcd.start_dead()
+        t_back = time.time()
+        etcd.wait_healthy(60)
+        t_pub, _ = wait_for(lambda: self.first_publication_after(t_back), LEASE_TTL_S + 25,
+                            "a leader to publish after etcd came back")
+        self.wait_every_host_read(self.issued_access_tokens()[-1:], 15)
+        self.assert_no_replay()
+        self.assertEqual(overlaps(h.proxy for h in self.hosts), [])
+        self.stop_readers()
+
+    def test_e_a_wrong_seal_key_is_a_clear_error_never_a_replay(self):
+        good = self.add_host(self.grant)
+        good.start()
+        self.wait_published(good, 0, START_S, "host 0 to win and publish")
+        wrong_key = self.seal_key_file("wrong-seal.key")
+        # It has the grant's first refresh token too, spent by now: a host that
+        # falls back to it when it cannot unseal replays it.
+        wrong = self.add_host(self.grant, seal_key_file=wrong_key).start()
+        self.wait_event(wrong, "seal_refused", 0, START_S, "event=seal_refused")
+        refused = wrong.events("seal_refused")
+        self.assertIn(wrong_key, refused[0][1], "the seal_refused line does not name the file")
+        good.kill9()  # the wrong-key host is the only candidate for a lease and more
+        time.sleep(2 * LEASE_TTL_S + 2)
+        self.assertEqual(wrong.requests(), [], "the host with the wrong key sent token requests")
+        self.assert_no_replay()
+        print(f"\nfleet: wrong key: {len(wrong.events('seal_refused'))} seal_refused lines, "
+              f"last role {wrong.role()!r}", flush=True)
+
+
+if __name__ == "__main__":
+    if not os.access(ETCD, os.X_OK):
+        harness._skip(f"{ETCD} not found (Debian's etcd-server, installed by scripts/setup)")
+    harness.main()
