@@ -259,8 +259,10 @@ class Host:
             raise AssertionError(f"{self.name}: the refresher is already running")
         self.offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
         with open(self.log_path, "ab") as err:
-            self.proc = harness.spawn([harness.REFRESHER, "--config",
-                                       config_path or self.config_path], subprocess.DEVNULL, err)
+            # debug: the leader's published_etcd lines are debug.
+            argv = [harness.REFRESHER, "--config", config_path or self.config_path,
+                    "--log-level", "debug"]
+            self.proc = harness.spawn(argv, subprocess.DEVNULL, err)
         self.runs += 1
         return self
 
@@ -306,6 +308,10 @@ class Host:
             if f" event={event} " in line + " ":
                 out.append((harness.log_time(line), line))
         return out
+
+    def lines_with(self, text):
+        """Every line of the current run that contains `text`."""
+        return [line for line in self.run_log().splitlines() if text in line]
 
     def role(self):
         """The first word of the current run's last `event=role` detail (None: none yet)."""
