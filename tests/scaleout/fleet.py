@@ -120,6 +120,23 @@ class EtcdCluster:
     def wait_healthy(self, timeout_s):
         wait_for(self.healthy, timeout_s, "every etcd member healthy", interval_s=0.3)
 
+    def make_leader(self, i):
+        """Moves raft leadership to member i (etcdctl move-leader)."""
+        def moved():
+            lead = self.leader_index()
+            if lead == i:
+                return True
+            if lead is not None:
+                target = format(self.member_ids()[i], "x")
+                self.ctl("move-leader", target, endpoints=[self.client[lead]])
+            return False
+        wait_for(moved, 20, f"etcd member {self.names[i]} to become raft leader", interval_s=0.5)
+
+    def member_ids(self):
+        r = self.ctl("endpoint", "status", "-w", "json")
+        return [next(s["Status"]["header"]["member_id"] for s in json.loads(r.stdout)
+                     if s["Endpoint"] == c) for c in self.client]
+
     def leader_index(self):
         """The index of the member that is raft leader (None if none answers)."""
         r = self.ctl("endpoint", "status", "-w", "json")

@@ -12,11 +12,14 @@ go back, every token one the server issued). The hosts share the
 credential, the `coordination` block (one prefix per test, lease_ttl_s 5)
 and the seal key (32 random bytes, mode 0600).
 
-The grant's first refresh token (minted per test) is in host 0's
-refresh_token_file only: hosts 1 and 2 have no refresh_token_file (the
-config allows that for a refresh_token grant; on one host it would mean
-`tokenshm login` first). Host 0 starts first and becomes leader; the others
-start once it has published, as an operator bootstrapping a fleet would.
+Every host gets the same credential, as one configuration deployed to every
+host would: a copy of the grant's first refresh token (minted per test) in
+its own refresh_token_file. The refresher refuses to start a credential with
+no refresh token at all (state_dir or refresh_token_file), a follower too.
+After host 0's first refresh that token is spent: a host that ever sent its
+own copy instead of etcd's sealed successor would be a replay (test_e,
+test_f). Host 0 starts first and becomes leader; the others start once it
+has published, as an operator bootstrapping a fleet would.
 
 Each host's token endpoint is its own proxy in this process (fleet.py,
 TokenProxy) that records when each request arrived and when the server's
@@ -180,9 +183,13 @@ class Fleet(IntegrationTest):
                 "seal_key_file": seal_key_file}
 
     def add_host(self, refresh_token_file=None, seal_key_file=None):
+        """A host; `refresh_token_file` is copied into the host's own secrets."""
         i = len(self.hosts)
         h = Host(i, TokenProxy(self.srv.base, f"host{i}"))
         self.hosts.append(h)
+        if refresh_token_file:
+            with open(refresh_token_file) as f:
+                refresh_token_file = h.ws.secret_file("grant.refresh", f.read())
         h.write_config(self.credential(h, refresh_token_file),
                        self.coordination(seal_key_file or self.seal_key))
         return h
@@ -193,7 +200,7 @@ class Fleet(IntegrationTest):
         first.start()
         self.wait_published(first, 0, START_S, "host 0 to win and publish")
         for _ in range(n - 1):
-            self.add_host().start()
+            self.add_host(self.grant).start()
         for h in self.hosts[1:]:
             self.wait_event(h, "followed", 0, START_S, f"{h.name} to follow a publication")
         if readers:
@@ -414,11 +421,14 @@ class Fleet(IntegrationTest):
         without a live lease, or never campaigns again after the outage."""
         self.start_fleet()
         etcd = self.etcd
-        etcd.kill9(0)  # the first endpoint every host tries
-        t = time.time()
+        etcd.make_leader(0)
+        etcd.kill9(0)  # the raft leader, and the first endpoint every host tries
+        t_kill = t = time.time()
         for n in range(2):
-            t = wait_for(lambda: self.first_publication_after(t), 15,
+            t = wait_for(lambda: self.first_publication_after(t), FAILOVER_BOUND_S,
                          f"publication {n + 1} with etcd member m0 down")[0]
+        print(f"\nfleet: etcd raft leader killed: publications resumed after "
+              f"{self.publication_gap(t_kill - 5, t):.2f}s at most", flush=True)
         etcd.start(0)
         etcd.wait_healthy(30)
         etcd.kill_all()
@@ -440,6 +450,12 @@ class Fleet(IntegrationTest):
         self.stop_readers()
         self.assertEqual(status_seen, {h.name: True for h in self.hosts},
                          "hosts whose status said coordination.etcd != ok during the outage")
+
+    def publication_gap(self, start, end):
+        """The longest time between two publications (any host) in [start, end]."""
+        times = sorted(pt for h in self.hosts for pt, _ in h.events("published_etcd", whole=True)
+                       if start <= pt <= end)
+        return max((b - a for a, b in zip(times, times[1:])), default=0.0)
 
     def status_during_outage(self):
         """{host: True} when its control socket answered, during the outage, a
@@ -474,10 +490,33 @@ class Fleet(IntegrationTest):
         self.assertIn(wrong_key, refused[0], "the seal_refused line does not name seal_key_file")
         good.kill9()  # the wrong-key host is the only candidate for a lease and more
         time.sleep(2 * LEASE_TTL_S + 2)
-        self.assertEqual(wrong.requests(), [], "the host with the wrong key sent token requests")
+        self.assertEqual(len(wrong.requests()), 0, "token requests from the host with the wrong "
+                         f"key (statuses {[r[2] for r in wrong.requests()]})")
         self.assert_no_replay()
         print(f"\nfleet: wrong key: {len(wrong.lines_with('seal_refused'))} seal_refused lines, "
               f"last role {wrong.role()!r}", flush=True)
+
+
+    def test_f_a_host_back_alone_continues_from_etcd_not_its_state(self):
+        """A host down while the leader rotated the token, back when no other
+        host runs, wins at once and must continue from etcd's sealed refresh
+        token, not the spent one in its state directory. Fails if a new
+        leader goes on from its local token (a replay at the server)."""
+        self.start_fleet(n=2, readers=False)
+        first, second = self.hosts
+        second.kill9()
+        t = time.time()
+        for n in range(3):
+            t = self.wait_published(first, t, 15, f"rotation {n + 1} with host1 down")
+        first.kill9()
+        time.sleep(LEASE_TTL_S + 1)  # the dead leader's lease ends: host1 wins at once
+        t_back = time.time()
+        second.start()
+        self.wait_published(second, t_back, FAILOVER_BOUND_S + LEASE_TTL_S,
+                            "host1, back alone, to publish")
+        self.assert_no_replay()
+        self.assert_every_request_seen()
+
 
 
 if __name__ == "__main__":
