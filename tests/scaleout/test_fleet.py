@@ -218,7 +218,9 @@ class Fleet(IntegrationTest):
         return self.wait_event(host, "published_etcd", after, timeout_s, what)
 
     def first_publication_after(self, t):
-        """(time, host) of the first `published_etcd` after t on any host, or None."""
+        """(time, host) of the first `published_etcd` after t on any host, or
+        None; fails at once on a replay (the grant is gone, nothing follows)."""
+        self.assert_no_replay()
         found = [(pt, h) for h in self.hosts for pt, _ in h.events("published_etcd") if pt > t]
         return min(found, key=lambda x: x[0]) if found else None
 
@@ -319,11 +321,15 @@ class Fleet(IntegrationTest):
         follower misses publications (applies only the first, or coalesces)."""
         self.start_fleet()
         mark = len(self.issued_access_tokens())
-        wait_for(lambda: len(self.issued_access_tokens()) >= mark + 6, 30, "six more rotations")
+
+        def six_more():  # a second sender fails at once, not as a stalled grant
+            self.assertEqual(self.senders(), ["host0"], "the hosts that sent token requests")
+            self.assert_no_replay()
+            return len(self.issued_access_tokens()) >= mark + 6
+        wait_for(six_more, 30, "six more rotations")
         tokens = self.issued_access_tokens()[mark:]
         self.wait_every_host_read(tokens, 10)
-        senders = sorted(h.name for h in self.hosts if h.requests())
-        self.assertEqual(senders, ["host0"], "the hosts that sent token requests")
+        self.assertEqual(self.senders(), ["host0"], "the hosts that sent token requests")
         self.assert_every_request_seen()
         for h in self.hosts:
             want = "leader" if h.index == 0 else "follower"
@@ -334,6 +340,9 @@ class Fleet(IntegrationTest):
         self.assertEqual(overlaps(h.proxy for h in self.hosts), [])
         self.stop_readers(allowed_errors=())
         self.check_status()
+
+    def senders(self):
+        return sorted(h.name for h in self.hosts if h.requests())
 
     def check_status(self):
         """The control socket's status names each host's role and the leader's pid."""
