@@ -333,9 +333,12 @@ class Host:
     def role(self):
         """The first word of the current run's last `event=role` detail (None: none yet)."""
         roles = self.events("role")
-        if not roles:
-            return None
-        detail = roles[-1][1].split(" event=role", 1)[1].strip()
+        return self.role_word(roles[-1][1]) if roles else None
+
+    @staticmethod
+    def role_word(line):
+        """The first word of an `event=role` line's detail: leader, follower..."""
+        detail = line.split(" event=role", 1)[1].strip()
         return detail.split()[0] if detail else ""
 
     def status(self):
