@@ -271,7 +271,8 @@ class Host:
         self.config_path = self.ws.config([credential], name=name, coordination=coordination)
         return self.config_path
 
-    def start(self, config_path=None):
+    def start(self, config_path=None, fault=None):
+        """Starts the refresher; `fault`: its TOKENSHM_FAULT_KILL (fault_point.hpp)."""
         if self.proc is not None and self.proc.poll() is None:
             raise AssertionError(f"{self.name}: the refresher is already running")
         self.offset = os.path.getsize(self.log_path) if os.path.exists(self.log_path) else 0
@@ -279,7 +280,11 @@ class Host:
             # debug: the leader's published_etcd lines are debug.
             argv = [harness.REFRESHER, "--config", config_path or self.config_path,
                     "--log-level", "debug"]
-            self.proc = harness.spawn(argv, subprocess.DEVNULL, err)
+            env = dict(os.environ)
+            env.pop("TOKENSHM_FAULT_KILL", None)
+            if fault:
+                env["TOKENSHM_FAULT_KILL"] = fault
+            self.proc = harness.spawn(argv, subprocess.DEVNULL, err, env=env)
         self.runs += 1
         return self
 

@@ -12,14 +12,14 @@ go back, every token one the server issued). The hosts share the
 credential, the `coordination` block (one prefix per test, lease_ttl_s 5)
 and the seal key (32 random bytes, mode 0600).
 
-Every host gets the same credential, as one configuration deployed to every
-host would: a copy of the grant's first refresh token (minted per test) in
-its own refresh_token_file. The refresher refuses to start a credential with
-no refresh token at all (state_dir or refresh_token_file), a follower too.
-After host 0's first refresh that token is spent: a host that ever sent its
-own copy instead of etcd's sealed successor would be a replay (test_e,
-test_f). Host 0 starts first and becomes leader; the others start once it
-has published, as an operator bootstrapping a fleet would.
+The grant's first refresh token (minted per test) is in host 0's
+refresh_token_file only: hosts 1 and 2 have none (a coordinated host may
+start without one; it gets the grant from etcd). Host 0 starts first and
+becomes leader; the others start once it has published, as an operator
+bootstrapping a fleet would. After host 0's first refresh that token is
+spent: test_e gives it to the host with the wrong seal key, and in test_f a
+host's own state directory holds a spent one, so a host that ever sent its
+own instead of etcd's sealed successor is a replay at the server.
 
 Each host's token endpoint is its own proxy in this process (fleet.py,
 TokenProxy) that records when each request arrived and when the server's
@@ -65,7 +65,7 @@ TIMEOUT_S = 2
 # "Within one lease TTL" plus slack for a loaded 2-core VM: the lease ends at
 # most LEASE_TTL_S after the kill, then a campaign, a token request and a publish.
 FAILOVER_BOUND_S = 2 * LEASE_TTL_S + 2
-KILL_DELAY_S = (0.0, 1.1)         # from the new leader's first publication to its kill
+KILL_DELAY_S = (0.0, 0.6)         # from the leader's newest publication to its kill
 START_S = 30                      # a refresher to start, win or follow
 READER = os.path.join(HERE, "..", "reliability", "chaos_reader.py")
 EXPIRED = "6"                     # TOKENSHM_ERR_EXPIRED: an aged token, no failure
@@ -194,13 +194,14 @@ class Fleet(IntegrationTest):
                        self.coordination(seal_key_file or self.seal_key))
         return h
 
-    def start_fleet(self, n=3, readers=True):
-        """Host 0 (with the grant) first; the others once it has published."""
+    def start_fleet(self, n=3, readers=True, fault=None):
+        """Host 0 (with the grant) first; the others once it has published.
+        `fault`: host 0's TOKENSHM_FAULT_KILL."""
         first = self.add_host(self.grant)
-        first.start()
+        first.start(fault=fault)
         self.wait_published(first, 0, START_S, "host 0 to win and publish")
         for _ in range(n - 1):
-            self.add_host(self.grant).start()
+            self.add_host().start()
         for h in self.hosts[1:]:
             self.wait_event(h, "followed", 0, START_S, f"{h.name} to follow a publication")
         if readers:
@@ -362,8 +363,8 @@ class Fleet(IntegrationTest):
     def test_b_sigkill_the_leader_again_and_again(self):
         """SIGKILL the leader KILLS times, restarting it: a new leader
         publishes each time within the bound, the server sees no replay.
-        Fails if a new leader continues from its own (spent) local refresh
-        token instead of etcd's, or resends a token a dead leader sent."""
+        Kills fall anywhere outside a token request's window (sleep_to_kill_time).
+        Fails if a leader's death is not noticed, or no host campaigns again."""
         self.start_fleet()
         random.seed(SEED)
         print(f"\nfleet: {KILLS} kills, seed {SEED}", flush=True)
@@ -371,8 +372,7 @@ class Fleet(IntegrationTest):
         for k in range(KILLS):
             self.assert_alive()
             leader = self.leader()
-            # Anywhere in the ~1 s refresh cycle, its token request included.
-            time.sleep(random.uniform(*KILL_DELAY_S))
+            self.sleep_to_kill_time(leader)
             leader.kill9()
             t_kill = time.time()
             leader.start()  # as a supervisor would
@@ -388,17 +388,28 @@ class Fleet(IntegrationTest):
               f"{max(elections):.2f}s; to its publication median "
               f"{statistics.median(failovers):.2f}s, max {max(failovers):.2f}s; "
               f"{self.stats_delta('refresh_ok')} rotations; {held} held", flush=True)
-        # The restarted hosts follow again: each segment gets the newest token,
-        # taken after the leader published again (the last token a killed
-        # leader got may never have been published).
-        self.wait_published(self.leader(), time.time(), 10, "a publication after the last kill")
-        self.wait_every_host_read(self.issued_access_tokens()[-1:], 15)
+        # The restarted hosts follow again: each segment gets a token issued
+        # after the last kill (that each gets every token is test_a's claim).
+        mark = len(self.issued_access_tokens())
+        for h in self.hosts:
+            wait_for(lambda h=h: self.seen(h) & set(self.issued_access_tokens()[mark:]), 15,
+                     f"{h.name}'s segment to get a token issued after the last kill")
         self.assert_alive()
         self.assert_no_replay()
         self.assertEqual(overlaps(h.proxy for h in self.hosts), [],
                          "two hosts' token requests overlapped")
         self.assert_every_request_seen()
         self.stop_readers()
+
+    def sleep_to_kill_time(self, leader):
+        """Sleeps until a random moment at most KILL_DELAY_S[1] after the
+        leader's newest publication: min_interval_s (1 s) keeps its next token
+        request later than that, so the kill never falls between a sent mark
+        and its publication (that window holds the grant by design)."""
+        t_last = leader.events("published_etcd")[-1][0]
+        if time.time() > t_last + KILL_DELAY_S[1] - 0.1:
+            t_last = self.wait_published(leader, t_last, 10, "the leader's next publication")
+        time.sleep(max(0.0, t_last + random.uniform(*KILL_DELAY_S) - time.time()))
 
     def test_c_sigstop_the_leader_past_its_lease(self):
         """A leader paused past its lease (a stopped VM) is replaced and, on
@@ -540,6 +551,57 @@ class Fleet(IntegrationTest):
                             "host1, back alone, to publish")
         self.assert_no_replay()
         self.assert_every_request_seen()
+
+
+
+    def die_at_fault(self, host, restart=True):
+        """Waits for `host` to SIGKILL itself at its fault point; restarts it
+        without the fault, as a supervisor would. Returns the time of death."""
+        wait_for(lambda: not host.alive(), 30, f"{host.name} to reach its fault point")
+        t_dead = time.time()
+        self.assertEqual(host.proc.returncode, -9, f"{host.name} exited otherwise:\n{host.tail()}")
+        if restart:
+            host.start()
+        return t_dead
+
+    def held_after(self, t):
+        return [line for h in self.hosts for ht, line in h.events("held") if ht > t]
+
+    def test_g_leader_killed_after_saving_its_successor_is_rescued(self):
+        """The leader dies after saving a rotated refresh token and before
+        publishing it: the new leader finds the token it holds marked sent and
+        holds; the dead host, restarted after that, offers its successor and
+        the leader goes on with it. Fails on a replay (the marked token
+        resent) or a grant left held."""
+        self.start_fleet(readers=False, fault="after_rename_before_publish:5")
+        dead = self.hosts[0]
+        t_dead = self.die_at_fault(dead, restart=False)
+        held = wait_for(lambda: self.held_after(t_dead), FAILOVER_BOUND_S, "a new leader to hold")
+        self.assertIn(f"pid {dead.pid}", held[0], "the held line does not name the dead leader")
+        t_back = time.time()
+        dead.start()  # restarted late, so the held leader must take its rescue
+        wait_for(lambda: self.first_publication_after(t_back), FAILOVER_BOUND_S,
+                 "a publication after the restarted host offered its successor")
+        rescued = [line for h in self.hosts[1:] for _, line in h.events("rescued")]
+        self.assertTrue(rescued, "the held leader published without event=rescued")
+        self.assert_no_replay()
+        self.assert_every_request_seen()
+
+    def test_h_leader_killed_before_saving_its_successor_holds_never_replays(self):
+        """The leader dies after the server rotated the refresh token and
+        before saving the successor: it is lost (as on one host), so the new
+        leader must hold, naming the dead process, and nobody sends again.
+        Fails if a host resends the spent token (a replay, the grant revoked)."""
+        self.start_fleet(readers=False, fault="after_response_before_rename:5")
+        dead_pid = self.hosts[0].pid
+        t_dead = self.die_at_fault(self.hosts[0])
+        held = wait_for(lambda: self.held_after(t_dead), FAILOVER_BOUND_S, "a new leader to hold")
+        self.assertIn(f"pid {dead_pid}", held[0], "the held line does not name the dead leader")
+        self.hosts[0].ws.refresher_ran_for(2, "the fleet, held")
+        late = [(h.name, round(r[0] - t_dead, 2)) for h in self.hosts
+                for r in h.requests_started(t_dead)]
+        self.assertEqual(late, [], "token requests (host, seconds after the death) while held")
+        self.assert_no_replay()
 
 
 
