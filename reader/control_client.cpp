@@ -278,6 +278,8 @@ Expected<std::optional<Coordination>, Error> Reader::coordination(
         c.role = role->second;
         if (auto h = m->find("leader_host"); h != m->end()) c.leader_host = h->second;
         if (auto e = m->find("etcd"); e != m->end()) c.etcd = e->second;
+        c.seal = "ok";
+        if (auto k = m->find("seal"); k != m->end()) c.seal = k->second;
         if (!number(*m, "leader_pid", c.leader_pid) ||
             !number(*m, "lease_remaining_ms", c.lease_remaining_ms))
             return Unexpected{Error::refused};

@@ -609,7 +609,8 @@ void print_status_json(const StatusView& v) {
         o += ",\"coordination\":{\"role\":\"" + json_escape(c->role) + "\",\"leader_host\":\"" +
              json_escape(c->leader_host) + "\",\"leader_pid\":" + std::to_string(c->leader_pid) +
              ",\"lease_remaining_ms\":" + std::to_string(c->lease_remaining_ms) +
-             ",\"etcd\":\"" + json_escape(c->etcd) + "\"}";
+             ",\"etcd\":\"" + json_escape(c->etcd) + "\",\"seal\":\"" + json_escape(c->seal) +
+             "\"}";
     }
     o += ",\"credentials\":[";
     bool first = true;
@@ -654,9 +655,9 @@ void print_status_table(const StatusView& v) {
         const std::string leader =
             c->leader_pid == 0 ? std::string("none known")
                                : "host " + c->leader_host + " pid " + std::to_string(c->leader_pid);
-        std::printf("coordination: %s, leader %s, lease %s left, etcd %s\n", c->role.c_str(),
-                    leader.c_str(), human_duration(c->lease_remaining_ms).c_str(),
-                    json_escape(c->etcd).c_str());
+        std::printf("coordination: %s, leader %s, lease %s left, etcd %s, seal %s\n",
+                    c->role.c_str(), leader.c_str(), human_duration(c->lease_remaining_ms).c_str(),
+                    json_escape(c->etcd).c_str(), json_escape(c->seal).c_str());
     }
     std::printf("%-20s %-8s %-10s %-8s %-13s %-8s %-12s %s\n", "CREDENTIAL", "STATE", "EXPIRES IN",
                 "VERSION", "LAST REFRESH", "FAILURES", "NEXT REFRESH", "LAST ERROR");

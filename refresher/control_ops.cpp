@@ -47,6 +47,17 @@ void put_b(JsonWriter& w, const char* key, bool v) {
     w.Bool(v);
 }
 
+// The election as `status` and `coordination` answer it (no secret in it).
+// `seal`: "ok", or why a publication does not open here (another seal key).
+void put_coordination(JsonWriter& w, const CoordinatorStatus& c, const std::string& seal) {
+    put(w, "role", to_string(c.role));
+    put(w, "leader_host", c.leader ? c.leader->host : std::string());
+    put(w, "leader_pid", c.leader ? c.leader->pid : 0);
+    put(w, "lease_remaining_ms", c.lease_remaining_ms);
+    put(w, "etcd", c.last_etcd_error.empty() ? std::string("ok") : c.last_etcd_error);
+    put(w, "seal", seal.empty() ? std::string("ok") : seal);
+}
+
 // The parsed request, or the bad_request message.
 struct Request {
     std::string op;
@@ -198,16 +209,10 @@ std::string Daemon::answer_coordination() {
     JsonWriter w(b);
     w.StartObject();
     put_b(w, "ok", true);
-    if (!fleet_) {
+    if (!fleet_)
         put(w, "role", "alone");
-    } else {
-        const CoordinatorStatus c = fleet_->status(deps_.now());
-        put(w, "role", to_string(c.role));
-        put(w, "leader_host", c.leader ? c.leader->host : std::string());
-        put(w, "leader_pid", c.leader ? c.leader->pid : 0);
-        put(w, "lease_remaining_ms", c.lease_remaining_ms);
-        put(w, "etcd", c.last_etcd_error.empty() ? std::string("ok") : c.last_etcd_error);
-    }
+    else
+        put_coordination(w, fleet_->status(deps_.now()), last_seal_error_);
     w.EndObject();
     return b.GetString();
 }
@@ -227,14 +232,9 @@ std::string Daemon::answer_status() {
     w.EndObject();
     if (fleet_) {
         // SPEC's "tokenshm status" coordination line: role, leader, lease, etcd.
-        const CoordinatorStatus c = fleet_->status(now);
         w.Key("coordination");
         w.StartObject();
-        put(w, "role", to_string(c.role));
-        put(w, "leader_host", c.leader ? c.leader->host : std::string());
-        put(w, "leader_pid", c.leader ? c.leader->pid : 0);
-        put(w, "lease_remaining_ms", c.lease_remaining_ms);
-        put(w, "etcd", c.last_etcd_error.empty() ? std::string("ok") : c.last_etcd_error);
+        put_coordination(w, fleet_->status(now), last_seal_error_);
         w.EndObject();
     }
     w.Key("credentials");

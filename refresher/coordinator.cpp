@@ -301,9 +301,9 @@ Expected<std::optional<EtcdKeyValue>, CoordinationError> Coordinator::get(const 
     return std::optional<EtcdKeyValue>(std::move(r->kvs[0]));
 }
 
-Expected<Done, CoordinationError> Coordinator::put(const std::string& key, std::string_view value) {
-    EtcdTxn t;
-    t.success.push_back(EtcdOp::put(key, value));
+// An unguarded transaction (its compares only about its own keys): done,
+// or an etcd error noted for status().
+Expected<Done, CoordinationError> Coordinator::plain_txn(const EtcdTxn& t) {
     auto r = etcd_.txn(t);
     if (!r) {
         note(r.error());
@@ -311,6 +311,12 @@ Expected<Done, CoordinationError> Coordinator::put(const std::string& key, std::
     }
     last_error_.clear();
     return Done{};
+}
+
+Expected<Done, CoordinationError> Coordinator::put(const std::string& key, std::string_view value) {
+    EtcdTxn t;
+    t.success.push_back(EtcdOp::put(key, value));
+    return plain_txn(t);
 }
 
 Expected<EtcdRange, CoordinationError> Coordinator::list(const std::string& prefix) {
@@ -328,25 +334,13 @@ Expected<Done, CoordinationError> Coordinator::erase_unchanged(const std::string
     EtcdTxn t;
     t.compare.push_back(EtcdCompare::mod_revision_is(key, mod_revision));
     t.success.push_back(EtcdOp::erase(key));
-    auto r = etcd_.txn(t);
-    if (!r) {
-        note(r.error());
-        return fail(CKind::etcd, r.error().message);
-    }
-    last_error_.clear();
-    return Done{};
+    return plain_txn(t);
 }
 
 Expected<Done, CoordinationError> Coordinator::erase(const std::string& key) {
     EtcdTxn t;
     t.success.push_back(EtcdOp::erase(key));
-    auto r = etcd_.txn(t);
-    if (!r) {
-        note(r.error());
-        return fail(CKind::etcd, r.error().message);
-    }
-    last_error_.clear();
-    return Done{};
+    return plain_txn(t);
 }
 
 Expected<std::optional<FetchedPublication>, CoordinationError> Coordinator::fetch(

@@ -169,6 +169,11 @@ class Coordinator {
     // Follows, and does not campaign, until `until_ms` (CLOCK_MONOTONIC): a
     // host that cannot open what is published must not hold the leadership.
     void stand_aside_until(std::int64_t until_ms) noexcept { no_campaign_until_ms_ = until_ms; }
+    // The leader key went (a follower's watch saw it): read it, and
+    // campaign, at the next tick rather than at the next leader_check.
+    void check_leader_now() noexcept {
+        if (role_ != Role::leader) next_check_ms_ = 0;
+    }
 
     CoordinatorStatus status(Now now) const;
     Role role() const noexcept { return role_; }
@@ -185,6 +190,7 @@ class Coordinator {
     std::string leader_value() const;
     Expected<std::uint64_t, CoordinationError> next_counter(std::string_view name);
     void note(const EtcdError& e);
+    Expected<Done, CoordinationError> plain_txn(const EtcdTxn& t);
 
     EtcdClient& etcd_;
     const SealKey& key_;

@@ -204,6 +204,7 @@ class Daemon {
     std::set<std::string> etcd_dirty_;
     bool applying_ = false;  // a publication from etcd is being applied: not dirty
     std::string last_fleet_error_;
+    std::string last_seal_error_;  // a publication this host cannot open ("" after one it can)
 };
 
 }  // namespace tokenshm::refresher

@@ -141,9 +141,10 @@ void Daemon::continue_from_etcd(const std::string& name, Entry& e, Now now) {
     if (!c && c.error().kind == CoordinationError::Kind::publication) {
         // Another seal key, or a damaged publication: this host cannot
         // continue the grant, so it must not hold the leadership either.
+        last_seal_error_ = c.error().message + " (is seal_key_file " + fleet_->seal_key_file() +
+                           " the same on every host?)";
         log_event(Level::error, name, "seal_refused",
-                  c.error().message + " (is seal_key_file " + fleet_->seal_key_file() +
-                      " the same on every host?); standing aside as leader for " +
+                  last_seal_error_ + "; standing aside as leader for " +
                       std::to_string(kStandAsideMs / 1000) + " s");
         fleet_->stand_aside(now, kStandAsideMs);
         return;
@@ -230,10 +231,11 @@ void Daemon::follow_publications(Now now) {
     for (const CoordinationError& r : all->refused) {
         const std::string line = r.message + " (is seal_key_file " + fleet_->seal_key_file() +
                                  " the same on every host?)";
-        if (line == last_fleet_error_) continue;  // said once until it changes
-        last_fleet_error_ = line;
+        if (line == last_seal_error_) continue;  // said once until it changes
+        last_seal_error_ = line;
         log_event(Level::error, "", "seal_refused", line);
     }
+    if (all->refused.empty() && !all->publications.empty()) last_seal_error_.clear();
     for (FetchedPublication& p : all->publications) {
         auto it = entries_.find(p.name);
         if (it == entries_.end() || !it->second.cred || p.counter <= it->second.etcd_counter)

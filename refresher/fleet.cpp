@@ -248,7 +248,9 @@ void Fleet::start_watch(std::int64_t from_revision, Now now) {
     EtcdWatch::Options o;
     o.gateway = watch_options_;
     o.endpoint = watch_endpoint_++;
-    auto w = EtcdWatch::start(std::move(o), coord_->credentials_prefix(), from_revision, *token,
+    // The whole prefix: publications, and the leader key's deletion (a
+    // follower campaigns at once instead of at its next leader_check).
+    auto w = EtcdWatch::start(std::move(o), coord_->prefix() + "/", from_revision, *token,
                               now.mono_ms);
     if (!w) {
         log_event(Level::warn, "", "coordination_error", "watch: " + w.error().message);
@@ -264,6 +266,8 @@ std::optional<FetchedAll> Fleet::watched(Now now) {
     auto ok = watch_->step(now.mono_ms);
     FetchedAll out;
     for (EtcdWatchEvent& e : watch_->take_events()) {
+        if (e.kv.key == coord_->leader_key() && e.type == EtcdWatchEvent::Type::erase)
+            coord_->check_leader_now();
         if (e.type != EtcdWatchEvent::Type::put) continue;
         auto opened = coord_->open_event(e.kv);
         if (!opened) continue;

@@ -385,6 +385,16 @@ TEST_CASE("a host with another seal key never sends and stands aside so that a h
     CHECK(c.transport.body_for("auth.example.test").find("refresh_token=rt-1") != std::string::npos);
     CHECK(wrong.transport.started == 0);
     CHECK(wrong.token().empty());  // it never could open a publication
+    const std::string said = wrong.daemon->control_answer(R"({"op":"coordination"})");
+    CHECK(said.find(R"("seal":"ok")") == std::string::npos);  // status says why
+    CHECK(said.find(other_key) != std::string::npos);
+    CHECK(c.daemon->control_answer(R"({"op":"coordination"})").find(R"("seal":"ok")") !=
+          std::string::npos);
+    // Said once, and once per stand-aside (30 s), not once a pass.
+    std::size_t refused_lines = 0;
+    for (const auto& l : lines)
+        if (l.find("event=seal_refused") != std::string::npos) ++refused_lines;
+    CHECK(refused_lines <= 4);
     for (const auto& l : lines) {
         if (l.find("seal_refused") == std::string::npos) continue;
         CHECK(l.find(other_key) != std::string::npos);  // names the file

@@ -359,6 +359,14 @@ class Fleet(IntegrationTest):
             if h.index == 0:
                 self.assertTrue(0 < c.get("lease_remaining_ms", 0) <= LEASE_TTL_S * 1000,
                                 f"{h.name}: status coordination.lease_remaining_ms out of range")
+            # `tokenshm status` asks the refresher the same (point 7).
+            cli = h.ws.status().get("coordination", {})
+            self.assertEqual((cli.get("role"), cli.get("leader_pid")),
+                             (c.get("role"), c.get("leader_pid")),
+                             f"{h.name}: tokenshm status --json coordination")
+            table = h.ws.cli("status").stdout.decode(errors="replace")
+            self.assertIn(f"coordination: {c.get('role')}, leader host ", table,
+                          f"{h.name}: tokenshm status has no coordination line")
 
     def test_b_sigkill_the_leader_again_and_again(self):
         """SIGKILL the leader KILLS times, restarting it: a new leader

@@ -281,6 +281,7 @@ struct Coordination {
     std::int64_t leader_pid = 0;
     std::int64_t lease_remaining_ms = 0;  // this host's lease
     std::string etcd;                     // "ok", or the last etcd error (one line)
+    std::string seal;  // "ok", or why etcd's publications do not open here (another seal key)
 };
 
 class Reader {
