@@ -24,18 +24,24 @@ access token (compared by hash). A sample is, per follower and token, the time
 from the leader's segment showing it to that follower's segment showing it.
 Over the same window: the refreshers' CPU (utime + stime), etcd's CPU, the
 authorization server's counters (token requests, replays), and etcd's
-/metrics before and after, normalised per refresh and per hour.
+/metrics before and after, normalised per hour and per refresh.
+
+Then the same again from a fresh etcd and server with access tokens of an
+hour, windows of half the length: the idle fleet, whose load per hour
+(keepalives, watches) is what a credential costs besides its refreshes;
+`net_per_refresh` is a busy window's load beyond that idle rate, per refresh.
 
 Fails (exit 1, one line) on a replay, a failed token request, a refresher
 that exits, a secret in any log (tests/integration/harness.py's scan), or a
 follower that never shows the leader's tokens. Never on a timing.
 
 --json prints one JSON document on stdout (bench/run.py reads it); without
-it, a table. --smoke: N = 1 and 3, 5-second windows, under a minute.
+it, a table. --smoke: N = 1 and 3, windows of 5 s (idle 2.5 s), under a minute.
 Skips (exit 77, one line) when /usr/bin/etcd, node or the authorization
 server's node_modules are missing.
 """
 
+import functools
 import json
 import os
 import signal
@@ -57,6 +63,7 @@ CRED = "c"
 PREFIX = "/tokenshm/bench"
 LEASE_TTL_S = 15              # the default: what the cost figures are for
 ACCESS_TTL_S = 2              # with refresh_before_s 1: a refresh about every second
+IDLE_ACCESS_TTL_S = 3600      # idle windows: the next refresh is 48 min away
 TAIL_S = 2.0                  # tokens the leader showed this close to a window's end
                               # may still be on their way: no sample, not missed
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -209,9 +216,9 @@ def etcd_load(before, after, seconds, refreshes):
 # ---------------------------------------------------------------- the authorization server
 
 
-def start_authserver(ws):
+def start_authserver(ws, access_ttl_s):
     args, paths = ws.mint_args(CLIENT_ID)
-    server = ws.server("oidc", ["--access-ttl", str(ACCESS_TTL_S), "--test-control", *args])
+    server = ws.server("oidc", ["--access-ttl", str(access_ttl_s), "--test-control", *args])
     ws.remember_files(paths)
     return server, paths[0]
 
@@ -352,30 +359,43 @@ def summary(samples):
 # ---------------------------------------------------------------- one window
 
 
-def window(probe, leader, followers, etcd, server, seconds):
-    """One measuring window with these followers: propagation, CPU, etcd's load."""
-    hosts = [leader] + followers
-    p, ready_ns = run_probe(probe, hosts, seconds)
+def load_window(hosts, etcd, server, run):
+    """Calls run() and returns, over it, the refreshers' and etcd's CPU, the
+    authorization server's counters and etcd's load; run's result under "run"."""
     m0, st0, t0 = etcd.metrics(), server_stats(server), time.monotonic()
     cpu0 = [h.cpu_s() for h in hosts] + [cpu_s(etcd.proc.pid)]
-    result = finish_probe(p, seconds)
+    result = run()
     cpu1 = [h.cpu_s() for h in hosts] + [cpu_s(etcd.proc.pid)]
     m1, st1, wall = etcd.metrics(), server_stats(server), time.monotonic() - t0
     for h in hosts:
         h.check_alive()
-    samples, missed, early, tokens = propagation(result)
     cpu = [(b - a) / wall * 100 for a, b in zip(cpu0, cpu1)]
     refreshes = st1["refresh_ok"] - st0["refresh_ok"]
-    out = {"followers": len(followers), "window_s": round(wall, 1), "refreshes": refreshes,
-           "token_requests": st1["token_requests"] - st0["token_requests"],
-           "replays": st1["replays"] - st0["replays"],
-           "rejected": st1["rejected"] - st0["rejected"],
-           "tokens_in_leader_segment": tokens, "missed": missed, "before_leader": early,
-           "propagation": summary(samples),
-           "cpu_pct": {"leader": round(cpu[0], 2), "followers_total": round(sum(cpu[1:-1]), 2),
-                       "follower_mean": round(statistics.mean(cpu[1:-1]), 3),
-                       "follower_max": round(max(cpu[1:-1]), 2), "etcd": round(cpu[-1], 2)},
-           "etcd": etcd_load(m0, m1, wall, refreshes)}
+    return {"followers": len(hosts) - 1, "window_s": round(wall, 1), "refreshes": refreshes,
+            "token_requests": st1["token_requests"] - st0["token_requests"],
+            "replays": st1["replays"] - st0["replays"],
+            "rejected": st1["rejected"] - st0["rejected"],
+            "cpu_pct": {"leader": round(cpu[0], 2), "followers_total": round(sum(cpu[1:-1]), 2),
+                        "follower_mean": round(statistics.mean(cpu[1:-1]), 3),
+                        "follower_max": round(max(cpu[1:-1]), 2), "etcd": round(cpu[-1], 2)},
+            "etcd": etcd_load(m0, m1, wall, refreshes), "run": result}
+
+
+def busy_window(probe, hosts, etcd, server, seconds):
+    """A window with a refresh about every second: propagation, CPU, etcd's load."""
+    p, _ = run_probe(probe, hosts, seconds)
+    out = load_window(hosts, etcd, server, lambda: finish_probe(p, seconds))
+    samples, missed, early, tokens = propagation(out.pop("run"))
+    out.update({"tokens_in_leader_segment": tokens, "missed": missed, "before_leader": early,
+                "propagation": summary(samples)})
+    return out
+
+
+def idle_window(hosts, etcd, server, seconds):
+    """A window without a refresh (tokens of an hour): what holding the
+    election and the watches costs."""
+    out = load_window(hosts, etcd, server, lambda: time.sleep(seconds))
+    del out["run"]
     return out
 
 
@@ -401,9 +421,10 @@ def wait_hosts(hosts, pred, timeout_s, what):
                          ) from None
 
 
-def add_followers(followers, n, server, etcd, seal_hex):
-    new = [Host(f"f{i}", server, etcd, seal_hex) for i in range(len(followers) + 1, n + 1)]
-    followers += new
+def add_followers(hosts, n, server, etcd, seal_hex):
+    """Adds followers to `hosts` (the leader first) until it holds n hosts."""
+    new = [Host(f"f{i}", server, etcd, seal_hex) for i in range(len(hosts), n)]
+    hosts += new
     timeout = 60 + 0.5 * len(new)
     wait_hosts(new, lambda h: h.role() == "follower", timeout, "role follower")
     wait_hosts(new, Host.shows_token, timeout, "a token in their segment")
@@ -418,8 +439,8 @@ def stop_hosts(hosts):
         harness.stop_process(h.refresher.proc, grace_s=10)
 
 
-def start_leader(base, etcd):
-    server, refresh_file = start_authserver(base)
+def start_leader(base, etcd, access_ttl_s):
+    server, refresh_file = start_authserver(base, access_ttl_s)
     seal_hex = os.urandom(32).hex()  # 64 hex digits: a seal_key_file format
     harness.remember(seal_hex)
     leader = Host("leader", server, etcd, seal_hex, refresh_file)
@@ -428,27 +449,41 @@ def start_leader(base, etcd):
     return server, leader, seal_hex
 
 
-def measure(build, steps, seconds):
-    """Every window, in order of `steps` (numbers of followers)."""
-    probe = os.path.join(build, "bench", "propagation_probe")
+def measure(steps, seconds, window, access_ttl_s):
+    """A fresh etcd, authorization server (access tokens of access_ttl_s) and
+    leader; then, for each number of followers in `steps`, followers added and
+    window(hosts, etcd, server, seconds)."""
     base = harness.Workspace("prop")
     hosts, etcd, phases = [], None, []
     try:
         etcd = Etcd(base)
-        server, leader, seal_hex = start_leader(base, etcd)
+        server, leader, seal_hex = start_leader(base, etcd, access_ttl_s)
         hosts.append(leader)
-        followers = []
         for n in steps:
-            add_followers(followers, n, server, etcd, seal_hex)
-            hosts[1:] = followers
-            log(f"{n} followers: measuring for {seconds:g} s")
-            phases.append(window(probe, leader, followers, etcd, server, seconds))
+            add_followers(hosts, n + 1, server, etcd, seal_hex)
+            log(f"{n} followers: a window of {seconds:g} s, access tokens of {access_ttl_s} s")
+            phases.append(window(hosts, etcd, server, seconds))
     finally:
         stop_hosts(hosts)
         if etcd is not None:
             etcd.stop()
         harness.cleanup_all()
     return phases
+
+
+def net_per_refresh(busy, idle):
+    """etcd's work per refresh beyond what the same fleet does idle:
+    (busy's rate - idle's rate) x busy's window / refreshes, by key."""
+    out = {}
+    for b in busy:
+        i = next((x for x in idle if x["followers"] == b["followers"]), None)
+        if i is None or not b["refreshes"]:
+            continue
+        hours = b["window_s"] / 3600
+        out[str(b["followers"])] = {
+            k: round((v - i["etcd"]["per_hour"].get(k, 0)) * hours / b["refreshes"], 2)
+            for k, v in b["etcd"]["per_hour"].items()}
+    return out
 
 
 def no_secret_in_logs():
@@ -461,13 +496,14 @@ def no_secret_in_logs():
     return {"files": files, "values": values}
 
 
-def verdict(phases):
+def verdict(phases, idle):
     """Fails the run on what must never happen, whatever the timing."""
+    for p in phases + idle:
+        if p["replays"] or p["rejected"]:
+            raise BenchError(f"{p['followers']} followers: the server saw {p['replays']} "
+                             f"replays and {p['rejected']} rejected requests")
     for p in phases:
         n = p["followers"]
-        if p["replays"] or p["rejected"]:
-            raise BenchError(f"{n} followers: the server saw {p['replays']} replays and "
-                             f"{p['rejected']} rejected requests")
         if p["propagation"]["samples"] == 0:
             raise BenchError(f"{n} followers: no follower showed a token the leader published "
                              f"in the window ({p['tokens_in_leader_segment']} published)")
@@ -487,16 +523,22 @@ def etcd_version():
 def table(doc):
     lines = [f"etcd {doc['etcd_version']}, lease_ttl_s {doc['lease_ttl_s']}, "
              f"a refresh about every {doc['access_ttl_s'] / 2:g} s, windows of "
-             f"{doc['seconds']:g} s",
-             "followers | samples | median ms | p99 ms | max ms | missed | leader CPU % | "
-             "followers CPU % (mean) | etcd CPU % | refreshes | Txn/refresh | "
-             "watch events/refresh"]
+             f"{doc['seconds']:g} s (idle: {doc['seconds'] / 2:g} s)",
+             "followers | samples | median ms | p99 ms | max ms | missed | refreshes | "
+             "CPU % leader | followers (each) | etcd"]
     for p in doc["phases"]:
-        pr, c, e = p["propagation"], p["cpu_pct"], p["etcd"]["per_refresh"]
+        pr, c = p["propagation"], p["cpu_pct"]
         lines.append(f"{p['followers']} | {pr['samples']} | {pr.get('median_ms')} | "
-                     f"{pr.get('p99_ms')} | {pr.get('max_ms')} | {p['missed']} | {c['leader']} | "
-                     f"{c['followers_total']} ({c['follower_mean']}) | {c['etcd']} | "
-                     f"{p['refreshes']} | {e.get('grpc Txn')} | {e.get('watch_events_sent')}")
+                     f"{pr.get('p99_ms')} | {pr.get('max_ms')} | {p['missed']} | "
+                     f"{p['refreshes']} | {c['leader']} | {c['followers_total']} "
+                     f"({c['follower_mean']}) | {c['etcd']}")
+    for p in doc["idle"]:
+        c = p["cpu_pct"]
+        lines.append(f"idle, {p['followers']} followers: CPU % leader {c['leader']}, followers "
+                     f"{c['followers_total']}, etcd {c['etcd']}; etcd per hour "
+                     f"{json.dumps(p['etcd']['per_hour'])}")
+    for n, per in doc["net_per_refresh"].items():
+        lines.append(f"per refresh beyond idle, {n} followers: {json.dumps(per)}")
     return "\n".join(lines)
 
 
@@ -552,13 +594,15 @@ def main():
     harness.REFRESHER = os.path.join(a.build_dir, "refresher", "tokenshm-refresher")
     signal.signal(signal.SIGTERM, _abort)
     signal.signal(signal.SIGALRM, _abort)
-    signal.alarm(int(240 + len(a.steps) * (a.seconds + 60) + 2 * max(a.steps)))
+    signal.alarm(int(300 + len(a.steps) * (1.5 * a.seconds + 120) + 4 * max(a.steps)))
     workspaces = harness._workspaces
     try:
-        phases = measure(a.build_dir, a.steps, a.seconds)
+        probe = os.path.join(a.build_dir, "bench", "propagation_probe")
+        phases = measure(a.steps, a.seconds, functools.partial(busy_window, probe), ACCESS_TTL_S)
+        idle = measure(a.steps, a.seconds / 2, idle_window, IDLE_ACCESS_TTL_S)
         signal.alarm(0)
         scan = no_secret_in_logs()
-        verdict(phases)
+        verdict(phases, idle)
     except (BenchError, _Abort) as e:
         log(f"FAIL: {e} (work dirs kept: {' '.join(workspaces)})")
         return 1
@@ -569,7 +613,8 @@ def main():
         harness.shutil.rmtree(d, ignore_errors=True)
     doc = {"etcd_version": etcd_version(), "lease_ttl_s": LEASE_TTL_S,
            "access_ttl_s": ACCESS_TTL_S, "seconds": a.seconds, "smoke": a.smoke,
-           "secret_scan": scan, "phases": phases}
+           "secret_scan": scan, "phases": phases, "idle": idle,
+           "net_per_refresh": net_per_refresh(phases, idle)}
     print(json.dumps(doc) if a.json else table(doc))
     return 0
 
