@@ -385,9 +385,12 @@ def busy_window(probe, hosts, etcd, server, seconds):
     """A window with a refresh about every second: propagation, CPU, etcd's load."""
     p, _ = run_probe(probe, hosts, seconds)
     out = load_window(hosts, etcd, server, lambda: finish_probe(p, seconds))
-    samples, missed, early, tokens = propagation(out.pop("run"))
+    result = out.pop("run")
+    samples, missed, early, tokens = propagation(result)
+    # The probe's resolution: a token is seen within one pass of its arrival.
+    pass_us = (result["end_ns"] - result["ready_ns"]) / 1e3 / max(1, result["passes"])
     out.update({"tokens_in_leader_segment": tokens, "missed": missed, "before_leader": early,
-                "propagation": summary(samples)})
+                "propagation": summary(samples), "probe_pass_us": round(pass_us, 1)})
     return out
 
 
