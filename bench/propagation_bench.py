@@ -74,16 +74,31 @@ class BenchError(Exception):
     pass
 
 
+class TimedOut(BenchError):
+    pass
+
+
 def log(msg):
     print(f"propagation_bench: {msg}", file=sys.stderr, flush=True)
 
 
-def wait_for(pred, timeout_s, what):
-    """harness.wait_for, failing as a BenchError."""
-    try:
-        return harness.wait_for(pred, timeout_s, what, interval_s=0.05)
-    except AssertionError as e:
-        raise BenchError(str(e)) from None
+def wait_for(pred, timeout_s, what, interval_s=0.05):
+    """Polls pred() until it returns a truthy value. A BenchError from pred
+    (a refresher exited) ends the wait at once; OSError and ValueError (a
+    socket not there yet, half an answer) are retried."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while True:
+        try:
+            v = pred()
+            if v:
+                return v
+        except (OSError, ValueError) as e:
+            last = e
+        if time.monotonic() > deadline:
+            extra = f" (last error: {type(last).__name__}: {last})" if last else ""
+            raise TimedOut(f"timed out after {timeout_s:.0f} s waiting for {what}{extra}")
+        time.sleep(interval_s)
 
 
 # ---------------------------------------------------------------- etcd
@@ -413,8 +428,8 @@ def wait_hosts(hosts, pred, timeout_s, what):
         pending[:] = [h for h in pending if not pred(h)]
         return not pending
     try:
-        harness.wait_for(done, timeout_s, what, interval_s=0.1)
-    except AssertionError:
+        wait_for(done, timeout_s, what, interval_s=0.1)
+    except TimedOut:
         h = pending[0]
         st = h.status()
         raise BenchError(f"{len(pending)} of {len(hosts)} hosts not ready after {timeout_s:.0f} s "
