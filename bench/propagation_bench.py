@@ -267,7 +267,7 @@ class Host:
 
     def __init__(self, tag, server, etcd, seal_hex, refresh_token_file=None):
         self.tag = tag
-        self.ws = harness.Workspace(tag)
+        self.ws = harness.Workspace("propbench-" + tag)
         secret = self.ws.secret_file("client.secret", CLIENT_SECRET)
         seal = self.ws.secret_file("seal.key", seal_hex)
         extra = {"refresh_token_file": refresh_token_file} if refresh_token_file else {}
@@ -471,7 +471,7 @@ def measure(steps, seconds, window, access_ttl_s):
     """A fresh etcd, authorization server (access tokens of access_ttl_s) and
     leader; then, for each number of followers in `steps`, followers added and
     window(hosts, etcd, server, seconds)."""
-    base = harness.Workspace("prop")
+    base = harness.Workspace("propbench")
     hosts, etcd, phases = [], None, []
     try:
         etcd = Etcd(base)
