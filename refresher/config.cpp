@@ -837,6 +837,24 @@ void resolve_coordination(Config& cfg, const ConfigSources& sources) {
     }
 }
 
+// Coordinated, a leader sends a token request only when its answer is due
+// before the lease could end (Coordinator::may_refresh): a timeout_s near
+// lease_ttl_s would never let it send. Above two thirds of the TTL it is
+// lowered to that, with a warning naming the credential.
+void fit_timeouts_to_lease(Config& cfg) {
+    if (!cfg.coordination) return;
+    const auto most = std::chrono::seconds(cfg.coordination->etcd.lease_ttl.count() * 2 / 3);
+    for (CredentialConfig& c : cfg.credentials) {
+        if (c.timeout <= most) continue;
+        cfg.warnings.push_back("credentials: " + c.name + ": timeout_s " +
+                               std::to_string(c.timeout.count()) + " lowered to " +
+                               std::to_string(most.count()) +
+                               " (two thirds of coordination.etcd.lease_ttl_s): a leader must "
+                               "have its answer before its lease can end");
+        c.timeout = most;
+    }
+}
+
 // What needs the system: the group's id and the client secrets. Called only
 // once the whole document is valid.
 void resolve_from_system(Config& cfg, const std::vector<SecretSource>& secrets,
@@ -874,6 +892,7 @@ Config parse_document(const Value& root, const ConfigSources& sources) {
     std::vector<SecretSource> secrets;
     parse_credentials(m, cfg, secrets);
     cfg.coordination = parse_coordination(m);
+    fit_timeouts_to_lease(cfg);
     resolve_from_system(cfg, secrets, sources);
     resolve_coordination(cfg, sources);
     return cfg;
@@ -931,15 +950,6 @@ std::optional<gid_t> system_group_id(const std::string& name) {
 }
 
 }  // namespace
-
-Expected<Done, RefresherError> refuse_unbuilt_features(const Config& cfg) {
-    if (cfg.coordination) {
-        return Unexpected{RefresherError::config_error(
-            "coordination: running several hosts on etcd is not built yet in this version; "
-            "remove the coordination block to run this host alone (nothing is coordinated)")};
-    }
-    return Done{};
-}
 
 ConfigSources ConfigSources::system() {
     return ConfigSources{system_getenv, system_read_file, system_check_file, system_group_id};

@@ -143,10 +143,4 @@ Expected<Config, RefresherError> parse_config(
 Expected<Config, RefresherError> load_config(
     const std::string& path, const ConfigSources& sources = ConfigSources::system());
 
-// Until the election of issue 12 exists, a configuration with `coordination`
-// must not run: two hosts would each believe they were coordinated and both
-// refresh one grant. A config error naming the key, else Done. Every way a
-// configuration reaches the daemon (start, --check-config, SIGHUP) calls it.
-Expected<Done, RefresherError> refuse_unbuilt_features(const Config& cfg);
-
 }  // namespace tokenshm::refresher

@@ -184,6 +184,18 @@ std::string Daemon::answer_status() {
     put(w, "requests_in_flight", static_cast<std::int64_t>(deps_.transport->in_flight()));
     put_b(w, "stopping", draining_);
     w.EndObject();
+    if (fleet_) {
+        // SPEC's "tokenshm status" coordination line: role, leader, lease, etcd.
+        const CoordinatorStatus c = fleet_->status(now);
+        w.Key("coordination");
+        w.StartObject();
+        put(w, "role", to_string(c.role));
+        put(w, "leader_host", c.leader ? c.leader->host : std::string());
+        put(w, "leader_pid", c.leader ? c.leader->pid : 0);
+        put(w, "lease_remaining_ms", c.lease_remaining_ms);
+        put(w, "etcd", c.last_etcd_error.empty() ? std::string("ok") : c.last_etcd_error);
+        w.EndObject();
+    }
     w.Key("credentials");
     w.StartArray();
     for (const auto& [name, e] : entries_) {
@@ -207,6 +219,10 @@ std::string Daemon::answer_status() {
         put_b(w, "in_flight", e.cred->in_flight());
         put_b(w, "refresh_asked", e.refresh_asked);
         put_b(w, "reauth", e.cred->in_reauth());
+        if (fleet_) {
+            put_u(w, "etcd_counter", e.etcd_counter);
+            put(w, "held", e.held ? *e.held : std::string());
+        }
         put(w, "next_attempt_unix_ms", now.unix_ms + std::max<std::int64_t>(0, next));
         put(w, "backoff_ms", p.failures > 0 ? std::max<std::int64_t>(0, next) : 0);
         w.EndObject();

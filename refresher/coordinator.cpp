@@ -252,31 +252,76 @@ Expected<std::uint64_t, CoordinationError> Coordinator::publish(std::string_view
     if (!counter) return Unexpected{counter.error()};
     auto sealed = seal_publication(key_, name, *counter, p);
     if (!sealed) return fail(sealed.error());
+    if (auto put = put_guarded(credential_key(name), *sealed, now); !put) {
+        CoordinationError e = std::move(put).error();
+        e.message = "publish " + quote(name) + ": " + e.message;
+        return Unexpected{std::move(e)};
+    }
+    counters_[std::string(name)] = *counter;
+    return *counter;
+}
+
+Expected<Done, CoordinationError> Coordinator::put_guarded(const std::string& key,
+                                                          std::string_view value, Now now) {
+    if (lease_id_ != 0 && now.mono_ms - keepalive_sent_ms_ >= lease_ttl_ms_) lose_lease();
+    if (role_ != Role::leader || !leader_)
+        return fail(CKind::not_leader, std::string("not the leader (") + to_string(role_) + ")");
     EtcdTxn t;
     t.compare.push_back(EtcdCompare::create_revision_is(leader_key_, leader_->create_revision));
-    t.success.push_back(EtcdOp::put(credential_key(name), *sealed));
+    t.success.push_back(EtcdOp::put(key, value));
     auto r = etcd_.txn(t);
     if (!r) {
         note(r.error());
         const auto k = r.error().kind;
         if (k == EtcdError::Kind::no_answer || k == EtcdError::Kind::bad_answer) {
             step_down(Role::unknown);
-            return fail(CKind::unknown, "publish " + quote(name) +
-                                            ": outcome unknown, stepped down until the leader "
-                                            "key is read (" +
-                                            r.error().message + ")");
+            return fail(CKind::unknown,
+                        "outcome unknown, stepped down until the leader key is read (" +
+                            r.error().message + ")");
         }
-        return fail(CKind::etcd, "publish " + quote(name) + ": " + r.error().message);
+        return fail(CKind::etcd, r.error().message);
     }
     last_error_.clear();
     if (!r->succeeded) {
         step_down(Role::candidate);
-        return fail(CKind::deposed, "publish " + quote(name) +
-                                        ": deposed (the leader key is no longer ours), stepped "
-                                        "down");
+        return fail(CKind::deposed, "deposed (the leader key is no longer ours), stepped down");
     }
-    counters_[std::string(name)] = *counter;
-    return *counter;
+    return Done{};
+}
+
+Expected<std::optional<EtcdKeyValue>, CoordinationError> Coordinator::get(const std::string& key) {
+    auto r = etcd_.range(key);
+    if (!r) {
+        note(r.error());
+        return fail(CKind::etcd, r.error().message);
+    }
+    last_error_.clear();
+    if (r->kvs.empty()) return std::optional<EtcdKeyValue>();
+    return std::optional<EtcdKeyValue>(std::move(r->kvs[0]));
+}
+
+Expected<Done, CoordinationError> Coordinator::put(const std::string& key, std::string_view value) {
+    EtcdTxn t;
+    t.success.push_back(EtcdOp::put(key, value));
+    auto r = etcd_.txn(t);
+    if (!r) {
+        note(r.error());
+        return fail(CKind::etcd, r.error().message);
+    }
+    last_error_.clear();
+    return Done{};
+}
+
+Expected<Done, CoordinationError> Coordinator::erase(const std::string& key) {
+    EtcdTxn t;
+    t.success.push_back(EtcdOp::erase(key));
+    auto r = etcd_.txn(t);
+    if (!r) {
+        note(r.error());
+        return fail(CKind::etcd, r.error().message);
+    }
+    last_error_.clear();
+    return Done{};
 }
 
 Expected<std::optional<FetchedPublication>, CoordinationError> Coordinator::fetch(

@@ -122,6 +122,11 @@ class Coordinator {
     // Leader, and a request of `request_timeout` sent now ends before the
     // lease could expire: (now - last keepalive sent) + timeout + margin < TTL.
     bool may_refresh(Now now, std::chrono::milliseconds request_timeout) const noexcept;
+    // A keepalive now, out of turn (a leader about to send whose lease has
+    // too little left for the request); nothing without a lease.
+    void renew(Now now) {
+        if (lease_id_ != 0) keep_alive(now);
+    }
 
     // Publishes `p` for credential `name`, sealed, with the next counter, in
     // one transaction guarded by our leader key's create_revision. Returns
@@ -129,6 +134,17 @@ class Coordinator {
     // leadership ends at once.
     Expected<std::uint64_t, CoordinationError> publish(std::string_view name, const Publication& p,
                                                        Now now);
+
+    // Puts `value` under `key` in one transaction guarded by our leader key's
+    // create_revision, as publish() does (the sent marks, fleet.hpp). Errors
+    // as publish(): deposed and unknown end leadership at once.
+    Expected<Done, CoordinationError> put_guarded(const std::string& key, std::string_view value,
+                                                  Now now);
+    // One key's value (nullopt: absent), and its removal; unguarded.
+    Expected<std::optional<EtcdKeyValue>, CoordinationError> get(const std::string& key);
+    Expected<Done, CoordinationError> erase(const std::string& key);
+    Expected<Done, CoordinationError> put(const std::string& key, std::string_view value);
+    const std::string& prefix() const noexcept { return opt_.prefix; }
 
     // The publication of `name` (nullopt when there is none), or of every
     // credential under the prefix, opened with the seal key. A follower

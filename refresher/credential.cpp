@@ -178,7 +178,7 @@ void CredentialRefresher::continue_after_reload(const CredentialRefresher& from,
     changed();
 }
 
-std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
+std::optional<HttpRequest> CredentialRefresher::poll(Now now, const Hold* hold) {
     follow_wall_clock(now);
     const std::int64_t now_ms = now.mono_ms;
     expire_if_due(now_ms);
@@ -193,6 +193,10 @@ std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
     }
 
     if (in_flight() || reauth_ || now_ms < next_attempt_ms_) return std::nullopt;
+    if (hold) {
+        hold_overdue(now_ms, *hold);
+        return std::nullopt;
+    }
     if (cfg_.grant == Grant::refresh_token && !refresh_token_) {
         fail(now_ms, FailureKind::reauth, no_token_reason_, std::nullopt, "reauth");
         return std::nullopt;
@@ -214,6 +218,35 @@ std::optional<HttpRequest> CredentialRefresher::poll(Now now) {
     in_flight_ = Request::token;
     last_sent_ms_ = now_ms;
     return std::move(*request);
+}
+
+void CredentialRefresher::hold_overdue(std::int64_t now_ms, const Hold& hold) {
+    if (pub_.state != shm::RecordState::valid || now_ms < next_attempt_ms_ + hold.grace_ms) return;
+    pub_.state = shm::RecordState::stale;
+    pub_.last_error = printable_line(hold.why);
+    changed();
+}
+
+void CredentialRefresher::follow(const Published& record, std::optional<Secret> refresh_token,
+                                 Now now) {
+    follow_wall_clock(now);
+    const auto mono_of = [offset = *wall_offset_ms_](std::int64_t unix_ms) {
+        return saturating_sub(unix_ms, offset);
+    };
+    const std::uint64_t version = pub_.version;
+    pub_ = record;
+    pub_.version = version;
+    expires_at_ms_ = record.access_token.empty() ? 0 : mono_of(record.expires_at_ms);
+    next_attempt_ms_ = record.next_refresh_ms > 0
+                           ? std::max(now.mono_ms, mono_of(record.next_refresh_ms))
+                           : now.mono_ms;
+    reauth_ = false;
+    rt_refused_ = false;
+    if (refresh_token) {
+        response_at_ = std::chrono::steady_clock::now();
+        adopt_refresh_token(std::move(*refresh_token), now.mono_ms);
+    }
+    changed();
 }
 
 void CredentialRefresher::on_response(const HttpResponse& response, Now now) {

@@ -87,9 +87,24 @@ class CredentialRefresher {
     // state: the control socket tells clients (not_before_unix_ms, status).
     std::int64_t next_attempt_ms() const noexcept { return next_attempt_ms_; }
 
+    // Why a credential may not send now (coordination: this host is not the
+    // leader, or its lease is too short), and how long past its refresh time
+    // it stays `valid` before it shows `stale` with `why` as its last error.
+    struct Hold {
+        std::string_view why;
+        std::int64_t grace_ms = 0;
+    };
     // Updates time-driven state (expiry) and returns the request to send now,
-    // if one is due. The caller must hand the response to on_response().
-    std::optional<HttpRequest> poll(Now now);
+    // if one is due and `hold` is null. The caller must hand the response to
+    // on_response().
+    std::optional<HttpRequest> poll(Now now, const Hold* hold = nullptr);
+    // A token request (not discovery) is in flight.
+    bool sending_token() const noexcept { return in_flight_ == Request::token; }
+    // Coordination, a follower: serves what the leader published (its record,
+    // `record.version` aside) on the leader's schedule, and takes its refresh
+    // token (saved like a rotation; the one it replaces is spent), so that
+    // it can continue the grant if it leads one day.
+    void follow(const Published& record, std::optional<Secret> refresh_token, Now now);
     void on_response(const HttpResponse& response, Now now);
 
     // Refresh as soon as allowed: not before min_interval_s after the last
@@ -152,6 +167,8 @@ class CredentialRefresher {
     // `msg` with every secret this credential knows replaced by [redacted].
     std::string redact(std::string msg) const;
     void expire_if_due(std::int64_t now_ms);
+    // Held past its refresh time by more than the hold's grace: `stale`.
+    void hold_overdue(std::int64_t now_ms, const Hold& hold);
     // Notices a step of the wall clock and re-expresses what is published.
     void follow_wall_clock(Now now);
     // The Unix ms to publish for a monotonic instant.

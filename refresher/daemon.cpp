@@ -2,6 +2,7 @@
 
 #include "fault_point.hpp"
 #include "log.hpp"
+#include "regular_file.hpp"
 
 #include <malloc.h>
 #include <sys/signalfd.h>
@@ -50,6 +51,16 @@ shm::SegmentSpec segment_spec(const Config& c, bool control_socket) {
 // The control socket's directory (/run/tokenshm by default), made when
 // missing, one level and mode 0755, as systemd's RuntimeDirectory= would:
 // without it a refresher started by hand (the quick start) could not listen.
+// Whether the state directory or refresh_token_file holds a refresh token
+// for `c` (or may: an unreadable one is left to obtain_refresh_token to name).
+bool has_local_refresh_token(StateStore& store, const CredentialConfig& c) {
+    auto stored = store.read_state(c.name);
+    if (!stored || *stored) return true;
+    if (!c.refresh_token_file) return false;
+    auto ok = check_regular_file(*c.refresh_token_file);
+    return ok || ok.error().err != ENOENT;
+}
+
 Expected<Done, RefresherError> make_socket_dir(const std::string& socket_path) {
     const auto slash = socket_path.rfind('/');
     if (slash == std::string::npos || slash == 0) return Done{};
@@ -83,6 +94,7 @@ Expected<std::unique_ptr<Daemon>, RefresherError> Daemon::start(Config cfg, Daem
                                                  log_event(Level::warn, cred, "state_dir", msg);
                                              });
     if (auto r = d->store_->prepare(); !r) return Unexpected{r.error()};
+    if (auto r = d->start_fleet(); !r) return Unexpected{r.error()};
 
     std::vector<std::string> repaired;
     auto seg = shm::WriterSegment::create_or_attach(segment_spec(d->cfg_, d->deps_.control_socket),
@@ -127,7 +139,13 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
     const CredentialConfig& c, const std::optional<Secret>& carried) {
     std::optional<Secret> rt = carried;
     std::string no_token_reason;  // the token it would use is spent
-    if (!rt && c.grant == Grant::refresh_token) {
+    if (!rt && c.grant == Grant::refresh_token && cfg_.coordination &&
+        !has_local_refresh_token(*store_, c)) {
+        // Coordinated: the grant's refresh token comes from etcd (followed).
+        no_token_reason =
+            "no refresh token on this host yet: it takes the grant's from etcd when the leader "
+            "publishes, or run tokenshm login --config FILE " + c.name + " on one host";
+    } else if (!rt && c.grant == Grant::refresh_token) {
         auto loaded = obtain_refresh_token(*store_, c.name, c.refresh_token_file);
         if (!loaded) return Unexpected{std::move(loaded).error()};
         rt = std::move(loaded->token);
@@ -139,7 +157,10 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
         [store](std::string_view name, const Secret& t, const Rotation& r) {
             return store->save(name, t, r);
         },
-        deps_.random01, [this, name = c.name] { changed_.insert(name); });
+        deps_.random01, [this, name = c.name] {
+            changed_.insert(name);
+            if (fleet_ && !applying_) etcd_dirty_.insert(name);  // a leader's own change
+        });
     if (!no_token_reason.empty()) {
         metrics_.replay_refused(c.name);  // the ledger kept a spent token from being sent
         cred->set_no_refresh_token_reason(std::move(no_token_reason));
@@ -222,6 +243,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
     Now now = deps_.now();
     check_segment(now);
     if (stop_) return;
+    drive_fleet(now);
     std::int64_t next = now.mono_ms + std::min<std::int64_t>(max_wait.count(), kMaxWaitMs);
     next = std::min(next, poll_credentials(now));
     publish_changed();
@@ -253,6 +275,7 @@ void Daemon::step(std::chrono::milliseconds max_wait, int wake_fd) {
         apply_pending(e->second);
     }
     publish_changed();
+    publish_to_etcd(now);
     trim_heap_after_burst();
     seg_->heartbeat(now.unix_ms);
     last_heartbeat_ms_ = now.mono_ms;
@@ -283,9 +306,13 @@ std::int64_t Daemon::poll_credentials(Now now) {
     std::int64_t next = std::numeric_limits<std::int64_t>::max();
     for (auto& [name, e] : entries_) {
         if (!e.cred || draining_) continue;
+        const std::optional<std::string> held = fleet_hold(name, e, now);
         if (e.pending || wall_moved || now.mono_ms >= e.cred->next_action_ms()) {
             apply_pending(e);
-            if (auto req = e.cred->poll(now)) {
+            const CredentialRefresher::Hold hold{held ? std::string_view(*held) : "",
+                                                 2 * fleet_lease_ms()};
+            auto req = e.cred->poll(now, held ? &hold : nullptr);
+            if (req && mark_before_send(name, e, now)) {
                 const std::uint64_t id = next_request_id_++;
                 requests_[id] = name;
                 metrics_.request_started(id, name, *req, now.mono_ms);
@@ -293,7 +320,9 @@ std::int64_t Daemon::poll_credentials(Now now) {
             }
         }
         if (e.pending) walk_all_ = true;  // waits for its answer to land
-        next = std::min(next, e.cred->next_action_ms());
+        // Held, a due credential is looked at again soon, not in a spin.
+        next = std::min(next, held ? std::max(e.cred->next_action_ms(), now.mono_ms + 250)
+                                   : e.cred->next_action_ms());
     }
     quiet_until_ms_ = next;
     return next;
@@ -408,6 +437,7 @@ int Daemon::run(int signal_fd, bool once) {
     const bool abandoned = !drain_in_flight(wake_fd, signal_fd);
     bool ok = !failed_ && !abandoned;
     if (!save_unsaved_before_exit(once && ok ? kOnceSaveRetryMs : 0, signal_fd)) ok = false;
+    stop_fleet(deps_.now());
     for (auto& [name, e] : entries_)
         if (e.cred && once && e.cred->last_attempt_ok() != true) ok = false;
     // How long successors waited between their response and the rename (a
@@ -536,16 +566,17 @@ void Daemon::reload(Config cfg) {
 void Daemon::keep_restart_only_settings(Config& cfg) const {
     if (cfg.segment != cfg_.segment || cfg.mode != cfg_.mode || cfg.group_id != cfg_.group_id ||
         cfg.max_token_bytes != cfg_.max_token_bytes || cfg.state_dir != cfg_.state_dir ||
-        cfg.control_socket != cfg_.control_socket)
+        cfg.control_socket != cfg_.control_socket || cfg.coordination != cfg_.coordination)
         log_event(Level::warn, "", "reload",
-                  "segment, mode, group, max_token_bytes, state_dir and control_socket take effect "
-                  "only after a restart; applying the credentials");
+                  "segment, mode, group, max_token_bytes, state_dir, control_socket and "
+                  "coordination take effect only after a restart; applying the credentials");
     cfg.segment = cfg_.segment;
     cfg.mode = cfg_.mode;
     cfg.group_id = cfg_.group_id;
     cfg.max_token_bytes = cfg_.max_token_bytes;
     cfg.state_dir = cfg_.state_dir;
     cfg.control_socket = cfg_.control_socket;
+    cfg.coordination = cfg_.coordination;
 }
 
 void Daemon::add_credential(const CredentialConfig& c) {

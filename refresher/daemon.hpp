@@ -7,6 +7,7 @@
 #include "control_socket.hpp"
 #include "credential.hpp"
 #include "error.hpp"
+#include "fleet.hpp"
 #include "notify.hpp"
 #include "metrics.hpp"
 #include "sinks.hpp"
@@ -39,6 +40,10 @@ struct DaemonDeps {
     // Listen on cfg.control_socket and name it in the segment's header (the
     // refresher does; unit tests that drive the daemon directly need not).
     bool control_socket = false;
+    // Coordination (cfg.coordination): this host's name in the leader key
+    // (empty: gethostname()), and the etcd gateway (null: libcurl).
+    std::string host = {};
+    std::function<std::unique_ptr<EtcdGateway>()> etcd_gateway = {};
 };
 
 class Daemon {
@@ -89,6 +94,14 @@ class Daemon {
         // with the current version at once.
         std::uint64_t token_version = 0;
         std::optional<std::size_t> token_hash;  // of the token published last
+        // Coordination (daemon_fleet.cpp). The counter of the publication in
+        // etcd this host's record and refresh token come from (or published).
+        std::uint64_t etcd_counter = 0;
+        bool continued = false;     // leader: etcd read since this leadership began
+        std::optional<std::string> held;  // leader: must not send; why
+        std::string marked_fp;      // leader: the refresh token marked sent, this leadership
+        std::uint64_t rescued = 0;  // follower: rescue offered for this counter
+        std::int64_t fleet_retry_ms = 0;
     };
 
     Daemon(Config cfg, DaemonDeps deps);
@@ -131,6 +144,26 @@ class Daemon {
     // Saves the rotated refresh tokens still only in memory, retrying for up
     // to `budget_ms`; says, per credential, what is lost when it cannot.
     bool save_unsaved_before_exit(std::int64_t budget_ms, int signal_fd);
+    // daemon_fleet.cpp: coordination across hosts (fleet.hpp).
+    Expected<Done, RefresherError> start_fleet();
+    void drive_fleet(Now now);
+    void lead(Now now);
+    void continue_from_etcd(const std::string& name, Entry& e, Now now);
+    void take_rescue(const std::string& name, Entry& e, Now now);
+    void follow_publications(Now now);
+    bool apply_publication(const std::string& name, Entry& e, FetchedPublication& p, Now now);
+    void publish_to_etcd(Now now);
+    // Why `e` may not send now (nullopt: it may).
+    std::optional<std::string> fleet_hold(const std::string& name, const Entry& e, Now now);
+    // Before a refresh token is sent: its sent mark in etcd; false when it
+    // could not be written (the request is then failed as not sent).
+    bool mark_before_send(const std::string& name, Entry& e, Now now);
+    bool spent_here(const Secret& refresh_token);
+    void stop_fleet(Now now);
+    std::int64_t fleet_lease_ms() const noexcept {
+        return fleet_ ? fleet_->lease_ttl().count() : 0;
+    }
+    void fleet_error(std::string_view cred, const std::string& message);
 
     Config cfg_;
     DaemonDeps deps_;
@@ -157,6 +190,11 @@ class Daemon {
     RefresherMetrics metrics_;  // metrics.hpp: counters and the textfile
     SinkWriter sinks_;          // sinks.hpp: token files for tools
     std::unique_ptr<ControlServer> control_;
+    std::unique_ptr<Fleet> fleet_;
+    // Leader: credentials whose record changed since it went to etcd.
+    std::set<std::string> etcd_dirty_;
+    bool applying_ = false;  // a publication from etcd is being applied: not dirty
+    std::string last_fleet_error_;
 };
 
 }  // namespace tokenshm::refresher

@@ -18,6 +18,7 @@
 #include "error.hpp"
 #include "log.hpp"
 #include "regular_file.hpp"
+#include "seal.hpp"
 #include "state_store.hpp"
 
 #include <sys/prctl.h>
@@ -134,13 +135,15 @@ Expected<Arguments, RefresherError> parse_arguments(int argc, char** argv) {
     return args;
 }
 
-// The configuration, for start, --check-config and SIGHUP alike: refused
-// when it asks for what this version cannot do (refuse_unbuilt_features).
+// The configuration, for start, --check-config and SIGHUP alike; with
+// coordination, the seal key must load too (the daemon loads it again).
 Expected<Config, RefresherError> load_and_warn(const std::string& path) {
     auto cfg = load_config(path);
     if (!cfg) return cfg;
-    if (auto ok = refuse_unbuilt_features(*cfg); !ok)
-        return Unexpected{RefresherError::config_error(path + ": " + ok.error().message)};
+    if (cfg->coordination)
+        if (auto key = load_seal_key(cfg->coordination->seal_key_file); !key)
+            return Unexpected{RefresherError::config_error(
+                path + ": coordination.seal_key_file: " + key.error().message)};
     for (const std::string& w : cfg->warnings)
         log_event(Level::warn, "", "config", w);
     return cfg;
@@ -177,6 +180,8 @@ Expected<Done, RefresherError> check_refresh_tokens(const Config& cfg, FileSyste
                 return Unexpected{RefresherError::config_error(
                     "credentials: " + c.name + ": refresh_token_file: " + ok.error().message)};
         }
+        // Coordinated, a host may start without one: the grant's is in etcd.
+        if (cfg.coordination) continue;
         auto rt = initial_refresh_token(store, fs, c.name, c.refresh_token_file);
         if (!rt) return Unexpected{RefresherError::config_error(rt.error().message)};
     }
@@ -236,6 +241,11 @@ Expected<int, RefresherError> run_daemon(Config cfg, const Arguments& args, File
 Expected<int, RefresherError> run(const Arguments& args) {
     auto cfg = load_and_warn(args.config_path);
     if (!cfg) return Unexpected{cfg.error()};
+    // One refresh per credential, then exit: on a follower it would wait
+    // for a leader forever, and a leader would resign at once.
+    if (args.once && cfg->coordination)
+        return Unexpected{RefresherError::config_error(
+            args.config_path + ": --once does not go with coordination: run the refresher as a daemon on each host")};
     PosixFileSystem fs;
     if (!args.check_only) return run_daemon(std::move(*cfg), args, fs);
     if (auto ok = check_refresh_tokens(*cfg, fs); !ok) return Unexpected{ok.error()};

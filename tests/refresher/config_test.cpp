@@ -1050,7 +1050,6 @@ TEST_CASE("no coordination block: one host, as before", "[config][coordination]"
     const auto null_block = parse_config(document(R"("coordination": null, )"), sys.sources());
     REQUIRE(null_block.has_value());
     CHECK_FALSE(null_block->coordination.has_value());
-    CHECK(refuse_unbuilt_features(*cfg).has_value());
 }
 
 TEST_CASE("the SPEC example's coordination block is parsed, with its defaults",
@@ -1235,19 +1234,28 @@ TEST_CASE("a loose etcd password file is a warning without the password",
             coordination({{"username", R"("u")"}, {"password_file", R"("/etc/etcd.password")"}})),
         sys.sources());
     REQUIRE(cfg.has_value());
-    REQUIRE(cfg->warnings.size() == 1);
-    CHECK(cfg->warnings[0].rfind("coordination.etcd.password_file: /etc/etcd.password", 0) == 0);
-    CHECK(cfg->warnings[0].find(kSecret) == std::string::npos);
+    REQUIRE(cfg->warnings.size() == 2);  // first the timeout_s lowered (below)
+    CHECK(cfg->warnings[1].rfind("coordination.etcd.password_file: /etc/etcd.password", 0) == 0);
+    CHECK(cfg->warnings[1].find(kSecret) == std::string::npos);
 }
 
-TEST_CASE("until the election exists, a configuration with coordination is refused",
+TEST_CASE("coordinated, a timeout_s above two thirds of the lease is lowered, with a warning",
           "[config][coordination]") {
     FakeSystem sys = coordination_system();
-    const auto cfg = parse_config(document(coordination()), sys.sources());
+    const auto cfg = parse_config(
+        document(coordination(),
+                 credential() + ", " + credential({{"name", R"("short")"}, {"timeout_s", "10"}})),
+        sys.sources());
     REQUIRE(cfg.has_value());
-    const auto refused = refuse_unbuilt_features(*cfg);
-    REQUIRE_FALSE(refused.has_value());
-    CHECK(refused.error().kind == RefresherError::Kind::config);
-    CHECK(refused.error().message.rfind("coordination: ", 0) == 0);
-    CHECK_THAT(refused.error().message, Catch::Contains("not built yet"));
+    REQUIRE(cfg->credentials.size() == 2);
+    CHECK(cfg->credentials[0].timeout == std::chrono::seconds(10));  // 20 (default), lease 15
+    CHECK(cfg->credentials[1].timeout == std::chrono::seconds(10));
+    REQUIRE(cfg->warnings.size() == 1);
+    CHECK(cfg->warnings[0].rfind("credentials: " + cfg->credentials[0].name +
+                                     ": timeout_s 20 lowered to 10 ",
+                                 0) == 0);
+    const auto alone = parse_config(document(), sys.sources());
+    REQUIRE(alone.has_value());
+    CHECK(alone->credentials[0].timeout == std::chrono::seconds(20));  // one host: as set
 }
+

@@ -173,34 +173,50 @@ TEST_CASE("--check-config checks ca_file: missing is exit 2, present is OK", "[c
     }
 }
 
-TEST_CASE("a configuration with coordination is refused until the election exists, exit 2",
+TEST_CASE("coordination: --check-config loads the seal key; --once is refused, exit 2",
           "[cli][coordination]") {
-    // Two hosts must never believe they are coordinated when they are not:
-    // the block parses, then the refresher refuses it, checked or started.
     TempDir dir("cli_test", 0755);
     const std::string secret = dir.write("s.secret", "client-secret-value\n", 0600);
     const std::string key = dir.write("seal.key", std::string(32, 'k'), 0600);
-    const std::string config =
-        dir.write("c.json",
-                  R"({"segment": "tokenshm-cli-coord-)" + std::to_string(::getpid()) +
+    const std::string short_key = dir.write("short.key", std::string(31, 'k'), 0600);
+    const auto config_with = [&](const std::string& name, const std::string& key_file) {
+        return dir.write(
+            name, R"({"segment": "tokenshm-cli-coord-)" + std::to_string(::getpid()) +
                       R"(", "state_dir": ")" + dir.path +
                       R"(/state", "coordination": {"etcd": {"endpoints": ["http://127.0.0.1:9"],
             "prefix": "/tokenshm"}, "seal_key_file": ")" +
-                      key + R"("}, "credentials": [{"name": "storage", "client_id": "uploader",
+                      key_file + R"("}, "credentials": [{"name": "storage", "client_id": "uploader",
             "token_endpoint": "http://127.0.0.1:9/token", "grant": "client_credentials",
-            "client_secret_file": ")" +
+            "timeout_s": 5, "client_secret_file": ")" +
                       secret + R"("}]})",
-                  0600);
-    for (const bool check_only : {true, false}) {
-        INFO((check_only ? "--check-config" : "daemon"));
-        std::vector<std::string> args{"--config", config};
-        if (check_only) args.push_back("--check-config");
-        Child c = start(args);
+            0600);
+    };
+    const std::string config = config_with("c.json", key);
+    SECTION("--check-config: OK") {
+        Child c = start({"--config", config, "--check-config"});
+        CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(0));
+        CHECK(c.output.find(": OK, 1 credential(s)") != std::string::npos);
+    }
+    SECTION("--once: refused in one line") {
+        Child c = start({"--config", config, "--once"});
         CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(2));
         INFO(c.output);
-        CHECK(c.output.find(config + ": coordination: ") != std::string::npos);
-        CHECK(c.output.find("not built yet") != std::string::npos);
+        CHECK(c.output.find("--once does not go with coordination") != std::string::npos);
         CHECK(lines(c.output) == 1);
+    }
+    SECTION("a seal key that is not one: refused, checked or started, naming the file") {
+        const std::string bad = config_with("bad.json", short_key);
+        for (const bool check_only : {true, false}) {
+            INFO((check_only ? "--check-config" : "daemon"));
+            std::vector<std::string> args{"--config", bad};
+            if (check_only) args.push_back("--check-config");
+            Child c = start(args);
+            CHECK(c.wait(std::chrono::seconds(10)) == std::optional<int>(2));
+            INFO(c.output);
+            CHECK(c.output.find(bad + ": coordination.seal_key_file: ") != std::string::npos);
+            CHECK(c.output.find(short_key) != std::string::npos);
+            CHECK(lines(c.output) == 1);
+        }
     }
 }
 

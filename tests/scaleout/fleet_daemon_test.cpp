@@ -1,0 +1,236 @@
+// Daemons as hosts of one fleet (issue 12) against a real etcd member, each
+// with its own segment, state directory and fake token endpoint (a scripted
+// transport): only the leader sends token requests; a follower serves the
+// leader's token from its own segment and keeps the grant's refresh token;
+// a new leader continues from the sealed refresh token in etcd; a refresh
+// token another leadership sent without publishing the answer is held, never
+// sent again. Real time: etcd's leases run on etcd's clock.
+// Skipped, saying why, only when /usr/bin/etcd is absent; under
+// TOKENSHM_CI=1 that skip fails.
+#include "ci_skip.hpp"
+#include "daemon.hpp"
+#include "etcd_member.hpp"
+#include "refresher/fake_transport.hpp"
+#include "log.hpp"
+
+#include <tokenshm/reader.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+using namespace tokenshm::refresher;
+using namespace tokenshm::refresher::testing;
+using namespace std::chrono_literals;
+namespace fs = std::filesystem;
+
+namespace {
+
+using tokenshm::test::FakeTransport;
+
+constexpr const char* kEndpoint = "https://auth.example.test/token";
+
+struct Host {
+    std::string name;
+    fs::path dir;
+    std::string segment;
+    FakeTransport transport;
+    PosixFileSystem posix;
+    Config cfg;
+    std::unique_ptr<Daemon> daemon;
+
+    Host(std::string host, const fs::path& root, const EtcdMember& etcd, const std::string& prefix,
+         const std::string& key_file, std::optional<std::string> refresh_token)
+        : name(std::move(host)), dir(root / name) {
+        fs::create_directories(dir);
+        segment = "tokenshm-test-fleet-" + name + "-" + std::to_string(::getpid());
+        cfg.segment = segment;
+        cfg.state_dir = (dir / "state").string();
+        CredentialConfig c;
+        c.name = "alpha";
+        c.token_endpoint = EndpointUrl::parse(kEndpoint).value();
+        c.client_id = "alpha-client";
+        c.client_secret = Secret("secret-alpha");
+        c.min_interval = 1s;
+        c.timeout = 3s;  // what the config makes of it with a 5 s lease
+        if (refresh_token) {
+            const std::string file = (dir / "alpha.rt").string();
+            std::ofstream(file) << *refresh_token << "\n";
+            fs::permissions(file, fs::perms::owner_read | fs::perms::owner_write);
+            c.refresh_token_file = file;
+        }
+        cfg.credentials.push_back(c);
+        CoordinationConfig co;
+        co.etcd.endpoints.push_back(EndpointUrl::parse(etcd.client_url).value());
+        co.etcd.prefix = prefix;
+        co.etcd.lease_ttl = 5s;
+        co.seal_key_file = key_file;
+        cfg.coordination = co;
+    }
+    ~Host() {
+        daemon.reset();
+        (void)tokenshm::shm::sys::shm_unlink("/" + segment);
+    }
+    void start() {
+        DaemonDeps deps{&transport, &posix, system_now, [] { return 0.5; }};
+        deps.host = name;
+        auto d = Daemon::start(cfg, deps);
+        INFO(name << ": " << (d ? std::string() : d.error().message));
+        REQUIRE(d.has_value());
+        daemon = std::move(*d);
+    }
+    // A crash: no resign, no drain; the lease stays until its TTL.
+    void crash() { daemon.reset(); }
+    void step() {
+        if (daemon) daemon->step(0ms);
+    }
+    std::string token() const {
+        auto r = tokenshm::Reader::open(segment);
+        if (!r) return {};
+        auto h = r->lookup("alpha");
+        if (!h) return {};
+        auto t = h->inspect();
+        return t ? std::string(t->token()) : std::string();
+    }
+    std::string saved_refresh_token() {
+        auto t = StateStore(posix, cfg.state_dir).load("alpha");
+        REQUIRE(t);
+        return *t ? std::string((*t)->reveal()) : std::string();
+    }
+    std::string status() { return daemon->control_answer(R"({"op":"status"})"); }
+    bool leads() { return daemon && status().find(R"("role":"leader")") != std::string::npos; }
+    bool sending() const { return !transport.body_for("auth.example.test").empty(); }
+};
+
+struct Fleet3 {
+    EtcdMember etcd;
+    fs::path root;
+    std::string key_file;
+    std::string prefix = "/tokenshm/fleet-" + std::to_string(::getpid());
+    std::vector<std::unique_ptr<Host>> hosts;
+
+    Fleet3() {
+        // TOKENSHM_TEST_LOG=1 shows the daemons' log lines (never a token).
+        if (!::getenv("TOKENSHM_TEST_LOG")) set_log_sink([](std::string_view) {});
+        std::string t = (fs::temp_directory_path() / "tokenshm-fleet-XXXXXX").string();
+        REQUIRE(::mkdtemp(t.data()) != nullptr);
+        root = t;
+        key_file = (root / "seal.key").string();
+        std::ofstream(key_file) << std::string(32, 'K');
+        fs::permissions(key_file, fs::perms::owner_read | fs::perms::owner_write);
+    }
+    ~Fleet3() {
+        hosts.clear();
+        fs::remove_all(root);
+        set_log_sink({});
+    }
+    bool ready() {
+        auto g = gateway({EndpointUrl::parse(etcd.client_url).value()});
+        EtcdClient c(*g);
+        return etcd.wait_ready(c);
+    }
+    Host& add(const std::string& name, std::optional<std::string> refresh_token) {
+        hosts.push_back(std::make_unique<Host>(name, root, etcd, prefix, key_file, refresh_token));
+        hosts.back()->start();
+        return *hosts.back();
+    }
+    // Steps every host until `done` (at most `limit` of real time).
+    bool pump(const std::function<bool()>& done, std::chrono::seconds limit = 20s) {
+        const auto until = std::chrono::steady_clock::now() + limit;
+        while (std::chrono::steady_clock::now() < until) {
+            for (auto& h : hosts)
+                h->step();
+            if (done()) return true;
+            std::this_thread::sleep_for(20ms);
+        }
+        return false;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("one leader refreshes; followers serve its token, keep its refresh token, never send",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    CHECK(a.transport.body_for("auth.example.test").find("refresh_token=rt-0") !=
+          std::string::npos);
+    Host& b = f.add("host-b", std::nullopt);
+    Host& c = f.add("host-c", std::nullopt);
+    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    REQUIRE(f.pump([&] { return b.token() == "at-1" && c.token() == "at-1"; }));
+    CHECK(a.token() == "at-1");
+    CHECK(a.leads());
+    CHECK_FALSE(b.leads());
+    CHECK(b.status().find(R"("role":"follower")") != std::string::npos);
+    CHECK(b.transport.started == 0);
+    CHECK(c.transport.started == 0);
+    CHECK(a.saved_refresh_token() == "rt-1");
+    REQUIRE(f.pump([&] { return b.saved_refresh_token() == "rt-1"; }));
+    CHECK(c.saved_refresh_token() == "rt-1");
+    // Versions only grow on a follower: a second refresh is a newer version.
+    (void)a.daemon->control_answer(R"({"op":"refresh","name":"alpha"})");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    CHECK(a.transport.body_for("auth.example.test").find("refresh_token=rt-1") !=
+          std::string::npos);
+    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    REQUIRE(f.pump([&] { return b.token() == "at-2" && c.token() == "at-2"; }));
+    CHECK(b.transport.started == 0);
+    CHECK(c.transport.started == 0);
+}
+
+TEST_CASE("the leader crashes: another host leads within the lease and continues the grant",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& b = f.add("host-b", std::nullopt);
+    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    REQUIRE(f.pump([&] { return b.token() == "at-1"; }));
+    a.crash();
+    const auto crashed = std::chrono::steady_clock::now();
+    REQUIRE(f.pump([&] { return b.leads(); }));
+    // Within the lease (5 s) and the follower's next look at the leader key.
+    CHECK(std::chrono::steady_clock::now() - crashed < 5s + 3s);
+    (void)b.daemon->control_answer(R"({"op":"refresh","name":"alpha"})");
+    REQUIRE(f.pump([&] { return b.sending(); }));
+    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-1") !=
+          std::string::npos);
+    REQUIRE(b.transport.answer("auth.example.test", tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    REQUIRE(f.pump([&] { return b.token() == "at-2" && b.saved_refresh_token() == "rt-2"; }));
+}
+
+TEST_CASE("a refresh token a crashed leader sent is held by its successor, never sent again",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    // The same refresh token deployed on both hosts: the danger case.
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& b = f.add("host-b", "rt-0");
+    a.crash();  // rt-0 was sent; its answer (and successor) died with host-a
+    REQUIRE(f.pump([&] { return b.leads(); }));
+    REQUIRE(f.pump([&] { return b.status().find(R"("held":"held: )") != std::string::npos; }));
+    (void)b.daemon->control_answer(R"({"op":"refresh","name":"alpha"})");
+    f.pump([] { return false; }, 2s);
+    CHECK(b.transport.started == 0);
+    CHECK(b.status().find("host-a") != std::string::npos);  // says who sent it
+}
