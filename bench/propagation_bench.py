@@ -386,6 +386,11 @@ def load_window(hosts, etcd, server, run):
         h.check_alive()
     cpu = [(b - a) / wall * 100 for a, b in zip(cpu0, cpu1)]
     refreshes = st1["refresh_ok"] - st0["refresh_ok"]
+    load = etcd_load(m0, m1, wall, refreshes)
+    # Every host holds a lease (a follower to campaign at once when the leader
+    # goes) and keeps it alive every lease_ttl_s / 3, the leader included.
+    load["keepalives_per_host_per_hour"] = round(
+        load["per_hour"].get("grpc LeaseKeepAlive msgs in", 0) / len(hosts))
     return {"followers": len(hosts) - 1, "window_s": round(wall, 1), "refreshes": refreshes,
             "token_requests": st1["token_requests"] - st0["token_requests"],
             "replays": st1["replays"] - st0["replays"],
@@ -393,7 +398,7 @@ def load_window(hosts, etcd, server, run):
             "cpu_pct": {"leader": round(cpu[0], 2), "followers_total": round(sum(cpu[1:-1]), 2),
                         "follower_mean": round(statistics.mean(cpu[1:-1]), 3),
                         "follower_max": round(max(cpu[1:-1]), 2), "etcd": round(cpu[-1], 2)},
-            "etcd": etcd_load(m0, m1, wall, refreshes), "run": result}
+            "etcd": load, "run": result}
 
 
 def busy_window(probe, hosts, etcd, server, seconds):
