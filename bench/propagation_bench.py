@@ -44,11 +44,13 @@ server's node_modules are missing.
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 
@@ -56,6 +58,7 @@ BENCH = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(BENCH)
 sys.path.insert(0, os.path.join(ROOT, "tests", "integration"))
 import harness  # noqa: E402  (processes, workspaces, the authorization server, the scan)
+import run_bench  # noqa: E402  (machine(), loadavg())
 
 ETCD = "/usr/bin/etcd"
 CLIENT_ID, CLIENT_SECRET = "tokenshm-demo", "demo-secret"  # the server's default client
@@ -120,7 +123,8 @@ class Etcd:
                 "--listen-client-urls", self.url, "--advertise-client-urls", self.url,
                 "--listen-peer-urls", peer, "--initial-advertise-peer-urls", peer,
                 "--initial-cluster", f"m0={peer}", "--initial-cluster-state", "new"]
-        with open(ws.log_path("etcd.log"), "ab") as out:
+        self.log = ws.log_path("etcd.log")
+        with open(self.log, "ab") as out:
             self.proc = harness.spawn(argv, out, out)
         wait_for(self._ready, 30, f"etcd to answer on {self.url} (see {ws.log_path('etcd.log')})")
 
@@ -132,6 +136,8 @@ class Etcd:
 
     def metrics(self):
         """{(name, ((label, value), ...)): value} from /metrics."""
+        if self.proc.poll() is not None:
+            raise BenchError(f"etcd exited ({self.proc.returncode}); see {self.log}")
         with urllib.request.urlopen(self.url + "/metrics", timeout=10) as r:
             return parse_metrics(r.read().decode())
 
@@ -544,7 +550,9 @@ def etcd_version():
 
 
 def table(doc):
-    lines = [f"etcd {doc['etcd_version']}, lease_ttl_s {doc['lease_ttl_s']}, "
+    lines = [f"{doc['machine']['cpu']}, {doc['machine']['cpus']} CPUs, load "
+             f"{doc['load_before']} before, {doc['load_after']} after",
+             f"etcd {doc['etcd_version']}, lease_ttl_s {doc['lease_ttl_s']}, "
              f"a refresh about every {doc['access_ttl_s'] / 2:g} s, windows of "
              f"{doc['seconds']:g} s (idle: {doc['seconds'] / 2:g} s)",
              "followers | samples | median ms | p99 ms | max ms | missed | refreshes | "
@@ -590,7 +598,7 @@ def missing(build):
     """Why this cannot run here (None when it can): a skip, not a pass."""
     if not os.access(ETCD, os.X_OK):
         return f"{ETCD} is not installed (Debian: etcd-server)"
-    if not harness.shutil.which("node"):
+    if not shutil.which("node"):
         return "node is not installed (needed for the test authorization server)"
     if not os.path.exists(os.path.join(harness.AUTHSERVER_DIR, "node_modules", "oidc-provider")):
         return "tests/authserver/node_modules is missing: run tests/authserver/install.sh"
@@ -618,7 +626,11 @@ def main():
     signal.signal(signal.SIGTERM, _abort)
     signal.signal(signal.SIGALRM, _abort)
     signal.alarm(int(300 + len(a.steps) * (1.5 * a.seconds + 120) + 4 * max(a.steps)))
-    workspaces = harness._workspaces
+    # Every work dir under one private root, named after no test's, removed
+    # on success and kept (and named) on failure.
+    root = tempfile.mkdtemp(prefix="propbench-run-")
+    tempfile.tempdir = root
+    load_before = run_bench.loadavg()
     try:
         probe = os.path.join(a.build_dir, "bench", "propagation_probe")
         phases = measure(a.steps, a.seconds, functools.partial(busy_window, probe), ACCESS_TTL_S)
@@ -626,15 +638,16 @@ def main():
         signal.alarm(0)
         scan = no_secret_in_logs()
         verdict(phases, idle)
-    except (BenchError, _Abort) as e:
-        log(f"FAIL: {e} (work dirs kept: {' '.join(workspaces)})")
+    except (BenchError, _Abort, OSError) as e:
+        log(f"FAIL: {type(e).__name__}: {e} (work dirs kept under {root})")
         return 1
     finally:
         signal.alarm(0)
         harness.cleanup_all()
-    for d in workspaces:
-        harness.shutil.rmtree(d, ignore_errors=True)
-    doc = {"etcd_version": etcd_version(), "lease_ttl_s": LEASE_TTL_S,
+    shutil.rmtree(root, ignore_errors=True)
+    doc = {"machine": run_bench.machine(), "load_before": load_before,
+           "load_after": run_bench.loadavg(), "etcd_version": etcd_version(),
+           "lease_ttl_s": LEASE_TTL_S,
            "access_ttl_s": ACCESS_TTL_S, "seconds": a.seconds, "smoke": a.smoke,
            "secret_scan": scan, "phases": phases, "idle": idle,
            "net_per_refresh": net_per_refresh(phases, idle)}
