@@ -28,15 +28,17 @@ authorization server's counters (token requests, replays), and etcd's
 
 Then the same again from a fresh etcd and server with access tokens of an
 hour, windows of half the length: the idle fleet, whose load per hour
-(keepalives, watches) is what a credential costs besides its refreshes;
+(keepalives, followers' reads) is what the fleet costs besides refreshes;
 `net_per_refresh` is a busy window's load beyond that idle rate, per refresh.
 
 Fails (exit 1, one line) on a replay, a failed token request, a refresher
 that exits, a secret in any log (tests/integration/harness.py's scan), or a
 follower that never shows the leader's tokens. Never on a timing.
 
---json prints one JSON document on stdout (bench/run.py reads it); without
-it, a table. --smoke: N = 1 and 3, windows of 5 s (idle 2.5 s), under a minute.
+--json prints one JSON document on stdout (bench/run.py reads it), --markdown
+the tables bench/run's results show; without either, a plain table.
+--from-json FILE prints an earlier run's document again (with --markdown).
+--smoke: N = 1 and 3, windows of 5 s (idle 2.5 s), under a minute.
 Skips (exit 77, one line) when /usr/bin/etcd, node or the authorization
 server's node_modules are missing.
 """
@@ -581,6 +583,10 @@ def parse_args(argv):
     p.add_argument("--json", action="store_true", help="one JSON document on stdout")
     p.add_argument("--seconds", type=float, help="each window (default 60; 5 with --smoke)")
     p.add_argument("--followers", help="comma-separated, growing (default 1,10,100)")
+    p.add_argument("--markdown", action="store_true",
+                   help="markdown tables on stdout (bench/report.py's), with the machine")
+    p.add_argument("--from-json", metavar="FILE",
+                   help="measure nothing: print the --json document FILE of an earlier run")
     a = p.parse_args(argv)
     a.steps = [int(x) for x in (a.followers or ("1,3" if a.smoke else "1,10,100")).split(",")]
     if any(n < 1 for n in a.steps) or a.steps != sorted(set(a.steps)):
@@ -616,8 +622,29 @@ def _abort(signum, frame):
     raise _Abort(f"signal {signum}" if signum != signal.SIGALRM else "the global deadline passed")
 
 
+def markdown(doc):
+    import report
+    m = doc["machine"]
+    head = [f"# Many hosts on etcd: propagation and cost ({doc['started']})", "",
+            f"Measured by `{doc['command']}` on {m['cpu']}, {m['cpus']} CPUs ({m['virt']}), "
+            f"Linux {m['kernel']}, load average {doc['load_before']} before and "
+            f"{doc['load_after']} after.", ""]
+    return "\n".join(head + report.propagation_tables({"propagation": doc})) + "\n"
+
+
+def show(doc, a):
+    if a.json:
+        print(json.dumps(doc))
+    else:
+        print(markdown(doc) if a.markdown else table(doc), end="" if a.markdown else "\n")
+
+
 def main():
     a = parse_args(sys.argv[1:])
+    if a.from_json:
+        with open(a.from_json, encoding="utf-8") as f:
+            show(json.load(f), a)
+        return 0
     why = missing(a.build_dir)
     if why:
         log(f"SKIP: {why}")
@@ -631,6 +658,7 @@ def main():
     root = tempfile.mkdtemp(prefix="propbench-run-")
     tempfile.tempdir = root
     load_before = run_bench.loadavg()
+    started = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     try:
         probe = os.path.join(a.build_dir, "bench", "propagation_probe")
         phases = measure(a.steps, a.seconds, functools.partial(busy_window, probe), ACCESS_TTL_S)
@@ -645,13 +673,16 @@ def main():
         signal.alarm(0)
         harness.cleanup_all()
     shutil.rmtree(root, ignore_errors=True)
-    doc = {"machine": run_bench.machine(), "load_before": load_before,
+    command = "/usr/bin/python3 bench/propagation_bench.py" + "".join(
+        " " + x for x in sys.argv[1:])
+    doc = {"command": command, "started": started,
+           "machine": run_bench.machine(), "load_before": load_before,
            "load_after": run_bench.loadavg(), "etcd_version": etcd_version(),
            "lease_ttl_s": LEASE_TTL_S,
            "access_ttl_s": ACCESS_TTL_S, "seconds": a.seconds, "smoke": a.smoke,
            "secret_scan": scan, "phases": phases, "idle": idle,
            "net_per_refresh": net_per_refresh(phases, idle)}
-    print(json.dumps(doc) if a.json else table(doc))
+    show(doc, a)
     return 0
 
 
