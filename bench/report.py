@@ -325,7 +325,7 @@ def propagation_tables(results):
              f"windows of {pr['seconds']:g} s. A sample: one follower, one token, from the "
              "leader's segment showing it to the follower's.", "",
              "| followers | median | p99 | max | samples | missed | CPU leader "
-             "| CPU followers (each) | CPU etcd |", "|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| CPU followers (each) | CPU etcd |", "|---:" * 9 + "|"]
     for p in pr["phases"]:
         v, c = p["propagation"], p["cpu_pct"]
         lines.append(f"| {p['followers']} | {fmt_ns(v.get('median_ms', 0) * 1e6)} "
