@@ -258,4 +258,33 @@ Expected<std::uint64_t, Error> Handle::report_invalid(std::uint64_t version,
     return r->action == RefreshReply::Action::newer ? r->version : version;
 }
 
+Expected<std::optional<Coordination>, Error> Reader::coordination(
+    std::chrono::milliseconds timeout) const noexcept {
+    try {
+        const std::int64_t deadline = mono_ms() + std::max<std::int64_t>(0, timeout.count());
+        auto fd = connect_to(control_socket(), deadline);
+        if (!fd) return Unexpected{fd.error()};
+        Fd sock(*fd);
+        auto answer = exchange(sock.get(), "{\"op\":\"coordination\"}\n", deadline);
+        if (!answer) return Unexpected{answer.error()};
+        const auto m = parse_flat(*answer);
+        if (!m) return Unexpected{Error::refused};
+        const auto ok = m->find("ok");
+        const auto role = m->find("role");
+        if (ok == m->end() || ok->second != "true" || role == m->end())
+            return Unexpected{Error::refused};
+        if (role->second == "alone") return std::optional<Coordination>();
+        Coordination c;
+        c.role = role->second;
+        if (auto h = m->find("leader_host"); h != m->end()) c.leader_host = h->second;
+        if (auto e = m->find("etcd"); e != m->end()) c.etcd = e->second;
+        if (!number(*m, "leader_pid", c.leader_pid) ||
+            !number(*m, "lease_remaining_ms", c.lease_remaining_ms))
+            return Unexpected{Error::refused};
+        return std::optional<Coordination>(std::move(c));
+    } catch (const std::bad_alloc&) {
+        return Unexpected{Error::system};
+    }
+}
+
 }  // namespace tokenshm

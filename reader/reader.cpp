@@ -361,6 +361,10 @@ std::string Handle::control_socket() const {
     return s_->seg->seg.control_socket();
 }
 
+std::string Reader::control_socket() const {
+    return seg_->seg.control_socket();
+}
+
 std::uint64_t detail::copy_retries(const Handle& h) noexcept {
     return h.s_->copy_retries.load(std::memory_order_relaxed);
 }

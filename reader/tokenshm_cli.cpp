@@ -549,6 +549,8 @@ struct StatusView {
     std::int64_t heartbeat_age = 0;
     bool alive = false;
     std::vector<Row> rows;
+    // Asked of a live refresher coordinated on etcd; none when it runs alone.
+    std::optional<tokenshm::Coordination> coordination;
 };
 
 StatusView read_status(tokenshm::Reader& reader) {
@@ -559,6 +561,9 @@ StatusView read_status(tokenshm::Reader& reader) {
     v.heartbeat_age = ms_diff(v.now, v.writer.heartbeat_ms);
     v.alive = v.writer.lock_held && v.heartbeat_age < tokenshm::Token::kWriterAliveWithinMs &&
               v.heartbeat_age > -tokenshm::Token::kWriterAliveWithinMs;
+    if (v.alive && !reader.control_socket().empty())
+        if (auto c = reader.coordination(std::chrono::milliseconds(1000)); c)
+            v.coordination = std::move(*c);  // no answer: the table without it
     for (const std::string& n : reader.credentials()) {
         auto h = reader.lookup(n);
         if (!h) continue;  // removed between the listing and the lookup
@@ -600,6 +605,12 @@ std::string row_json(const Row& r, std::int64_t now) {
 void print_status_json(const StatusView& v) {
     std::string o = "{\"segment\":\"" + json_escape(v.segment) + "\"";
     o += ",\"refresher\":" + refresher_json(v);
+    if (const auto& c = v.coordination) {
+        o += ",\"coordination\":{\"role\":\"" + json_escape(c->role) + "\",\"leader_host\":\"" +
+             json_escape(c->leader_host) + "\",\"leader_pid\":" + std::to_string(c->leader_pid) +
+             ",\"lease_remaining_ms\":" + std::to_string(c->lease_remaining_ms) +
+             ",\"etcd\":\"" + json_escape(c->etcd) + "\"}";
+    }
     o += ",\"credentials\":[";
     bool first = true;
     for (const Row& r : v.rows) {
@@ -639,6 +650,14 @@ void print_status_table(const StatusView& v) {
                 v.segment.c_str(), static_cast<long long>(w.pid), liveness,
                 w.heartbeat_ms > 0 ? human_duration(v.heartbeat_age).c_str() : "never",
                 static_cast<unsigned long long>(w.generation));
+    if (const auto& c = v.coordination) {
+        const std::string leader =
+            c->leader_pid == 0 ? std::string("none known")
+                               : "host " + c->leader_host + " pid " + std::to_string(c->leader_pid);
+        std::printf("coordination: %s, leader %s, lease %s left, etcd %s\n", c->role.c_str(),
+                    leader.c_str(), human_duration(c->lease_remaining_ms).c_str(),
+                    json_escape(c->etcd).c_str());
+    }
     std::printf("%-20s %-8s %-10s %-8s %-13s %-8s %-12s %s\n", "CREDENTIAL", "STATE", "EXPIRES IN",
                 "VERSION", "LAST REFRESH", "FAILURES", "NEXT REFRESH", "LAST ERROR");
     for (const Row& r : v.rows)

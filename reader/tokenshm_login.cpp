@@ -159,6 +159,10 @@ int tell_refresher(const std::string& segment, const std::string& name) {
         std::printf("%s is not in reauth: the refresher (pid %lld) keeps the refresh token it "
                     "has, and its next rotation replaces the one stored now\n",
                     name.c_str(), static_cast<long long>(w.pid));
+    } else if (action == "offered") {
+        std::printf("the refresher (pid %lld) follows a leader on another host: the new refresh "
+                    "token for %s was offered to it through etcd\n",
+                    static_cast<long long>(w.pid), name.c_str());
     } else if (action == "unchanged") {
         return not_told("it found the refresh token it was refused with, not a new one");
     } else {

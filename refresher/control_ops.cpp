@@ -2,6 +2,8 @@
 //   {"op":"refresh","name":N}              refresh now (min_interval_s holds)
 //   {"op":"invalid","name":N,"version":V}  a consumer got 401 with version V
 //   {"op":"status"}                        the segment's view plus the loop's
+//   {"op":"coordination"}                  the election on etcd, flat (role
+//                                          "alone" when not coordinated)
 //   {"op":"token_stored","name":N}         `tokenshm login` put a new refresh
 //                                          token for N in the state directory
 // Requests for one credential share one token request: while one is asked
@@ -74,10 +76,12 @@ Expected<Request, std::string> parse_request(std::string_view line) {
             return Unexpected{quote(key, 40) + ": unknown key or wrong type"};
         }
     }
-    if (r.op != "refresh" && r.op != "invalid" && r.op != "status" && r.op != "token_stored")
-        return Unexpected{std::string(
-            "\"op\" must be \"refresh\", \"invalid\", \"status\" or \"token_stored\"")};
-    if (r.op != "status" && !shm::valid_credential_name(r.name))
+    if (r.op != "refresh" && r.op != "invalid" && r.op != "status" && r.op != "token_stored" &&
+        r.op != "coordination")
+        return Unexpected{
+            std::string("\"op\" must be \"refresh\", \"invalid\", \"status\", "
+                        "\"coordination\" or \"token_stored\"")};
+    if (r.op != "status" && r.op != "coordination" && !shm::valid_credential_name(r.name))
         return Unexpected{std::string("\"name\" must be a credential name")};
     if ((r.op == "invalid") != r.version.has_value())
         return Unexpected{std::string(r.op == "invalid"
@@ -93,6 +97,7 @@ std::string Daemon::control_answer(std::string_view line) {
     auto req = parse_request(line);
     if (!req) return control_error("bad_request", req.error());
     if (req->op == "status") return answer_status();
+    if (req->op == "coordination") return answer_coordination();
     if (draining_ || stop_) return control_error("busy", "the refresher is stopping");
     if (req->op == "token_stored") return answer_token_stored(req->name);
     return answer_refresh(req->name, req->version);
@@ -108,7 +113,9 @@ std::string Daemon::answer_token_stored(const std::string& name) {
         return control_error("no_such_credential", "no credential called " + name);
     Entry& e = it->second;
     std::string action = "kept";
-    if (e.cred->in_reauth() && !e.cred->in_flight()) {
+    if (auto fleet_action = fleet_token_stored(name, e)) {
+        action = *fleet_action;
+    } else if (e.cred->in_reauth() && !e.cred->in_flight()) {
         const CredentialRefresher* before = e.cred.get();
         e.pending = e.cred->config();
         e.reload_tokens = true;
@@ -139,6 +146,18 @@ std::string Daemon::answer_refresh(const std::string& name, std::optional<std::u
     std::string action;
     if (invalid && *invalid < e.token_version) {
         action = "newer";  // the consumer had an older token: the current one is news
+    } else if (fleet_ && !fleet_->leader()) {
+        // Coordinated, not the leader: asked of the leader through etcd; the
+        // new token comes back as a publication, as every other does.
+        // Asked within a lease TTL and nothing published since: that ask stands.
+        if (e.refresh_asked && now.mono_ms - e.forwarded_ms < fleet_lease_ms()) {
+            action = "joined";
+        } else if (auto fw = forward_refresh(name, e, invalid.has_value()); !fw) {
+            return control_error("busy", "the leader could not be asked through etcd: " +
+                                             fw.error().message);
+        } else {
+            action = "refreshing";
+        }
     } else if (cred.in_reauth()) {
         return control_error("reauth", name + " needs a new refresh token before it can refresh");
     } else if (cred.in_flight()) {
@@ -158,7 +177,9 @@ std::string Daemon::answer_refresh(const std::string& name, std::optional<std::u
                      : std::string("refreshing now")));
     }
     const std::int64_t not_before =
-        now.unix_ms + std::max<std::int64_t>(0, cred.next_attempt_ms() - now.mono_ms);
+        fleet_ && !fleet_->leader()
+            ? now.unix_ms
+            : now.unix_ms + std::max<std::int64_t>(0, cred.next_attempt_ms() - now.mono_ms);
     rapidjson::StringBuffer b;
     JsonWriter w(b);
     w.StartObject();
@@ -167,6 +188,26 @@ std::string Daemon::answer_refresh(const std::string& name, std::optional<std::u
     put_u(w, "version", e.version);
     put(w, "action", action);
     put(w, "not_before_unix_ms", action == "newer" ? now.unix_ms : not_before);
+    w.EndObject();
+    return b.GetString();
+}
+
+// Flat, for tokenshm status (the reader's parser reads flat objects only).
+std::string Daemon::answer_coordination() {
+    rapidjson::StringBuffer b;
+    JsonWriter w(b);
+    w.StartObject();
+    put_b(w, "ok", true);
+    if (!fleet_) {
+        put(w, "role", "alone");
+    } else {
+        const CoordinatorStatus c = fleet_->status(deps_.now());
+        put(w, "role", to_string(c.role));
+        put(w, "leader_host", c.leader ? c.leader->host : std::string());
+        put(w, "leader_pid", c.leader ? c.leader->pid : 0);
+        put(w, "lease_remaining_ms", c.lease_remaining_ms);
+        put(w, "etcd", c.last_etcd_error.empty() ? std::string("ok") : c.last_etcd_error);
+    }
     w.EndObject();
     return b.GetString();
 }

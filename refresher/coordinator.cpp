@@ -312,6 +312,30 @@ Expected<Done, CoordinationError> Coordinator::put(const std::string& key, std::
     return Done{};
 }
 
+Expected<EtcdRange, CoordinationError> Coordinator::list(const std::string& prefix) {
+    auto r = etcd_.range(prefix, RangeScope::prefix);
+    if (!r) {
+        note(r.error());
+        return fail(CKind::etcd, r.error().message);
+    }
+    last_error_.clear();
+    return std::move(*r);
+}
+
+Expected<Done, CoordinationError> Coordinator::erase_unchanged(const std::string& key,
+                                                               std::int64_t mod_revision) {
+    EtcdTxn t;
+    t.compare.push_back(EtcdCompare::mod_revision_is(key, mod_revision));
+    t.success.push_back(EtcdOp::erase(key));
+    auto r = etcd_.txn(t);
+    if (!r) {
+        note(r.error());
+        return fail(CKind::etcd, r.error().message);
+    }
+    last_error_.clear();
+    return Done{};
+}
+
 Expected<Done, CoordinationError> Coordinator::erase(const std::string& key) {
     EtcdTxn t;
     t.success.push_back(EtcdOp::erase(key));

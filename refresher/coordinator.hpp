@@ -143,6 +143,11 @@ class Coordinator {
     // One key's value (nullopt: absent), and its removal; unguarded.
     Expected<std::optional<EtcdKeyValue>, CoordinationError> get(const std::string& key);
     Expected<Done, CoordinationError> erase(const std::string& key);
+    // Every key under `prefix`, and a removal that happens only if the key
+    // was not written since `mod_revision` (a request asked again stays).
+    Expected<EtcdRange, CoordinationError> list(const std::string& prefix);
+    Expected<Done, CoordinationError> erase_unchanged(const std::string& key,
+                                                      std::int64_t mod_revision);
     Expected<Done, CoordinationError> put(const std::string& key, std::string_view value);
     const std::string& prefix() const noexcept { return opt_.prefix; }
 

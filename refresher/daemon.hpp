@@ -102,6 +102,7 @@ class Daemon {
         std::string marked_fp;      // leader: the refresh token marked sent, this leadership
         std::uint64_t rescued = 0;  // follower: rescue offered for this counter
         std::int64_t fleet_retry_ms = 0;
+        std::int64_t forwarded_ms = 0;  // follower: when a refresh was last asked of the leader
     };
 
     Daemon(Config cfg, DaemonDeps deps);
@@ -129,6 +130,7 @@ class Daemon {
     // control_ops.cpp: the requests, and the loop's share of the socket.
     std::string answer_refresh(const std::string& name, std::optional<std::uint64_t> invalid);
     std::string answer_status();
+    std::string answer_coordination();
     std::string answer_token_stored(const std::string& name);
     void service_control();
     // After a publish: a new access token starts a new token_version.
@@ -159,6 +161,13 @@ class Daemon {
     // could not be written (the request is then failed as not sent).
     bool mark_before_send(const std::string& name, Entry& e, Now now);
     bool spent_here(const Secret& refresh_token);
+    // Not the leader: asks the leader to refresh `name` (design point 6).
+    Expected<Done, CoordinationError> forward_refresh(const std::string& name, Entry& e,
+                                                      bool invalid);
+    void serve_requests(Now now);
+    // `tokenshm login` stored a refresh token (coordinated: the answer's
+    // action; nullopt when not coordinated, or nothing for the fleet to do).
+    std::optional<std::string> fleet_token_stored(const std::string& name, Entry& e);
     void stop_fleet(Now now);
     std::int64_t fleet_lease_ms() const noexcept {
         return fleet_ ? fleet_->lease_ttl().count() : 0;

@@ -66,8 +66,16 @@ void Daemon::drive_fleet(Now now) {
             e.fleet_retry_ms = 0;
         }
     }
-    if (const auto s = fleet_->status(now); !s.last_etcd_error.empty())
+    const CoordinatorStatus s = fleet_->status(now);
+    if (!s.last_etcd_error.empty()) {
         fleet_error("", s.last_etcd_error);
+    } else if (!last_fleet_error_.empty() && s.role != Role::unknown) {
+        last_fleet_error_.clear();
+        log_event(Level::info, "", "coordination_ok", "etcd answers again");
+    }
+    metrics_.coordination({to_string(s.role), s.leader ? s.leader->host : std::string(),
+                           s.leader ? s.leader->pid : 0, s.lease_remaining_ms,
+                           s.last_etcd_error.empty()});
     walk_all_ = true;  // whether a credential may send can change with each step
     if (fleet_->leader())
         lead(now);
@@ -76,14 +84,43 @@ void Daemon::drive_fleet(Now now) {
 }
 
 void Daemon::lead(Now now) {
+    serve_requests(now);
     for (auto& [name, e] : entries_) {
         if (!e.cred || now.mono_ms < e.fleet_retry_ms) continue;
         if (!e.continued)
             continue_from_etcd(name, e, now);
-        else if (e.held)
+        else if (e.held || e.cred->in_reauth())
             take_rescue(name, e, now);
         if (!fleet_->leader()) return;  // deposed on the way
     }
+}
+
+// Refreshes other hosts asked for: one whose requester already had the
+// newest publication is due now (refresh_soon: min_interval_s holds); an
+// older one is answered by that publication, which it will see.
+void Daemon::serve_requests(Now now) {
+    for (const auto& [name, counter] : fleet_->take_requests(now)) {
+        auto it = entries_.find(name);
+        if (it == entries_.end() || !it->second.cred) continue;
+        Entry& e = it->second;
+        if (counter < e.etcd_counter || e.refresh_asked || e.cred->in_flight() ||
+            e.cred->in_reauth())
+            continue;  // a newer token is published, or a refresh is under way
+        e.cred->refresh_soon(now);
+        e.refresh_asked = true;
+        log_event(Level::info, name, "refresh_asked", "by another host, through etcd");
+    }
+}
+
+Expected<Done, CoordinationError> Daemon::forward_refresh(const std::string& name, Entry& e,
+                                                          bool invalid) {
+    auto r = fleet_->request_refresh(name, e.etcd_counter);
+    if (!r) return r;
+    e.refresh_asked = true;  // until the next publication arrives
+    e.forwarded_ms = deps_.now().mono_ms;
+    log_event(Level::info, name, invalid ? "invalid_reported" : "refresh_asked",
+              "asked of the leader through etcd");
+    return r;
 }
 
 // A new leadership: etcd's latest publication is newer than what this host
@@ -109,6 +146,37 @@ void Daemon::continue_from_etcd(const std::string& name, Entry& e, Now now) {
                  "successor (restart its refresher), or run tokenshm login";
     }
     if (e.held) log_event(Level::error, name, "held", *e.held);
+}
+
+// A person ran tokenshm login on this host while the fleet needs a token
+// (the leader held or in reauth): the leader takes it at once; another host
+// offers it to the leader as a rescue. A credential that works keeps its
+// token (nullopt: the caller answers as on one host).
+std::optional<std::string> Daemon::fleet_token_stored(const std::string& name, Entry& e) {
+    if (!fleet_ || e.cred->in_flight()) return std::nullopt;
+    if (fleet_->leader() && !e.held && !e.cred->in_reauth()) return std::nullopt;
+    auto stored = store_->load(name);
+    if (!stored || !*stored) return std::string("unchanged");
+    Secret token = std::move(**stored);
+    if ((e.cred->refresh_token() && token == *e.cred->refresh_token()) || spent_here(token))
+        return std::string("unchanged");
+    const Now now = deps_.now();
+    const Published record = e.cred->published();
+    if (fleet_->leader()) {
+        applying_ = true;
+        e.cred->follow(record, std::move(token), now);
+        applying_ = false;
+        e.held.reset();
+        etcd_dirty_.insert(name);
+        log_event(Level::info, name, "changed", "a new refresh token is in place; trying it");
+        return std::string("loaded");
+    }
+    if (auto r = fleet_->offer_rescue(name, e.etcd_counter + 1, Publication{record, token}); !r) {
+        fleet_error(name, "offering the stored refresh token: " + r.error().message);
+        return std::string("unchanged");
+    }
+    log_event(Level::info, name, "rescue_offered", "the stored refresh token, to the leader");
+    return std::string("offered");
 }
 
 void Daemon::take_rescue(const std::string& name, Entry& e, Now now) {
@@ -175,6 +243,7 @@ bool Daemon::apply_publication(const std::string& name, Entry& e, FetchedPublica
     e.cred->follow(p.publication.record, std::move(p.publication.refresh_token), now);
     applying_ = false;
     e.etcd_counter = p.counter;
+    e.refresh_asked = false;  // what was asked of the leader has come, or something newer
     log_event(Level::info, name, "followed", "counter=" + std::to_string(p.counter));
     return true;
 }

@@ -7,6 +7,7 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <algorithm>
 #include <utility>
 
 namespace tokenshm::refresher {
@@ -38,7 +39,9 @@ Fleet::Fleet(std::unique_ptr<EtcdGateway> gateway, const EtcdConfig& etcd, SealK
       key_(std::move(key)),
       seal_key_file_(std::move(seal_key_file)),
       lease_ttl_(options.lease_ttl),
-      leader_check_(options.leader_check) {
+      leader_check_(options.leader_check),
+      host_(options.host),
+      pid_(options.pid) {
     coord_ = std::make_unique<Coordinator>(*client_, key_, std::move(options));
 }
 
@@ -179,6 +182,39 @@ Expected<std::optional<FetchedPublication>, CoordinationError> Fleet::take_rescu
         return fail(CKind::publication, opened.error().message);
     return std::optional<FetchedPublication>(FetchedPublication{
         std::string(name), opened->counter, (*kv)->mod_revision, std::move(opened->publication)});
+}
+
+Expected<Done, CoordinationError> Fleet::request_refresh(std::string_view name,
+                                                         std::uint64_t counter) {
+    const std::string key =
+        request_prefix() + std::string(name) + "/" + host_ + ":" + std::to_string(pid_);
+    return coord_->put(key, "{\"counter\":" + std::to_string(counter) + "}");
+}
+
+std::map<std::string, std::uint64_t> Fleet::take_requests(Now now) {
+    std::map<std::string, std::uint64_t> asked;
+    if (now.mono_ms < next_requests_ms_) return asked;
+    next_requests_ms_ = now.mono_ms + leader_check_.count();
+    auto r = coord_->list(request_prefix());
+    if (!r) return asked;  // in status(); tried again at the next leader_check
+    const std::string prefix = request_prefix();
+    for (const EtcdKeyValue& kv : r->kvs) {
+        (void)coord_->erase_unchanged(kv.key, kv.mod_revision);
+        const std::string rest = kv.key.substr(prefix.size());
+        const auto slash = rest.rfind('/');
+        rapidjson::Document d;
+        d.Parse(kv.value.data(), kv.value.size());
+        const rapidjson::Value& v = d;
+        if (slash == std::string::npos || d.HasParseError() || !v.IsObject() ||
+            !v.HasMember("counter") || !v["counter"].IsUint64()) {
+            log_event(Level::warn, "", "coordination_error",
+                      printable_line(kv.key) + ": not a refresh request of this version; removed");
+            continue;
+        }
+        std::uint64_t& c = asked[rest.substr(0, slash)];
+        c = std::max(c, v["counter"].GetUint64());
+    }
+    return asked;
 }
 
 std::optional<FetchedAll> Fleet::poll_publications(Now now) {

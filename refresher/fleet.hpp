@@ -29,6 +29,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -81,6 +82,16 @@ class Fleet {
     Expected<std::optional<FetchedPublication>, CoordinationError> take_rescue(
         std::string_view name);
 
+    // Design point 6: a host that is not the leader asks it to refresh `name`
+    // through a request key, <prefix>/request/<name>/<host>:<pid> holding
+    // {"counter":N}, N the newest publication that host has; the leader
+    // reads them at most every leader_check and removes what it read.
+    Expected<Done, CoordinationError> request_refresh(std::string_view name,
+                                                      std::uint64_t counter);
+    // Leader: the credentials other hosts asked to refresh, each with the
+    // newest counter a requester had (when due; empty otherwise).
+    std::map<std::string, std::uint64_t> take_requests(Now now);
+
     // Follower: every publication, at most once a `leader_check` (nullopt
     // when not due, or etcd failed: logged).
     std::optional<FetchedAll> poll_publications(Now now);
@@ -98,6 +109,7 @@ class Fleet {
           Coordinator::Options options, std::string seal_key_file);
     std::string sent_key(std::string_view name) const;
     std::string rescue_key(std::string_view name) const;
+    std::string request_prefix() const { return coord_->prefix() + "/request/"; }
     Expected<std::optional<SentMark>, CoordinationError> read_mark(std::string_view name);
 
     std::unique_ptr<EtcdGateway> gateway_;
@@ -111,6 +123,9 @@ class Fleet {
     std::string logged_leader_;
     std::int64_t next_fetch_ms_ = 0;
     std::int64_t next_renew_ms_ = 0;
+    std::int64_t next_requests_ms_ = 0;
+    std::string host_;
+    std::int64_t pid_ = 0;
 };
 
 }  // namespace tokenshm::refresher

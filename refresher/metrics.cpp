@@ -53,6 +53,21 @@ void render_replays(metrics::MetricsText& out, const Creds& creds) {
         out.sample("_total", {{"credential", name}}, static_cast<double>(c.replays_refused));
 }
 
+void render_coordination(metrics::MetricsText& out, const RefresherMetrics::Coordination& c) {
+    out.family("coordination_role", "gauge",
+               "This host's role in the election on etcd: 1 for its role, 0 for the others.");
+    for (const char* role : {"leader", "follower", "candidate", "unknown"})
+        out.sample({{"role", role}}, c.role == role ? 1 : 0);
+    out.family("coordination_leader", "gauge", "The leader this host knows of (1).");
+    if (c.leader_pid != 0)
+        out.sample({{"host", c.leader_host}, {"pid", std::to_string(c.leader_pid)}}, 1);
+    out.family("coordination_lease_remaining_seconds", "gauge",
+               "What is left of this host's lease, counted from its last keepalive.");
+    out.sample({}, static_cast<double>(c.lease_remaining_ms) / 1000.0);
+    out.family("coordination_etcd_up", "gauge", "1 when the last etcd call succeeded.");
+    out.sample({}, c.etcd_up ? 1 : 0);
+}
+
 }  // namespace
 
 RefresherMetrics::Outcome token_request_outcome(const HttpResponse& resp,
@@ -148,7 +163,17 @@ std::string RefresherMetrics::render(std::int64_t now_unix_ms) const {
     render_requests(out, creds_);
     render_latency(out, creds_);
     render_replays(out, creds_);
+    if (coordination_) render_coordination(out, *coordination_);
     return out.text();
+}
+
+void RefresherMetrics::coordination(const Coordination& c) {
+    // The lease's countdown alone rewrites nothing: kRefreshEveryMs keeps it current.
+    if (!coordination_ || coordination_->role != c.role ||
+        coordination_->leader_host != c.leader_host || coordination_->leader_pid != c.leader_pid ||
+        coordination_->etcd_up != c.etcd_up)
+        dirty_ = true;
+    coordination_ = c;
 }
 
 void RefresherMetrics::write_if_due(Now now) {

@@ -11,6 +11,11 @@
 //   tokenshm_token_request_duration_seconds{credential} histogram
 //   tokenshm_replays_refused_total{credential}           counter
 //     refresh tokens not sent because the spent ledger holds them
+// and, coordinated (issue 12), gauges of the election:
+//   tokenshm_coordination_role{role}            1 for this host's role, 0 for the others
+//   tokenshm_coordination_leader{host,pid}      1, naming the leader this host knows
+//   tokenshm_coordination_lease_remaining_seconds   of this host's lease
+//   tokenshm_coordination_etcd_up               1 when the last etcd call succeeded
 // Counters start at 0 for every outcome (a series that appears only on the
 // first failure defeats rate()), and restart with the process.
 //
@@ -28,6 +33,7 @@
 #include <array>
 #include <cstdint>
 #include <map>
+#include <optional>
 #include <string>
 
 namespace tokenshm::refresher {
@@ -55,6 +61,15 @@ class RefresherMetrics {
     void replay_refused(const std::string& cred);
     void published(const std::string& cred, const Published& p, std::uint64_t version);
     void removed(const std::string& cred);
+    // Coordination's gauges (none when the host runs alone).
+    struct Coordination {
+        std::string role;
+        std::string leader_host;
+        std::int64_t leader_pid = 0;
+        std::int64_t lease_remaining_ms = 0;
+        bool etcd_up = true;
+    };
+    void coordination(const Coordination& c);
     // Writes the textfile when due (see above); failures are logged, never fatal.
     void write_if_due(Now now);
     // At exit: writes what changed since the last write, whatever the gap
@@ -93,6 +108,7 @@ class RefresherMetrics {
     std::string textfile_;
     std::map<std::string, PerCredential> creds_;
     std::map<std::uint64_t, Started> started_;
+    std::optional<Coordination> coordination_;
     bool dirty_ = true;
     std::int64_t last_write_mono_ms_ = 0;
     bool written_ = false;

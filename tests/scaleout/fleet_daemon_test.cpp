@@ -39,8 +39,24 @@ using tokenshm::test::FakeTransport;
 
 constexpr const char* kEndpoint = "https://auth.example.test/token";
 
+// A host's etcd connection that a test can cut (every call: not sent).
+struct CuttableGateway : EtcdGateway {
+    std::unique_ptr<CurlEtcdGateway> real;
+    std::shared_ptr<bool> cut;
+    GatewayAnswer post(std::string_view path, const WipedString& body,
+                       const Secret& token) override {
+        if (!*cut) return real->post(path, body, token);
+        GatewayAnswer a;
+        a.outcome = GatewayAnswer::Outcome::not_sent;
+        a.transport_error = "cut off by the test";
+        return a;
+    }
+};
+
 struct Host {
     std::string name;
+    std::shared_ptr<bool> cut = std::make_shared<bool>(false);
+    std::string etcd_url;
     fs::path dir;
     std::string segment;
     FakeTransport transport;
@@ -50,7 +66,7 @@ struct Host {
 
     Host(std::string host, const fs::path& root, const EtcdMember& etcd, const std::string& prefix,
          const std::string& key_file, std::optional<std::string> refresh_token)
-        : name(std::move(host)), dir(root / name) {
+        : name(std::move(host)), etcd_url(etcd.client_url), dir(root / name) {
         fs::create_directories(dir);
         segment = "tokenshm-test-fleet-" + name + "-" + std::to_string(::getpid());
         cfg.segment = segment;
@@ -83,6 +99,12 @@ struct Host {
     void start() {
         DaemonDeps deps{&transport, &posix, system_now, [] { return 0.5; }};
         deps.host = name;
+        deps.etcd_gateway = [this]() -> std::unique_ptr<EtcdGateway> {
+            auto g = std::make_unique<CuttableGateway>();
+            g->real = gateway({EndpointUrl::parse(etcd_url).value()}, 2s);
+            g->cut = cut;
+            return g;
+        };
         auto d = Daemon::start(cfg, deps);
         INFO(name << ": " << (d ? std::string() : d.error().message));
         REQUIRE(d.has_value());
@@ -107,6 +129,9 @@ struct Host {
         return *t ? std::string((*t)->reveal()) : std::string();
     }
     std::string status() { return daemon->control_answer(R"({"op":"status"})"); }
+    std::string ask(const std::string& op) {
+        return daemon->control_answer(R"({"op":")" + op + R"(","name":"alpha"})");
+    }
     bool leads() { return daemon && status().find(R"("role":"leader")") != std::string::npos; }
     bool sending() const { return !transport.body_for("auth.example.test").empty(); }
 };
@@ -138,8 +163,10 @@ struct Fleet3 {
         EtcdClient c(*g);
         return etcd.wait_ready(c);
     }
-    Host& add(const std::string& name, std::optional<std::string> refresh_token) {
+    Host& add(const std::string& name, std::optional<std::string> refresh_token,
+              const std::function<void(Config&)>& tune = {}) {
         hosts.push_back(std::make_unique<Host>(name, root, etcd, prefix, key_file, refresh_token));
+        if (tune) tune(hosts.back()->cfg);
         hosts.back()->start();
         return *hosts.back();
     }
@@ -233,4 +260,80 @@ TEST_CASE("a refresh token a crashed leader sent is held by its successor, never
     f.pump([] { return false; }, 2s);
     CHECK(b.transport.started == 0);
     CHECK(b.status().find("host-a") != std::string::npos);  // says who sent it
+}
+
+TEST_CASE("a follower's refresh is asked of the leader through etcd; status and metrics say who leads",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    const std::string metrics = (f.root / "b.prom").string();
+    Host& b = f.add("host-b", std::nullopt, [&](Config& c) { c.metrics_textfile = metrics; });
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    REQUIRE(f.pump([&] { return b.token() == "at-1"; }));
+
+    const std::string asked = b.ask("refresh");
+    CHECK(asked.find(R"("action":"refreshing")") != std::string::npos);
+    CHECK(b.ask("refresh").find(R"("action":"joined")") != std::string::npos);
+    REQUIRE(f.pump([&] { return a.sending(); }));  // the leader took it up
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    REQUIRE(f.pump([&] { return b.token() == "at-2"; }));
+    CHECK(b.transport.started == 0);
+
+    const std::string co = b.daemon->control_answer(R"({"op":"coordination"})");
+    CHECK(co.find(R"("role":"follower")") != std::string::npos);
+    CHECK(co.find(R"("leader_host":"host-a")") != std::string::npos);
+    CHECK(co.find(R"("etcd":"ok")") != std::string::npos);
+    CHECK(a.daemon->control_answer(R"({"op":"coordination"})").find(R"("role":"leader")") !=
+          std::string::npos);
+    const auto prom = [&] {
+        std::ifstream in(metrics);
+        return std::string(std::istreambuf_iterator<char>(in), {});
+    };
+    REQUIRE(f.pump([&] {
+        return prom().find(R"(tokenshm_coordination_role{role="follower"} 1)") != std::string::npos;
+    }));
+    CHECK(prom().find(R"(tokenshm_coordination_leader{host="host-a",)") != std::string::npos);
+    CHECK(prom().find("tokenshm_coordination_etcd_up 1") != std::string::npos);
+    CHECK(prom().find("at-2") == std::string::npos);
+}
+
+TEST_CASE("a leader cut off after saving a successor: once it restarts, the held leader is rescued",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& b = f.add("host-b", std::nullopt);
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    REQUIRE(f.pump([&] { return b.token() == "at-1" && b.saved_refresh_token() == "rt-1"; }));
+    (void)a.ask("refresh");
+    REQUIRE(f.pump([&] { return a.sending(); }));  // rt-1 is marked sent in etcd
+    *a.cut = true;  // etcd unreachable from host-a from now on
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    REQUIRE(f.pump([&] { return a.saved_refresh_token() == "rt-2"; }));
+    a.crash();  // rt-2 is only in host-a's state directory
+    REQUIRE(f.pump([&] { return b.leads(); }));
+    REQUIRE(f.pump([&] { return b.status().find(R"("held":"held: )") != std::string::npos; }));
+    CHECK(b.transport.started == 0);  // rt-1 is never sent again
+
+    *a.cut = false;
+    const int sent_before = a.transport.started;
+    a.start();  // host-a comes back: a follower that holds the successor
+    REQUIRE(f.pump([&] { return b.token() == "at-2" && b.saved_refresh_token() == "rt-2"; }));
+    CHECK(b.status().find(R"("held":"")") != std::string::npos);
+    (void)b.ask("refresh");
+    REQUIRE(f.pump([&] { return b.sending(); }));
+    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-2") !=
+          std::string::npos);
+    CHECK(a.transport.started == sent_before);  // the restarted host-a follows
 }

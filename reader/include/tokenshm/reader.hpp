@@ -273,6 +273,16 @@ struct WriterStatus {
     bool lock_held = false;  // a refresher holds the segment's lock right now
 };
 
+// The election of a refresher coordinated with other hosts on etcd, as it
+// sees it (SPEC.md, "tokenshm status"). No secret in it.
+struct Coordination {
+    std::string role;         // "leader", "follower", "candidate" or "unknown"
+    std::string leader_host;  // empty: no leader known
+    std::int64_t leader_pid = 0;
+    std::int64_t lease_remaining_ms = 0;  // this host's lease
+    std::string etcd;                     // "ok", or the last etcd error (one line)
+};
+
 class Reader {
   public:
     // `segment` empty: $TOKENSHM_SEGMENT, else "tokenshm". A malformed
@@ -286,6 +296,12 @@ class Reader {
     WriterStatus writer() const;
     const std::string& segment_name() const noexcept;
     std::uint32_t max_token_bytes() const noexcept;
+    // The refresher's control socket as the segment's header names it.
+    std::string control_socket() const;
+    // Asks the refresher on its control socket (a syscall or several):
+    // nullopt when it runs alone. Errors as Handle::request_refresh.
+    Expected<std::optional<Coordination>, Error> coordination(
+        std::chrono::milliseconds timeout) const noexcept;
 
   private:
     std::shared_ptr<const detail::Segment> seg_;
