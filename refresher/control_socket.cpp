@@ -195,6 +195,23 @@ Expected<Done, RefresherError> ControlServer::add_wake_fd(int fd) {
     return Done{};
 }
 
+void ControlServer::set_watched_fds(const std::vector<int>& fds) {
+    // Added again every time (EEXIST is fine): a closed socket leaves the
+    // epoll set by itself, and its number may come back as another socket.
+    for (int fd : fds) {
+        epoll_event ev{};
+        ev.events = EPOLLIN;
+        ev.data.fd = fd;
+        if (::epoll_ctl(epoll_, EPOLL_CTL_ADD, fd, &ev) != 0 && errno != EEXIST)
+            log_event(Level::warn, "", "control_socket",
+                      std::string("epoll_ctl of a watch socket: ") + std::strerror(errno));
+    }
+    for (int fd : watched_)
+        if (std::find(fds.begin(), fds.end(), fd) == fds.end())
+            (void)::epoll_ctl(epoll_, EPOLL_CTL_DEL, fd, nullptr);  // gone already: fine
+    watched_ = fds;
+}
+
 void ControlServer::service(std::int64_t now_ms, const ControlHandler& handler) {
     accept_all(now_ms);
     std::vector<int> fds;

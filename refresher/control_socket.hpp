@@ -70,12 +70,17 @@ class ControlServer {
     int wait_fd() const noexcept { return epoll_; }
     // Also wake the loop when `fd` is readable (the signalfd).
     Expected<Done, RefresherError> add_wake_fd(int fd);
+    // Also wake it when one of `fds` is readable (a watch's sockets: they
+    // change as it reconnects); those of the last call that are not in
+    // `fds` no longer wake it.
+    void set_watched_fds(const std::vector<int>& fds);
     // Accepts, reads, answers and times out clients; never blocks.
     void service(std::int64_t now_mono_ms, const ControlHandler& handler);
     std::size_t clients() const noexcept { return clients_.size(); }
     const std::string& path() const noexcept { return path_; }
 
   private:
+    std::vector<int> watched_;  // set_watched_fds()
     struct Client {
         PeerCred peer;
         std::string in;   // bytes of the request line so far

@@ -370,6 +370,7 @@ Expected<FetchedAll, CoordinationError> Coordinator::fetch_all() {
         return fail(CKind::etcd, r.error().message);
     }
     FetchedAll out;
+    out.revision = r->revision;
     for (const EtcdKeyValue& kv : r->kvs) {
         const std::string name = kv.key.substr(cred_prefix_.size());
         auto opened = open_publication(key_, name, kv.key, kv.value.view());
@@ -381,6 +382,17 @@ Expected<FetchedAll, CoordinationError> Coordinator::fetch_all() {
                                                       std::move(opened->publication)});
     }
     return out;
+}
+
+std::optional<Expected<FetchedPublication, CoordinationError>> Coordinator::open_event(
+    const EtcdKeyValue& kv) const {
+    if (kv.key.size() <= cred_prefix_.size() || kv.key.compare(0, cred_prefix_.size(), cred_prefix_) != 0)
+        return std::nullopt;
+    const std::string name = kv.key.substr(cred_prefix_.size());
+    auto opened = open_publication(key_, name, kv.key, kv.value.view());
+    if (!opened) return Expected<FetchedPublication, CoordinationError>(fail(opened.error()));
+    return Expected<FetchedPublication, CoordinationError>(FetchedPublication{
+        name, opened->counter, kv.mod_revision, std::move(opened->publication)});
 }
 
 Expected<Done, CoordinationError> Coordinator::resign() {

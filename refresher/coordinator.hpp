@@ -83,6 +83,7 @@ struct FetchedPublication {
 struct FetchedAll {
     std::vector<FetchedPublication> publications;  // sorted by name (etcd's key order)
     std::vector<CoordinationError> refused;
+    std::int64_t revision = 0;  // etcd's when it answered: a watch goes on from the next
 };
 
 // For `tokenshm status` and metrics (design point 7).
@@ -156,6 +157,11 @@ class Coordinator {
     // publishes them into its segment; a new leader continues from them.
     Expected<std::optional<FetchedPublication>, CoordinationError> fetch(std::string_view name);
     Expected<FetchedAll, CoordinationError> fetch_all();
+    // Opens what a watch of the credentials' prefix delivered (a put of one
+    // credential's key); nullopt for what is not one (another key, a delete).
+    std::optional<Expected<FetchedPublication, CoordinationError>> open_event(
+        const EtcdKeyValue& kv) const;
+    std::string credentials_prefix() const { return cred_prefix_; }
 
     // Revokes our lease (the leader key goes with it): a clean shutdown's
     // hand-over, so a successor need not wait out the TTL.

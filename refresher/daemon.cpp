@@ -22,6 +22,9 @@ namespace {
 // last beat; beating every TOKENSHM_HEARTBEAT_PERIOD_MS leaves them margin.
 constexpr std::int64_t kHeartbeatEveryMs = TOKENSHM_HEARTBEAT_PERIOD_MS;
 constexpr std::int64_t kMaxWaitMs = 250;
+// A held credential (coordination) that is due is looked at again this
+// often: sleeping until its due time, past already, would spin.
+constexpr std::int64_t kHoldRecheckMs = 250;
 // The wall-clock step a credential follows (credential.cpp's kWallStepMs).
 constexpr std::int64_t kWallStepMs = 1000;
 // Answers after which an idle moment returns the heap's free memory.
@@ -321,7 +324,7 @@ std::int64_t Daemon::poll_credentials(Now now) {
         }
         if (e.pending) walk_all_ = true;  // waits for its answer to land
         // Held, a due credential is looked at again soon, not in a spin.
-        next = std::min(next, held ? std::max(e.cred->next_action_ms(), now.mono_ms + 250)
+        next = std::min(next, held ? std::max(e.cred->next_action_ms(), now.mono_ms + kHoldRecheckMs)
                                    : e.cred->next_action_ms());
     }
     quiet_until_ms_ = next;

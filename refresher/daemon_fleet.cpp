@@ -21,8 +21,6 @@ namespace tokenshm::refresher {
 namespace {
 // How often a leader retries etcd for one credential after a failure.
 constexpr std::int64_t kFleetRetryMs = 1000;
-// A held credential is looked at again this often (sleeping past it would spin).
-constexpr std::int64_t kHoldRecheckMs = 250;
 
 std::string this_host() {
     std::array<char, HOST_NAME_MAX + 1> name{};
@@ -77,10 +75,14 @@ void Daemon::drive_fleet(Now now) {
                            s.leader ? s.leader->pid : 0, s.lease_remaining_ms,
                            s.last_etcd_error.empty()});
     walk_all_ = true;  // whether a credential may send can change with each step
-    if (fleet_->leader())
+    if (fleet_->leader()) {
+        fleet_->stop_watch();
         lead(now);
-    else
+    } else {
         follow_publications(now);
+    }
+    // A publication wakes the loop at once, not at its next quarter second.
+    if (control_) control_->set_watched_fds(fleet_->watch_fds());
 }
 
 void Daemon::lead(Now now) {

@@ -84,7 +84,8 @@ class EtcdGateway {
 // synchronous, one request at a time; not thread-safe. Endpoints are tried in
 // turn, starting with the last that answered, and only while the request has
 // certainly not left (not_sent): a request that may have reached etcd is
-// never sent twice. Policy as CurlTransport: certificates verified (TLS 1.2
+// never sent twice, but the next request starts at the next endpoint (a
+// member that takes requests and never answers is not tried first again). Policy as CurlTransport: certificates verified (TLS 1.2
 // or later, ca_file in addition to the system's CAs), only the endpoint's
 // scheme, no redirects, no proxy for loopback, answers capped.
 class CurlEtcdGateway final : public EtcdGateway {

@@ -149,8 +149,15 @@ GatewayAnswer CurlEtcdGateway::post(std::string_view path, const WipedString& bo
     for (std::size_t tried = 0; tried < options_.endpoints.size(); ++tried) {
         const std::size_t i = (current_ + tried) % options_.endpoints.size();
         last = post_to(options_.endpoints[i], path, body, token);
-        if (last.outcome != GatewayAnswer::Outcome::not_sent) {
-            current_ = i;  // answered, or may have: start there next time
+        if (last.outcome == GatewayAnswer::Outcome::answer) {
+            current_ = i;  // answered: start there next time
+            return last;
+        }
+        if (last.outcome == GatewayAnswer::Outcome::sent_no_answer) {
+            // It may have been applied: not sent again. A member that takes
+            // requests and does not answer (paused, partitioned) is left for
+            // the next one, or every later call would wait on it too.
+            current_ = (i + 1) % options_.endpoints.size();
             return last;
         }
     }

@@ -7,6 +7,8 @@
 #include <rapidjson/stringbuffer.h>
 #include <rapidjson/writer.h>
 
+#include <poll.h>
+
 #include <algorithm>
 #include <utility>
 
@@ -23,6 +25,17 @@ Unexpected<CoordinationError> fail(CKind kind, std::string message) {
 // The seal's associated data for a sent mark: not a credential's own, so a
 // mark never opens as a publication, nor a publication as a mark.
 std::string mark_scope(std::string_view name) { return "sent/" + std::string(name); }
+
+// The daemon's loop waits for each etcd call (the client is synchronous):
+// short bounds keep its heartbeat (every 250 ms, readers allow 3 s) and its
+// control socket going while etcd is slow or gone. etcd on a LAN answers in
+// milliseconds; a call that fails is retried at the next leader_check.
+CurlEtcdGateway::Options daemon_gateway_options(const EtcdConfig& etcd) {
+    CurlEtcdGateway::Options o = CurlEtcdGateway::Options::from(etcd);
+    o.timeout = std::chrono::milliseconds(1000);
+    o.connect_timeout = std::chrono::milliseconds(500);
+    return o;
+}
 
 std::string who(const std::optional<LeaderIdentity>& id) {
     if (!id) return "nobody";
@@ -53,7 +66,7 @@ Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(const Coordination
         return Unexpected{RefresherError::config_error("coordination.seal_key_file: " +
                                                        key.error().message)};
     if (!gateway) {
-        auto curl = CurlEtcdGateway::create(CurlEtcdGateway::Options::from(cfg.etcd));
+        auto curl = CurlEtcdGateway::create(daemon_gateway_options(cfg.etcd));
         if (!curl)
             return Unexpected{
                 RefresherError::runtime_error("coordination.etcd: " + curl.error().message)};
@@ -64,8 +77,10 @@ Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(const Coordination
     o.lease_ttl = cfg.etcd.lease_ttl;
     o.host = std::move(host);
     o.pid = pid;
-    return std::unique_ptr<Fleet>(
+    std::unique_ptr<Fleet> f(
         new Fleet(std::move(gateway), cfg.etcd, std::move(*key), std::move(o), cfg.seal_key_file));
+    f->watch_options_ = daemon_gateway_options(cfg.etcd);
+    return f;
 }
 
 bool Fleet::tick(Now now) {
@@ -218,11 +233,60 @@ std::map<std::string, std::uint64_t> Fleet::take_requests(Now now) {
 }
 
 std::optional<FetchedAll> Fleet::poll_publications(Now now) {
+    if (watch_) return watched(now);
     if (now.mono_ms < next_fetch_ms_) return std::nullopt;
     next_fetch_ms_ = now.mono_ms + leader_check_.count();
     auto all = coord_->fetch_all();
     if (!all) return std::nullopt;  // in status(); the role's log says the rest
+    start_watch(all->revision + 1, now);
     return std::move(*all);
+}
+
+void Fleet::start_watch(std::int64_t from_revision, Now now) {
+    auto token = client_->auth_token();
+    if (!token) return;  // read again at the next leader_check, and watched from there
+    EtcdWatch::Options o;
+    o.gateway = watch_options_;
+    o.endpoint = watch_endpoint_++;
+    auto w = EtcdWatch::start(std::move(o), coord_->credentials_prefix(), from_revision, *token,
+                              now.mono_ms);
+    if (!w) {
+        log_event(Level::warn, "", "coordination_error", "watch: " + w.error().message);
+        return;
+    }
+    watch_ = std::move(*w);
+}
+
+// What the watch delivered. A failed watch is dropped: the next call reads
+// every publication again (nothing is lost: versions only grow, and a
+// publication applied twice is applied once), and watches from there.
+std::optional<FetchedAll> Fleet::watched(Now now) {
+    auto ok = watch_->step(now.mono_ms);
+    FetchedAll out;
+    for (EtcdWatchEvent& e : watch_->take_events()) {
+        if (e.type != EtcdWatchEvent::Type::put) continue;
+        auto opened = coord_->open_event(e.kv);
+        if (!opened) continue;
+        if (*opened)
+            out.publications.push_back(std::move(**opened));
+        else
+            out.refused.push_back(opened->error());
+    }
+    if (!ok) {
+        log_event(Level::info, "", "watch_ended", ok.error().message + "; reading etcd again");
+        watch_.reset();
+        next_fetch_ms_ = now.mono_ms;
+    }
+    if (out.publications.empty() && out.refused.empty()) return std::nullopt;
+    return out;
+}
+
+std::vector<int> Fleet::watch_fds() {
+    std::vector<int> fds;
+    if (!watch_) return fds;
+    for (const pollfd& p : watch_->fds())
+        if (p.events & POLLIN) fds.push_back(p.fd);
+    return fds;
 }
 
 Expected<Done, CoordinationError> Fleet::offer_rescue(std::string_view name, std::uint64_t counter,

@@ -23,6 +23,7 @@
 #include "coordinator.hpp"
 #include "error.hpp"
 #include "etcd_client.hpp"
+#include "etcd_watch.hpp"
 #include "seal.hpp"
 
 #include <tokenshm/expected.hpp>
@@ -34,6 +35,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace tokenshm::refresher {
 
@@ -92,9 +94,16 @@ class Fleet {
     // newest counter a requester had (when due; empty otherwise).
     std::map<std::string, std::uint64_t> take_requests(Now now);
 
-    // Follower: every publication, at most once a `leader_check` (nullopt
-    // when not due, or etcd failed: logged).
+    // Follower: what was published since the last call. A watch of the
+    // credentials' prefix delivers each publication as etcd applies it; when
+    // there is none (the first call, a failed watch) every publication is
+    // read (at most once a leader_check) and a watch starts from there.
+    // nullopt: nothing new (or etcd failed: in status()).
     std::optional<FetchedAll> poll_publications(Now now);
+    // The watch's sockets, for the daemon's wait (empty without a watch).
+    std::vector<int> watch_fds();
+    // Stops watching (this host leads: it publishes, it does not follow).
+    void stop_watch() { watch_.reset(); }
     // A host holding a newer refresh token than etcd's offers it.
     Expected<Done, CoordinationError> offer_rescue(std::string_view name, std::uint64_t counter,
                                                    const Publication& p);
@@ -107,6 +116,8 @@ class Fleet {
   private:
     Fleet(std::unique_ptr<EtcdGateway> gateway, const EtcdConfig& etcd, SealKey key,
           Coordinator::Options options, std::string seal_key_file);
+    std::optional<FetchedAll> watched(Now now);
+    void start_watch(std::int64_t from_revision, Now now);
     std::string sent_key(std::string_view name) const;
     std::string rescue_key(std::string_view name) const;
     std::string request_prefix() const { return coord_->prefix() + "/request/"; }
@@ -124,6 +135,9 @@ class Fleet {
     std::int64_t next_fetch_ms_ = 0;
     std::int64_t next_renew_ms_ = 0;
     std::int64_t next_requests_ms_ = 0;
+    CurlEtcdGateway::Options watch_options_;
+    std::unique_ptr<EtcdWatch> watch_;
+    std::size_t watch_endpoint_ = 0;  // the next watch tries the next endpoint
     std::string host_;
     std::int64_t pid_ = 0;
 };

@@ -148,6 +148,38 @@ TEST_CASE("a real etcd: a paused member is no_answer, a stopped one unreachable"
     CHECK(stopped.error().kind == EtcdError::Kind::unreachable);
 }
 
+TEST_CASE("a member that takes a request and never answers is not tried first again",
+          "[scaleout][etcd]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    EtcdMember etcd;
+    // A listener that never accepts: the kernel completes the connection and
+    // takes the request, nobody answers (a paused or partitioned member).
+    const int mute = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    REQUIRE(mute >= 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    REQUIRE(::bind(mute, reinterpret_cast<sockaddr*>(&a), sizeof a) == 0);
+    REQUIRE(::listen(mute, 8) == 0);
+    socklen_t len = sizeof a;
+    REQUIRE(::getsockname(mute, reinterpret_cast<sockaddr*>(&a), &len) == 0);
+    const std::string mute_url = "http://127.0.0.1:" + std::to_string(ntohs(a.sin_port));
+    auto ready_gw = gateway({url(etcd.client_url)});
+    EtcdClient ready(*ready_gw);
+    INFO(etcd.log_tail());
+    REQUIRE(etcd.wait_ready(ready));
+
+    auto gw = gateway({url(mute_url), url(etcd.client_url)}, 700ms);
+    EtcdClient client(*gw);
+    const auto first = client.range("/k");
+    REQUIRE_FALSE(first.has_value());
+    CHECK(first.error().kind == EtcdError::Kind::no_answer);  // not sent to the next: it may apply
+    const auto second = client.range("/k");
+    CHECK(second.has_value());  // the next call starts at the next member
+    ::close(mute);
+}
+
 TEST_CASE("a real etcd with authentication: a user's token, a wrong password refused",
           "[scaleout][etcd][auth]") {
     if (::access(kEtcd, X_OK) != 0)
