@@ -135,7 +135,8 @@ Role Coordinator::tick(Now now) {
     }
     if (role_ == Role::leader || now.mono_ms < next_check_ms_) return role_;
     next_check_ms_ = now.mono_ms + opt_.leader_check.count();
-    if (read_leader() && role_ == Role::candidate) campaign();
+    if (read_leader() && role_ == Role::candidate && now.mono_ms >= no_campaign_until_ms_)
+        campaign();
     return role_;
 }
 

@@ -166,6 +166,9 @@ class Coordinator {
     // Revokes our lease (the leader key goes with it): a clean shutdown's
     // hand-over, so a successor need not wait out the TTL.
     Expected<Done, CoordinationError> resign();
+    // Follows, and does not campaign, until `until_ms` (CLOCK_MONOTONIC): a
+    // host that cannot open what is published must not hold the leadership.
+    void stand_aside_until(std::int64_t until_ms) noexcept { no_campaign_until_ms_ = until_ms; }
 
     CoordinatorStatus status(Now now) const;
     Role role() const noexcept { return role_; }
@@ -198,6 +201,7 @@ class Coordinator {
     std::optional<LeaderIdentity> leader_;
     std::map<std::string, std::uint64_t, std::less<>> counters_;  // last published, this leadership
     std::string last_error_;
+    std::int64_t no_campaign_until_ms_ = 0;
 };
 
 }  // namespace tokenshm::refresher

@@ -21,6 +21,8 @@ namespace tokenshm::refresher {
 namespace {
 // How often a leader retries etcd for one credential after a failure.
 constexpr std::int64_t kFleetRetryMs = 1000;
+// A host that cannot open etcd's publications does not campaign this long.
+constexpr std::int64_t kStandAsideMs = 30'000;
 
 std::string this_host() {
     std::array<char, HOST_NAME_MAX + 1> name{};
@@ -55,7 +57,13 @@ void Daemon::fleet_error(std::string_view cred, const std::string& message) {
 }
 
 void Daemon::drive_fleet(Now now) {
-    if (!fleet_ || draining_) return;
+    if (!fleet_) return;
+    if (draining_) {
+        // Stopping: no new request, but the lease is kept alive while the
+        // answers in flight arrive, so that they can still be published.
+        (void)fleet_->tick(now);
+        return;
+    }
     if (fleet_->tick(now)) {
         for (auto& [name, e] : entries_) {
             e.continued = false;
@@ -130,6 +138,16 @@ Expected<Done, CoordinationError> Daemon::forward_refresh(const std::string& nam
 // leadership marked sent is never sent again.
 void Daemon::continue_from_etcd(const std::string& name, Entry& e, Now now) {
     auto c = fleet_->continuation(name);
+    if (!c && c.error().kind == CoordinationError::Kind::publication) {
+        // Another seal key, or a damaged publication: this host cannot
+        // continue the grant, so it must not hold the leadership either.
+        log_event(Level::error, name, "seal_refused",
+                  c.error().message + " (is seal_key_file " + fleet_->seal_key_file() +
+                      " the same on every host?); standing aside as leader for " +
+                      std::to_string(kStandAsideMs / 1000) + " s");
+        fleet_->stand_aside(now, kStandAsideMs);
+        return;
+    }
     if (!c) {
         fleet_error(name, "reading etcd before leading: " + c.error().message);
         e.fleet_retry_ms = now.mono_ms + kFleetRetryMs;
@@ -209,9 +227,13 @@ void Daemon::follow_publications(Now now) {
     etcd_dirty_.clear();  // only a leader publishes
     auto all = fleet_->poll_publications(now);
     if (!all) return;
-    for (const CoordinationError& r : all->refused)
-        fleet_error("", "seal_refused: " + r.message + " (is seal_key_file " +
-                            fleet_->seal_key_file() + " the same on every host?)");
+    for (const CoordinationError& r : all->refused) {
+        const std::string line = r.message + " (is seal_key_file " + fleet_->seal_key_file() +
+                                 " the same on every host?)";
+        if (line == last_fleet_error_) continue;  // said once until it changes
+        last_fleet_error_ = line;
+        log_event(Level::error, "", "seal_refused", line);
+    }
     for (FetchedPublication& p : all->publications) {
         auto it = entries_.find(p.name);
         if (it == entries_.end() || !it->second.cred || p.counter <= it->second.etcd_counter)
@@ -273,7 +295,7 @@ void Daemon::publish_to_etcd(Now now) {
             continue;
         }
         e.etcd_counter = *r;
-        log_event(Level::debug, *it, "published_etcd", "counter=" + std::to_string(*r));
+        log_event(Level::info, *it, "published_etcd", "counter=" + std::to_string(*r));
         it = etcd_dirty_.erase(it);
     }
 }

@@ -296,6 +296,11 @@ Expected<Done, CoordinationError> Fleet::offer_rescue(std::string_view name, std
     return coord_->put(rescue_key(name), *sealed);
 }
 
+void Fleet::stand_aside(Now now, std::int64_t for_ms) {
+    coord_->stand_aside_until(now.mono_ms + for_ms);
+    if (leader()) resign();
+}
+
 void Fleet::resign() {
     if (auto r = coord_->resign(); !r)
         log_event(Level::warn, "", "coordination_error",

@@ -110,6 +110,10 @@ class Fleet {
 
     // A clean stop: revokes the lease so a successor need not wait out the TTL.
     void resign();
+    // This host cannot open what is in etcd (another seal key): it gives the
+    // leadership up, and does not campaign for `for_ms`, so that a host that
+    // can open it leads.
+    void stand_aside(Now now, std::int64_t for_ms);
 
     CoordinatorStatus status(Now now) const { return coord_->status(now); }
 

@@ -2,14 +2,16 @@
 """A reader process for the chaos test: reads one credential through
 libtokenshm's C ABI (ctypes) in a loop and checks every read.
 
-    chaos_reader.py LIBTOKENSHM SEGMENT NAME ISSUED_LOG OUT_JSON
+    chaos_reader.py LIBTOKENSHM SEGMENT NAME ISSUED_LOG OUT_JSON [SEEN_LOG]
 
 Each successful read must return a token the authorization server issued (its
 --issued-log, re-read when a token is not yet known), the same token, expiry
 and state for the same version, a version that never goes backwards, and an
 expiry in the future. A token the server never issued counts as torn. On SIGTERM it writes
 its figures to OUT_JSON and exits 0. It never prints a token: it keeps
-SHA-256 digests only.
+SHA-256 digests only. With SEEN_LOG it appends the hex SHA-256 of each token
+the first time it reads it, a line each, flushed at once: a test can then
+ask, while the reader runs, whether a segment got every token a server issued.
 """
 
 import ctypes
@@ -117,9 +119,10 @@ def open_handle(lib, segment, name, halt):
     return None
 
 
-def check_read(tok, issued, fig, by_version, now_ms):
+def check_read(tok, issued, fig, by_version, now_ms, seen):
     raw = ctypes.string_at(tok.token, tok.token_len)
     digest = hashlib.sha256(raw).digest()
+    seen(digest)
     known, exp_ms = issued.lookup(digest)
     if not known:
         fig.torn += 1
@@ -153,8 +156,24 @@ def note_ok(fig, now_ms):
     fig.failed_since_ok = False
 
 
-def run(lib_path, segment, name, issued_path, out_path):
+class SeenLog:
+    """Appends each digest's hex the first time it is read (no file: nothing)."""
+
+    def __init__(self, path):
+        self.file = open(path, "a") if path else None
+        self.digests = set()
+
+    def __call__(self, digest):
+        if self.file is None or digest in self.digests:
+            return
+        self.digests.add(digest)
+        self.file.write(digest.hex() + "\n")
+        self.file.flush()
+
+
+def run(lib_path, segment, name, issued_path, out_path, seen_path=None):
     stop = []
+    seen = SeenLog(seen_path)
     signal.signal(signal.SIGTERM, lambda *_: stop.append(1))
     halt = lambda: bool(stop)  # noqa: E731
     lib = load(lib_path)
@@ -166,8 +185,11 @@ def run(lib_path, segment, name, issued_path, out_path):
     tok = Token()
     while handle is not None and not stop:
         for _ in range(READS_PER_PAUSE):
-            rc = lib.tokenshm_get(handle, 0, ctypes.byref(tok))
+            # The clock is read before the call: the library's own clock (the
+            # same CLOCK_REALTIME near a deadline) then reads no earlier, so a
+            # token it returned at its deadline is no false "expired served".
             now_ms = int(time.time() * 1000)
+            rc = lib.tokenshm_get(handle, 0, ctypes.byref(tok))
             fig.reads += 1
             if rc != OK:
                 fig.errors[str(rc)] = fig.errors.get(str(rc), 0) + 1
@@ -176,7 +198,7 @@ def run(lib_path, segment, name, issued_path, out_path):
             if tok.version < last_version:
                 fig.version_backwards += 1
             last_version = max(last_version, tok.version)
-            check_read(tok, issued, fig, by_version, now_ms)
+            check_read(tok, issued, fig, by_version, now_ms, seen)
             note_ok(fig, now_ms)
         time.sleep(PAUSE_S)
     tmp = out_path + ".tmp"
@@ -186,7 +208,7 @@ def run(lib_path, segment, name, issued_path, out_path):
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 6:
+    if len(sys.argv) not in (6, 7):
         print(__doc__, file=sys.stderr)
         sys.exit(2)
     run(*sys.argv[1:])

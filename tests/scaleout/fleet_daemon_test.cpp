@@ -260,6 +260,20 @@ TEST_CASE("a refresh token a crashed leader sent is held by its successor, never
     f.pump([] { return false; }, 2s);
     CHECK(b.transport.started == 0);
     CHECK(b.status().find("host-a") != std::string::npos);  // says who sent it
+
+    // A person runs tokenshm login on a third host: its refresher offers the
+    // new grant's refresh token to the held leader through etcd.
+    Host& c = f.add("host-c", std::nullopt);
+    REQUIRE(f.pump([&] { return c.status().find(R"("role":"follower")") != std::string::npos; }));
+    REQUIRE(StateStore(c.posix, c.cfg.state_dir).save("alpha", Secret("rt-new")));
+    CHECK(c.ask("token_stored").find(R"("action":"offered")") != std::string::npos);
+    REQUIRE(f.pump([&] { return b.status().find(R"("held":"")") != std::string::npos; }));
+    CHECK(b.saved_refresh_token() == "rt-new");
+    (void)b.ask("refresh");
+    REQUIRE(f.pump([&] { return b.sending(); }));
+    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-new") !=
+          std::string::npos);
+    CHECK(c.transport.started == 0);
 }
 
 TEST_CASE("a follower's refresh is asked of the leader through etcd; status and metrics say who leads",
@@ -336,4 +350,46 @@ TEST_CASE("a leader cut off after saving a successor: once it restarts, the held
     CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-2") !=
           std::string::npos);
     CHECK(a.transport.started == sent_before);  // the restarted host-a follows
+}
+
+TEST_CASE("a host with another seal key never sends and stands aside so that a host with the key leads",
+          "[scaleout][fleet]") {
+    if (::access(kEtcd, X_OK) != 0)
+        SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
+    Fleet3 f;
+    REQUIRE(f.ready());
+    const std::string other_key = (f.root / "other.key").string();
+    std::ofstream(other_key) << std::string(32, 'O');
+    fs::permissions(other_key, fs::perms::owner_read | fs::perms::owner_write);
+    std::vector<std::string> lines;
+    set_log_sink([&](std::string_view l) { lines.emplace_back(l); });
+
+    Host& a = f.add("host-a", "rt-0");
+    REQUIRE(f.pump([&] { return a.sending(); }));
+    REQUIRE(a.transport.answer("auth.example.test",
+                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    Host& wrong = f.add("host-wrong", "rt-0", [&](Config& c) {
+        c.coordination->seal_key_file = other_key;
+    });
+    REQUIRE(f.pump([&] {
+        for (const auto& l : lines)
+            if (l.find("event=seal_refused") != std::string::npos) return true;
+        return false;
+    }));
+    Host& c = f.add("host-c", std::nullopt);
+    REQUIRE(f.pump([&] { return c.token() == "at-1"; }));
+    a.crash();
+    REQUIRE(f.pump([&] { return c.leads(); }, 40s));
+    (void)c.ask("refresh");
+    REQUIRE(f.pump([&] { return c.sending(); }));
+    CHECK(c.transport.body_for("auth.example.test").find("refresh_token=rt-1") != std::string::npos);
+    CHECK(wrong.transport.started == 0);
+    CHECK(wrong.token().empty());  // it never could open a publication
+    for (const auto& l : lines) {
+        if (l.find("seal_refused") == std::string::npos) continue;
+        CHECK(l.find(other_key) != std::string::npos);  // names the file
+        CHECK(l.find("rt-") == std::string::npos);      // never a value
+        CHECK(l.find("at-1") == std::string::npos);
+    }
+    set_log_sink([](std::string_view) {});
 }
