@@ -312,6 +312,43 @@ def system_tables(results):
     return lines
 
 
+def propagation_tables(results):
+    """bench/propagation_bench.py's figures: leader's segment to each follower's
+    on one etcd member, the refreshers' CPU and etcd's load."""
+    pr = results.get("propagation")
+    if not pr:
+        return ["Not run (results from before issue 12)."]
+    if pr.get("skipped"):
+        return [f"Skipped: {pr['skipped']}."]
+    lines = [f"etcd {pr['etcd_version']} (one member, loopback), `lease_ttl_s` "
+             f"{pr['lease_ttl_s']}, a refresh about every {pr['access_ttl_s'] / 2:g} s, "
+             f"windows of {pr['seconds']:g} s. A sample: one follower, one token, from the "
+             "leader's segment showing it to the follower's.", "",
+             "| followers | median | p99 | max | samples | missed | CPU leader "
+             "| CPU followers (each) | CPU etcd |", "|---:" * 9 + "|"]
+    for p in pr["phases"]:
+        v, c = p["propagation"], p["cpu_pct"]
+        lines.append(f"| {p['followers']} | {fmt_ns(v.get('median_ms', 0) * 1e6)} "
+                     f"| {fmt_ns(v.get('p99_ms', 0) * 1e6)} | {fmt_ns(v.get('max_ms', 0) * 1e6)} "
+                     f"| {v['samples']} | {p['missed']} | {c['leader']:.2f} % "
+                     f"| {c['followers_total']:.2f} % ({c['follower_mean']:.3f} %) "
+                     f"| {c['etcd']:.2f} % |")
+    lines += ["", "etcd's load from its /metrics (gRPC calls by method: the JSON gateway makes "
+              "each HTTP call one). Idle: the same fleet with access tokens of an hour, per "
+              "hour; per refresh: the busy window's counts beyond the idle rate.", ""]
+    rows = [(f"idle, {p['followers']} followers, per hour", p["etcd"]["per_hour"])
+            for p in pr.get("idle", [])]
+    rows += [(f"per refresh, {n} followers", per)
+             for n, per in pr.get("net_per_refresh", {}).items()]
+    keys = sorted({k for _, d in rows for k, v in d.items() if v})
+    if not keys:
+        return lines + ["(etcd's counters did not move)"]
+    lines += ["| | " + " | ".join(keys) + " |", "|---|" + "---:|" * len(keys)]
+    lines += [f"| {what} | " + " | ".join(f"{d.get(k, 0):g}" for k in keys) + " |"
+              for what, d in rows]
+    return lines
+
+
 METHOD_NOTES = """\
 How each figure is made (bench/README.md has the details):
 
@@ -359,6 +396,7 @@ def render(results, md_path, plots):
     out += ["", "## Syscalls per read", ""] + syscall_detail(results)
     out += ["", "## Python", ""] + python_table(results)
     out += ["", "## The whole system", ""] + system_tables(results)
+    out += ["", "## Many hosts on etcd (issue 12)", ""] + propagation_tables(results)
     out += ["", "## Method", "", METHOD_NOTES, "## Plots", ""]
     out += plot_lines(plots, os.path.dirname(md_path))
     return "\n".join(out).rstrip() + "\n", tg
@@ -424,6 +462,11 @@ def check_smoke(results, plots):
     for key in ("publish_to_visible", "response_to_visible", "refresher", "slots"):
         if not s.get(key):
             problems.append(f"system bench: no {key}")
+    pr = results.get("propagation", {})
+    if not pr.get("skipped"):  # a skip was said on stderr; it is no pass, and no failure here
+        phases = pr.get("phases") or []
+        if not phases or not all(p["propagation"]["samples"] for p in phases):
+            problems.append("propagation bench: a window without a sample")
     if not plots:
         problems.append("no plot written")
     if problems:

@@ -18,6 +18,9 @@ free 127.0.0.1 port and a Unix socket (stopped by its pid), then runs:
   5. bench/system_bench.py: publish-to-visible, the refresher against the test
      authorization server (response to visible, CPU and memory with 1, 100 and
      1000 credentials), open/lookup/get as slots grow;
+  6. bench/propagation_bench.py (issue 12): a leader and 1, 10, 100 followers on
+     one etcd member, from the leader's segment to each follower's, their CPU and
+     etcd's load (skipped, said on stderr, without /usr/bin/etcd);
 
 writes bench/results/<date>-<cpu>.md and .json and PNG plots beside them,
 updates docs/PERFORMANCE.md and the README's headline table, and prints the
@@ -55,7 +58,8 @@ HEADLINE_REPS = 3          # runs of the configurations the ratio targets use
 STRACE_READS = 20000       # reads in the counted strace run
 # meson target names bench/run needs (the Python module is found by where it is defined)
 TARGETS = ("read_bench", "read_scaling_bench", "cross_core_bench", "peers_bench", "visible_bench",
-           "slots_bench", "pattern_writer", "tokenshm", "tokenshm-refresher", "publisher")
+           "slots_bench", "pattern_writer", "tokenshm", "tokenshm-refresher", "publisher",
+           "propagation_probe")
 
 
 def log(msg):
@@ -312,6 +316,29 @@ def run_system(build_dir, smoke):
     return run_json(cmd, 600, "system_bench")
 
 
+def run_propagation(build_dir, smoke):
+    """bench/propagation_bench.py (issue 12): {"skipped": why} where etcd,
+    node or the authorization server's modules are missing (said on stderr)."""
+    if not os.access("/usr/bin/etcd", os.X_OK):
+        why = "/usr/bin/etcd is not installed (Debian: etcd-server)"
+        if os.environ.get("TOKENSHM_CI") == "1":  # a skip is no pass in CI
+            raise BenchError(f"propagation: {why}, and TOKENSHM_CI=1")
+        log(f"propagation: skipped: {why}")
+        return {"skipped": why}
+    cmd = ["/usr/bin/python3", os.path.join(BENCH, "propagation_bench.py"), build_dir,
+           "--json"] + (["--smoke"] if smoke else [])
+    log("+ " + " ".join(cmd))
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=1200)
+    if proc.returncode == 77:  # (under TOKENSHM_CI=1 it exits 1 instead)
+        why = (proc.stderr.strip().splitlines() or ["(no reason given)"])[-1]
+        log(f"propagation: skipped: {why}")
+        return {"skipped": why}
+    if proc.returncode != 0:
+        tail = proc.stderr.strip().splitlines()[-1:] or ["(no stderr)"]
+        raise BenchError(f"propagation_bench: exit {proc.returncode}: {tail[0]}")
+    return json.loads(proc.stdout)
+
+
 def run_plots(results_json, out_dir):
     cmd = ["/usr/bin/python3", os.path.join(BENCH, "plots.py"), results_json, out_dir]
     log("+ " + " ".join(cmd))
@@ -368,6 +395,7 @@ def collect(args, workdir):
     finally:
         redis.stop()
     results["system"] = run_system(args.build_dir, args.smoke)
+    results["propagation"] = run_propagation(args.build_dir, args.smoke)
     results["load_after"] = run_bench.loadavg()
     results["elapsed_s"] = time.monotonic() - t0
     return results
