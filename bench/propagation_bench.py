@@ -254,19 +254,7 @@ def server_stats(server):
 # ---------------------------------------------------------------- hosts
 
 
-def control(path, request, timeout=5):
-    """One request line on a control socket; the answer, decoded."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf.split(b"\n", 1)[0])
+control = harness.control_request
 
 
 class Host:

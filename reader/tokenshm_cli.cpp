@@ -608,9 +608,8 @@ void print_status_json(const StatusView& v) {
     if (const auto& c = v.coordination) {
         o += ",\"coordination\":{\"role\":\"" + json_escape(c->role) + "\",\"leader_host\":\"" +
              json_escape(c->leader_host) + "\",\"leader_pid\":" + std::to_string(c->leader_pid) +
-             ",\"lease_remaining_ms\":" + std::to_string(c->lease_remaining_ms) +
-             ",\"etcd\":\"" + json_escape(c->etcd) + "\",\"seal\":\"" + json_escape(c->seal) +
-             "\"}";
+             ",\"lease_remaining_ms\":" + std::to_string(c->lease_remaining_ms) + ",\"etcd\":\"" +
+             json_escape(c->etcd) + "\",\"seal\":\"" + json_escape(c->seal) + "\"}";
     }
     o += ",\"credentials\":[";
     bool first = true;

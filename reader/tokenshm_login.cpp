@@ -13,10 +13,10 @@
 #include <tokenshm/shm/posix.hpp>
 
 #include <rapidjson/document.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <sys/un.h>
-#include <sys/prctl.h>
 #include <unistd.h>
 
 #include <charconv>
@@ -74,8 +74,7 @@ std::optional<int> parse_login_args(const std::vector<std::string_view>& args,
 // Sends one request line to the control socket at `path` and returns its
 // one answer line (bounded by 4 KiB and `timeout_ms`), or why not.
 tokenshm::Expected<std::string, std::string> ask_control(const std::string& path,
-                                                         const std::string& line,
-                                                         int timeout_ms) {
+                                                         const std::string& line, int timeout_ms) {
     sockaddr_un a{};
     if (path.empty() || path.size() >= sizeof a.sun_path)
         return tokenshm::Unexpected{std::string("the segment names no usable control socket")};
@@ -98,7 +97,8 @@ tokenshm::Expected<std::string, std::string> ask_control(const std::string& path
         const ssize_t n = ::recv(fd, buf, sizeof buf, 0);
         if (n == 0) return tokenshm::Unexpected{path + " closed without an answer"};
         if (n < 0 && errno == EINTR) continue;
-        if (n < 0) return tokenshm::Unexpected{"receive from " + path + ": " + std::strerror(errno)};
+        if (n < 0)
+            return tokenshm::Unexpected{"receive from " + path + ": " + std::strerror(errno)};
         answer.append(buf, static_cast<std::size_t>(n));
     }
     const auto end = answer.find('\n');
@@ -108,9 +108,10 @@ tokenshm::Expected<std::string, std::string> ask_control(const std::string& path
 }
 
 void print_no_refresher(const std::string& segment, const std::string& name) {
-    std::printf("no refresher runs on segment %s: it uses the new refresh token for %s when it "
-                "starts\n",
-                segment.c_str(), name.c_str());
+    std::printf(
+        "no refresher runs on segment %s: it uses the new refresh token for %s when it "
+        "starts\n",
+        segment.c_str(), name.c_str());
 }
 
 // Tells the refresher of `segment`, if one runs, through its control socket
@@ -133,13 +134,14 @@ int tell_refresher(const std::string& segment, const std::string& name) {
     }
     auto h = reader->lookup(name);
     if (!h) {
-        std::printf("the refresher (pid %lld) has no credential %s yet: a reload that adds it "
-                    "uses the new refresh token\n",
-                    static_cast<long long>(w.pid), name.c_str());
+        std::printf(
+            "the refresher (pid %lld) has no credential %s yet: a reload that adds it "
+            "uses the new refresh token\n",
+            static_cast<long long>(w.pid), name.c_str());
         return login_exit::ok;
     }
-    auto answer = ask_control(h->control_socket(),
-                              R"({"op":"token_stored","name":")" + name + "\"}\n", 5000);
+    auto answer =
+        ask_control(h->control_socket(), R"({"op":"token_stored","name":")" + name + "\"}\n", 5000);
     if (!answer) return not_told(answer.error());
     rapidjson::Document d;
     d.Parse(answer->data(), answer->size());
@@ -150,19 +152,22 @@ int tell_refresher(const std::string& segment, const std::string& name) {
     if (d.HasParseError() || !d.IsObject() || !d.HasMember("ok") || !d["ok"].IsBool())
         return not_told("its answer is not the control protocol's");
     if (!d["ok"].GetBool())
-        return not_told(tokenshm::refresher::printable_line(text("error") + ": " + text("message")));
+        return not_told(
+            tokenshm::refresher::printable_line(text("error") + ": " + text("message")));
     const std::string action = text("action");
     if (action == "loaded") {
         std::printf("the refresher (pid %lld) is using the new refresh token for %s\n",
                     static_cast<long long>(w.pid), name.c_str());
     } else if (action == "kept") {
-        std::printf("%s is not in reauth: the refresher (pid %lld) keeps the refresh token it "
-                    "has, and its next rotation replaces the one stored now\n",
-                    name.c_str(), static_cast<long long>(w.pid));
+        std::printf(
+            "%s is not in reauth: the refresher (pid %lld) keeps the refresh token it "
+            "has, and its next rotation replaces the one stored now\n",
+            name.c_str(), static_cast<long long>(w.pid));
     } else if (action == "offered") {
-        std::printf("the refresher (pid %lld) follows a leader on another host: the new refresh "
-                    "token for %s was offered to it through etcd\n",
-                    static_cast<long long>(w.pid), name.c_str());
+        std::printf(
+            "the refresher (pid %lld) follows a leader on another host: the new refresh "
+            "token for %s was offered to it through etcd\n",
+            static_cast<long long>(w.pid), name.c_str());
     } else if (action == "unchanged") {
         return not_told("it found the refresh token it was refused with, not a new one");
     } else {

@@ -164,8 +164,8 @@ std::string Daemon::answer_refresh(const std::string& name, std::optional<std::u
         if (e.refresh_asked && now.mono_ms - e.forwarded_ms < fleet_lease_ms()) {
             action = "joined";
         } else if (auto fw = forward_refresh(name, e, invalid.has_value()); !fw) {
-            return control_error("busy", "the leader could not be asked through etcd: " +
-                                             fw.error().message);
+            return control_error(
+                "busy", "the leader could not be asked through etcd: " + fw.error().message);
         } else {
             action = "refreshing";
         }

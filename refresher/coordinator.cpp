@@ -263,7 +263,7 @@ Expected<std::uint64_t, CoordinationError> Coordinator::publish(std::string_view
 }
 
 Expected<Done, CoordinationError> Coordinator::put_guarded(const std::string& key,
-                                                          std::string_view value, Now now) {
+                                                           std::string_view value, Now now) {
     if (lease_id_ != 0 && now.mono_ms - keepalive_sent_ms_ >= lease_ttl_ms_) lose_lease();
     if (role_ != Role::leader || !leader_)
         return fail(CKind::not_leader, std::string("not the leader (") + to_string(role_) + ")");
@@ -381,13 +381,14 @@ Expected<FetchedAll, CoordinationError> Coordinator::fetch_all() {
 
 std::optional<Expected<FetchedPublication, CoordinationError>> Coordinator::open_event(
     const EtcdKeyValue& kv) const {
-    if (kv.key.size() <= cred_prefix_.size() || kv.key.compare(0, cred_prefix_.size(), cred_prefix_) != 0)
+    if (kv.key.size() <= cred_prefix_.size() ||
+        kv.key.compare(0, cred_prefix_.size(), cred_prefix_) != 0)
         return std::nullopt;
     const std::string name = kv.key.substr(cred_prefix_.size());
     auto opened = open_publication(key_, name, kv.key, kv.value.view());
     if (!opened) return Expected<FetchedPublication, CoordinationError>(fail(opened.error()));
-    return Expected<FetchedPublication, CoordinationError>(FetchedPublication{
-        name, opened->counter, kv.mod_revision, std::move(opened->publication)});
+    return Expected<FetchedPublication, CoordinationError>(
+        FetchedPublication{name, opened->counter, kv.mod_revision, std::move(opened->publication)});
 }
 
 Expected<Done, CoordinationError> Coordinator::resign() {

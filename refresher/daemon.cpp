@@ -147,7 +147,8 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
         // Coordinated: the grant's refresh token comes from etcd (followed).
         no_token_reason =
             "no refresh token on this host yet: it takes the grant's from etcd when the leader "
-            "publishes, or run tokenshm login --config FILE " + c.name + " on one host";
+            "publishes, or run tokenshm login --config FILE " +
+            c.name + " on one host";
     } else if (!rt && c.grant == Grant::refresh_token) {
         auto loaded = obtain_refresh_token(*store_, c.name, c.refresh_token_file);
         if (!loaded) return Unexpected{std::move(loaded).error()};
@@ -160,7 +161,8 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
         [store](std::string_view name, const Secret& t, const Rotation& r) {
             return store->save(name, t, r);
         },
-        deps_.random01, [this, name = c.name] {
+        deps_.random01,
+        [this, name = c.name] {
             changed_.insert(name);
             if (fleet_ && !applying_) etcd_dirty_.insert(name);  // a leader's own change
         });
@@ -324,8 +326,9 @@ std::int64_t Daemon::poll_credentials(Now now) {
         }
         if (e.pending) walk_all_ = true;  // waits for its answer to land
         // Held, a due credential is looked at again soon, not in a spin.
-        next = std::min(next, held ? std::max(e.cred->next_action_ms(), now.mono_ms + kHoldRecheckMs)
-                                   : e.cred->next_action_ms());
+        next =
+            std::min(next, held ? std::max(e.cred->next_action_ms(), now.mono_ms + kHoldRecheckMs)
+                                : e.cred->next_action_ms());
     }
     quiet_until_ms_ = next;
     return next;

@@ -8,8 +8,8 @@
 #include "credential.hpp"
 #include "error.hpp"
 #include "fleet.hpp"
-#include "notify.hpp"
 #include "metrics.hpp"
+#include "notify.hpp"
 #include "sinks.hpp"
 #include "state_store.hpp"
 #include "transport.hpp"
@@ -97,10 +97,10 @@ class Daemon {
         // Coordination (daemon_fleet.cpp). The counter of the publication in
         // etcd this host's record and refresh token come from (or published).
         std::uint64_t etcd_counter = 0;
-        bool continued = false;     // leader: etcd read since this leadership began
+        bool continued = false;           // leader: etcd read since this leadership began
         std::optional<std::string> held;  // leader: must not send; why
-        std::string marked_fp;      // leader: the refresh token marked sent, this leadership
-        std::uint64_t rescued = 0;  // follower: rescue offered for this counter
+        std::string marked_fp;            // leader: the refresh token marked sent, this leadership
+        std::uint64_t rescued = 0;        // follower: rescue offered for this counter
         std::int64_t fleet_retry_ms = 0;
         std::int64_t forwarded_ms = 0;  // follower: when a refresh was last asked of the leader
     };
@@ -187,7 +187,7 @@ class Daemon {
     // CLOCK_MONOTONIC ms; the heartbeat itself is published in Unix ms.
     std::int64_t last_heartbeat_ms_ = std::numeric_limits<std::int64_t>::min() / 2;
     std::size_t answers_since_trim_ = 0;
-    bool walk_all_ = true;  // poll_credentials() must walk every credential
+    bool walk_all_ = true;             // poll_credentials() must walk every credential
     std::int64_t quiet_until_ms_ = 0;  // until then no credential has anything to do
     bool swept_ = false;               // wall_clock_moved() has a reference
     std::int64_t swept_wall_offset_ms_ = 0;

@@ -154,7 +154,8 @@ void Daemon::continue_from_etcd(const std::string& name, Entry& e, Now now) {
         e.fleet_retry_ms = now.mono_ms + kFleetRetryMs;
         return;
     }
-    if (c->latest && c->latest->counter > e.etcd_counter) apply_publication(name, e, *c->latest, now);
+    if (c->latest && c->latest->counter > e.etcd_counter)
+        apply_publication(name, e, *c->latest, now);
     if (c->latest) e.etcd_counter = std::max(e.etcd_counter, c->latest->counter);
     e.continued = true;
     const auto& rt = e.cred->refresh_token();
@@ -302,8 +303,7 @@ void Daemon::publish_to_etcd(Now now) {
     }
 }
 
-std::optional<std::string> Daemon::fleet_hold(const std::string& name, const Entry& e,
-                                              Now now) {
+std::optional<std::string> Daemon::fleet_hold(const std::string& name, const Entry& e, Now now) {
     if (!fleet_) return std::nullopt;
     switch (fleet_->role()) {
         case Role::follower:

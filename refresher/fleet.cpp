@@ -24,7 +24,9 @@ Unexpected<CoordinationError> fail(CKind kind, std::string message) {
 
 // The seal's associated data for a sent mark: not a credential's own, so a
 // mark never opens as a publication, nor a publication as a mark.
-std::string mark_scope(std::string_view name) { return "sent/" + std::string(name); }
+std::string mark_scope(std::string_view name) {
+    return "sent/" + std::string(name);
+}
 
 // The daemon's loop waits for each etcd call (the client is synchronous):
 // short bounds keep its heartbeat (every 250 ms, readers allow 3 s) and its
@@ -58,13 +60,13 @@ Fleet::Fleet(std::unique_ptr<EtcdGateway> gateway, const EtcdConfig& etcd, SealK
     coord_ = std::make_unique<Coordinator>(*client_, key_, std::move(options));
 }
 
-Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(const CoordinationConfig& cfg,
-                                                              std::string host, std::int64_t pid,
-                                                              std::unique_ptr<EtcdGateway> gateway) {
+Expected<std::unique_ptr<Fleet>, RefresherError> Fleet::start(
+    const CoordinationConfig& cfg, std::string host, std::int64_t pid,
+    std::unique_ptr<EtcdGateway> gateway) {
     auto key = load_seal_key(cfg.seal_key_file);
     if (!key)
-        return Unexpected{RefresherError::config_error("coordination.seal_key_file: " +
-                                                       key.error().message)};
+        return Unexpected{
+            RefresherError::config_error("coordination.seal_key_file: " + key.error().message)};
     if (!gateway) {
         auto curl = CurlEtcdGateway::create(daemon_gateway_options(cfg.etcd));
         if (!curl)
@@ -125,8 +127,8 @@ Expected<std::optional<SentMark>, CoordinationError> Fleet::read_mark(std::strin
     rapidjson::Document d;
     d.Parse((*kv)->value.data(), (*kv)->value.size());
     const rapidjson::Value& v = d;
-    if (d.HasParseError() || !v.IsObject() || !v.HasMember("counter") ||
-        !v["counter"].IsUint64() || !v.HasMember("sealed") || !v["sealed"].IsString())
+    if (d.HasParseError() || !v.IsObject() || !v.HasMember("counter") || !v["counter"].IsUint64() ||
+        !v.HasMember("sealed") || !v["sealed"].IsString())
         return fail(CKind::publication, key + ": not a sent mark of this version");
     SentMark m;
     m.counter = v["counter"].GetUint64();
@@ -160,9 +162,10 @@ Expected<Continuation, CoordinationError> Fleet::continuation(std::string_view n
 
 Expected<Done, CoordinationError> Fleet::mark_sent(std::string_view name, std::uint64_t counter,
                                                    const Secret& refresh_token, Now now) {
-    auto sealed = seal(key_, mark_scope(name), counter,
-                       refresh_token_fingerprint(refresh_token.reveal()));
-    if (!sealed) return fail(CKind::publication, "sealing the sent mark: " + sealed.error().message);
+    auto sealed =
+        seal(key_, mark_scope(name), counter, refresh_token_fingerprint(refresh_token.reveal()));
+    if (!sealed)
+        return fail(CKind::publication, "sealing the sent mark: " + sealed.error().message);
     const CoordinatorStatus s = coord_->status(now);
     rapidjson::StringBuffer buf;
     rapidjson::Writer<rapidjson::StringBuffer> w(buf);
@@ -193,8 +196,7 @@ Expected<std::optional<FetchedPublication>, CoordinationError> Fleet::take_rescu
     if (!*kv) return std::optional<FetchedPublication>();
     auto opened = open_publication(key_, name, key, (*kv)->value.view());
     (void)coord_->erase(key);  // read once, whatever it held; a failed erase is read again
-    if (!opened)
-        return fail(CKind::publication, opened.error().message);
+    if (!opened) return fail(CKind::publication, opened.error().message);
     return std::optional<FetchedPublication>(FetchedPublication{
         std::string(name), opened->counter, (*kv)->mod_revision, std::move(opened->publication)});
 }
@@ -250,8 +252,8 @@ void Fleet::start_watch(std::int64_t from_revision, Now now) {
     o.endpoint = watch_endpoint_++;
     // The whole prefix: publications, and the leader key's deletion (a
     // follower campaigns at once instead of at its next leader_check).
-    auto w = EtcdWatch::start(std::move(o), coord_->prefix() + "/", from_revision, *token,
-                              now.mono_ms);
+    auto w =
+        EtcdWatch::start(std::move(o), coord_->prefix() + "/", from_revision, *token, now.mono_ms);
     if (!w) {
         log_event(Level::warn, "", "coordination_error", "watch: " + w.error().message);
         return;

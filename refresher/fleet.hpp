@@ -88,8 +88,7 @@ class Fleet {
     // through a request key, <prefix>/request/<name>/<host>:<pid> holding
     // {"counter":N}, N the newest publication that host has; the leader
     // reads them at most every leader_check and removes what it read.
-    Expected<Done, CoordinationError> request_refresh(std::string_view name,
-                                                      std::uint64_t counter);
+    Expected<Done, CoordinationError> request_refresh(std::string_view name, std::uint64_t counter);
     // Leader: the credentials other hosts asked to refresh, each with the
     // newest counter a requester had (when due; empty otherwise).
     std::map<std::string, std::uint64_t> take_requests(Now now);

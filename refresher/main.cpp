@@ -245,7 +245,8 @@ Expected<int, RefresherError> run(const Arguments& args) {
     // for a leader forever, and a leader would resign at once.
     if (args.once && cfg->coordination)
         return Unexpected{RefresherError::config_error(
-            args.config_path + ": --once does not go with coordination: run the refresher as a daemon on each host")};
+            args.config_path +
+            ": --once does not go with coordination: run the refresher as a daemon on each host")};
     PosixFileSystem fs;
     if (!args.check_only) return run_daemon(std::move(*cfg), args, fs);
     if (auto ok = check_refresh_tokens(*cfg, fs); !ok) return Unexpected{ok.error()};

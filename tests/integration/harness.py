@@ -21,6 +21,7 @@ import os
 import select
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -139,6 +140,21 @@ def cleanup_all():
 
 
 atexit.register(cleanup_all)
+
+def control_request(path, request, timeout=5):
+    """One request line (a dict) on a refresher's control socket; the answer, decoded."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+        s.settimeout(timeout)
+        s.connect(path)
+        s.sendall(json.dumps(request).encode() + b"\n")
+        buf = b""
+        while b"\n" not in buf:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+    return json.loads(buf.split(b"\n", 1)[0])
+
 
 # ---------------------------------------------------------------- waiting
 

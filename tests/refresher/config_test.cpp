@@ -1251,11 +1251,10 @@ TEST_CASE("coordinated, a timeout_s above two thirds of the lease is lowered, wi
     CHECK(cfg->credentials[0].timeout == std::chrono::seconds(10));  // 20 (default), lease 15
     CHECK(cfg->credentials[1].timeout == std::chrono::seconds(10));
     REQUIRE(cfg->warnings.size() == 1);
-    CHECK(cfg->warnings[0].rfind("credentials: " + cfg->credentials[0].name +
-                                     ": timeout_s 20 lowered to 10 ",
-                                 0) == 0);
+    CHECK(cfg->warnings[0].rfind(
+              "credentials: " + cfg->credentials[0].name + ": timeout_s 20 lowered to 10 ", 0) ==
+          0);
     const auto alone = parse_config(document(), sys.sources());
     REQUIRE(alone.has_value());
     CHECK(alone->credentials[0].timeout == std::chrono::seconds(20));  // one host: as set
 }
-

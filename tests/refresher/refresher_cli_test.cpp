@@ -181,14 +181,15 @@ TEST_CASE("coordination: --check-config loads the seal key; --once is refused, e
     const std::string short_key = dir.write("short.key", std::string(31, 'k'), 0600);
     const auto config_with = [&](const std::string& name, const std::string& key_file) {
         return dir.write(
-            name, R"({"segment": "tokenshm-cli-coord-)" + std::to_string(::getpid()) +
-                      R"(", "state_dir": ")" + dir.path +
-                      R"(/state", "coordination": {"etcd": {"endpoints": ["http://127.0.0.1:9"],
+            name,
+            R"({"segment": "tokenshm-cli-coord-)" + std::to_string(::getpid()) +
+                R"(", "state_dir": ")" + dir.path +
+                R"(/state", "coordination": {"etcd": {"endpoints": ["http://127.0.0.1:9"],
             "prefix": "/tokenshm"}, "seal_key_file": ")" +
-                      key_file + R"("}, "credentials": [{"name": "storage", "client_id": "uploader",
+                key_file + R"("}, "credentials": [{"name": "storage", "client_id": "uploader",
             "token_endpoint": "http://127.0.0.1:9/token", "grant": "client_credentials",
             "timeout_s": 5, "client_secret_file": ")" +
-                      secret + R"("}]})",
+                secret + R"("}]})",
             0600);
     };
     const std::string config = config_with("c.json", key);

@@ -235,19 +235,7 @@ def overlaps(proxies):
 # ---------------------------------------------------------------- a host
 
 
-def ask(path, request, timeout=5):
-    """One request line to a control socket; the answer, decoded."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(timeout)
-        s.connect(path)
-        s.sendall(json.dumps(request).encode() + b"\n")
-        buf = b""
-        while b"\n" not in buf:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            buf += chunk
-    return json.loads(buf.split(b"\n", 1)[0])
+ask = harness.control_request
 
 
 class Host:

@@ -10,8 +10,8 @@
 #include "ci_skip.hpp"
 #include "daemon.hpp"
 #include "etcd_member.hpp"
-#include "refresher/fake_transport.hpp"
 #include "log.hpp"
+#include "refresher/fake_transport.hpp"
 
 #include <tokenshm/reader.hpp>
 
@@ -134,6 +134,15 @@ struct Host {
     }
     bool leads() { return daemon && status().find(R"("role":"leader")") != std::string::npos; }
     bool sending() const { return !transport.body_for("auth.example.test").empty(); }
+    // Answers the token request in flight: access token `at`, refresh token `rt`.
+    void answer(const std::string& at, const std::string& rt) {
+        REQUIRE(
+            transport.answer("auth.example.test", tokenshm::test::token_response(at, 3600, rt)));
+    }
+    bool sent_refresh_token(const std::string& rt) const {
+        return transport.body_for("auth.example.test").find("refresh_token=" + rt) !=
+               std::string::npos;
+    }
 };
 
 struct Fleet3 {
@@ -170,6 +179,12 @@ struct Fleet3 {
         hosts.back()->start();
         return *hosts.back();
     }
+    // host-a, alone with refresh token rt-0: it leads and sends it.
+    Host& first_leader() {
+        Host& a = add("host-a", "rt-0");
+        REQUIRE(pump([&] { return a.sending(); }));
+        return a;
+    }
     // Steps every host until `done` (at most `limit` of real time).
     bool pump(const std::function<bool()>& done, std::chrono::seconds limit = 20s) {
         const auto until = std::chrono::steady_clock::now() + limit;
@@ -191,13 +206,11 @@ TEST_CASE("one leader refreshes; followers serve its token, keep its refresh tok
         SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
     Fleet3 f;
     REQUIRE(f.ready());
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
-    CHECK(a.transport.body_for("auth.example.test").find("refresh_token=rt-0") !=
-          std::string::npos);
+    Host& a = f.first_leader();
+    CHECK(a.sent_refresh_token("rt-0"));
     Host& b = f.add("host-b", std::nullopt);
     Host& c = f.add("host-c", std::nullopt);
-    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    a.answer("at-1", "rt-1");
     REQUIRE(f.pump([&] { return b.token() == "at-1" && c.token() == "at-1"; }));
     CHECK(a.token() == "at-1");
     CHECK(a.leads());
@@ -211,9 +224,8 @@ TEST_CASE("one leader refreshes; followers serve its token, keep its refresh tok
     // Versions only grow on a follower: a second refresh is a newer version.
     (void)a.daemon->control_answer(R"({"op":"refresh","name":"alpha"})");
     REQUIRE(f.pump([&] { return a.sending(); }));
-    CHECK(a.transport.body_for("auth.example.test").find("refresh_token=rt-1") !=
-          std::string::npos);
-    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    CHECK(a.sent_refresh_token("rt-1"));
+    a.answer("at-2", "rt-2");
     REQUIRE(f.pump([&] { return b.token() == "at-2" && c.token() == "at-2"; }));
     CHECK(b.transport.started == 0);
     CHECK(c.transport.started == 0);
@@ -225,10 +237,9 @@ TEST_CASE("the leader crashes: another host leads within the lease and continues
         SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
     Fleet3 f;
     REQUIRE(f.ready());
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& a = f.first_leader();
     Host& b = f.add("host-b", std::nullopt);
-    REQUIRE(a.transport.answer("auth.example.test", tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    a.answer("at-1", "rt-1");
     REQUIRE(f.pump([&] { return b.token() == "at-1"; }));
     a.crash();
     const auto crashed = std::chrono::steady_clock::now();
@@ -237,9 +248,8 @@ TEST_CASE("the leader crashes: another host leads within the lease and continues
     CHECK(std::chrono::steady_clock::now() - crashed < 5s + 3s);
     (void)b.daemon->control_answer(R"({"op":"refresh","name":"alpha"})");
     REQUIRE(f.pump([&] { return b.sending(); }));
-    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-1") !=
-          std::string::npos);
-    REQUIRE(b.transport.answer("auth.example.test", tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    CHECK(b.sent_refresh_token("rt-1"));
+    b.answer("at-2", "rt-2");
     REQUIRE(f.pump([&] { return b.token() == "at-2" && b.saved_refresh_token() == "rt-2"; }));
 }
 
@@ -250,8 +260,7 @@ TEST_CASE("a refresh token a crashed leader sent is held by its successor, never
     Fleet3 f;
     REQUIRE(f.ready());
     // The same refresh token deployed on both hosts: the danger case.
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& a = f.first_leader();
     Host& b = f.add("host-b", "rt-0");
     a.crash();  // rt-0 was sent; its answer (and successor) died with host-a
     REQUIRE(f.pump([&] { return b.leads(); }));
@@ -271,31 +280,28 @@ TEST_CASE("a refresh token a crashed leader sent is held by its successor, never
     CHECK(b.saved_refresh_token() == "rt-new");
     (void)b.ask("refresh");
     REQUIRE(f.pump([&] { return b.sending(); }));
-    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-new") !=
-          std::string::npos);
+    CHECK(b.sent_refresh_token("rt-new"));
     CHECK(c.transport.started == 0);
 }
 
-TEST_CASE("a follower's refresh is asked of the leader through etcd; status and metrics say who leads",
-          "[scaleout][fleet]") {
+TEST_CASE(
+    "a follower's refresh is asked of the leader through etcd; status and metrics say who leads",
+    "[scaleout][fleet]") {
     if (::access(kEtcd, X_OK) != 0)
         SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
     Fleet3 f;
     REQUIRE(f.ready());
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& a = f.first_leader();
     const std::string metrics = (f.root / "b.prom").string();
     Host& b = f.add("host-b", std::nullopt, [&](Config& c) { c.metrics_textfile = metrics; });
-    REQUIRE(a.transport.answer("auth.example.test",
-                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    a.answer("at-1", "rt-1");
     REQUIRE(f.pump([&] { return b.token() == "at-1"; }));
 
     const std::string asked = b.ask("refresh");
     CHECK(asked.find(R"("action":"refreshing")") != std::string::npos);
     CHECK(b.ask("refresh").find(R"("action":"joined")") != std::string::npos);
     REQUIRE(f.pump([&] { return a.sending(); }));  // the leader took it up
-    REQUIRE(a.transport.answer("auth.example.test",
-                               tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    a.answer("at-2", "rt-2");
     REQUIRE(f.pump([&] { return b.token() == "at-2"; }));
     CHECK(b.transport.started == 0);
 
@@ -323,17 +329,14 @@ TEST_CASE("a leader cut off after saving a successor: once it restarts, the held
         SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
     Fleet3 f;
     REQUIRE(f.ready());
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
+    Host& a = f.first_leader();
     Host& b = f.add("host-b", std::nullopt);
-    REQUIRE(a.transport.answer("auth.example.test",
-                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
+    a.answer("at-1", "rt-1");
     REQUIRE(f.pump([&] { return b.token() == "at-1" && b.saved_refresh_token() == "rt-1"; }));
     (void)a.ask("refresh");
     REQUIRE(f.pump([&] { return a.sending(); }));  // rt-1 is marked sent in etcd
-    *a.cut = true;  // etcd unreachable from host-a from now on
-    REQUIRE(a.transport.answer("auth.example.test",
-                               tokenshm::test::token_response("at-2", 3600, "rt-2")));
+    *a.cut = true;                                 // etcd unreachable from host-a from now on
+    a.answer("at-2", "rt-2");
     REQUIRE(f.pump([&] { return a.saved_refresh_token() == "rt-2"; }));
     a.crash();  // rt-2 is only in host-a's state directory
     REQUIRE(f.pump([&] { return b.leads(); }));
@@ -347,13 +350,13 @@ TEST_CASE("a leader cut off after saving a successor: once it restarts, the held
     CHECK(b.status().find(R"("held":"")") != std::string::npos);
     (void)b.ask("refresh");
     REQUIRE(f.pump([&] { return b.sending(); }));
-    CHECK(b.transport.body_for("auth.example.test").find("refresh_token=rt-2") !=
-          std::string::npos);
+    CHECK(b.sent_refresh_token("rt-2"));
     CHECK(a.transport.started == sent_before);  // the restarted host-a follows
 }
 
-TEST_CASE("a host with another seal key never sends and stands aside so that a host with the key leads",
-          "[scaleout][fleet]") {
+TEST_CASE(
+    "a host with another seal key never sends and stands aside so that a host with the key leads",
+    "[scaleout][fleet]") {
     if (::access(kEtcd, X_OK) != 0)
         SKIP_OR_FAIL_UNDER_CI(kEtcd << " is absent: install Debian's etcd-server (scripts/setup)");
     Fleet3 f;
@@ -364,13 +367,10 @@ TEST_CASE("a host with another seal key never sends and stands aside so that a h
     std::vector<std::string> lines;
     set_log_sink([&](std::string_view l) { lines.emplace_back(l); });
 
-    Host& a = f.add("host-a", "rt-0");
-    REQUIRE(f.pump([&] { return a.sending(); }));
-    REQUIRE(a.transport.answer("auth.example.test",
-                               tokenshm::test::token_response("at-1", 3600, "rt-1")));
-    Host& wrong = f.add("host-wrong", "rt-0", [&](Config& c) {
-        c.coordination->seal_key_file = other_key;
-    });
+    Host& a = f.first_leader();
+    a.answer("at-1", "rt-1");
+    Host& wrong =
+        f.add("host-wrong", "rt-0", [&](Config& c) { c.coordination->seal_key_file = other_key; });
     REQUIRE(f.pump([&] {
         for (const auto& l : lines)
             if (l.find("event=seal_refused") != std::string::npos) return true;
@@ -382,7 +382,7 @@ TEST_CASE("a host with another seal key never sends and stands aside so that a h
     REQUIRE(f.pump([&] { return c.leads(); }, 40s));
     (void)c.ask("refresh");
     REQUIRE(f.pump([&] { return c.sending(); }));
-    CHECK(c.transport.body_for("auth.example.test").find("refresh_token=rt-1") != std::string::npos);
+    CHECK(c.sent_refresh_token("rt-1"));
     CHECK(wrong.transport.started == 0);
     CHECK(wrong.token().empty());  // it never could open a publication
     const std::string said = wrong.daemon->control_answer(R"({"op":"coordination"})");
