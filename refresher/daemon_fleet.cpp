@@ -70,6 +70,8 @@ void Daemon::drive_fleet(Now now) {
             e.held.reset();
             e.marked_fp.clear();
             e.fleet_retry_ms = 0;
+            // What this host asked of the previous leader is now its own to do.
+            if (!e.cred || !e.cred->in_flight()) e.refresh_asked = false;
         }
     }
     const CoordinatorStatus s = fleet_->status(now);
