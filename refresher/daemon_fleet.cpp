@@ -161,10 +161,7 @@ void Daemon::continue_from_etcd(const std::string& name, Entry& e, Now now) {
     if (c->latest) e.etcd_counter = std::max(e.etcd_counter, c->latest->counter);
     e.continued = true;
     const auto& rt = e.cred->refresh_token();
-    if (c->unreadable_mark) {
-        e.held = "the sent mark in etcd cannot be read (is seal_key_file " +
-                 fleet_->seal_key_file() + " the same on every host?); not sending";
-    } else if (c->sent && rt && refresh_token_fingerprint(rt->reveal()) == c->sent->fingerprint) {
+    if (c->sent && rt && refresh_token_fingerprint(rt->reveal()) == c->sent->fingerprint) {
         e.held = "held: the refresh token was sent by " + c->sent->sent_by +
                  ", whose answer never reached etcd; waiting for that host to offer its "
                  "successor (restart its refresher), or run tokenshm login";

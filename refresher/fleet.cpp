@@ -150,12 +150,10 @@ Expected<Continuation, CoordinationError> Fleet::continuation(std::string_view n
     auto latest = coord_->fetch(name);
     if (!latest) return Unexpected{latest.error()};
     c.latest = std::move(*latest);
+    // A mark that does not open (another seal key) is an error like a
+    // publication that does not: the caller stands aside, never sends.
     auto mark = read_mark(name);
-    if (!mark) {
-        if (mark.error().kind != CKind::publication) return Unexpected{mark.error()};
-        c.unreadable_mark = true;  // never sent past: the caller holds
-        return c;
-    }
+    if (!mark) return Unexpected{mark.error()};
     c.sent = std::move(*mark);
     return c;
 }

@@ -49,8 +49,7 @@ struct SentMark {
 // What a new leader reads before it sends anything for a credential.
 struct Continuation {
     std::optional<FetchedPublication> latest;
-    std::optional<SentMark> sent;  // none, or one it cannot read (then `unreadable`)
-    bool unreadable_mark = false;
+    std::optional<SentMark> sent;
 };
 
 class Fleet {
