@@ -51,9 +51,6 @@ shm::SegmentSpec segment_spec(const Config& c, bool control_socket) {
     return s;
 }
 
-// The control socket's directory (/run/tokenshm by default), made when
-// missing, one level and mode 0755, as systemd's RuntimeDirectory= would:
-// without it a refresher started by hand (the quick start) could not listen.
 // Whether the state directory or refresh_token_file holds a refresh token
 // for `c` (or may: an unreadable one is left to obtain_refresh_token to name).
 bool has_local_refresh_token(StateStore& store, const CredentialConfig& c) {
@@ -64,6 +61,9 @@ bool has_local_refresh_token(StateStore& store, const CredentialConfig& c) {
     return ok || ok.error().err != ENOENT;
 }
 
+// The control socket's directory (/run/tokenshm by default), made when
+// missing, one level and mode 0755, as systemd's RuntimeDirectory= would:
+// without it a refresher started by hand (the quick start) could not listen.
 Expected<Done, RefresherError> make_socket_dir(const std::string& socket_path) {
     const auto slash = socket_path.rfind('/');
     if (slash == std::string::npos || slash == 0) return Done{};
@@ -142,10 +142,10 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
     const CredentialConfig& c, const std::optional<Secret>& carried) {
     std::optional<Secret> rt = carried;
     std::string no_token_reason;  // the token it would use is spent
+    std::string waits_for_etcd;   // coordinated, none here yet: the grant's comes from etcd
     if (!rt && c.grant == Grant::refresh_token && cfg_.coordination &&
         !has_local_refresh_token(*store_, c)) {
-        // Coordinated: the grant's refresh token comes from etcd (followed).
-        no_token_reason =
+        waits_for_etcd =
             "no refresh token on this host yet: it takes the grant's from etcd when the leader "
             "publishes, or run tokenshm login --config FILE " +
             c.name + " on one host";
@@ -169,6 +169,8 @@ Expected<std::unique_ptr<CredentialRefresher>, RefresherError> Daemon::make_cred
     if (!no_token_reason.empty()) {
         metrics_.replay_refused(c.name);  // the ledger kept a spent token from being sent
         cred->set_no_refresh_token_reason(std::move(no_token_reason));
+    } else if (!waits_for_etcd.empty()) {
+        cred->set_no_refresh_token_reason(std::move(waits_for_etcd));  // no replay refused
     }
     return cred;
 }

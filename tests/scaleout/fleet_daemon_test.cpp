@@ -320,6 +320,9 @@ TEST_CASE(
     }));
     CHECK(prom().find(R"(tokenshm_coordination_leader{host="host-a",)") != std::string::npos);
     CHECK(prom().find("tokenshm_coordination_etcd_up 1") != std::string::npos);
+    // Starting without a refresh token of its own is no replay refused.
+    CHECK(prom().find(R"(tokenshm_replays_refused_total{credential="alpha"} 0)") !=
+          std::string::npos);
     CHECK(prom().find("at-2") == std::string::npos);
 }
 
